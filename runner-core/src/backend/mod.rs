@@ -1,0 +1,206 @@
+//! The backend abstraction: launch one guest from a [`LaunchSpec`] and get a
+//! [`LaunchedGuest`] back — its identity, its output streams, an exit watch and
+//! a stop handle. One module per tier implements it.
+
+pub mod exit;
+pub mod process;
+
+use crate::UserId;
+use crate::workspace::Workspace;
+use async_trait::async_trait;
+use runner_types::{
+    BootstrapEnvelope, GuestExit, GuestRole, LogStream, ResourceLimits, SandboxTier,
+    SidecarEndpoint,
+};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncRead;
+
+pub use exit::{ExitNotifier, ExitWatch};
+
+/// Everything a backend needs to launch one guest.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// Which guest.
+    pub role: GuestRole,
+    /// The session's user.
+    pub user_id: UserId,
+    /// Unique per session start; used in labels and per-launch file names.
+    pub session_id: String,
+    /// The user's workspace.
+    pub workspace: Workspace,
+    /// The envelope this guest must receive.
+    pub envelope: BootstrapEnvelope,
+    /// Extra environment for the guest (`-e` / `--env-file`), on top of the
+    /// backend's configured environment.
+    pub extra_env: BTreeMap<String, String>,
+    /// Resource limits from the user's config.
+    pub resources: ResourceLimits,
+}
+
+/// How the runner can name a launched guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestIdentity {
+    /// A host process (process tier).
+    Process {
+        /// Its pid (also its process-group id).
+        pid: u32,
+    },
+    /// A Docker container.
+    Container {
+        /// Container name.
+        name: String,
+        /// Container id.
+        id: String,
+    },
+    /// A Firecracker microVM.
+    MicroVm {
+        /// The firecracker process's pid.
+        pid: u32,
+    },
+}
+
+impl GuestIdentity {
+    /// Host pid, where there is one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Process { pid } | Self::MicroVm { pid } => Some(*pid),
+            Self::Container { .. } => None,
+        }
+    }
+
+    /// Container name, where there is one.
+    pub fn container_name(&self) -> Option<&str> {
+        match self {
+            Self::Container { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// One output stream of a guest, to be pumped into its log file.
+pub struct GuestOutput {
+    /// Which stream.
+    pub stream: LogStream,
+    /// The bytes, until EOF.
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+impl std::fmt::Debug for GuestOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestOutput")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running guest, as a backend hands it over.
+#[derive(Debug)]
+pub struct LaunchedGuest {
+    /// How to name it.
+    pub identity: GuestIdentity,
+    /// Its output streams (usually stdout and stderr).
+    pub outputs: Vec<GuestOutput>,
+    /// Resolves once when it exits, however it exits.
+    pub exit: ExitWatch,
+    /// Stops it and cleans up after it.
+    pub control: Box<dyn GuestControl>,
+}
+
+/// Stop and clean-up of one launched guest.
+///
+/// Implementations must be bounded: `stop` returns within `grace` plus a
+/// small, fixed kill allowance, whatever the guest does.
+#[async_trait]
+pub trait GuestControl: Send + Sync + std::fmt::Debug {
+    /// Asks the guest to stop (SIGTERM, `docker stop`, Ctrl-Alt-Del), waits up
+    /// to `grace`, then forces it (SIGKILL to the whole process group, kill).
+    /// Returns the exit. Calling it on an exited guest returns that exit.
+    async fn stop(&self, grace: Duration) -> Result<GuestExit, StopError>;
+
+    /// Removes per-launch resources (container, API socket, generated files).
+    /// Called once after the guest has exited.
+    async fn cleanup(&self) -> Result<(), StopError>;
+}
+
+/// A tier implementation.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// The tier this backend provides.
+    fn tier(&self) -> SandboxTier;
+
+    /// Whether this backend has a sidecar command/image configured.
+    fn has_sidecar(&self) -> bool;
+
+    /// Where the sidecar of `workspace` listens, as the runtime guest should
+    /// reach it.
+    fn sidecar_endpoint(&self, workspace: &Workspace) -> SidecarEndpoint;
+
+    /// Called once per session start, before any launch: for example to
+    /// remove guests a crashed runner left behind.
+    async fn prepare_session(
+        &self,
+        user: &UserId,
+        workspace: &Workspace,
+    ) -> Result<(), LaunchError> {
+        let _ = (user, workspace);
+        Ok(())
+    }
+
+    /// Launches one guest.
+    async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError>;
+}
+
+/// Why a guest could not be launched.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// Process tier.
+    #[error(transparent)]
+    Process(#[from] process::ProcessLaunchError),
+    /// The backend has no command/image for this role.
+    #[error("No {role} guest is configured for the {tier} tier")]
+    NotConfigured {
+        /// The role.
+        role: GuestRole,
+        /// The tier.
+        tier: SandboxTier,
+    },
+    /// A scripted failure from the fake backend.
+    #[cfg(feature = "test-util")]
+    #[error("Scripted launch failure for {role}")]
+    Scripted {
+        /// The role.
+        role: GuestRole,
+    },
+}
+
+/// Why stopping or cleaning up after a guest failed.
+#[derive(Debug, Error)]
+pub enum StopError {
+    /// A signal could not be delivered.
+    #[error("Cannot signal process group {pgid}")]
+    Signal {
+        /// Process group.
+        pgid: u32,
+        /// Cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The guest did not exit even after being forced.
+    #[error("Guest did not exit within {waited:?} after being killed")]
+    StillRunning {
+        /// How long we waited after the kill.
+        waited: Duration,
+    },
+    /// Removing a per-launch file failed.
+    #[error("Cannot remove {path}")]
+    RemoveFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,1 @@
+//! Building each guest's bootstrap envelope.

@@ -1,0 +1,207 @@
+//! The validated runner config (what the runner runs on), built from the raw
+//! file shapes in [`runner_types::config`] by [`load`].
+//!
+//! Loading resolves relative paths against the file's directory, reads each
+//! registered user's file, and rejects bad values with a [`ConfigError`] that
+//! names the file and the key.
+
+mod error;
+mod load;
+
+pub use error::ConfigError;
+pub use load::{load_runner_config, parse_runner_config};
+
+use crate::UserId;
+use crate::workspace::MountOverrides;
+use runner_types::config::{DockerSection, FirecrackerSection, RestartPolicy};
+use runner_types::{ResourceLimits, SandboxTier};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Validated `runner.toml` plus the per-user files it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// The file this came from; `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    /// Absolute workspace root.
+    pub workspace_root: PathBuf,
+    /// Tier for users without their own.
+    pub default_tier: SandboxTier,
+    /// Images and Firecracker templates.
+    pub guest_images: GuestImages,
+    /// Registered users.
+    pub users: BTreeMap<UserId, UserConfig>,
+    /// Process-tier commands; `None` means "use the built-in demo guests",
+    /// which the embedding program (runner-bin) supplies.
+    pub process: Option<ProcessConfig>,
+    /// Log limits.
+    pub logs: LogLimits,
+    /// Shutdown timings.
+    pub shutdown: ShutdownTimings,
+    /// Restart policy.
+    pub restart: RestartConfig,
+    /// Container tier settings.
+    pub docker: DockerSection,
+    /// micro_vm tier settings.
+    pub firecracker: FirecrackerSection,
+}
+
+/// `[guest_images]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImages {
+    /// Runtime image reference (non-empty).
+    pub oxydra_vm: String,
+    /// Sidecar image reference (non-empty).
+    pub shell_vm: String,
+    /// Absolute path of the runtime's Firecracker template.
+    pub firecracker_oxydra_vm_config: Option<PathBuf>,
+    /// Absolute path of the sidecar's Firecracker template.
+    pub firecracker_shell_vm_config: Option<PathBuf>,
+}
+
+/// One user's validated settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserConfig {
+    /// Mount overrides (absolute paths).
+    pub mounts: MountOverrides,
+    /// Resource limits (each, if set, > 0).
+    pub resources: ResourceLimits,
+    /// Credential references.
+    pub credential_refs: BTreeMap<String, String>,
+    /// Tier override.
+    pub sandbox_tier: Option<SandboxTier>,
+    /// Shell tools enabled (default true).
+    pub shell_enabled: bool,
+    /// Browser tools enabled (default false).
+    pub browser_enabled: bool,
+}
+
+/// Process-tier guest commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// Runtime guest.
+    pub runtime: GuestCommand,
+    /// Sidecar guest; `None` means the session has no sidecar.
+    pub sidecar: Option<GuestCommand>,
+}
+
+/// A guest program with its arguments and environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCommand {
+    /// Program: absolute path, or a bare name looked up on the runner's PATH
+    /// at launch.
+    pub program: PathBuf,
+    /// Arguments before the runner's own.
+    pub args: Vec<String>,
+    /// Environment (everything else is cleared).
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[logs]`, validated (both > 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Bytes per file before rotation.
+    pub max_file_bytes: u64,
+    /// Rotated files kept per stream.
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        let d = runner_types::config::LogsSection::default();
+        Self {
+            max_file_bytes: d.max_file_bytes,
+            max_files: d.max_files,
+        }
+    }
+}
+
+/// `[shutdown]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownTimings {
+    /// SIGTERM → SIGKILL.
+    pub grace: Duration,
+    /// Bound on draining log pumps.
+    pub log_drain: Duration,
+}
+
+impl Default for ShutdownTimings {
+    fn default() -> Self {
+        let d = runner_types::config::ShutdownSection::default();
+        Self {
+            grace: Duration::from_millis(d.grace_ms),
+            log_drain: Duration::from_millis(d.log_drain_ms),
+        }
+    }
+}
+
+/// `[restart]`, validated (`backoff_initial <= backoff_max`, window > 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartConfig {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Restarts allowed within `window`.
+    pub max_restarts: u32,
+    /// Sliding window.
+    pub window: Duration,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        let d = runner_types::config::RestartSection::default();
+        Self {
+            policy: d.policy,
+            max_restarts: d.max_restarts,
+            window: Duration::from_secs(d.window_secs),
+            backoff_initial: Duration::from_millis(d.backoff_initial_ms),
+            backoff_max: Duration::from_millis(d.backoff_max_ms),
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// Built-in defaults: process tier, demo guests (`process: None`), and
+    /// `<base_dir>/workspaces`.
+    pub fn defaults(base_dir: &std::path::Path) -> Self {
+        let images = runner_types::config::GuestImagesFile::default();
+        Self {
+            source: None,
+            workspace_root: base_dir.join("workspaces"),
+            default_tier: SandboxTier::Process,
+            guest_images: GuestImages {
+                oxydra_vm: images.oxydra_vm,
+                shell_vm: images.shell_vm,
+                firecracker_oxydra_vm_config: None,
+                firecracker_shell_vm_config: None,
+            },
+            users: BTreeMap::new(),
+            process: None,
+            logs: LogLimits::default(),
+            shutdown: ShutdownTimings::default(),
+            restart: RestartConfig::default(),
+            docker: DockerSection::default(),
+            firecracker: FirecrackerSection::default(),
+        }
+    }
+
+    /// Settings for `user`: its registered file, or defaults.
+    pub fn user(&self, user: &UserId) -> UserConfig {
+        self.users.get(user).cloned().unwrap_or_else(|| UserConfig {
+            shell_enabled: true,
+            ..UserConfig::default()
+        })
+    }
+
+    /// The tier `user` runs at.
+    pub fn tier_for(&self, user: &UserId) -> SandboxTier {
+        self.users
+            .get(user)
+            .and_then(|u| u.sandbox_tier)
+            .unwrap_or(self.default_tier)
+    }
+}

@@ -1,0 +1,1 @@
+//! Control-socket codec and client.

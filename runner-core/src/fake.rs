@@ -1,0 +1,1 @@
+//! Scripted fake backend for actor-level tests.

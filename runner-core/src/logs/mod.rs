@@ -1,0 +1,1 @@
+//! Byte-exact log capture with rotation, and the log reader.

@@ -1,0 +1,129 @@
+//! Health and per-guest status, as the control socket and the embedding API
+//! report them.
+
+use crate::envelope::StartupStatus;
+use crate::tier::{GuestRole, SandboxTier};
+use serde::{Deserialize, Serialize};
+
+/// Answer to `health_check`: oxydra's fields plus per-guest detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// The session's user.
+    pub user_id: String,
+    /// Every guest that should run is running.
+    pub healthy: bool,
+    /// Tier in effect.
+    pub sandbox_tier: SandboxTier,
+    /// What was set up at start.
+    pub startup_status: StartupStatus,
+    /// Shell tools available.
+    pub shell_available: bool,
+    /// Browser tools available.
+    pub browser_available: bool,
+    /// The session is shutting down or has shut down.
+    pub shutdown: bool,
+    /// Why the session is unhealthy or failed, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Host directory holding the guest logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
+    /// Host pid of the runtime guest (process tier) or its VMM (micro_vm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_pid: Option<u32>,
+    /// Container name of the runtime guest (container tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_container_name: Option<String>,
+    /// One entry per configured guest, sidecar first.
+    #[serde(default)]
+    pub guests: Vec<GuestStatus>,
+}
+
+/// State of one guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    /// Which guest.
+    pub role: GuestRole,
+    /// Lifecycle state.
+    pub state: GuestState,
+    /// Host pid (process tier; firecracker's pid on micro_vm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Container name (container tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// Container id (container tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// How the guest last exited, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<GuestExit>,
+    /// Restarts so far in this session.
+    pub restarts: u32,
+}
+
+/// Lifecycle state of a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestState {
+    /// Launch in progress.
+    Starting,
+    /// Launched and not exited.
+    Running,
+    /// Exited; waiting out the restart backoff.
+    BackingOff,
+    /// Exited and will not be restarted (policy).
+    Exited,
+    /// Restart limit exceeded, or relaunch failed.
+    Failed,
+    /// Being stopped by the runner.
+    Stopping,
+    /// Stopped by the runner.
+    Stopped,
+}
+
+/// One exit of a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestExit {
+    /// Exit code or signal.
+    pub status: ExitStatus,
+    /// When the exit was seen, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The kernel's OOM killer ended it (container tier reports this).
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Whether this counts as a success for the restart policy.
+    pub fn success(self) -> bool {
+        matches!(self, Self::Code(0))
+    }
+
+    /// Shell-style code: the exit code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(c) => c,
+            Self::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(c) => write!(f, "exit code {c}"),
+            Self::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
