@@ -8,9 +8,12 @@
 #                          shims/containers, unmount leftovers; idempotent
 #   .ci/dockerd.sh status  exit 0 and print DOCKER_HOST=... if it answers
 #
-# Usage from another script:
-#   export "$(bash .ci/dockerd.sh start | tail -n1)"
+# Usage from another script (set -e):
+#   line=$(bash .ci/dockerd.sh start)   # non-zero exit (log tail on stderr) on failure
+#   export "$line"                      # DOCKER_HOST=unix:///tmp/runner-ci-docker/d.sock
 #   trap 'bash .ci/dockerd.sh stop' EXIT
+# Env: RUNNER_DOCKER_DIR, RUNNER_DOCKER_START_TIMEOUT (30 s),
+#      RUNNER_DOCKER_STOP_TIMEOUT (20 s; dockerd stops containers first).
 #
 # Everything lives under $RUNNER_DOCKER_DIR (default /tmp/runner-ci-docker):
 #   d.sock  dockerd API socket      dockerd.pid / dockerd.log
@@ -20,6 +23,7 @@
 # The data root is kept across stop/start (images stay cached).
 # Progress goes to stderr; stdout carries only the DOCKER_HOST line.
 set -euo pipefail
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 DIR=${RUNNER_DOCKER_DIR:-/tmp/runner-ci-docker}
 SOCK=$DIR/d.sock
