@@ -1,1 +1,42 @@
-//! placeholder
+//! The actor layer of the sandbox runner: one ractor supervision tree per
+//! user session.
+//!
+//! ```text
+//! SessionSupervisor
+//! ├── LogPumpActor × N       one per (guest, stream)
+//! ├── GuestActor(sidecar)    started first
+//! ├── GuestActor(runtime)    gets the sidecar's endpoint in its envelope
+//! └── ControlListenerActor   run/runner-control.sock; a task per connection
+//! ```
+//!
+//! Embedding:
+//!
+//! ```no_run
+//! # async fn demo(config: runner_core::config::RunnerConfig,
+//! #               backend: std::sync::Arc<dyn runner_core::backend::SandboxBackend>)
+//! #   -> Result<(), Box<dyn std::error::Error>> {
+//! use runner_actors::{Backends, Runner};
+//! use std::time::Duration;
+//!
+//! let runner = Runner::new(config, Backends::new().with(backend));
+//! let session = runner.start_session("alice").await?;
+//! let health = session.health().await?;
+//! let mut events = session.events();
+//! session.shutdown(Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Actors orchestrate only: parsing, policy and IO live in `runner-core`.
+
+pub mod control;
+mod error;
+pub mod events;
+pub mod guest;
+pub mod log_pump;
+mod runner;
+pub mod session;
+
+pub use error::{HandleError, SessionError};
+pub use events::SessionEvent;
+pub use runner::{Backends, Runner, SessionOptions};
+pub use session::{SessionHandle, ShutdownReport};

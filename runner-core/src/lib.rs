@@ -14,7 +14,9 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod health;
 pub mod logs;
+pub mod restart;
 pub mod user;
 pub mod workspace;
 

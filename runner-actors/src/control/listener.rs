@@ -1,0 +1,173 @@
+//! `ControlListenerActor`: binds the control socket and runs the accept loop.
+//!
+//! Messages: none besides stop — the accept loop runs in a task the actor
+//! owns (a blocking accept inside `handle` would stall the mailbox).
+//! Each accepted connection is checked (peer uid must be ours or root) and
+//! served by its own task in a `JoinSet`, bounded by a semaphore.
+//!
+//! Shutdown guarantee: `post_stop` aborts the accept loop and every
+//! connection task, then removes the socket file.
+
+use super::connection::serve;
+use super::{ControlContext, ControlLimits};
+use crate::error::SessionError;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Messages of [`ControlListenerActor`] (it only needs to be stopped).
+pub enum ControlListenerMsg {}
+
+/// The listener actor. See the module docs.
+pub struct ControlListenerActor;
+
+/// Arguments: the bound listener and what connections need.
+pub struct ControlListenerArgs {
+    listener: UnixListener,
+    path: PathBuf,
+    ctx: ControlContext,
+    limits: ControlLimits,
+}
+
+/// State of [`ControlListenerActor`].
+pub struct ControlListenerState {
+    path: PathBuf,
+    accept: JoinHandle<()>,
+}
+
+impl Actor for ControlListenerActor {
+    type Msg = ControlListenerMsg;
+    type State = ControlListenerState;
+    type Arguments = ControlListenerArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ControlListenerMsg>,
+        args: ControlListenerArgs,
+    ) -> Result<ControlListenerState, ActorProcessingErr> {
+        let accept = tokio::spawn(accept_loop(args.listener, Arc::new(args.ctx), args.limits));
+        Ok(ControlListenerState {
+            path: args.path,
+            accept,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ControlListenerMsg>,
+        state: &mut ControlListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Aborting the loop drops its JoinSet, which aborts every connection.
+        state.accept.abort();
+        if let Err(e) = std::fs::remove_file(&state.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %state.path.display(), error = %e, "cannot remove control socket");
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: UnixListener, ctx: Arc<ControlContext>, limits: ControlLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        // Reap finished connection tasks so the set does not grow.
+        while conns.try_join_next().is_some() {}
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    "control connection from another uid refused"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read control peer credentials; refused");
+                continue;
+            }
+        }
+        let ctx = ctx.clone();
+        conns.spawn(async move {
+            serve(stream, &ctx, limits).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Typed handle to a [`ControlListenerActor`].
+#[derive(Clone)]
+pub struct ControlListenerHandle {
+    actor: ActorRef<ControlListenerMsg>,
+}
+
+impl ControlListenerHandle {
+    /// Binds `run/runner-control.sock` (mode 0600), removing a stale socket
+    /// file first, and spawns the listener linked to `supervisor`.
+    ///
+    /// Whether another live daemon owns the socket is the caller's concern
+    /// (runner-bin holds a lock file); here a leftover file is stale.
+    pub async fn spawn(supervisor: ActorCell, ctx: ControlContext) -> Result<Self, SessionError> {
+        Self::spawn_with(supervisor, ctx, ControlLimits::default()).await
+    }
+
+    /// As [`ControlListenerHandle::spawn`], with explicit limits.
+    pub async fn spawn_with(
+        supervisor: ActorCell,
+        ctx: ControlContext,
+        limits: ControlLimits,
+    ) -> Result<Self, SessionError> {
+        let path = ctx.workspace.control_socket();
+        let err = |source| SessionError::ControlSocket {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed stale control socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let args = ControlListenerArgs {
+            listener,
+            path: path.clone(),
+            ctx,
+            limits,
+        };
+        let (actor, _join) = Actor::spawn_linked(None, ControlListenerActor, args, supervisor)
+            .await
+            .map_err(SessionError::Spawn)?;
+        Ok(Self { actor })
+    }
+
+    /// Stops the listener and waits (bounded) until its socket is gone.
+    pub async fn stop(&self, timeout: Duration) {
+        if let Err(e) = self
+            .actor
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await
+        {
+            tracing::warn!(error = %e, "control listener did not stop in time");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The `logs` op: a one-shot answer, or a follow stream of new lines.
+
+use super::connection::{Conn, error, send};
+use super::{ControlContext, ControlLimits};
+use futures::StreamExt;
+use runner_core::control::log_lines::{LINES_BUDGET, batches, encode_line, keep_newest};
+use runner_core::logs::{LineSplitter, LogQuery};
+use runner_types::control::{DEFAULT_LOG_TAIL, LogLine, LogsChunk, LogsRequest};
+use runner_types::frame::MAX_CONTROL_FRAME;
+use runner_types::{ControlErrorCode, ControlResponse, GuestRole, LogStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// Longest line a follower is sent in one piece.
+const FOLLOW_MAX_LINE: usize = 16 * 1024;
+
+fn query(req: &LogsRequest, files: usize) -> LogQuery {
+    let q = LogQuery::tail(req.tail.unwrap_or(DEFAULT_LOG_TAIL))
+        .max_bytes(MAX_CONTROL_FRAME / files.max(1));
+    match req.since {
+        Some(t) => q.since(t),
+        None => q,
+    }
+}
+
+fn selected<'a>(
+    ctx: &'a ControlContext,
+    req: &LogsRequest,
+) -> Vec<&'a crate::log_pump::LogPumpHandle> {
+    ctx.pumps
+        .iter()
+        .filter(|p| {
+            req.role.roles().contains(&p.role()) && req.stream.streams().contains(&p.stream())
+        })
+        .collect()
+}
+
+/// Answers a one-shot `logs` request with the newest matching lines that
+/// fit in one frame.
+pub(super) async fn logs_chunk(ctx: &ControlContext, req: &LogsRequest) -> ControlResponse {
+    let pumps = selected(ctx, req);
+    let q = query(req, pumps.len());
+    let mut lines = Vec::new();
+    let mut truncated = false;
+    for pump in &pumps {
+        match pump.sink().read(q).await {
+            Ok(read) => {
+                truncated |= read.truncated;
+                lines.extend(
+                    read.lines
+                        .iter()
+                        .map(|l| encode_line(pump.role(), pump.stream(), l, req.format)),
+                );
+            }
+            Err(e) => {
+                return error(
+                    ControlErrorCode::Internal,
+                    format!("Cannot read {}: {e}", pump.name()),
+                );
+            }
+        }
+    }
+    let (lines, cut) = keep_newest(lines, LINES_BUDGET);
+    ControlResponse::Logs(LogsChunk {
+        lines,
+        truncated: truncated || cut,
+    })
+}
+
+/// Sends the matching tail, then every new line as further `logs` frames
+/// until the client goes away (or stops reading).
+pub(super) async fn follow_logs(
+    conn: &mut Conn,
+    ctx: &ControlContext,
+    req: &LogsRequest,
+    limits: ControlLimits,
+) {
+    let pumps = selected(ctx, req);
+    let q = query(req, pumps.len());
+    let (tx, mut rx) = mpsc::channel::<Feed>(64);
+    let mut initial = Vec::new();
+    let mut forwarders = tokio::task::JoinSet::new();
+    for pump in &pumps {
+        let (read, live) = match pump.sink().follow(q).await {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = format!("Cannot read {}: {e}", pump.name());
+                send(conn, error(ControlErrorCode::Internal, msg), limits).await;
+                return;
+            }
+        };
+        initial.extend(
+            read.lines
+                .iter()
+                .map(|l| encode_line(pump.role(), pump.stream(), l, req.format)),
+        );
+        forwarders.spawn(forward(pump.role(), pump.stream(), live, tx.clone()));
+    }
+    drop(tx);
+    let (initial, cut) = keep_newest(initial, LINES_BUDGET);
+    if !send(conn, chunk(initial, cut), limits).await {
+        return;
+    }
+    let mut splitters: Vec<((GuestRole, LogStream), LineSplitter)> = Vec::new();
+    loop {
+        tokio::select! {
+            incoming = conn.next() => {
+                // The client closed, failed, or sent something: a follow
+                // connection carries no further requests, so end it.
+                if incoming.is_none() || matches!(incoming, Some(Err(_))) {
+                    return;
+                }
+            }
+            feed = rx.recv() => {
+                let Some(first) = feed else { return };
+                let mut lines = Vec::new();
+                let mut lagged = false;
+                let mut next = Some(first);
+                // Batch whatever is already queued into as few frames as possible.
+                while let Some(f) = next {
+                    match f {
+                        Feed::Bytes(role, stream, bytes) => {
+                            let i = match splitters.iter().position(|(k, _)| *k == (role, stream)) {
+                                Some(i) => i,
+                                None => {
+                                    splitters.push(((role, stream), LineSplitter::new(FOLLOW_MAX_LINE)));
+                                    splitters.len() - 1
+                                }
+                            };
+                            for l in splitters[i].1.push(&bytes) {
+                                lines.push(encode_line(role, stream, &l, req.format));
+                            }
+                        }
+                        Feed::Lagged => lagged = true,
+                    }
+                    next = rx.try_recv().ok();
+                }
+                let mut frames = batches(lines, LINES_BUDGET);
+                if frames.is_empty() && lagged {
+                    frames.push(Vec::new());
+                }
+                for (n, frame) in frames.into_iter().enumerate() {
+                    if !send(conn, chunk(frame, lagged && n == 0), limits).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Feed {
+    Bytes(GuestRole, LogStream, bytes::Bytes),
+    Lagged,
+}
+
+async fn forward(
+    role: GuestRole,
+    stream: LogStream,
+    mut live: broadcast::Receiver<bytes::Bytes>,
+    tx: mpsc::Sender<Feed>,
+) {
+    loop {
+        let feed = match live.recv().await {
+            Ok(b) => Feed::Bytes(role, stream, b),
+            Err(broadcast::error::RecvError::Lagged(_)) => Feed::Lagged,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send(feed).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn chunk(lines: Vec<LogLine>, truncated: bool) -> ControlResponse {
+    ControlResponse::Logs(LogsChunk { lines, truncated })
+}

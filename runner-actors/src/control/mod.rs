@@ -1,0 +1,55 @@
+//! The control plane: [`ControlListenerActor`] accepts connections on
+//! `run/runner-control.sock`; each connection is served by its own task
+//! ([`connection`]), so a slow or hostile client never blocks another.
+
+mod connection;
+mod listener;
+mod logs;
+
+pub use listener::{ControlListenerActor, ControlListenerHandle, ControlListenerMsg};
+
+use crate::log_pump::LogPumpHandle;
+use crate::session::SessionMsg;
+use ractor::ActorRef;
+use runner_core::{UserId, Workspace};
+use runner_types::HealthStatus;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What connection tasks need from the session.
+#[derive(Clone)]
+pub struct ControlContext {
+    /// The session's user (checked by `shutdown_user`).
+    pub user: UserId,
+    /// The workspace (socket path, log files).
+    pub workspace: Workspace,
+    /// Latest health snapshot.
+    pub health: watch::Receiver<HealthStatus>,
+    /// The supervisor, to request shutdown.
+    pub supervisor: ActorRef<SessionMsg>,
+    /// Log sinks, for `logs` and `logs` with `follow`.
+    pub pumps: Vec<LogPumpHandle>,
+    /// Deadline passed with a `shutdown_user` request.
+    pub shutdown_deadline: Duration,
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlLimits {
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// A connection that sends no complete request for this long is dropped.
+    pub read_timeout: Duration,
+    /// A response that cannot be written within this long drops the client.
+    pub write_timeout: Duration,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Errors of the actor layer.
+
+use runner_core::backend::LaunchError;
+use runner_core::config::ConfigError;
+use runner_core::user::UserIdError;
+use runner_core::workspace::WorkspaceError;
+use runner_types::{GuestRole, SandboxTier};
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a session could not be started.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The user id is not acceptable.
+    #[error("Invalid user id")]
+    UserId(#[from] UserIdError),
+    /// The config is not acceptable for this session.
+    #[error("Invalid configuration")]
+    Config(#[from] ConfigError),
+    /// No backend was supplied for the tier the user runs at.
+    #[error("No backend is available for the {tier} tier")]
+    NoBackend {
+        /// The tier.
+        tier: SandboxTier,
+    },
+    /// The workspace could not be provisioned.
+    #[error("Cannot provision the workspace")]
+    Workspace(#[from] WorkspaceError),
+    /// The backend's per-session preparation failed.
+    #[error("Cannot prepare the session")]
+    Prepare(#[source] LaunchError),
+    /// A guest could not be launched.
+    #[error("Cannot launch the {role} guest")]
+    Launch {
+        /// Which guest.
+        role: GuestRole,
+        /// Cause.
+        #[source]
+        source: LaunchError,
+    },
+    /// A log file could not be opened.
+    #[error("Cannot open log file {path}")]
+    Logs {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: runner_core::logs::LogError,
+    },
+    /// The control socket could not be served.
+    #[error("Cannot serve the control socket {path}")]
+    ControlSocket {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An actor could not be spawned.
+    #[error("Cannot spawn a session actor")]
+    Spawn(#[source] ractor::SpawnErr),
+    /// The supervisor stopped before it finished starting the session.
+    #[error("The session supervisor stopped during start")]
+    Gone,
+}
+
+/// Why a call on a handle failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HandleError {
+    /// The actor has stopped.
+    #[error("The session has stopped")]
+    Gone,
+    /// The actor did not answer in time.
+    #[error("The session did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl<T> From<ractor::RactorErr<T>> for HandleError {
+    fn from(e: ractor::RactorErr<T>) -> Self {
+        match e {
+            ractor::RactorErr::Timeout => Self::Timeout(std::time::Duration::ZERO),
+            _ => Self::Gone,
+        }
+    }
+}

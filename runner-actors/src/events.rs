@@ -1,0 +1,52 @@
+//! Lifecycle events a session publishes to its subscribers.
+
+use runner_types::{GuestExit, GuestRole, GuestState};
+use std::time::Duration;
+
+/// Something that happened in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A guest changed state.
+    GuestState {
+        /// Which guest.
+        role: GuestRole,
+        /// Its new state.
+        state: GuestState,
+    },
+    /// A guest was launched (first start or restart).
+    GuestStarted {
+        /// Which guest.
+        role: GuestRole,
+        /// Host pid, where there is one.
+        pid: Option<u32>,
+        /// Container name, where there is one.
+        container_name: Option<String>,
+        /// Restarts before this launch.
+        restarts: u32,
+    },
+    /// A guest exited on its own (not stopped by the runner).
+    GuestExited {
+        /// Which guest.
+        role: GuestRole,
+        /// How.
+        exit: GuestExit,
+    },
+    /// A guest will be relaunched after a backoff.
+    GuestRestarting {
+        /// Which guest.
+        role: GuestRole,
+        /// Restart number in this session (1-based).
+        attempt: u32,
+        /// Backoff before the relaunch.
+        after: Duration,
+    },
+    /// The session is failed (restart limit exceeded or relaunch failed).
+    SessionFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Ordered shutdown began.
+    ShutdownStarted,
+    /// Ordered shutdown finished; the session is gone.
+    ShutdownComplete,
+}

@@ -1,0 +1,384 @@
+//! `GuestActor`: owns one guest (runtime or sidecar) across its launches.
+//!
+//! Messages: `Launch` (first start, answered), `Exited` (from the waiter
+//! task), `RestartDue` (from the backoff timer), `Stop` (answered).
+//! It launches through the backend, hands the guest's output streams to the
+//! log pumps, turns an exit into an event and applies the restart policy
+//! ([`RestartTracker`]); it reports every status change to the supervisor.
+//!
+//! Shutdown guarantee: `Stop` stops the guest (grace, then force) and cleans
+//! up after it; if the actor is stopped without `Stop`, `post_stop` does the
+//! same with the configured grace, so no guest outlives its actor.
+
+use crate::events::SessionEvent;
+use crate::log_pump::LogPumpHandle;
+use crate::session::SessionMsg;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
+use runner_core::config::RestartConfig;
+use runner_core::restart::{RestartDecision, RestartTracker};
+use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// Messages of [`GuestActor`].
+pub enum GuestMsg {
+    /// Launch for the first time; answers with the identity or the error.
+    Launch(RpcReplyPort<Result<GuestIdentity, LaunchError>>),
+    /// The launch numbered `generation` exited.
+    Exited {
+        /// Launch number.
+        generation: u64,
+        /// How.
+        exit: GuestExit,
+    },
+    /// The backoff after the exit of launch `generation` is over.
+    RestartDue {
+        /// Launch number that exited.
+        generation: u64,
+    },
+    /// Stop the guest (grace, then force) and clean up; answers with the
+    /// guest's final status.
+    Stop {
+        /// SIGTERM → SIGKILL.
+        grace: Duration,
+        /// Answer.
+        reply: RpcReplyPort<GuestStatus>,
+    },
+}
+
+/// Arguments of [`GuestActor`].
+pub struct GuestArgs {
+    /// What to launch (reused for every restart).
+    pub spec: LaunchSpec,
+    /// The tier's backend.
+    pub backend: Arc<dyn SandboxBackend>,
+    /// Restart policy.
+    pub restart: RestartConfig,
+    /// Grace used when the actor stops without a `Stop` message.
+    pub grace: Duration,
+    /// Pumps for this guest's streams.
+    pub pumps: Vec<(LogStream, LogPumpHandle)>,
+    /// The session supervisor.
+    pub supervisor: ActorRef<SessionMsg>,
+    /// Event stream.
+    pub events: broadcast::Sender<SessionEvent>,
+}
+
+/// Per-guest actor. See the module docs.
+pub struct GuestActor;
+
+/// State of [`GuestActor`].
+pub struct GuestActorState {
+    args: GuestArgs,
+    tracker: RestartTracker,
+    generation: u64,
+    current: Option<Running>,
+    status: GuestStatus,
+}
+
+struct Running {
+    control: Box<dyn GuestControl>,
+    waiter: JoinHandle<()>,
+    started: Instant,
+}
+
+impl Actor for GuestActor {
+    type Msg = GuestMsg;
+    type State = GuestActorState;
+    type Arguments = GuestArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<GuestMsg>,
+        args: GuestArgs,
+    ) -> Result<GuestActorState, ActorProcessingErr> {
+        let status = GuestStatus {
+            role: args.spec.role,
+            state: GuestState::Starting,
+            pid: None,
+            container_name: None,
+            container_id: None,
+            last_exit: None,
+            restarts: 0,
+        };
+        Ok(GuestActorState {
+            tracker: RestartTracker::new(args.restart),
+            args,
+            generation: 0,
+            current: None,
+            status,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GuestMsg>,
+        msg: GuestMsg,
+        state: &mut GuestActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GuestMsg::Launch(reply) => {
+                let result = on_launch(&myself, state).await;
+                if reply.send(result).is_err() {
+                    tracing::debug!("launch requester went away");
+                }
+            }
+            GuestMsg::Exited { generation, exit } => {
+                on_exited(&myself, state, generation, exit).await
+            }
+            GuestMsg::RestartDue { generation } => on_restart_due(&myself, state, generation).await,
+            GuestMsg::Stop { grace, reply } => {
+                on_stop(state, grace).await;
+                if reply.send(state.status.clone()).is_err() {
+                    tracing::debug!("stop requester went away");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GuestMsg>,
+        state: &mut GuestActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.current.is_some() {
+            let grace = state.args.grace;
+            tracing::warn!(role = %state.args.spec.role, "guest actor stopped without Stop; stopping guest");
+            on_stop(state, grace).await;
+        }
+        Ok(())
+    }
+}
+
+async fn on_launch(
+    myself: &ActorRef<GuestMsg>,
+    state: &mut GuestActorState,
+) -> Result<GuestIdentity, LaunchError> {
+    set_state(state, GuestState::Starting);
+    let launched = match state.args.backend.launch(state.args.spec.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            set_state(state, GuestState::Failed);
+            return Err(e);
+        }
+    };
+    state.generation += 1;
+    let generation = state.generation;
+    for output in launched.outputs {
+        match state.args.pumps.iter().find(|(s, _)| *s == output.stream) {
+            Some((_, pump)) => pump.attach(output.reader),
+            None => {
+                tracing::warn!(stream = %output.stream, "no log pump for stream; output dropped")
+            }
+        }
+    }
+    let mut exit = launched.exit;
+    let me = myself.clone();
+    let waiter = tokio::spawn(async move {
+        let exit = exit.wait().await;
+        if me.cast(GuestMsg::Exited { generation, exit }).is_err() {
+            tracing::debug!("guest actor gone before exit could be reported");
+        }
+    });
+    let identity = launched.identity;
+    state.status.pid = identity.pid();
+    state.status.container_name = identity.container_name().map(str::to_owned);
+    state.status.container_id = match &identity {
+        GuestIdentity::Container { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    state.current = Some(Running {
+        control: launched.control,
+        waiter,
+        started: Instant::now(),
+    });
+    emit(
+        state,
+        SessionEvent::GuestStarted {
+            role: state.args.spec.role,
+            pid: state.status.pid,
+            container_name: state.status.container_name.clone(),
+            restarts: state.status.restarts,
+        },
+    );
+    set_state(state, GuestState::Running);
+    Ok(identity)
+}
+
+async fn on_exited(
+    myself: &ActorRef<GuestMsg>,
+    state: &mut GuestActorState,
+    generation: u64,
+    exit: GuestExit,
+) {
+    if generation != state.generation || state.current.is_none() {
+        return; // a stale launch, or a stop already handled it
+    }
+    let role = state.args.spec.role;
+    let running = state.current.take().expect("checked above");
+    if let Err(e) = running.control.cleanup().await {
+        tracing::warn!(%role, error = %e, "cleanup after exit failed");
+    }
+    state.status.last_exit = Some(exit);
+    emit(state, SessionEvent::GuestExited { role, exit });
+    let ran_for = running.started.elapsed();
+    match state.tracker.on_exit(exit.status, Instant::now(), ran_for) {
+        RestartDecision::Restart { after, attempt } => {
+            set_state(state, GuestState::BackingOff);
+            emit(
+                state,
+                SessionEvent::GuestRestarting {
+                    role,
+                    attempt,
+                    after,
+                },
+            );
+            myself.send_after(after, move || GuestMsg::RestartDue { generation });
+        }
+        RestartDecision::Done => set_state(state, GuestState::Exited),
+        RestartDecision::GiveUp { reason } => {
+            set_state(state, GuestState::Failed);
+            notify_failed(state, format!("{role} guest: {reason}"));
+        }
+    }
+}
+
+async fn on_restart_due(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState, generation: u64) {
+    if generation != state.generation || state.status.state != GuestState::BackingOff {
+        return;
+    }
+    state.status.restarts = state.tracker.total();
+    if let Err(e) = on_launch(myself, state).await {
+        let role = state.args.spec.role;
+        tracing::error!(%role, error = %e, "relaunch failed");
+        notify_failed(state, format!("{role} guest could not be relaunched: {e}"));
+    }
+}
+
+async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestExit> {
+    // Bump the generation so a pending restart timer or exit report is ignored.
+    state.generation += 1;
+    let Some(running) = state.current.take() else {
+        if matches!(
+            state.status.state,
+            GuestState::BackingOff | GuestState::Starting
+        ) {
+            set_state(state, GuestState::Stopped);
+        }
+        return None;
+    };
+    set_state(state, GuestState::Stopping);
+    let role = state.args.spec.role;
+    let exit = match running.control.stop(grace).await {
+        Ok(exit) => Some(exit),
+        Err(e) => {
+            tracing::error!(%role, error = %e, "stop failed");
+            None
+        }
+    };
+    running.waiter.abort();
+    if let Err(e) = running.control.cleanup().await {
+        tracing::warn!(%role, error = %e, "cleanup after stop failed");
+    }
+    if exit.is_some() {
+        state.status.last_exit = exit;
+    }
+    set_state(state, GuestState::Stopped);
+    exit
+}
+
+fn notify_failed(state: &GuestActorState, reason: String) {
+    let msg = SessionMsg::GuestFailed {
+        role: state.args.spec.role,
+        reason,
+    };
+    if state.args.supervisor.cast(msg).is_err() {
+        tracing::debug!("supervisor gone; failure not reported");
+    }
+}
+
+fn set_state(state: &mut GuestActorState, new: GuestState) {
+    state.status.state = new;
+    let role = state.args.spec.role;
+    emit(state, SessionEvent::GuestState { role, state: new });
+    if state
+        .args
+        .supervisor
+        .cast(SessionMsg::GuestUpdate(state.status.clone()))
+        .is_err()
+    {
+        tracing::debug!("supervisor gone; status not reported");
+    }
+}
+
+fn emit(state: &GuestActorState, event: SessionEvent) {
+    // No subscribers is normal.
+    let _subscribers = state.args.events.send(event).unwrap_or(0);
+}
+
+/// Typed handle to a [`GuestActor`].
+#[derive(Clone)]
+pub struct GuestHandle {
+    actor: ActorRef<GuestMsg>,
+    role: GuestRole,
+}
+
+impl GuestHandle {
+    /// Wraps an actor reference.
+    pub fn new(actor: ActorRef<GuestMsg>, role: GuestRole) -> Self {
+        Self { actor, role }
+    }
+
+    /// Which guest.
+    pub fn role(&self) -> GuestRole {
+        self.role
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &ActorRef<GuestMsg> {
+        &self.actor
+    }
+
+    /// First launch. `timeout` bounds the whole call.
+    pub async fn launch(
+        &self,
+        timeout: Duration,
+    ) -> Result<Result<GuestIdentity, LaunchError>, crate::HandleError> {
+        call(&self.actor, GuestMsg::Launch, timeout).await
+    }
+
+    /// Stops the guest and returns its final status; `timeout` must exceed
+    /// `grace` plus the backend's kill allowance.
+    pub async fn stop(
+        &self,
+        grace: Duration,
+        timeout: Duration,
+    ) -> Result<GuestStatus, crate::HandleError> {
+        call(
+            &self.actor,
+            |reply| GuestMsg::Stop { grace, reply },
+            timeout,
+        )
+        .await
+    }
+}
+
+pub(crate) async fn call<M, T>(
+    actor: &ActorRef<M>,
+    msg: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+) -> Result<T, crate::HandleError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(msg, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(crate::HandleError::Timeout(timeout)),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(crate::HandleError::Gone),
+    }
+}

@@ -1,0 +1,172 @@
+//! `LogPumpActor`: one per (guest, stream), alive for the whole session.
+//!
+//! It owns the stream's [`LogSink`] (the rotating file), so every launch of
+//! the guest — first start and each restart — appends to the same files.
+//! Messages: `Attach` (a new launch's stream; copied by a task the actor
+//! owns), `Drain` (answered: wait for every attached stream to reach EOF,
+//! bounded, cutting what does not). Copying runs in tasks, never in
+//! `handle`, so the mailbox stays responsive. `post_stop` aborts any copy
+//! still running.
+
+use crate::error::SessionError;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use runner_core::config::LogLimits;
+use runner_core::logs::{GuestReader, LogPump, LogSink, PumpHandle};
+use runner_types::{GuestRole, LogStream};
+use std::path::Path;
+use std::time::Duration;
+
+/// Messages of [`LogPumpActor`].
+pub enum LogPumpMsg {
+    /// Start copying a new launch's stream into the sink.
+    Attach(GuestReader),
+    /// Wait up to the timeout for every attached stream to reach EOF;
+    /// answers `true` if any was cut.
+    Drain {
+        /// Bound.
+        timeout: Duration,
+        /// Answer: some stream was cut.
+        reply: RpcReplyPort<bool>,
+    },
+}
+
+/// The pump actor. See the module docs.
+pub struct LogPumpActor;
+
+/// State of [`LogPumpActor`].
+pub struct LogPumpState {
+    sink: LogSink,
+    pumps: Vec<PumpHandle>,
+}
+
+impl Actor for LogPumpActor {
+    type Msg = LogPumpMsg;
+    type State = LogPumpState;
+    type Arguments = LogSink;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<LogPumpMsg>,
+        sink: LogSink,
+    ) -> Result<LogPumpState, ActorProcessingErr> {
+        Ok(LogPumpState {
+            sink,
+            pumps: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LogPumpMsg>,
+        msg: LogPumpMsg,
+        state: &mut LogPumpState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LogPumpMsg::Attach(reader) => {
+                state.pumps.retain(|p| !p.is_finished());
+                state.pumps.push(LogPump::spawn(reader, &state.sink));
+            }
+            LogPumpMsg::Drain { timeout, reply } => {
+                let cut = on_drain(state, timeout).await;
+                if reply.send(cut).is_err() {
+                    tracing::debug!("drain requester went away");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<LogPumpMsg>,
+        state: &mut LogPumpState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Dropping a pump handle stops its task (bytes already read are
+        // still written).
+        state.pumps.clear();
+        Ok(())
+    }
+}
+
+async fn on_drain(state: &mut LogPumpState, timeout: Duration) -> bool {
+    let pumps = std::mem::take(&mut state.pumps);
+    let reports = futures::future::join_all(pumps.into_iter().map(|p| p.finish(timeout))).await;
+    reports.iter().any(|r| r.was_cut())
+}
+
+/// Typed handle to a [`LogPumpActor`].
+#[derive(Clone)]
+pub struct LogPumpHandle {
+    actor: ActorRef<LogPumpMsg>,
+    role: GuestRole,
+    stream: LogStream,
+    sink: LogSink,
+    name: String,
+}
+
+impl LogPumpHandle {
+    /// Opens the sink for (`role`, `stream`) under `logs_dir` and spawns the
+    /// actor linked to `supervisor`.
+    pub async fn spawn(
+        supervisor: ActorCell,
+        logs_dir: &Path,
+        role: GuestRole,
+        stream: LogStream,
+        limits: LogLimits,
+    ) -> Result<Self, SessionError> {
+        let sink =
+            LogSink::open(logs_dir, role, stream, limits).map_err(|e| SessionError::Logs {
+                path: logs_dir.join(stream.file_name(role)),
+                source: e,
+            })?;
+        let (actor, _join) = Actor::spawn_linked(None, LogPumpActor, sink.clone(), supervisor)
+            .await
+            .map_err(SessionError::Spawn)?;
+        Ok(Self {
+            actor,
+            role,
+            stream,
+            sink,
+            name: format!("{}.{}", role.label(), stream),
+        })
+    }
+
+    /// Which guest.
+    pub fn role(&self) -> GuestRole {
+        self.role
+    }
+
+    /// Which stream.
+    pub fn stream(&self) -> LogStream {
+        self.stream
+    }
+
+    /// `<role label>.<stream>`, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sink (for readers and live subscribers).
+    pub fn sink(&self) -> &LogSink {
+        &self.sink
+    }
+
+    /// Hands a new launch's stream to the pump.
+    pub fn attach(&self, reader: GuestReader) {
+        if self.actor.cast(LogPumpMsg::Attach(reader)).is_err() {
+            tracing::warn!(stream = %self.name, "log pump gone; output dropped");
+        }
+    }
+
+    /// Drains to EOF within `timeout`; `true` if a stream had to be cut.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let bound = timeout + Duration::from_secs(1);
+        crate::guest::call(
+            &self.actor,
+            |reply| LogPumpMsg::Drain { timeout, reply },
+            bound,
+        )
+        .await
+        .unwrap_or(true)
+    }
+}

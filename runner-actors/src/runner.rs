@@ -1,0 +1,191 @@
+//! [`Runner`]: the embedding entry point — config plus backends in, sessions out.
+
+use crate::error::SessionError;
+use crate::session::{SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
+use ractor::Actor;
+use runner_core::backend::SandboxBackend;
+use runner_core::bootstrap;
+use runner_core::config::RunnerConfig;
+use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_core::{UserId, Workspace};
+use runner_types::SandboxTier;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch};
+
+/// The backends a runner may use, one per tier. Inject fakes in tests.
+#[derive(Clone, Default)]
+pub struct Backends {
+    process: Option<Arc<dyn SandboxBackend>>,
+    container: Option<Arc<dyn SandboxBackend>>,
+    micro_vm: Option<Arc<dyn SandboxBackend>>,
+}
+
+impl Backends {
+    /// No backends.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `backend` for the tier it reports.
+    pub fn with(mut self, backend: Arc<dyn SandboxBackend>) -> Self {
+        let slot = match backend.tier() {
+            SandboxTier::Process => &mut self.process,
+            SandboxTier::Container => &mut self.container,
+            SandboxTier::MicroVm => &mut self.micro_vm,
+        };
+        *slot = Some(backend);
+        self
+    }
+
+    /// The backend for `tier`, if any.
+    pub fn get(&self, tier: SandboxTier) -> Option<Arc<dyn SandboxBackend>> {
+        match tier {
+            SandboxTier::Process => self.process.clone(),
+            SandboxTier::Container => self.container.clone(),
+            SandboxTier::MicroVm => self.micro_vm.clone(),
+        }
+    }
+}
+
+/// Per-session choices.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Serve `run/runner-control.sock` (default true).
+    pub serve_control: bool,
+    /// Force the process tier (`--insecure`); reported as degraded.
+    pub insecure: bool,
+    /// Extra guest environment (`-e`, `--env-file`).
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            serve_control: true,
+            insecure: false,
+            extra_env: BTreeMap::new(),
+        }
+    }
+}
+
+/// Starts sessions. Holds no global state: many runners, and many sessions
+/// per runner, can live in one process.
+pub struct Runner {
+    config: Arc<RunnerConfig>,
+    backends: Backends,
+    sessions_started: AtomicU64,
+}
+
+impl Runner {
+    /// A runner over `config` using `backends`.
+    pub fn new(config: RunnerConfig, backends: Backends) -> Self {
+        Self {
+            config: Arc::new(config),
+            backends,
+            sessions_started: AtomicU64::new(0),
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    /// Starts a session for `user` with default options.
+    pub async fn start_session(&self, user: &str) -> Result<SessionHandle, SessionError> {
+        self.start_session_with(user, SessionOptions::default())
+            .await
+    }
+
+    /// Starts a session: provisions the workspace, starts pumps, the sidecar,
+    /// the runtime and (optionally) the control listener. On failure,
+    /// whatever was started is stopped again before the error is returned.
+    pub async fn start_session_with(
+        &self,
+        user: &str,
+        options: SessionOptions,
+    ) -> Result<SessionHandle, SessionError> {
+        let user = UserId::new(user)?;
+        let user_config = self.config.user(&user);
+        let tier = if options.insecure {
+            SandboxTier::Process
+        } else {
+            self.config.tier_for(&user)
+        };
+        let backend = self
+            .backends
+            .get(tier)
+            .ok_or(SessionError::NoBackend { tier })?;
+        let workspace =
+            Workspace::provision(&self.config.workspace_root, &user, &user_config.mounts)?;
+
+        let mut degraded = Vec::new();
+        if tier == SandboxTier::Process {
+            degraded.push(bootstrap::insecure_process_tier(options.insecure));
+        }
+        let startup =
+            bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
+        let degraded = startup.degraded_reasons.clone();
+        let log_dir = workspace.logs.display().to_string();
+        let initial = health_report(&HealthInputs {
+            user_id: user.as_str(),
+            tier,
+            startup: &startup,
+            phase: &SessionPhase::Starting,
+            log_dir: &log_dir,
+            guests: &[],
+        });
+        let (health_tx, health_rx) = watch::channel(initial);
+        let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
+        let (events, _) = broadcast::channel(256);
+        let args = SessionArgs {
+            user: user.clone(),
+            session_id: self.next_session_id(),
+            tier,
+            config: self.config.clone(),
+            user_config,
+            backend,
+            workspace: workspace.clone(),
+            startup,
+            degraded,
+            extra_env: options.extra_env,
+            serve_control: options.serve_control,
+            health_tx,
+            phase_tx,
+            events: events.clone(),
+        };
+        let shutdown_bound = args.shutdown_bound();
+        let (actor, _join) = Actor::spawn(None, SessionSupervisor, args)
+            .await
+            .map_err(SessionError::Spawn)?;
+        let handle = SessionHandle {
+            actor: actor.clone(),
+            user,
+            workspace,
+            serves_control: options.serve_control,
+            health: health_rx,
+            phase: phase_rx,
+            events,
+            shutdown_bound,
+        };
+        // Start can take as long as the backends need; the guest actor bounds
+        // each launch, so this wait is bounded too.
+        let started = crate::guest::call(&actor, SessionMsg::Start, Duration::from_secs(600))
+            .await
+            .map_err(|_| SessionError::Gone)?;
+        started?;
+        Ok(handle)
+    }
+
+    fn next_session_id(&self) -> String {
+        let n = self.sessions_started.fetch_add(1, Ordering::Relaxed);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("{ms:x}-{n}")
+    }
+}

@@ -1,0 +1,105 @@
+//! [`SessionHandle`]: the cloneable, typed face of a running session.
+
+use super::{SessionMsg, ShutdownReport};
+use crate::HandleError;
+use crate::events::SessionEvent;
+use crate::guest::call;
+use ractor::ActorRef;
+use runner_core::health::SessionPhase;
+use runner_core::{UserId, Workspace};
+use runner_types::HealthStatus;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// A running session. Cheap to clone; every method is bounded.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) actor: ActorRef<SessionMsg>,
+    pub(crate) user: UserId,
+    pub(crate) workspace: Workspace,
+    pub(crate) serves_control: bool,
+    pub(crate) health: watch::Receiver<HealthStatus>,
+    pub(crate) phase: watch::Receiver<SessionPhase>,
+    pub(crate) events: broadcast::Sender<SessionEvent>,
+    pub(crate) shutdown_bound: Duration,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("user", &self.user)
+            .field("phase", &*self.phase.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionHandle {
+    /// The session's user.
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    /// The session's workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    /// The control socket, if this session serves one.
+    pub fn control_socket(&self) -> Option<PathBuf> {
+        self.serves_control.then(|| self.workspace.control_socket())
+    }
+
+    /// Current health — the same struct the control socket returns.
+    ///
+    /// The supervisor publishes a fresh snapshot on every change, so this
+    /// never waits on the supervisor's mailbox.
+    pub async fn health(&self) -> Result<HealthStatus, HandleError> {
+        Ok(self.health.borrow().clone())
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> SessionPhase {
+        self.phase.borrow().clone()
+    }
+
+    /// Subscribes to lifecycle events from now on.
+    pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Ordered shutdown, bounded by `deadline` (the configured grace and drain
+    /// timings still apply within it). Returns what was stopped.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, HandleError> {
+        let wait = deadline + Duration::from_secs(1);
+        let report = call(
+            &self.actor,
+            |reply| SessionMsg::Shutdown {
+                deadline,
+                reply: Some(reply),
+            },
+            wait,
+        )
+        .await?;
+        self.wait_stopped(Duration::from_secs(2)).await;
+        Ok(report)
+    }
+
+    /// Asks for a shutdown without waiting for it (as `shutdown_user` does).
+    pub fn request_shutdown(&self) -> Result<(), HandleError> {
+        self.actor
+            .cast(SessionMsg::Shutdown {
+                deadline: self.shutdown_bound,
+                reply: None,
+            })
+            .map_err(|_| HandleError::Gone)
+    }
+
+    /// Waits until the session has fully stopped; `false` on timeout.
+    pub async fn wait_stopped(&self, timeout: Duration) -> bool {
+        let mut phase = self.phase.clone();
+        let stopped = phase.wait_for(|p| *p == SessionPhase::Stopped);
+        matches!(tokio::time::timeout(timeout, stopped).await, Ok(Ok(_)))
+            || *self.phase.borrow() == SessionPhase::Stopped
+    }
+}

@@ -1,0 +1,277 @@
+//! `SessionSupervisor`: one per user session; the root of the actor tree.
+//!
+//! ```text
+//! SessionSupervisor
+//! ├── LogPumpActor × N     one per (guest, stream), alive for the whole session
+//! ├── GuestActor(sidecar)  started first; its endpoint goes into the runtime's envelope
+//! ├── GuestActor(runtime)
+//! └── ControlListenerActor (optional)
+//! ```
+//!
+//! Messages: `Start` (answered; launches everything in order), `GuestUpdate`
+//! and `GuestFailed` (from guest actors), `Shutdown` (answered).
+//!
+//! Shutdown guarantee, in order and bounded: the control listener stops (no
+//! new work; its socket is removed) → runtime stopped → sidecar stopped (each
+//! grace then force, then its per-launch resources removed) → every log pump
+//! drained to EOF or cut at `log_drain` → children stopped *by us* and awaited,
+//! so each child's `post_stop` runs (ractor would otherwise kill linked
+//! children without it). A child exiting never stops the supervisor: the
+//! default `handle_supervisor_evt` is overridden.
+
+mod handle;
+mod start;
+
+pub use handle::SessionHandle;
+pub use start::SessionArgs;
+
+use crate::control::ControlListenerHandle;
+use crate::error::SessionError;
+use crate::events::SessionEvent;
+use crate::guest::GuestHandle;
+use crate::log_pump::LogPumpHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_types::{GuestRole, GuestStatus, HealthStatus};
+use std::time::{Duration, Instant};
+
+/// Messages of [`SessionSupervisor`].
+pub enum SessionMsg {
+    /// Launch pumps, guests (sidecar first) and the control listener.
+    Start(RpcReplyPort<Result<(), SessionError>>),
+    /// A guest's status changed.
+    GuestUpdate(GuestStatus),
+    /// A guest gave up (restart limit, relaunch failure).
+    GuestFailed {
+        /// Which guest.
+        role: GuestRole,
+        /// Why.
+        reason: String,
+    },
+    /// Ordered, bounded shutdown within `deadline`; then the actor stops.
+    Shutdown {
+        /// Upper bound on the whole shutdown.
+        deadline: Duration,
+        /// Answer once done (optional: the control socket fires and forgets).
+        reply: Option<RpcReplyPort<ShutdownReport>>,
+    },
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Guests stopped, with their final exits.
+    pub guests: Vec<GuestStatus>,
+    /// Streams whose pumps were cut at the drain timeout instead of reaching EOF.
+    pub cut_streams: Vec<String>,
+    /// How long the shutdown took.
+    pub took: Duration,
+}
+
+/// The supervisor actor. See the module docs.
+pub struct SessionSupervisor;
+
+/// State of [`SessionSupervisor`].
+pub struct SessionState {
+    args: SessionArgs,
+    phase: SessionPhase,
+    guests: Vec<GuestHandle>,
+    statuses: Vec<GuestStatus>,
+    pumps: Vec<LogPumpHandle>,
+    listener: Option<ControlListenerHandle>,
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        Ok(SessionState {
+            args,
+            phase: SessionPhase::Starting,
+            guests: Vec::new(),
+            statuses: Vec::new(),
+            pumps: Vec::new(),
+            listener: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Start(reply) => {
+                let result = start::on_start(&myself, state).await;
+                let failed = result.is_err();
+                if failed {
+                    on_shutdown(&myself, state, state.args.shutdown_bound()).await;
+                } else {
+                    set_phase(state, SessionPhase::Running);
+                }
+                if reply.send(result).is_err() {
+                    tracing::debug!("start requester went away");
+                }
+                if failed {
+                    myself.stop(Some("start failed".into()));
+                }
+            }
+            SessionMsg::GuestUpdate(status) => on_guest_update(state, status),
+            SessionMsg::GuestFailed { role, reason } => on_guest_failed(state, role, reason),
+            SessionMsg::Shutdown { deadline, reply } => {
+                let report = on_shutdown(&myself, state, deadline).await;
+                if let Some(reply) = reply
+                    && reply.send(report).is_err()
+                {
+                    tracing::debug!("shutdown requester went away");
+                }
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        evt: SupervisionEvent,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Override ractor's default, which would stop this supervisor when any
+        // child exits. Guest exits are events handled by the guest actors; a
+        // child *actor* failing is a bug, and the session reports it.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let reason = format!("actor {:?} failed: {err}", cell.get_id());
+            tracing::error!(%reason);
+            if !state.phase.is_shutdown() {
+                set_phase(state, SessionPhase::Failed { reason });
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.phase != SessionPhase::Stopped {
+            // Stopped from outside without Shutdown: still run the ordered path.
+            on_shutdown(&myself, state, state.args.shutdown_bound()).await;
+        }
+        Ok(())
+    }
+}
+
+fn on_guest_update(state: &mut SessionState, status: GuestStatus) {
+    match state.statuses.iter_mut().find(|s| s.role == status.role) {
+        Some(s) => *s = status,
+        None => state.statuses.push(status),
+    }
+    state.statuses.sort_by_key(|s| s.role != GuestRole::Sidecar);
+    publish_health(state);
+}
+
+fn on_guest_failed(state: &mut SessionState, role: GuestRole, reason: String) {
+    tracing::error!(%role, %reason, "session failed");
+    if !state.phase.is_shutdown() {
+        emit(
+            state,
+            SessionEvent::SessionFailed {
+                reason: reason.clone(),
+            },
+        );
+        set_phase(state, SessionPhase::Failed { reason });
+    }
+}
+
+async fn on_shutdown(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    deadline: Duration,
+) -> ShutdownReport {
+    let started = Instant::now();
+    let remaining = |cap: Duration| cap.min(deadline.saturating_sub(started.elapsed()));
+    set_phase(state, SessionPhase::ShuttingDown);
+    emit(state, SessionEvent::ShutdownStarted);
+
+    // 1. No new control work; the socket file goes away with the listener.
+    if let Some(listener) = state.listener.take() {
+        listener.stop(remaining(Duration::from_secs(2))).await;
+    }
+    // 2. Runtime, then sidecar: grace then force, each bounded.
+    let grace = state.args.config.shutdown.grace;
+    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+        if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
+            let bound = remaining(grace + KILL_ALLOWANCE);
+            match g.stop(grace.min(bound), bound).await {
+                Ok(status) => on_guest_update(state, status),
+                Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
+            }
+        }
+    }
+    // 3. Drain every pump to EOF, all at once, bounded by log_drain.
+    let drain = remaining(state.args.config.shutdown.log_drain);
+    let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
+    let cut_streams = outcomes
+        .into_iter()
+        .zip(&state.pumps)
+        .filter(|(cut, _)| *cut)
+        .map(|(_, p)| p.name().to_owned())
+        .collect::<Vec<_>>();
+    if !cut_streams.is_empty() {
+        tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
+    }
+    // 4. Stop children ourselves so their post_stop runs, and wait for them.
+    myself
+        .stop_children_and_wait(
+            Some("session shutdown".into()),
+            Some(remaining(Duration::from_secs(2))),
+        )
+        .await;
+    state.guests.clear();
+    state.pumps.clear();
+    set_phase(state, SessionPhase::Stopped);
+    emit(state, SessionEvent::ShutdownComplete);
+    ShutdownReport {
+        guests: state.statuses.clone(),
+        cut_streams,
+        took: started.elapsed(),
+    }
+}
+
+/// Time allowed after SIGKILL / docker kill for the guest to be reaped.
+pub(crate) const KILL_ALLOWANCE: Duration = Duration::from_secs(3);
+
+fn set_phase(state: &mut SessionState, phase: SessionPhase) {
+    state.phase = phase.clone();
+    if state.args.phase_tx.send(phase).is_err() {
+        tracing::trace!("no phase watchers");
+    }
+    publish_health(state);
+}
+
+fn publish_health(state: &SessionState) {
+    let a = &state.args;
+    let log_dir = a.workspace.logs.display().to_string();
+    let health: HealthStatus = health_report(&HealthInputs {
+        user_id: a.user.as_str(),
+        tier: a.tier,
+        startup: &a.startup,
+        phase: &state.phase,
+        log_dir: &log_dir,
+        guests: &state.statuses,
+    });
+    a.health_tx.send_replace(health);
+}
+
+fn emit(state: &SessionState, event: SessionEvent) {
+    let _subscribers = state.args.events.send(event).unwrap_or(0);
+}

@@ -1,0 +1,184 @@
+//! Session start: pumps, then the sidecar, then the runtime (with the
+//! sidecar's endpoint in its envelope), then the control listener.
+
+use super::{SessionMsg, SessionState, on_guest_update};
+use crate::control::{ControlContext, ControlListenerHandle};
+use crate::error::SessionError;
+use crate::events::SessionEvent;
+use crate::guest::{GuestActor, GuestArgs, GuestHandle};
+use crate::log_pump::LogPumpHandle;
+use ractor::{Actor, ActorRef};
+use runner_core::backend::{LaunchSpec, SandboxBackend};
+use runner_core::bootstrap::{EnvelopeParams, build_envelope};
+use runner_core::config::{RunnerConfig, UserConfig};
+use runner_core::health::SessionPhase;
+use runner_core::{UserId, Workspace};
+use runner_types::{
+    DegradedReason, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream, SandboxTier,
+    StartupStatus,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Upper bound on one guest's launch (image checks, VM boot, ...).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Everything a session supervisor is started with (built by [`crate::Runner`]).
+pub struct SessionArgs {
+    pub(crate) user: UserId,
+    pub(crate) session_id: String,
+    pub(crate) tier: SandboxTier,
+    pub(crate) config: Arc<RunnerConfig>,
+    pub(crate) user_config: UserConfig,
+    pub(crate) backend: Arc<dyn SandboxBackend>,
+    pub(crate) workspace: Workspace,
+    pub(crate) startup: StartupStatus,
+    pub(crate) degraded: Vec<DegradedReason>,
+    pub(crate) extra_env: BTreeMap<String, String>,
+    pub(crate) serve_control: bool,
+    pub(crate) health_tx: watch::Sender<HealthStatus>,
+    pub(crate) phase_tx: watch::Sender<SessionPhase>,
+    pub(crate) events: broadcast::Sender<SessionEvent>,
+}
+
+impl SessionArgs {
+    /// A bound on an ordered shutdown with the configured timings.
+    pub fn shutdown_bound(&self) -> Duration {
+        let s = self.config.shutdown;
+        2 * (s.grace + super::KILL_ALLOWANCE) + s.log_drain + Duration::from_secs(5)
+    }
+
+    fn has_sidecar(&self) -> bool {
+        self.backend.has_sidecar()
+    }
+
+    fn roles(&self) -> Vec<GuestRole> {
+        GuestRole::START_ORDER
+            .into_iter()
+            .filter(|r| *r == GuestRole::Runtime || self.has_sidecar())
+            .collect()
+    }
+}
+
+pub(super) async fn on_start(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+) -> Result<(), SessionError> {
+    let roles = state.args.roles();
+    for role in &roles {
+        on_guest_update(state, initial_status(*role));
+    }
+    state
+        .args
+        .backend
+        .prepare_session(&state.args.user, &state.args.workspace)
+        .await
+        .map_err(SessionError::Prepare)?;
+
+    for role in &roles {
+        for stream in LogStream::ALL {
+            let pump = LogPumpHandle::spawn(
+                myself.get_cell(),
+                &state.args.workspace.logs,
+                *role,
+                stream,
+                state.args.config.logs,
+            )
+            .await?;
+            state.pumps.push(pump);
+        }
+    }
+
+    let sidecar_endpoint = state
+        .args
+        .has_sidecar()
+        .then(|| state.args.backend.sidecar_endpoint(&state.args.workspace));
+    for role in roles {
+        let endpoint = match role {
+            GuestRole::Runtime => sidecar_endpoint.clone(),
+            GuestRole::Sidecar => None,
+        };
+        let guest = spawn_guest(myself, state, role, endpoint).await?;
+        let launched = guest
+            .launch(LAUNCH_TIMEOUT)
+            .await
+            .map_err(|_| SessionError::Gone)?;
+        state.guests.push(guest);
+        launched.map_err(|source| SessionError::Launch { role, source })?;
+    }
+
+    if state.args.serve_control {
+        let ctx = ControlContext {
+            user: state.args.user.clone(),
+            workspace: state.args.workspace.clone(),
+            health: state.args.health_tx.subscribe(),
+            supervisor: myself.clone(),
+            pumps: state.pumps.clone(),
+            shutdown_deadline: state.args.shutdown_bound(),
+        };
+        let listener = ControlListenerHandle::spawn(myself.get_cell(), ctx).await?;
+        state.listener = Some(listener);
+    }
+    Ok(())
+}
+
+async fn spawn_guest(
+    myself: &ActorRef<SessionMsg>,
+    state: &SessionState,
+    role: GuestRole,
+    sidecar_endpoint: Option<runner_types::SidecarEndpoint>,
+) -> Result<GuestHandle, SessionError> {
+    let a = &state.args;
+    let envelope = build_envelope(EnvelopeParams {
+        user: &a.user,
+        tier: a.tier,
+        role,
+        workspace: &a.workspace,
+        user_config: &a.user_config,
+        sidecar_endpoint,
+        sidecar_running: a.has_sidecar(),
+        degraded_reasons: a.degraded.clone(),
+    });
+    let spec = LaunchSpec {
+        role,
+        user_id: a.user.clone(),
+        session_id: a.session_id.clone(),
+        workspace: a.workspace.clone(),
+        envelope,
+        extra_env: a.extra_env.clone(),
+        resources: a.user_config.resources.clone(),
+    };
+    let pumps = state
+        .pumps
+        .iter()
+        .filter(|p| p.role() == role)
+        .map(|p| (p.stream(), p.clone()))
+        .collect();
+    let args = GuestArgs {
+        spec,
+        backend: a.backend.clone(),
+        restart: a.config.restart,
+        grace: a.config.shutdown.grace,
+        pumps,
+        supervisor: myself.clone(),
+        events: a.events.clone(),
+    };
+    let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())
+        .await
+        .map_err(SessionError::Spawn)?;
+    Ok(GuestHandle::new(actor, role))
+}
+
+fn initial_status(role: GuestRole) -> GuestStatus {
+    GuestStatus {
+        role,
+        state: GuestState::Starting,
+        pid: None,
+        container_name: None,
+        container_id: None,
+        last_exit: None,
+        restarts: 0,
+    }
+}

@@ -1,0 +1,319 @@
+//! Session lifecycle with the fake backend: start order, restarts, failure,
+//! ordered and bounded shutdown.
+
+mod common;
+
+use common::*;
+use runner_actors::{SessionError, SessionEvent, SessionOptions};
+use runner_core::backend::LaunchError;
+use runner_core::fake::{LaunchScript, StopBehavior};
+use runner_core::health::SessionPhase;
+use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
+use std::time::Duration;
+
+fn no_socket() -> SessionOptions {
+    SessionOptions {
+        serve_control: false,
+        ..SessionOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn sidecar_starts_first_and_runtime_gets_its_endpoint() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("alice", no_socket())
+        .await
+        .unwrap();
+
+    let first = launches.next(WAIT).await.unwrap();
+    let second = launches.next(WAIT).await.unwrap();
+    assert_eq!(first.spec.role, GuestRole::Sidecar);
+    assert_eq!(second.spec.role, GuestRole::Runtime);
+    assert_eq!(first.spec.envelope.sidecar_endpoint, None);
+    let ep = second.spec.envelope.sidecar_endpoint.clone().unwrap();
+    assert_eq!(ep.transport, SidecarTransport::Unix);
+    assert_eq!(
+        ep.address,
+        session.workspace().sidecar_socket().display().to_string()
+    );
+    assert_eq!(fake.prepared().len(), 1);
+
+    let health = session.health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    assert_eq!(health.guests.len(), 2);
+    assert_eq!(health.guests[0].role, GuestRole::Sidecar);
+    assert_eq!(health.runtime_pid, Some(second.pid));
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(first.stop_calls(), 1);
+    assert_eq!(second.stop_calls(), 1);
+}
+
+#[tokio::test]
+async fn runtime_launch_failure_tears_the_sidecar_down() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    fake.script(GuestRole::Runtime, [LaunchScript::Fail]);
+    let runner = runner(s.config.clone(), &fake);
+    let err = runner
+        .start_session_with("bob", no_socket())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Launch {
+                role: GuestRole::Runtime,
+                source: LaunchError::Scripted { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    let sidecar = launches.next(WAIT).await.unwrap();
+    assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
+    assert_eq!(sidecar.stop_calls(), 1, "sidecar was not stopped");
+    assert!(sidecar.cleanup_calls() >= 1, "sidecar was not cleaned up");
+}
+
+#[tokio::test]
+async fn crash_restarts_with_backoff_and_output_keeps_flowing_into_the_same_file() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("carol", no_socket())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let mut runtime = launches.next(WAIT).await.unwrap();
+    runtime
+        .write(LogStream::Stdout, b"first life\n")
+        .await
+        .unwrap();
+    runtime.close_output();
+    runtime.exit(ExitStatus::Code(2));
+
+    let e = wait_event(&mut events, |e| {
+        matches!(e, SessionEvent::GuestRestarting { .. })
+    })
+    .await;
+    assert!(matches!(
+        e,
+        SessionEvent::GuestRestarting {
+            role: GuestRole::Runtime,
+            attempt: 1,
+            ..
+        }
+    ));
+    let mut second = launches.next(WAIT).await.unwrap();
+    assert_eq!(second.spec.role, GuestRole::Runtime);
+    assert_eq!(second.spec.envelope, runtime.spec.envelope);
+    second
+        .write(LogStream::Stdout, b"second life\n")
+        .await
+        .unwrap();
+    second.close_output();
+
+    let log = session
+        .workspace()
+        .logs
+        .join(LogStream::Stdout.file_name(GuestRole::Runtime));
+    eventually(|| std::fs::read(&log).unwrap_or_default() == b"first life\nsecond life\n").await;
+    let h = session.health().await.unwrap();
+    let rt = h
+        .guests
+        .iter()
+        .find(|g| g.role == GuestRole::Runtime)
+        .unwrap();
+    assert_eq!(rt.restarts, 1);
+    assert_eq!(rt.last_exit.unwrap().status, ExitStatus::Code(2));
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_limit_fails_the_session_in_health_and_events() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("dave", no_socket())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    // max_restarts = 3: the 4th crash inside the window gives up.
+    for _ in 0..4 {
+        let g = launches.next(WAIT).await.expect("relaunch");
+        g.exit(ExitStatus::Signal(11));
+    }
+    let e = wait_event(&mut events, |e| {
+        matches!(e, SessionEvent::SessionFailed { .. })
+    })
+    .await;
+    let SessionEvent::SessionFailed { reason } = e else {
+        unreachable!()
+    };
+    assert!(reason.contains("runtime"), "{reason}");
+    let h = session.health().await.unwrap();
+    assert!(!h.healthy);
+    assert!(
+        h.message.as_deref().unwrap_or("").contains("restarts"),
+        "{h:?}"
+    );
+    let rt = h
+        .guests
+        .iter()
+        .find(|g| g.role == GuestRole::Runtime)
+        .unwrap();
+    assert_eq!(rt.state, GuestState::Failed);
+    assert!(matches!(session.phase(), SessionPhase::Failed { .. }));
+    assert!(
+        launches.next(Duration::from_millis(300)).await.is_none(),
+        "relaunched after giving up"
+    );
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn clean_exit_is_not_restarted_under_on_failure() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("erin", no_socket())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let runtime = launches.next(WAIT).await.unwrap();
+    runtime.exit(ExitStatus::Code(0));
+    wait_event(&mut events, |e| {
+        matches!(
+            e,
+            SessionEvent::GuestState {
+                role: GuestRole::Runtime,
+                state: GuestState::Exited
+            }
+        )
+    })
+    .await;
+    assert!(launches.next(Duration::from_millis(300)).await.is_none());
+    assert!(!session.health().await.unwrap().healthy);
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_with_stubborn_guests_and_open_streams() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let fake = fake.with_stop_behavior(StopBehavior::IgnoreTerm);
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("frank", no_socket())
+        .await
+        .unwrap();
+    let sidecar = launches.next(WAIT).await.unwrap();
+    let mut runtime = launches.next(WAIT).await.unwrap();
+    runtime
+        .write(LogStream::Stderr, b"still talking")
+        .await
+        .unwrap();
+    // Output stays open (like a grandchild holding the pipe): the pumps must
+    // be cut at the drain timeout.
+    let grace = s.config.shutdown.grace;
+    let drain = s.config.shutdown.log_drain;
+    let deadline = 2 * (grace + Duration::from_secs(3)) + drain + Duration::from_secs(5);
+    let report = session
+        .shutdown(deadline)
+        .await
+        .expect("shutdown within its deadline");
+    assert_eq!(sidecar.exited().unwrap().status, ExitStatus::Signal(9));
+    assert_eq!(runtime.exited().unwrap().status, ExitStatus::Signal(9));
+    assert!(runtime.cleanup_calls() >= 1 && sidecar.cleanup_calls() >= 1);
+    assert!(
+        report.cut_streams.iter().any(|s| s == "oxydra-vm.stderr"),
+        "{:?}",
+        report.cut_streams
+    );
+    assert!(
+        report.guests.iter().all(|g| g.state == GuestState::Stopped),
+        "{:?}",
+        report.guests
+    );
+    assert_eq!(session.phase(), SessionPhase::Stopped);
+    let log = session
+        .workspace()
+        .logs
+        .join(LogStream::Stderr.file_name(GuestRole::Runtime));
+    assert_eq!(std::fs::read(log).unwrap(), b"still talking");
+    drop(runtime);
+}
+
+#[tokio::test]
+async fn many_sessions_share_one_process_without_names_colliding() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        sessions.push(
+            runner
+                .start_session_with(&format!("u{i}"), no_socket())
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..40 {
+        launches.next(WAIT).await.unwrap();
+    }
+    for s in &sessions {
+        assert!(s.health().await.unwrap().healthy);
+    }
+    let shutdowns = sessions.iter().map(|s| s.shutdown(Duration::from_secs(10)));
+    for r in futures::future::join_all(shutdowns).await {
+        r.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn no_sidecar_configured_runs_runtime_only_and_says_so() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let fake = fake.with_sidecar(false);
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("gina", no_socket())
+        .await
+        .unwrap();
+    let only = launches.next(WAIT).await.unwrap();
+    assert_eq!(only.spec.role, GuestRole::Runtime);
+    assert_eq!(only.spec.envelope.sidecar_endpoint, None);
+    let h = session.health().await.unwrap();
+    assert!(h.healthy);
+    assert!(!h.startup_status.sidecar_available);
+    assert!(
+        h.startup_status
+            .degraded_reasons
+            .iter()
+            .any(|r| r.code == "sidecar_unavailable")
+    );
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_user_ids_are_refused_before_anything_starts() {
+    let s = setup();
+    let (fake, _launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    for bad in ["../etc", "a/b", "", "x\0y"] {
+        let err = runner
+            .start_session_with(bad, no_socket())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::UserId(_)), "{bad:?}: {err:?}");
+    }
+    assert!(fake.launches().is_empty());
+}

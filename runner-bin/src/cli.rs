@@ -1,0 +1,130 @@
+//! Command-line interface (DESIGN §9 pins these names).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Sandbox runner: supervises a runtime and a sidecar guest per user.
+#[derive(Debug, Parser)]
+#[command(name = "runner-bin", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Run the daemon in the foreground for `--user`.
+    #[arg(long)]
+    pub daemon: bool,
+    #[command(flatten)]
+    pub daemon_args: DaemonArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options of `--daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// User whose session to run.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// runner.toml; without it, built-in defaults (process tier, demo guests, ./workspaces).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Force the process tier (no isolation).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Add KEY=VALUE to the guests' environment (repeatable).
+    #[arg(short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read KEY=VALUE lines for the guests' environment from a file.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+}
+
+/// Client subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the session's health.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the raw health JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut the session down; the daemon exits.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print guest logs.
+    Logs {
+        #[command(flatten)]
+        target: Target,
+        /// Which guest.
+        #[arg(long, value_enum, default_value_t = RoleArg::All)]
+        role: RoleArg,
+        /// Which stream.
+        #[arg(long, value_enum, default_value_t = StreamArg::Both)]
+        stream: StreamArg,
+        /// Last N lines per stream (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print raw response frames as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the built-in demo guest (what the default config launches).
+    #[command(hide = true)]
+    DemoGuest {
+        /// Arguments for the demo guest.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Which daemon a client talks to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The daemon's user.
+    #[arg(long)]
+    pub user: String,
+    /// The daemon's runner.toml (to find its workspace root).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `--role`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// Runtime guest.
+    Runtime,
+    /// Sidecar guest.
+    Sidecar,
+    /// Both.
+    All,
+}
+
+/// `--stream`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StreamArg {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Both.
+    Both,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_daemon_and_subcommands() {
+        let c = Cli::try_parse_from(["runner-bin", "--daemon", "--user", "alice", "--insecure", "-e", "A=1"]).unwrap();
+        assert!(c.daemon && c.daemon_args.insecure);
+        assert_eq!(c.daemon_args.env, ["A=1"]);
+        let c = Cli::try_parse_from(["runner-bin", "logs", "--user", "a", "-f", "--tail", "5"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Logs { follow: true, tail: 5, .. })));
+        assert!(Cli::try_parse_from(["runner-bin", "status"]).is_err());
+    }
+}

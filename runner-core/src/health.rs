@@ -1,0 +1,157 @@
+//! Building the health report from what the session knows (pure).
+
+use runner_types::{GuestRole, GuestState, GuestStatus, HealthStatus, SandboxTier, StartupStatus};
+
+/// Phase of a whole session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionPhase {
+    /// Guests are being launched.
+    Starting,
+    /// Start finished; guests may still exit and restart.
+    Running,
+    /// A guest exceeded its restart limit or could not be relaunched.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Ordered shutdown in progress.
+    ShuttingDown,
+    /// Everything stopped and cleaned up.
+    Stopped,
+}
+
+impl SessionPhase {
+    /// Shutting down or stopped.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, Self::ShuttingDown | Self::Stopped)
+    }
+}
+
+/// Inputs for [`health_report`].
+#[derive(Debug, Clone)]
+pub struct HealthInputs<'a> {
+    /// The user.
+    pub user_id: &'a str,
+    /// Tier in effect.
+    pub tier: SandboxTier,
+    /// What was set up.
+    pub startup: &'a StartupStatus,
+    /// Session phase.
+    pub phase: &'a SessionPhase,
+    /// Host log directory.
+    pub log_dir: &'a str,
+    /// Status of every configured guest.
+    pub guests: &'a [GuestStatus],
+}
+
+/// The `health_status` a session reports.
+///
+/// Healthy means: the session is running (not failed, not shutting down) and
+/// every configured guest is in [`GuestState::Running`].
+pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
+    let all_running = i.guests.iter().all(|g| g.state == GuestState::Running);
+    let healthy = matches!(i.phase, SessionPhase::Running) && all_running;
+    let message = match i.phase {
+        SessionPhase::Failed { reason } => Some(format!("session failed: {reason}")),
+        SessionPhase::Starting => Some("starting".to_owned()),
+        SessionPhase::ShuttingDown => Some("shutting down".to_owned()),
+        SessionPhase::Stopped => Some("stopped".to_owned()),
+        SessionPhase::Running if !all_running => Some(
+            i.guests
+                .iter()
+                .filter(|g| g.state != GuestState::Running)
+                .map(|g| format!("{} is {}", g.role, state_word(g.state)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        SessionPhase::Running => None,
+    };
+    let runtime = i.guests.iter().find(|g| g.role == GuestRole::Runtime);
+    HealthStatus {
+        user_id: i.user_id.to_owned(),
+        healthy,
+        sandbox_tier: i.tier,
+        startup_status: i.startup.clone(),
+        shell_available: i.startup.shell_available,
+        browser_available: i.startup.browser_available,
+        shutdown: i.phase.is_shutdown(),
+        message,
+        log_dir: Some(i.log_dir.to_owned()),
+        runtime_pid: runtime.and_then(|g| g.pid),
+        runtime_container_name: runtime.and_then(|g| g.container_name.clone()),
+        guests: i.guests.to_vec(),
+    }
+}
+
+fn state_word(s: GuestState) -> &'static str {
+    match s {
+        GuestState::Starting => "starting",
+        GuestState::Running => "running",
+        GuestState::BackingOff => "waiting to restart",
+        GuestState::Exited => "exited",
+        GuestState::Failed => "failed",
+        GuestState::Stopping => "stopping",
+        GuestState::Stopped => "stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(role: GuestRole, state: GuestState) -> GuestStatus {
+        GuestStatus {
+            role,
+            state,
+            pid: Some(42),
+            container_name: None,
+            container_id: None,
+            last_exit: None,
+            restarts: 0,
+        }
+    }
+
+    fn startup() -> StartupStatus {
+        StartupStatus {
+            sandbox_tier: SandboxTier::Process,
+            sidecar_available: true,
+            shell_available: true,
+            browser_available: false,
+            degraded_reasons: vec![],
+        }
+    }
+
+    #[test]
+    fn healthy_only_when_running_and_all_guests_run() {
+        let s = startup();
+        let guests = [
+            guest(GuestRole::Sidecar, GuestState::Running),
+            guest(GuestRole::Runtime, GuestState::Running),
+        ];
+        let mut i = HealthInputs {
+            user_id: "alice",
+            tier: SandboxTier::Process,
+            startup: &s,
+            phase: &SessionPhase::Running,
+            log_dir: "/w/alice/logs",
+            guests: &guests,
+        };
+        let h = health_report(&i);
+        assert!(h.healthy);
+        assert_eq!(h.runtime_pid, Some(42));
+        assert_eq!(h.message, None);
+
+        let failed = SessionPhase::Failed {
+            reason: "too many restarts".into(),
+        };
+        i.phase = &failed;
+        let h = health_report(&i);
+        assert!(!h.healthy);
+        assert!(h.message.unwrap().contains("too many restarts"));
+
+        let backing = [guest(GuestRole::Runtime, GuestState::BackingOff)];
+        i.phase = &SessionPhase::Running;
+        i.guests = &backing;
+        assert!(!health_report(&i).healthy);
+    }
+}
