@@ -1,1 +1,232 @@
-//! End-to-end test helpers.
+//! End-to-end test helpers shared by the workspace's integration tests and
+//! benchmarks.
+//!
+//! - [`guest_binary`]: builds the `runner-examples` binaries (the demo guest)
+//!   once per test process and returns the path of one of them.
+//! - [`firecracker_binary`], [`test_kernel`], [`kvm_or_skip`],
+//!   [`pids_with_arg`], [`process_alive`]: the micro_vm tier's fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Path of a binary of the `runner-examples` crate (for example
+/// `"demo-guest"`), built for the same profile and target directory as the
+/// calling test or benchmark executable.
+///
+/// The first call in a process runs `cargo build -p runner-examples --bins`
+/// (the `cargo` that compiled this crate, into the target directory the
+/// caller's own executable lives in); later calls reuse that build. Cargo
+/// serialises concurrent builds of several test binaries on its own lock.
+///
+/// # Panics
+///
+/// When the build fails or the binary does not exist afterwards: a test
+/// cannot run without its guest, and the panic message says why.
+pub fn guest_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let profile_dir = match BUILT.get_or_init(build_examples) {
+        Ok(dir) => dir,
+        Err(why) => panic!("cannot build the runner-examples binaries: {why}"),
+    };
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "runner-examples has no binary {name:?} at {}",
+        path.display()
+    );
+    path
+}
+
+/// The profile directory (`<target>/debug`, `<target>/release`, ...) that
+/// holds the current executable: test executables live one level deeper, in
+/// `deps/`.
+fn profile_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", exe.display()))?;
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        dir = dir
+            .parent()
+            .ok_or_else(|| format!("{} has no parent directory", dir.display()))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn build_examples() -> Result<PathBuf, String> {
+    let profile_dir = profile_dir()?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", profile_dir.display()))?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} has no profile name", profile_dir.display()))?;
+    // The `debug` directory belongs to the `dev` profile.
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("runner-tests has no parent directory")?
+        .join("Cargo.toml");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let output = Command::new(cargo)
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--profile", profile, "-p", "runner-examples", "--bins"])
+        .output()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{cargo} build failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(profile_dir)
+}
+
+// ---------------------------------------------------------------------------
+// micro_vm tier: the pinned Firecracker binary, the test kernel, KVM.
+// ---------------------------------------------------------------------------
+
+/// The repository root (the parent of this crate's directory).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runner-tests lives one level below the repository root")
+        .to_path_buf()
+}
+
+/// Runs `bash <script> <args...>` and returns the last non-empty stdout line
+/// as a path (both fixture scripts print their artefact's path last).
+fn run_path_script(script: &Path, args: &[&Path]) -> Result<PathBuf, String> {
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| format!("{} printed no path", script.display()))?;
+    let path = PathBuf::from(last.trim());
+    if !path.is_file() {
+        return Err(format!(
+            "{} printed {}, which is not a file",
+            script.display(),
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Path of the pinned, hash-verified Firecracker binary, fetched by
+/// `.ci/firecracker.sh` (idempotent; fast when cached).
+///
+/// # Panics
+///
+/// When the script fails: a micro_vm test cannot run without it.
+pub fn firecracker_binary() -> PathBuf {
+    static FETCHED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| run_path_script(&repo_root().join(".ci/firecracker.sh"), &[]))
+        .clone()
+        .unwrap_or_else(|why| panic!("cannot get the firecracker binary: {why}"))
+}
+
+/// Path of the test kernel (`tests/fixtures/test-kernel`), built by its
+/// `build.sh` into `.ci/cache/test-kernel` (idempotent, atomic replace, so
+/// concurrent test binaries are safe).
+///
+/// # Panics
+///
+/// When the build fails.
+pub fn test_kernel() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| test_kernel_in(&repo_root().join(".ci/cache/test-kernel")))
+        .clone()
+        .unwrap_or_else(|why| panic!("cannot build the test kernel: {why}"))
+}
+
+/// Builds the test kernel into `dir` and returns the `vmlinux` path.
+pub fn test_kernel_in(dir: &Path) -> Result<PathBuf, String> {
+    run_path_script(
+        &repo_root().join("tests/fixtures/test-kernel/build.sh"),
+        &[dir],
+    )
+}
+
+/// Why `device` cannot be used for KVM, or `None` when it opens read-write.
+pub fn kvm_unusable_reason(device: &Path) -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {e}", device.display())),
+    }
+}
+
+/// Gate for tests that need a real KVM: `true` when `/dev/kvm` is usable.
+/// Otherwise, when the `CI` environment variable is set, panics (CI must
+/// run these tests); else prints `skipping: /dev/kvm unusable: <why>` and
+/// returns `false`, and the test should return.
+pub fn kvm_or_skip(test: &str) -> bool {
+    let Some(why) = kvm_unusable_reason(Path::new("/dev/kvm")) else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: /dev/kvm unusable on CI: {why}");
+    }
+    eprintln!("{test}: skipping: /dev/kvm unusable: {why}");
+    false
+}
+
+/// Pids of live processes whose command line contains `needle` as one whole
+/// argument (read from `/proc/<pid>/cmdline`; zombies have none and are
+/// not listed).
+pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == needle.as_bytes())
+            })
+        })
+        .collect()
+}
+
+/// Whether a process with this pid exists (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state letter follows the parenthesised command name.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}

@@ -83,7 +83,7 @@ pub enum ReadError {
     FileTooLarge {
         /// The file.
         path: PathBuf,
-        /// Its size.
+        /// Its size (for pipes and special files: the bytes read before giving up).
         len: u64,
         /// The cap.
         max: usize,
@@ -229,6 +229,14 @@ pub fn read_file(path: &Path) -> Result<BootstrapEnvelope, ReadError> {
     file.take(MAX_ENVELOPE_FRAME as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(file_err)?;
+    // Pipes and special files report a size of 0: check what was read too.
+    if bytes.len() > MAX_ENVELOPE_FRAME {
+        return Err(ReadError::FileTooLarge {
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+            max: MAX_ENVELOPE_FRAME,
+        });
+    }
     Ok(BootstrapEnvelope::from_json(&bytes)?)
 }
 
@@ -241,15 +249,17 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Option<BootstrapEnvelope>, ReadErr
     let Some(value) = cmdline
         .split_ascii_whitespace()
         .filter_map(|tok| tok.strip_prefix(prefix.as_str()))
-        .last()
+        .next_back()
     else {
         return Ok(None);
     };
-    // 4 base64 chars carry 3 bytes: refuse before allocating.
-    let decoded_max = value.len() / 4 * 3 + 3;
-    if decoded_max > MAX_ENVELOPE_FRAME + 3 {
+    // Each base64 character carries 6 bits, padding none: this is the exact
+    // decoded size of valid input, so refuse before allocating.
+    let digits = value.trim_end_matches('=').len();
+    let decoded_len = digits / 4 * 3 + digits % 4 * 3 / 4;
+    if decoded_len > MAX_ENVELOPE_FRAME {
         return Err(ReadError::CmdlineTooLarge {
-            len: decoded_max,
+            len: decoded_len,
             max: MAX_ENVELOPE_FRAME,
         });
     }

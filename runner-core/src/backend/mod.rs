@@ -3,6 +3,7 @@
 //! a stop handle. One module per tier implements it.
 
 pub mod exit;
+pub mod firecracker;
 pub mod process;
 
 use crate::UserId;
@@ -159,6 +160,9 @@ pub enum LaunchError {
     /// Process tier.
     #[error(transparent)]
     Process(#[from] process::ProcessLaunchError),
+    /// micro_vm tier (Firecracker).
+    #[error(transparent)]
+    Firecracker(#[from] firecracker::FirecrackerLaunchError),
     /// The backend has no command/image for this role.
     #[error("No {role} guest is configured for the {tier} tier")]
     NotConfigured {

@@ -1,5 +1,5 @@
 //! The validated runner config (what the runner runs on), built from the raw
-//! file shapes in [`runner_types::config`] by [`load`].
+//! file shapes in [`runner_types::config`] by [`load_runner_config`].
 //!
 //! Loading resolves relative paths against the file's directory, reads each
 //! registered user's file, and rejects bad values with a [`ConfigError`] that
@@ -7,9 +7,10 @@
 
 mod error;
 mod load;
+mod parse;
 
-pub use error::ConfigError;
-pub use load::{load_runner_config, parse_runner_config};
+pub use error::{ConfigError, Location, TomlError};
+pub use load::{load_runner_config, load_user_config, parse_runner_config, parse_user_config};
 
 use crate::UserId;
 use crate::workspace::MountOverrides;
@@ -165,6 +166,12 @@ impl Default for RestartConfig {
 }
 
 impl RunnerConfig {
+    /// Loads `runner.toml` at `path` and the per-user files it names
+    /// (see [`load_runner_config`]).
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        load_runner_config(path.as_ref())
+    }
+
     /// Built-in defaults: process tier, demo guests (`process: None`), and
     /// `<base_dir>/workspaces`.
     pub fn defaults(base_dir: &std::path::Path) -> Self {

@@ -1,1 +1,39 @@
-//! Byte-exact log capture with rotation, and the log reader.
+//! Byte-exact log capture with rotation, and the log reader (DESIGN §8).
+//!
+//! Each captured guest stream has one [`LogSink`]: the file
+//! `<logs dir>/<role label>.<stream>.log` (for example
+//! `oxydra-vm.stdout.log`), its rotations `.log.1` (newest) … `.log.N`
+//! (oldest, `N = max_files`), a time index beside each file, and a live feed
+//! for followers. A [`LogPump`] copies one guest stream into a sink until
+//! EOF; when a guest restarts, a new pump takes over the same sink and
+//! appends to the same files.
+//!
+//! Guarantees:
+//! - Byte-exact: the files hold exactly the bytes read, in order, whatever
+//!   they are. Each file is filled exactly to `max_file_bytes` before the
+//!   next byte rotates it, so the concatenation `.log.N` … `.log.1` `.log` is
+//!   the stream's newest bytes (older ones fall off the end).
+//! - A pump keeps reading whatever happens to the disk: failed writes are
+//!   logged and counted ([`SinkStats::bytes_dropped`]), never fatal. Its
+//!   owner bounds the drain with [`PumpHandle::finish`].
+//! - Files are created mode 0600, a missing logs directory mode 0700.
+//! - The time index (`<log file>.idx`, format in [`index`]) lets readers
+//!   find "lines since T" by seeking; readers ([`LogSink::read`],
+//!   [`read_log_files`]) never load whole files.
+//! - The live feed ([`LogSink::subscribe`], [`LogSink::follow`]) costs one
+//!   atomic load per chunk while nobody follows.
+
+mod error;
+pub mod index;
+mod lines;
+mod pump;
+mod reader;
+mod rotate;
+mod sink;
+
+pub use error::LogError;
+pub use lines::LineSplitter;
+pub use pump::{GuestReader, LINGER, LogPump, PUMP_BUFFER, PumpEnd, PumpHandle, PumpReport, STOP_GRACE};
+pub use reader::{DEFAULT_MAX_BYTES, LogLines, LogQuery, read_log_files};
+pub use rotate::rotated_path;
+pub use sink::{LogSink, SinkStats};

@@ -1,0 +1,287 @@
+//! [`LogPump`]: copies one guest output stream into its [`LogSink`], byte
+//! for byte, until EOF or until its owner stops it.
+//!
+//! The pump never stops reading because of the bytes (no line parsing, no
+//! UTF-8) or the disk (failed writes are counted as dropped and logged by
+//! the sink's writer). Reading and writing overlap: while one buffer is
+//! being written on a blocking task, the next one fills from the pipe, so a
+//! slow disk write never stops the draining. Bytes are handed to the writer
+//! when the buffer is full or its oldest byte has waited [`LINGER`], so a
+//! fast producer's small pipe writes become few large file writes (each
+//! hand-off to the blocking pool costs two thread wake-ups).
+
+use super::rotate::WriteOutcome;
+use super::sink::LogSink;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+/// Size of each of the pump's two buffers (one filling, one being written).
+pub const PUMP_BUFFER: usize = 256 * 1024;
+
+/// Longest a byte waits in the pump's buffer before it is written: short
+/// enough for followers to see output at once, long enough that a fast
+/// writer's many small pipe writes become few large file writes.
+pub const LINGER: Duration = Duration::from_millis(2);
+
+/// After a pump is told to stop, how long it may take to write what it
+/// already read before it is aborted.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// A guest stream being copied into a [`LogSink`].
+pub type GuestReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Starts pumps; see [`LogPump::spawn`].
+#[derive(Debug, Clone, Copy)]
+pub struct LogPump;
+
+impl LogPump {
+    /// Spawns a task that copies `reader` into `sink` until EOF, appending
+    /// to the sink's files. Must be called within a Tokio runtime.
+    pub fn spawn(reader: GuestReader, sink: &LogSink) -> PumpHandle {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let progress = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(reader, sink.clone(), stop_rx, progress.clone()));
+        PumpHandle {
+            task,
+            stop: Some(stop_tx),
+            progress,
+            path: sink.path().to_path_buf(),
+        }
+    }
+}
+
+/// Owner's handle on a running pump.
+///
+/// Dropping it stops the pump the way [`PumpHandle::finish`] does after
+/// its timeout (bytes already read are still written).
+#[derive(Debug)]
+pub struct PumpHandle {
+    task: JoinHandle<PumpReport>,
+    stop: Option<oneshot::Sender<()>>,
+    progress: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+/// How a pump ended.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// The stream reached EOF and everything read was handed to the sink.
+    Eof,
+    /// Stopped before EOF (the drain timeout ran out, or the handle was
+    /// dropped); everything read was handed to the sink.
+    Cut,
+    /// The stream failed; everything read before was handed to the sink.
+    ReadFailed {
+        /// Cause.
+        source: io::Error,
+    },
+    /// Told to stop, it did not finish its last write within
+    /// [`STOP_GRACE`] and was aborted; counters may miss that write.
+    Abandoned,
+    /// The pump task panicked.
+    Panicked,
+}
+
+/// What a pump did.
+#[derive(Debug)]
+pub struct PumpReport {
+    /// Bytes read from the stream.
+    pub bytes_read: u64,
+    /// Bytes that reached a log file.
+    pub bytes_written: u64,
+    /// Bytes read but lost to failed writes.
+    pub bytes_dropped: u64,
+    /// How it ended.
+    pub end: PumpEnd,
+}
+
+impl PumpReport {
+    fn new() -> Self {
+        Self {
+            bytes_read: 0,
+            bytes_written: 0,
+            bytes_dropped: 0,
+            end: PumpEnd::Eof,
+        }
+    }
+
+    /// Whether the stream was cut off before its end.
+    pub fn was_cut(&self) -> bool {
+        matches!(self.end, PumpEnd::Cut | PumpEnd::Abandoned)
+    }
+}
+
+impl PumpHandle {
+    /// Bytes read from the stream so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Whether the pump has ended (EOF, error, or stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Lets the pump drain to EOF for up to `timeout`, then stops it (it
+    /// writes what it already read, within [`STOP_GRACE`]) and reports.
+    /// Returns within `timeout + STOP_GRACE`.
+    pub async fn finish(mut self, timeout: Duration) -> PumpReport {
+        if let Ok(joined) = tokio::time::timeout(timeout, &mut self.task).await {
+            return self.reported(joined);
+        }
+        if let Some(stop) = self.stop.take()
+            && stop.send(()).is_err()
+        {
+            tracing::trace!(path = %self.path.display(), "Log pump ended while being stopped");
+        }
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(joined) => self.reported(joined),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!(path = %self.path.display(), "Log pump did not stop in time; aborted");
+                PumpReport {
+                    bytes_read: self.bytes_read(),
+                    end: PumpEnd::Abandoned,
+                    ..PumpReport::new()
+                }
+            }
+        }
+    }
+
+    fn reported(&self, joined: Result<PumpReport, JoinError>) -> PumpReport {
+        joined.unwrap_or_else(|error| {
+            tracing::error!(path = %self.path.display(), %error, "Log pump task failed");
+            PumpReport {
+                bytes_read: self.bytes_read(),
+                end: PumpEnd::Panicked,
+                ..PumpReport::new()
+            }
+        })
+    }
+}
+
+/// A buffer being written on a blocking task.
+struct InFlight {
+    task: JoinHandle<(Vec<u8>, WriteOutcome)>,
+    len: u64,
+}
+
+/// The pump task: fill one buffer while the other is written.
+async fn run(
+    mut reader: GuestReader,
+    sink: LogSink,
+    mut stop: oneshot::Receiver<()>,
+    progress: Arc<AtomicU64>,
+) -> PumpReport {
+    let mut report = PumpReport::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(PUMP_BUFFER);
+    let mut spare: Option<Vec<u8>> = None;
+    let mut inflight: Option<InFlight> = None;
+    let mut end: Option<PumpEnd> = None;
+    // When the oldest byte in `buf` must be handed to the writer.
+    let mut flush_by: Option<Instant> = None;
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    loop {
+        let due = flush_by.is_some_and(|t| {
+            end.is_some() || buf.len() >= PUMP_BUFFER || Instant::now() >= t
+        });
+        if inflight.is_none() && due {
+            let next = spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(PUMP_BUFFER));
+            inflight = Some(start_write(&sink, std::mem::replace(&mut buf, next)));
+            flush_by = None;
+        }
+        if let Some(reason) = end.take() {
+            // Ending: finish the write in flight (and the buffer behind it).
+            match inflight.take() {
+                Some(w) => {
+                    let len = w.len;
+                    settle(w.task.await, len, &mut report, &mut spare, &sink);
+                    end = Some(reason);
+                    continue;
+                }
+                None => {
+                    report.end = reason;
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            // A send or a dropped handle both mean stop.
+            _ = &mut stop => end = Some(PumpEnd::Cut),
+            joined = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
+                let len = inflight.take().expect("guarded").len;
+                settle(joined, len, &mut report, &mut spare, &sink);
+            }
+            read = reader.read_buf(&mut buf), if buf.len() < PUMP_BUFFER => match read {
+                Ok(0) => end = Some(PumpEnd::Eof),
+                Ok(n) => {
+                    report.bytes_read += n as u64;
+                    progress.store(report.bytes_read, Ordering::Relaxed);
+                    if flush_by.is_none() {
+                        let at = Instant::now() + LINGER;
+                        flush_by = Some(at);
+                        linger.as_mut().reset(at);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    tracing::warn!(path = %sink.path().display(), error = %source, "Guest output stream failed");
+                    end = Some(PumpEnd::ReadFailed { source });
+                }
+            },
+            // Only wakes the loop; the check at the top hands the buffer over.
+            () = &mut linger, if inflight.is_none() && flush_by.is_some() => {}
+        }
+    }
+    tracing::debug!(
+        path = %sink.path().display(),
+        bytes_read = report.bytes_read,
+        bytes_dropped = report.bytes_dropped,
+        end = ?report.end,
+        "Log pump ended"
+    );
+    report
+}
+
+fn start_write(sink: &LogSink, chunk: Vec<u8>) -> InFlight {
+    let len = chunk.len() as u64;
+    let sink = sink.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let out = sink.write(&chunk);
+        (chunk, out)
+    });
+    InFlight { task, len }
+}
+
+fn settle(
+    joined: Result<(Vec<u8>, WriteOutcome), JoinError>,
+    len: u64,
+    report: &mut PumpReport,
+    spare: &mut Option<Vec<u8>>,
+    sink: &LogSink,
+) {
+    match joined {
+        Ok((mut chunk, out)) => {
+            report.bytes_written += out.written;
+            report.bytes_dropped += out.dropped;
+            chunk.clear();
+            *spare = Some(chunk);
+        }
+        Err(error) => {
+            tracing::error!(path = %sink.path().display(), %error, "Log write task failed; chunk dropped");
+            report.bytes_dropped += len;
+        }
+    }
+}

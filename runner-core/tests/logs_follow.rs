@@ -1,0 +1,67 @@
+//! Live feed: `follow` hands back the existing lines and then exactly the
+//! bytes written after them; a follower that stops reading lags and never
+//! slows the pump.
+
+mod logs_support;
+
+use logs_support::*;
+use runner_core::logs::{LineSplitter, LogPump, LogQuery, PumpEnd};
+use runner_types::LogStream;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+/// Receives live chunks until `len` bytes arrived.
+async fn receive(rx: &mut Receiver<bytes::Bytes>, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        let chunk = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+#[tokio::test]
+async fn follow_continues_exactly_where_the_lines_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), LogStream::Stdout, limits(16, 4));
+    let (mut guest, reader) = tokio::io::duplex(1024);
+    let pump = LogPump::spawn(boxed(reader), &sink);
+    let mut watcher = sink.subscribe();
+
+    guest.write_all(b"one\ntwo\nthr").await.unwrap();
+    receive(&mut watcher, 11).await;
+    let (lines, mut live) = sink.follow(LogQuery::tail(10)).await.unwrap();
+    assert_eq!(lines.lines, lines_of(b"one\ntwo\nthr"));
+
+    guest.write_all(b"ee\nfour\n").await.unwrap();
+    let more = receive(&mut live, 8).await;
+    assert_eq!(more, b"ee\nfour\n");
+
+    let mut splitter = LineSplitter::new(1024);
+    assert_eq!(splitter.push(&more), lines_of(b"ee\nfour\n"));
+    drop(guest);
+    assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
+    // Nothing was sent twice.
+    assert!(matches!(live.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[tokio::test]
+async fn a_stalled_follower_lags_and_the_pump_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+    let mut stalled = sink.subscribe();
+    let mut watcher = sink.subscribe();
+    let (mut guest, reader) = tokio::io::duplex(1024);
+    let pump = LogPump::spawn(boxed(reader), &sink);
+    // One chunk per write: wait for each to land before the next.
+    for i in 0..100u8 {
+        guest.write_all(&[i; 10]).await.unwrap();
+        receive(&mut watcher, 10).await;
+    }
+    drop(guest);
+    let report = pump.finish(WAIT).await;
+    assert!(matches!(report.end, PumpEnd::Eof));
+    assert_eq!(report.bytes_written, 1000);
+    assert!(matches!(stalled.recv().await, Err(RecvError::Lagged(_))));
+}

@@ -1,0 +1,482 @@
+//! Pins the JSON shapes of the control protocol and the bootstrap envelope
+//! (DESIGN §6, §7), so that a renamed field or variant cannot slip through:
+//! oxydra's guests and control clients depend on these exact spellings.
+//!
+//! Each test compares against a literal `serde_json::json!` value in both
+//! directions: serialising gives exactly the literal, and the literal parses
+//! back to the same Rust value.
+
+use runner_types::control::{
+    ControlError, LogFormat, LogLine, LogsChunk, LogsRequest, RoleSelector, ShutdownStatus,
+    StreamSelector,
+};
+use runner_types::{
+    BootstrapEnvelope, ControlErrorCode, ControlRequest, ControlResponse, DegradedReason,
+    ExitStatus, GuestExit, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream,
+    ResolvedMounts, ResourceLimits, RuntimePolicy, SandboxTier, SidecarEndpoint, SidecarTransport,
+    StartupStatus,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+/// `value` serialises to exactly `expected`, and `expected` parses to `value`.
+fn pinned<T>(value: &T, expected: Value)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    assert_eq!(serde_json::to_value(value).unwrap(), expected);
+    let back: T = serde_json::from_value(expected).unwrap();
+    assert_eq!(&back, value);
+}
+
+fn startup_status() -> StartupStatus {
+    StartupStatus {
+        sandbox_tier: SandboxTier::Process,
+        sidecar_available: false,
+        shell_available: false,
+        browser_available: false,
+        degraded_reasons: vec![
+            DegradedReason {
+                code: "insecure_process_tier".into(),
+                detail: "forced with --insecure".into(),
+            },
+            DegradedReason {
+                code: "sidecar_unavailable".into(),
+                detail: "no sidecar configured".into(),
+            },
+        ],
+    }
+}
+
+fn startup_status_json() -> Value {
+    json!({
+        "sandbox_tier": "process",
+        "sidecar_available": false,
+        "shell_available": false,
+        "browser_available": false,
+        "degraded_reasons": [
+            {"code": "insecure_process_tier", "detail": "forced with --insecure"},
+            {"code": "sidecar_unavailable", "detail": "no sidecar configured"}
+        ]
+    })
+}
+
+#[test]
+fn health_check_request_is_bare_op() {
+    // Exactly this text: oxydra clients send it byte for byte.
+    assert_eq!(
+        serde_json::to_string(&ControlRequest::HealthCheck).unwrap(),
+        r#"{"op":"health_check"}"#
+    );
+    let parsed: ControlRequest = serde_json::from_str(r#"{"op":"health_check"}"#).unwrap();
+    assert_eq!(parsed, ControlRequest::HealthCheck);
+}
+
+#[test]
+fn shutdown_user_request() {
+    pinned(
+        &ControlRequest::ShutdownUser {
+            user_id: "alice".into(),
+        },
+        json!({"op": "shutdown_user", "payload": {"user_id": "alice"}}),
+    );
+}
+
+#[test]
+fn logs_request_with_all_fields() {
+    pinned(
+        &ControlRequest::Logs(LogsRequest {
+            role: RoleSelector::Sidecar,
+            stream: StreamSelector::Stderr,
+            tail: Some(50),
+            since: Some(1_700_000_000_000),
+            format: LogFormat::Base64,
+            follow: true,
+        }),
+        json!({"op": "logs", "payload": {
+            "role": "sidecar",
+            "stream": "stderr",
+            "tail": 50,
+            "since": 1_700_000_000_000u64,
+            "format": "base64",
+            "follow": true
+        }}),
+    );
+}
+
+#[test]
+fn logs_request_defaults_and_selector_spellings() {
+    let parsed: ControlRequest =
+        serde_json::from_value(json!({"op": "logs", "payload": {}})).unwrap();
+    assert_eq!(parsed, ControlRequest::Logs(LogsRequest::default()));
+    let d = LogsRequest::default();
+    assert_eq!(
+        (d.role, d.stream, d.tail, d.since, d.format, d.follow),
+        (
+            RoleSelector::All,
+            StreamSelector::Both,
+            None,
+            None,
+            LogFormat::Text,
+            false
+        )
+    );
+    // Optional fields are omitted when None.
+    assert_eq!(
+        serde_json::to_value(&d).unwrap(),
+        json!({"role": "all", "stream": "both", "format": "text", "follow": false})
+    );
+    for (sel, s) in [
+        (RoleSelector::Runtime, "runtime"),
+        (RoleSelector::Sidecar, "sidecar"),
+        (RoleSelector::All, "all"),
+    ] {
+        assert_eq!(serde_json::to_value(sel).unwrap(), json!(s));
+    }
+    for (sel, s) in [
+        (StreamSelector::Stdout, "stdout"),
+        (StreamSelector::Stderr, "stderr"),
+        (StreamSelector::Both, "both"),
+    ] {
+        assert_eq!(serde_json::to_value(sel).unwrap(), json!(s));
+    }
+    // Unknown fields in a logs request are refused.
+    assert!(
+        serde_json::from_value::<ControlRequest>(
+            json!({"op": "logs", "payload": {"rolle": "runtime"}})
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn unknown_op_is_refused() {
+    assert!(serde_json::from_value::<ControlRequest>(json!({"op": "reboot"})).is_err());
+    assert!(serde_json::from_value::<ControlRequest>(json!({"payload": {}})).is_err());
+}
+
+#[test]
+fn full_health_status_response() {
+    let health = HealthStatus {
+        user_id: "alice".into(),
+        healthy: false,
+        sandbox_tier: SandboxTier::Process,
+        startup_status: startup_status(),
+        shell_available: false,
+        browser_available: false,
+        shutdown: true,
+        message: Some("runtime exited".into()),
+        log_dir: Some("/ws/alice/logs".into()),
+        runtime_pid: Some(4242),
+        runtime_container_name: Some("oxydra-alice-runtime".into()),
+        guests: vec![
+            GuestStatus {
+                role: GuestRole::Sidecar,
+                state: GuestState::Running,
+                pid: Some(4241),
+                container_name: Some("oxydra-alice-sidecar".into()),
+                container_id: Some("abc123".into()),
+                last_exit: None,
+                restarts: 0,
+            },
+            GuestStatus {
+                role: GuestRole::Runtime,
+                state: GuestState::BackingOff,
+                pid: None,
+                container_name: None,
+                container_id: None,
+                last_exit: Some(GuestExit {
+                    status: ExitStatus::Signal(9),
+                    at_unix_ms: 1_700_000_000_123,
+                    oom_killed: true,
+                }),
+                restarts: 2,
+            },
+        ],
+    };
+    pinned(
+        &ControlResponse::HealthStatus(health),
+        json!({"op": "health_status", "payload": {
+            "user_id": "alice",
+            "healthy": false,
+            "sandbox_tier": "process",
+            "startup_status": startup_status_json(),
+            "shell_available": false,
+            "browser_available": false,
+            "shutdown": true,
+            "message": "runtime exited",
+            "log_dir": "/ws/alice/logs",
+            "runtime_pid": 4242,
+            "runtime_container_name": "oxydra-alice-runtime",
+            "guests": [
+                {
+                    "role": "sidecar",
+                    "state": "running",
+                    "pid": 4241,
+                    "container_name": "oxydra-alice-sidecar",
+                    "container_id": "abc123",
+                    "restarts": 0
+                },
+                {
+                    "role": "runtime",
+                    "state": "backing_off",
+                    "last_exit": {
+                        "status": {"signal": 9},
+                        "at_unix_ms": 1_700_000_000_123u64,
+                        "oom_killed": true
+                    },
+                    "restarts": 2
+                }
+            ]
+        }}),
+    );
+}
+
+#[test]
+fn minimal_health_status_omits_optional_fields() {
+    let health = HealthStatus {
+        user_id: "bob".into(),
+        healthy: true,
+        sandbox_tier: SandboxTier::MicroVm,
+        startup_status: StartupStatus {
+            sandbox_tier: SandboxTier::MicroVm,
+            sidecar_available: true,
+            shell_available: true,
+            browser_available: false,
+            degraded_reasons: vec![],
+        },
+        shell_available: true,
+        browser_available: false,
+        shutdown: false,
+        message: None,
+        log_dir: None,
+        runtime_pid: None,
+        runtime_container_name: None,
+        guests: vec![],
+    };
+    pinned(
+        &ControlResponse::HealthStatus(health),
+        json!({"op": "health_status", "payload": {
+            "user_id": "bob",
+            "healthy": true,
+            "sandbox_tier": "micro_vm",
+            "startup_status": {
+                "sandbox_tier": "micro_vm",
+                "sidecar_available": true,
+                "shell_available": true,
+                "browser_available": false
+            },
+            "shell_available": true,
+            "browser_available": false,
+            "shutdown": false,
+            "guests": []
+        }}),
+    );
+    // An oxydra health payload without `guests` still parses.
+    let oxydra = json!({
+        "user_id": "bob", "healthy": true, "sandbox_tier": "container",
+        "startup_status": {"sandbox_tier": "container", "sidecar_available": false,
+            "shell_available": false, "browser_available": false},
+        "shell_available": false, "browser_available": false, "shutdown": false
+    });
+    let parsed: HealthStatus = serde_json::from_value(oxydra).unwrap();
+    assert!(parsed.guests.is_empty());
+}
+
+#[test]
+fn guest_state_and_exit_spellings() {
+    for (state, s) in [
+        (GuestState::Starting, "starting"),
+        (GuestState::Running, "running"),
+        (GuestState::BackingOff, "backing_off"),
+        (GuestState::Exited, "exited"),
+        (GuestState::Failed, "failed"),
+        (GuestState::Stopping, "stopping"),
+        (GuestState::Stopped, "stopped"),
+    ] {
+        assert_eq!(serde_json::to_value(state).unwrap(), json!(s));
+    }
+    pinned(&ExitStatus::Code(3), json!({"code": 3}));
+    pinned(&ExitStatus::Signal(15), json!({"signal": 15}));
+}
+
+#[test]
+fn shutdown_status_response() {
+    pinned(
+        &ControlResponse::ShutdownStatus(ShutdownStatus {
+            user_id: "alice".into(),
+            shutdown: true,
+            message: Some("stopping".into()),
+        }),
+        json!({"op": "shutdown_status", "payload": {
+            "user_id": "alice", "shutdown": true, "message": "stopping"
+        }}),
+    );
+    pinned(
+        &ControlResponse::ShutdownStatus(ShutdownStatus {
+            user_id: "alice".into(),
+            shutdown: false,
+            message: None,
+        }),
+        json!({"op": "shutdown_status", "payload": {"user_id": "alice", "shutdown": false}}),
+    );
+}
+
+#[test]
+fn logs_response() {
+    pinned(
+        &ControlResponse::Logs(LogsChunk {
+            lines: vec![
+                LogLine {
+                    role: GuestRole::Runtime,
+                    stream: LogStream::Stdout,
+                    data: "hello".into(),
+                },
+                LogLine {
+                    role: GuestRole::Sidecar,
+                    stream: LogStream::Stderr,
+                    data: "/w==".into(),
+                },
+            ],
+            truncated: true,
+        }),
+        json!({"op": "logs", "payload": {
+            "lines": [
+                {"role": "runtime", "stream": "stdout", "data": "hello"},
+                {"role": "sidecar", "stream": "stderr", "data": "/w=="}
+            ],
+            "truncated": true
+        }}),
+    );
+}
+
+#[test]
+fn error_response_with_each_code() {
+    for (code, s) in [
+        (ControlErrorCode::InvalidRequest, "invalid_request"),
+        (ControlErrorCode::UnknownUser, "unknown_user"),
+        (ControlErrorCode::Internal, "internal"),
+    ] {
+        pinned(
+            &ControlResponse::Error(ControlError {
+                code,
+                message: "why".into(),
+            }),
+            json!({"op": "error", "payload": {"code": s, "message": "why"}}),
+        );
+    }
+}
+
+fn full_envelope() -> BootstrapEnvelope {
+    BootstrapEnvelope {
+        user_id: "alice".into(),
+        sandbox_tier: SandboxTier::MicroVm,
+        workspace_root: "/var/lib/runner/ws".into(),
+        sidecar_endpoint: Some(SidecarEndpoint {
+            transport: SidecarTransport::Vsock,
+            address: "3:5000".into(),
+        }),
+        runtime_policy: Some(RuntimePolicy {
+            mounts: ResolvedMounts {
+                shared: "/var/lib/runner/ws/alice/shared".into(),
+                tmp: "/var/lib/runner/ws/alice/tmp".into(),
+                vault: "/var/lib/runner/ws/alice/vault".into(),
+            },
+            resources: ResourceLimits {
+                max_vcpus: Some(2),
+                max_memory_mib: Some(1024),
+                max_processes: Some(256),
+            },
+            credential_refs: BTreeMap::from([("openai".into(), "vault:openai".into())]),
+        }),
+        startup_status: Some(startup_status()),
+    }
+}
+
+#[test]
+fn full_envelope_shape() {
+    let env = full_envelope();
+    pinned(
+        &env,
+        json!({
+            "user_id": "alice",
+            "sandbox_tier": "micro_vm",
+            "workspace_root": "/var/lib/runner/ws",
+            "sidecar_endpoint": {"transport": "vsock", "address": "3:5000"},
+            "runtime_policy": {
+                "mounts": {
+                    "shared": "/var/lib/runner/ws/alice/shared",
+                    "tmp": "/var/lib/runner/ws/alice/tmp",
+                    "vault": "/var/lib/runner/ws/alice/vault"
+                },
+                "resources": {"max_vcpus": 2, "max_memory_mib": 1024, "max_processes": 256},
+                "credential_refs": {"openai": "vault:openai"}
+            },
+            "startup_status": startup_status_json()
+        }),
+    );
+    // The validated JSON helpers produce the same shape.
+    let bytes = env.to_json().unwrap();
+    assert_eq!(BootstrapEnvelope::from_json(&bytes).unwrap(), env);
+}
+
+#[test]
+fn unix_sidecar_transport_spelling() {
+    pinned(
+        &SidecarEndpoint {
+            transport: SidecarTransport::Unix,
+            address: "/ws/alice/ipc/shell-daemon.sock".into(),
+        },
+        json!({"transport": "unix", "address": "/ws/alice/ipc/shell-daemon.sock"}),
+    );
+}
+
+#[test]
+fn minimal_envelope_omits_optional_fields() {
+    let env = BootstrapEnvelope {
+        user_id: "alice".into(),
+        sandbox_tier: SandboxTier::Container,
+        workspace_root: "/ws".into(),
+        sidecar_endpoint: None,
+        runtime_policy: None,
+        startup_status: None,
+    };
+    pinned(
+        &env,
+        json!({"user_id": "alice", "sandbox_tier": "container", "workspace_root": "/ws"}),
+    );
+    // Empty limits and credential maps are omitted inside a policy too.
+    let policy = RuntimePolicy {
+        mounts: ResolvedMounts {
+            shared: "/s".into(),
+            tmp: "/t".into(),
+            vault: "/v".into(),
+        },
+        resources: ResourceLimits::default(),
+        credential_refs: BTreeMap::new(),
+    };
+    pinned(
+        &policy,
+        json!({"mounts": {"shared": "/s", "tmp": "/t", "vault": "/v"}, "resources": {}}),
+    );
+    // ... and an oxydra policy without `resources` parses.
+    let parsed: RuntimePolicy =
+        serde_json::from_value(json!({"mounts": {"shared": "/s", "tmp": "/t", "vault": "/v"}}))
+            .unwrap();
+    assert_eq!(parsed, policy);
+}
+
+#[test]
+fn tier_spellings() {
+    for (tier, s) in [
+        (SandboxTier::Process, "process"),
+        (SandboxTier::Container, "container"),
+        (SandboxTier::MicroVm, "micro_vm"),
+    ] {
+        pinned(&tier, json!(s));
+        assert_eq!(tier.as_str(), s);
+    }
+}
