@@ -1,5 +1,6 @@
 //! [`Runner`]: the embedding entry point — config plus backends in, sessions out.
 
+use crate::control::ControlLimits;
 use crate::error::SessionError;
 use crate::session::{SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::Actor;
@@ -59,6 +60,8 @@ pub struct SessionOptions {
     pub insecure: bool,
     /// Extra guest environment (`-e`, `--env-file`).
     pub extra_env: BTreeMap<String, String>,
+    /// Control-socket connection limits.
+    pub control_limits: ControlLimits,
 }
 
 impl Default for SessionOptions {
@@ -67,6 +70,7 @@ impl Default for SessionOptions {
             serve_control: true,
             insecure: false,
             extra_env: BTreeMap::new(),
+            control_limits: ControlLimits::default(),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Runner {
             degraded,
             extra_env: options.extra_env,
             serve_control: options.serve_control,
+            control_limits: options.control_limits,
             health_tx,
             phase_tx,
             events: events.clone(),

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 /// Sandbox runner: supervises a runtime and a sidecar guest per user.
 #[derive(Debug, Parser)]
-#[command(name = "runner-bin", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "runner-bin",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Run the daemon in the foreground for `--user`.
     #[arg(long)]
@@ -120,11 +125,28 @@ mod tests {
 
     #[test]
     fn parses_daemon_and_subcommands() {
-        let c = Cli::try_parse_from(["runner-bin", "--daemon", "--user", "alice", "--insecure", "-e", "A=1"]).unwrap();
+        let c = Cli::try_parse_from([
+            "runner-bin",
+            "--daemon",
+            "--user",
+            "alice",
+            "--insecure",
+            "-e",
+            "A=1",
+        ])
+        .unwrap();
         assert!(c.daemon && c.daemon_args.insecure);
         assert_eq!(c.daemon_args.env, ["A=1"]);
-        let c = Cli::try_parse_from(["runner-bin", "logs", "--user", "a", "-f", "--tail", "5"]).unwrap();
-        assert!(matches!(c.command, Some(Command::Logs { follow: true, tail: 5, .. })));
+        let c = Cli::try_parse_from(["runner-bin", "logs", "--user", "a", "-f", "--tail", "5"])
+            .unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Logs {
+                follow: true,
+                tail: 5,
+                ..
+            })
+        ));
         assert!(Cli::try_parse_from(["runner-bin", "status"]).is_err());
     }
 }

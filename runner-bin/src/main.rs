@@ -1,1 +1,61 @@
-fn main() {}
+//! `runner-bin`: the sandbox runner's daemon and its clients.
+//!
+//! This is the only place that reads the process environment (`PATH`,
+//! `DOCKER_HOST`, `RUST_LOG`) and installs signal handlers; everything else
+//! takes what it needs as arguments.
+
+mod backends;
+mod cli;
+mod client;
+mod daemon;
+mod env;
+mod lock;
+mod paths;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let Some(cli::Command::DemoGuest { args }) = cli.command {
+        return runner_examples::demo_guest::run_with(args, &["demo-guest"]);
+    }
+    let daemon = cli.daemon;
+    init_tracing(if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::Error::new(e).context("Cannot start the async runtime")),
+    };
+    let result = runtime.block_on(async move {
+        match (daemon, cli.command) {
+            (true, _) => daemon::run(cli.daemon_args).await,
+            (false, Some(cmd)) => client::run(cmd).await,
+            (false, None) => Err(anyhow::anyhow!(
+                "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs); see --help"
+            )),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Prints the whole error chain on one line and returns failure.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -17,15 +17,23 @@ async fn rotated_files_concatenate_to_exactly_the_stream() {
     let total_arg = total.to_string();
     let args = ["--stdout-bytes", total_arg.as_str(), "--seed", "7"];
     let (reference, _) = reference_output(&args, dir.path());
-    let expected_head = std::fs::read(&reference).map(|b| b[..4096].to_vec()).unwrap();
-    assert!(std::str::from_utf8(&expected_head).is_err(), "stream must not be UTF-8");
+    let expected_head = std::fs::read(&reference)
+        .map(|b| b[..4096].to_vec())
+        .unwrap();
+    assert!(
+        std::str::from_utf8(&expected_head).is_err(),
+        "stream must not be UTF-8"
+    );
 
     let logs = dir.path().join("logs");
     let sink = sink(&logs, LogStream::Stdout, limits(4 * MIB, 20));
     let mut child = spawn_noise(&args);
     let pump = LogPump::spawn(boxed(child.stdout.take().unwrap()), &sink);
     let report = pump.finish(WAIT).await;
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
@@ -37,7 +45,12 @@ async fn rotated_files_concatenate_to_exactly_the_stream() {
     let files = rotated_files(sink.path());
     assert_eq!(files.len(), 17);
     for f in &files[..16] {
-        assert_eq!(std::fs::metadata(f).unwrap().len(), 4 * MIB, "{}", f.display());
+        assert_eq!(
+            std::fs::metadata(f).unwrap().len(),
+            4 * MIB,
+            "{}",
+            f.display()
+        );
     }
     assert_same_stream(&reference, &files);
     let last = std::fs::read(sink.path()).unwrap();
@@ -66,7 +79,10 @@ async fn stdout_and_stderr_interleaved_each_land_exactly() {
     let out = LogPump::spawn(boxed(child.stdout.take().unwrap()), &out_sink);
     let err = LogPump::spawn(boxed(child.stderr.take().unwrap()), &err_sink);
     let (out, err) = tokio::join!(out.finish(WAIT), err.finish(WAIT));
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     assert!(matches!(out.end, PumpEnd::Eof) && matches!(err.end, PumpEnd::Eof));

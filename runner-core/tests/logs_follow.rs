@@ -15,7 +15,10 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 async fn receive(rx: &mut Receiver<bytes::Bytes>, len: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < len {
-        let chunk = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         got.extend_from_slice(&chunk);
     }
     got

@@ -51,7 +51,10 @@ async fn rotation_keeps_max_files_and_tail_reads_across_them() {
     assert!(stream.ends_with(&kept));
 
     let got = sink.read(LogQuery::tail(5)).await.unwrap();
-    assert_eq!(got.lines, lines_of(b"line496\nline497\nline498\nline499\ntail"));
+    assert_eq!(
+        got.lines,
+        lines_of(b"line496\nline497\nline498\nline499\ntail")
+    );
     assert!(!got.truncated);
 
     // 60 lines need all four files.
@@ -61,9 +64,14 @@ async fn rotation_keeps_max_files_and_tail_reads_across_them() {
     assert!(kept.len() - std::fs::metadata(base).unwrap().len() as usize > 400);
 
     // The offline reader sees the same.
-    let offline = read_log_files(dir.path(), GuestRole::Runtime, LogStream::Stdout, LogQuery::tail(60))
-        .await
-        .unwrap();
+    let offline = read_log_files(
+        dir.path(),
+        GuestRole::Runtime,
+        LogStream::Stdout,
+        LogQuery::tail(60),
+    )
+    .await
+    .unwrap();
     assert_eq!(offline, got);
 }
 
@@ -95,9 +103,15 @@ async fn since_returns_only_what_a_later_launch_wrote() {
     assert!(rotated_path(sink.path(), 5).exists());
 
     // Everything since before the first launch, and nothing in the future.
-    let got = sink.read(LogQuery::tail(1000).since(since - 60_000)).await.unwrap();
+    let got = sink
+        .read(LogQuery::tail(1000).since(since - 60_000))
+        .await
+        .unwrap();
     assert_eq!(got.lines.len(), 30 + 41);
-    let got = sink.read(LogQuery::tail(1000).since(now_ms() + 60_000)).await.unwrap();
+    let got = sink
+        .read(LogQuery::tail(1000).since(now_ms() + 60_000))
+        .await
+        .unwrap();
     assert!(got.lines.is_empty());
 }
 
@@ -114,7 +128,10 @@ async fn second_pump_appends_to_the_same_files() {
         .finish(WAIT)
         .await;
     assert!(matches!((&r1.end, &r2.end), (PumpEnd::Eof, PumpEnd::Eof)));
-    assert_eq!(std::fs::read(sink.path()).unwrap(), b"first\nsecond\npartial");
+    assert_eq!(
+        std::fs::read(sink.path()).unwrap(),
+        b"first\nsecond\npartial"
+    );
 
     // A sink reopened later (a restarted runner) appends as well.
     drop(sink);
@@ -135,9 +152,14 @@ async fn tail_of_an_empty_or_missing_log_is_empty() {
     let got = sink.read(LogQuery::tail(100)).await.unwrap();
     assert!(got.lines.is_empty() && !got.truncated);
     let missing = dir.path().join("no-such-dir");
-    let got = read_log_files(&missing, GuestRole::Sidecar, LogStream::Stderr, LogQuery::tail(100))
-        .await
-        .unwrap();
+    let got = read_log_files(
+        &missing,
+        GuestRole::Sidecar,
+        LogStream::Stderr,
+        LogQuery::tail(100),
+    )
+    .await
+    .unwrap();
     assert!(got.lines.is_empty() && !got.truncated);
 }
 
@@ -149,7 +171,10 @@ async fn drain_timeout_cuts_a_stream_that_never_ends() {
     // `sleep` inherits the pipe and keeps it open long after the timeout.
     let mut child = spawn_sh("printf abc; exec sleep 300");
     let pump = LogPump::spawn(boxed(child.stdout.take().unwrap()), &sink);
-    let chunk = tokio::time::timeout(WAIT, live.recv()).await.unwrap().unwrap();
+    let chunk = tokio::time::timeout(WAIT, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&chunk[..], b"abc");
     assert!(!pump.is_finished());
     assert_eq!(pump.bytes_read(), 3);

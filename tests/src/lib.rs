@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 /// cannot run without its guest, and the panic message says why.
 pub fn guest_binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let profile_dir = match BUILT.get_or_init(build_examples) {
+    let profile_dir = match BUILT.get_or_init(|| build_package("runner-examples")) {
         Ok(dir) => dir,
         Err(why) => panic!("cannot build the runner-examples binaries: {why}"),
     };
@@ -57,7 +57,17 @@ fn profile_dir() -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 
-fn build_examples() -> Result<PathBuf, String> {
+/// Path of the `runner-bin` binary, built once per test process.
+pub fn runner_binary() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let profile_dir = match BUILT.get_or_init(|| build_package("runner-bin")) {
+        Ok(dir) => dir,
+        Err(why) => panic!("cannot build runner-bin: {why}"),
+    };
+    profile_dir.join("runner-bin")
+}
+
+fn build_package(package: &str) -> Result<PathBuf, String> {
     let profile_dir = profile_dir()?;
     let target_dir = profile_dir
         .parent()
@@ -80,7 +90,7 @@ fn build_examples() -> Result<PathBuf, String> {
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
-        .args(["--profile", profile, "-p", "runner-examples", "--bins"])
+        .args(["--profile", profile, "-p", package, "--bins"])
         .output()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if !output.status.success() {

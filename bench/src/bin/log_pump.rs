@@ -118,8 +118,12 @@ fn main() {
     let rot_cpu = cpu_per_gib(median(&mut rot_cpu));
     let big_cpu = cpu_per_gib(median(&mut big_cpu));
     let cat_cpu = cpu_per_gib(median(&mut cat_cpu));
-    println!("log_pump: 1 GiB from `head -c 1G /dev/zero` through a pipe into a file (median of {ROUNDS})");
-    println!("  cat > file (baseline):            {cat:8.0} MiB/s   (head+cat CPU {cat_cpu:.2} s/GiB)");
+    println!(
+        "log_pump: 1 GiB from `head -c 1G /dev/zero` through a pipe into a file (median of {ROUNDS})"
+    );
+    println!(
+        "  cat > file (baseline):            {cat:8.0} MiB/s   (head+cat CPU {cat_cpu:.2} s/GiB)"
+    );
     println!(
         "  pump, rotating 10 MiB x 5:        {rot:8.0} MiB/s   ratio {:.2}x   runner CPU {rot_cpu:.2} s/GiB",
         rot / cat

@@ -4,16 +4,64 @@ use runner_core::logs::{LogPump, LogSink};
 use runner_types::{GuestRole, LogStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let rt = if mode.contains("ct") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let sink = LogSink::open(dir.path(), GuestRole::Runtime, LogStream::Stdout, LogLimits::default()).unwrap();
+        let limits = if mode.contains("big") {
+            LogLimits {
+                max_file_bytes: 1 << 31,
+                max_files: 1,
+            }
+        } else {
+            LogLimits::default()
+        };
+        let sink =
+            LogSink::open(dir.path(), GuestRole::Runtime, LogStream::Stdout, limits).unwrap();
         let start = Instant::now();
-        let mut child = tokio::process::Command::new("head").args(["-c", "268435456", "/dev/zero"]).stdout(Stdio::piped()).spawn().unwrap();
-        let pump = LogPump::spawn(Box::pin(child.stdout.take().unwrap()), &sink);
-        let r = pump.finish(Duration::from_secs(100)).await;
-        println!("{:?} {:?}", start.elapsed(), r);
+        let mut child = tokio::process::Command::new("head")
+            .args([
+                "-c",
+                if mode.contains("1g") {
+                    "1073741824"
+                } else {
+                    "268435456"
+                },
+                "/dev/zero",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        if mode.contains("discard") {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = out.read(&mut buf).await.unwrap();
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+            println!("{mode} {:?} {n}", start.elapsed());
+        } else {
+            let pump = LogPump::spawn(Box::pin(out), &sink);
+            let r = pump.finish(Duration::from_secs(100)).await;
+            println!("{mode} {:?} {}", start.elapsed(), r.bytes_written);
+        }
         child.wait().await.unwrap();
     });
 }

@@ -58,6 +58,12 @@ impl SessionHandle {
         Ok(self.health.borrow().clone())
     }
 
+    /// A deadline within which an ordered shutdown with the configured
+    /// grace and drain timings always finishes.
+    pub fn shutdown_bound(&self) -> Duration {
+        self.shutdown_bound
+    }
+
     /// Current phase.
     pub fn phase(&self) -> SessionPhase {
         self.phase.borrow().clone()

@@ -2,7 +2,7 @@
 //! sidecar's endpoint in its envelope), then the control listener.
 
 use super::{SessionMsg, SessionState, on_guest_update};
-use crate::control::{ControlContext, ControlListenerHandle};
+use crate::control::{ControlContext, ControlLimits, ControlListenerHandle};
 use crate::error::SessionError;
 use crate::events::SessionEvent;
 use crate::guest::{GuestActor, GuestArgs, GuestHandle};
@@ -38,6 +38,7 @@ pub struct SessionArgs {
     pub(crate) degraded: Vec<DegradedReason>,
     pub(crate) extra_env: BTreeMap<String, String>,
     pub(crate) serve_control: bool,
+    pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,
     pub(crate) phase_tx: watch::Sender<SessionPhase>,
     pub(crate) events: broadcast::Sender<SessionEvent>,
@@ -118,7 +119,9 @@ pub(super) async fn on_start(
             pumps: state.pumps.clone(),
             shutdown_deadline: state.args.shutdown_bound(),
         };
-        let listener = ControlListenerHandle::spawn(myself.get_cell(), ctx).await?;
+        let listener =
+            ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
+                .await?;
         state.listener = Some(listener);
     }
     Ok(())

@@ -68,7 +68,12 @@ mod tests {
         let mut s = LineSplitter::new(3);
         assert_eq!(
             s.push(b"abcdefg\nxyz\n"),
-            vec![b"abc".to_vec(), b"def".to_vec(), b"g".to_vec(), b"xyz".to_vec()]
+            vec![
+                b"abc".to_vec(),
+                b"def".to_vec(),
+                b"g".to_vec(),
+                b"xyz".to_vec()
+            ]
         );
         assert_eq!(s.flush(), None);
     }

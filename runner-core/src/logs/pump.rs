@@ -191,9 +191,8 @@ async fn run(
     let linger = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(linger);
     loop {
-        let due = flush_by.is_some_and(|t| {
-            end.is_some() || buf.len() >= PUMP_BUFFER || Instant::now() >= t
-        });
+        let due = flush_by
+            .is_some_and(|t| end.is_some() || buf.len() >= PUMP_BUFFER || Instant::now() >= t);
         if inflight.is_none() && due {
             let next = spare
                 .take()

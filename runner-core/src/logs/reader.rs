@@ -440,7 +440,10 @@ mod tests {
         l.writer.write(b"mid2\n", 2_010);
         l.writer.write(b"new1\nnew2", 3_000);
         let since = |t| l.query(LogQuery::tail(100).since(t)).lines;
-        assert_eq!(since(0), lines(&[b"old1", b"old2", b"mid", b"mid2", b"new1", b"new2"]));
+        assert_eq!(
+            since(0),
+            lines(&[b"old1", b"old2", b"mid", b"mid2", b"new1", b"new2"])
+        );
         assert_eq!(since(2_000), lines(&[b"mid", b"mid2", b"new1", b"new2"]));
         assert_eq!(since(2_040), lines(&[b"mid", b"mid2", b"new1", b"new2"]));
         assert_eq!(since(2_051), lines(&[b"new1", b"new2"]));

@@ -76,12 +76,10 @@ impl RotatingWriter {
             len: 0,
             health: WriterHealth::Healthy,
         };
-        writer
-            .ensure_open()
-            .map_err(|source| LogError::Open {
-                path: writer.base.clone(),
-                source,
-            })?;
+        writer.ensure_open().map_err(|source| LogError::Open {
+            path: writer.base.clone(),
+            source,
+        })?;
         writer.remove_beyond_limit();
         Ok(writer)
     }
@@ -161,6 +159,13 @@ impl RotatingWriter {
             remove_if_exists(&index_path(&self.base))?;
             return remove_if_exists(&self.base);
         }
+        // Delete the oldest first so that no rename below replaces an
+        // existing file: ext4 flushes a file renamed over another one
+        // (auto_da_alloc), which would cost a synchronous writeback per
+        // rotation.
+        let oldest = rotated_path(&self.base, self.max_files);
+        remove_if_exists(&index_path(&oldest))?;
+        remove_if_exists(&oldest)?;
         for n in (1..=self.max_files).rev() {
             let from = rotated_path(&self.base, n - 1);
             let to = rotated_path(&self.base, n);
@@ -169,9 +174,8 @@ impl RotatingWriter {
             }
             // The index follows its log; a stale index must not describe
             // the file that replaced it.
-            if !rename_if_exists(&index_path(&from), &index_path(&to))? {
-                remove_if_exists(&index_path(&to))?;
-            }
+            remove_if_exists(&index_path(&to))?;
+            rename_if_exists(&index_path(&from), &index_path(&to))?;
         }
         Ok(())
     }
@@ -194,7 +198,9 @@ impl RotatingWriter {
             let Some(rest) = file_name.to_str().and_then(|s| s.strip_prefix(&prefix)) else {
                 continue;
             };
-            let number = rest.strip_suffix(super::index::INDEX_SUFFIX).unwrap_or(rest);
+            let number = rest
+                .strip_suffix(super::index::INDEX_SUFFIX)
+                .unwrap_or(rest);
             if number.parse::<u32>().is_ok_and(|k| k > self.max_files) {
                 if let Err(error) = fs::remove_file(entry.path()) {
                     tracing::warn!(path = %entry.path().display(), %error, "Cannot remove old rotated log");

@@ -178,8 +178,12 @@ impl LogSink {
         }
         drop(writer);
         let inner = &self.inner;
-        inner.bytes_written.fetch_add(out.written, Ordering::Relaxed);
-        inner.bytes_dropped.fetch_add(out.dropped, Ordering::Relaxed);
+        inner
+            .bytes_written
+            .fetch_add(out.written, Ordering::Relaxed);
+        inner
+            .bytes_dropped
+            .fetch_add(out.dropped, Ordering::Relaxed);
         inner.rotations.fetch_add(out.rotations, Ordering::Relaxed);
         out
     }

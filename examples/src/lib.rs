@@ -1,0 +1,6 @@
+//! Demo guest and embedding examples for the sandbox runner.
+//!
+//! [`demo_guest`] is the guest the daemon runs on its built-in defaults; the
+//! `demo-guest` binary and `runner-bin demo-guest` both run it.
+
+pub mod demo_guest;

@@ -1,0 +1,56 @@
+//! Wiring real backends from the config and the process environment.
+
+use anyhow::Context;
+use runner_actors::Backends;
+use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_core::config::{GuestCommand, ProcessConfig, RunnerConfig};
+use runner_types::SandboxTier;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The backend for `tier`, built from `config` and this process's environment.
+pub fn for_tier(config: &RunnerConfig, tier: SandboxTier) -> anyhow::Result<Backends> {
+    let path = std::env::var_os("PATH");
+    let backends = Backends::new();
+    Ok(match tier {
+        SandboxTier::Process => {
+            let process = match &config.process {
+                Some(p) => p.clone(),
+                None => demo_guests()?,
+            };
+            backends.with(Arc::new(ProcessBackend::new(ProcessBackendConfig {
+                runtime: process.runtime,
+                sidecar: process.sidecar,
+                search_path: path,
+            })))
+        }
+        SandboxTier::MicroVm => {
+            let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
+                config,
+                path.as_deref(),
+            ));
+            fc.check().context("The micro_vm tier is not usable")?;
+            backends.with(Arc::new(fc))
+        }
+        SandboxTier::Container => anyhow::bail!(
+            "The container tier is not available in this build yet; use default_tier = \"process\" or --insecure"
+        ),
+    })
+}
+
+/// The built-in guests: this binary's hidden `demo-guest` mode, as runtime
+/// and sidecar. Used when the config has no `[process]` table.
+fn demo_guests() -> anyhow::Result<ProcessConfig> {
+    let exe =
+        std::env::current_exe().context("Cannot locate the runner binary for the demo guests")?;
+    let command = |role: &str| GuestCommand {
+        program: exe.clone(),
+        args: vec!["demo-guest".into(), "--role".into(), role.into()],
+        env: BTreeMap::new(),
+    };
+    Ok(ProcessConfig {
+        runtime: command("runtime"),
+        sidecar: Some(command("sidecar")),
+    })
+}

@@ -1,0 +1,101 @@
+//! `runner-bin --daemon`: one user's session in the foreground.
+
+use crate::cli::DaemonArgs;
+use crate::{backends, env, lock, paths};
+use anyhow::{Context, bail};
+use runner_actors::{Runner, SessionOptions};
+use runner_core::health::SessionPhase;
+use runner_core::{UserId, Workspace};
+use runner_types::SandboxTier;
+use std::io::Write;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Runs the daemon until SIGINT, SIGTERM or `shutdown_user`.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let Some(user) = args.user.as_deref() else {
+        bail!("--daemon needs --user <id>");
+    };
+    let user_id = UserId::new(user).with_context(|| format!("Invalid --user {user:?}"))?;
+    let config = paths::load_config(args.config.as_deref())?;
+    let mut extra_env = match &args.env_file {
+        Some(f) => env::read_env_file(f)?,
+        None => Default::default(),
+    };
+    for pair in &args.env {
+        let (k, v) = env::parse_pair(pair)?;
+        extra_env.insert(k, v);
+    }
+    // The lock lives in run/, so the workspace must exist first; then a
+    // second daemon for the same user is refused before it touches anything.
+    let user_config = config.user(&user_id);
+    let workspace = Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
+    let _lock = lock::acquire(&workspace.run, user)?;
+
+    let tier = if args.insecure {
+        eprintln!(
+            "WARNING: --insecure: guests run as plain host processes with NO isolation (process tier forced)"
+        );
+        SandboxTier::Process
+    } else {
+        config.tier_for(&user_id)
+    };
+    if tier == SandboxTier::Process && !args.insecure {
+        tracing::warn!("process tier: guests run as host processes without isolation");
+    }
+
+    let backends = backends::for_tier(&config, tier)?;
+    let runner = Runner::new(config, backends);
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("Cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("Cannot install the SIGTERM handler")?;
+    let options = SessionOptions {
+        serve_control: true,
+        insecure: args.insecure,
+        extra_env,
+        ..SessionOptions::default()
+    };
+    let session = runner
+        .start_session_with(user, options)
+        .await
+        .with_context(|| format!("Cannot start the session for user {user}"))?;
+    let socket = session
+        .control_socket()
+        .expect("daemon sessions serve a control socket");
+    println!("control_socket={}", socket.display());
+    std::io::stdout()
+        .flush()
+        .context("Cannot write to stdout")?;
+    tracing::info!(user, tier = %tier, socket = %socket.display(), "serving");
+
+    let mut events = session.events();
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Some("SIGINT"),
+            _ = sigterm.recv() => break Some("SIGTERM"),
+            stopped = session.wait_stopped(std::time::Duration::from_secs(3600)) => {
+                if stopped { break None; }
+            }
+            event = events.recv() => {
+                if let Ok(e) = event {
+                    tracing::info!(event = ?e, "session event");
+                }
+            }
+        }
+    };
+    match signal_name {
+        Some(name) => {
+            tracing::info!(signal = name, "shutting down");
+            let report = session
+                .shutdown(session.shutdown_bound())
+                .await
+                .context("Shutdown did not finish in time")?;
+            tracing::info!(took = ?report.took, cut = ?report.cut_streams, "stopped");
+        }
+        None => tracing::info!("stopped by shutdown_user"),
+    }
+    if let SessionPhase::Failed { reason } = session.phase() {
+        tracing::warn!(%reason, "session had failed before shutdown");
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! `runner-bin` end to end, as a user runs it: the daemon on built-in
+//! defaults (process tier, demo guests, ./workspaces) and the client
+//! subcommands against it.
+
+use runner_tests::{process_alive, runner_binary};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only reached on a failed test: don't leave the daemon behind.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn start_daemon(dir: &Path, user: &str) -> Daemon {
+    let mut child = Command::new(runner_binary())
+        .args(["--daemon", "--user", user])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("daemon printed no control_socket line");
+    let socket = PathBuf::from(
+        line.strip_prefix("control_socket=")
+            .expect("control_socket= line"),
+    );
+    Daemon {
+        child,
+        socket,
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn client(dir: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(runner_binary())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(&mut child);
+    child.wait_with_output().unwrap()
+}
+
+fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < WAIT, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn guest_pids(d: &Daemon, user: &str) -> Vec<u32> {
+    let out = client(&d.dir, &["status", "--user", user, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let health: runner_types::HealthStatus = serde_json::from_slice(&out.stdout).unwrap();
+    health.guests.iter().filter_map(|g| g.pid).collect()
+}
+
+#[test]
+fn defaults_status_logs_follow_and_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(tmp.path(), "alice");
+    assert_eq!(
+        d.socket,
+        tmp.path().join("workspaces/alice/run/runner-control.sock")
+    );
+
+    let out = client(&d.dir, &["status", "--user", "alice"]);
+    assert!(out.status.success());
+    assert!(text(&out).contains("healthy"), "{}", text(&out));
+    let pids = guest_pids(&d, "alice");
+    assert_eq!(pids.len(), 2);
+
+    // Wait for at least one heartbeat, then tail it.
+    let start = Instant::now();
+    loop {
+        let out = client(
+            &d.dir,
+            &[
+                "logs", "--user", "alice", "--role", "runtime", "--stream", "stdout", "--tail",
+                "50",
+            ],
+        );
+        assert!(out.status.success());
+        let t = text(&out);
+        if t.contains("heartbeat n=") {
+            assert!(t.contains("envelope={\"user_id\":\"alice\""), "{t}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no heartbeat in logs: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // logs -f shows heartbeats that arrive after it started.
+    let mut follow = Command::new(runner_binary())
+        .args([
+            "logs", "--user", "alice", "--role", "sidecar", "--stream", "stdout", "--tail", "1",
+            "-f",
+        ])
+        .current_dir(&d.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let first_n = heartbeat_number(&first);
+    let mut newer = None;
+    for line in lines.by_ref().take(10) {
+        let line = line.unwrap();
+        if let Some(n) = heartbeat_number(&line)
+            && first_n.is_none_or(|f| n > f)
+        {
+            newer = Some(n);
+            break;
+        }
+    }
+    assert!(newer.is_some(), "logs -f showed no new heartbeat");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    let out = client(&d.dir, &["stop", "--user", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut d = d;
+    let status = wait_bounded(&mut d.child);
+    assert!(status.success(), "daemon exit: {status}");
+    assert!(!d.socket.exists());
+    for pid in pids {
+        assert!(!process_alive(pid), "guest {pid} survived");
+    }
+    // No daemon: one clear line, non-zero exit.
+    let out = client(&d.dir, &["status", "--user", "alice"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No runner daemon is running for user alice"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+fn heartbeat_number(line: &str) -> Option<u64> {
+    line.strip_prefix("heartbeat n=")?.trim().parse().ok()
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_removes_the_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = start_daemon(tmp.path(), "bob");
+    let pids = guest_pids(&d, "bob");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_bounded(&mut d.child);
+    assert!(status.success(), "{status}");
+    assert!(!d.socket.exists());
+    for pid in pids {
+        assert!(!process_alive(pid), "guest {pid} survived");
+    }
+}
+
+#[test]
+fn a_second_daemon_for_the_same_user_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(tmp.path(), "carol");
+    let out = client(&d.dir, &["--daemon", "--user", "carol"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving user carol"), "{err}");
+    // The first one is unharmed.
+    let out = client(&d.dir, &["status", "--user", "carol"]);
+    assert!(out.status.success());
+    let out = client(&d.dir, &["stop", "--user", "carol"]);
+    assert!(out.status.success());
+    let mut d = d;
+    assert!(wait_bounded(&mut d.child).success());
+}
+
+#[test]
+fn a_daemon_started_over_a_stale_socket_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("workspaces/dave/run");
+    std::fs::create_dir_all(&run).unwrap();
+    // What a SIGKILLed daemon leaves: a socket file nobody listens on.
+    let stale = run.join("runner-control.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let out = client(tmp.path(), &["status", "--user", "dave"]);
+    assert!(
+        !out.status.success(),
+        "status against a stale socket must fail"
+    );
+
+    let mut d = start_daemon(tmp.path(), "dave");
+    let out = client(&d.dir, &["status", "--user", "dave"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(&d.dir, &["stop", "--user", "dave"]);
+    assert!(out.status.success());
+    assert!(wait_bounded(&mut d.child).success());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("runner.toml");
+    std::fs::write(&cfg, "workspace_root = \"ws\"\n[logs]\nmax_filez = 3\n").unwrap();
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--daemon"], "--user"),
+        (vec!["--daemon", "--user", "../etc"], "Invalid --user"),
+        (
+            vec!["--daemon", "--user", "x", "-e", "NOEQUALS"],
+            "KEY=VALUE",
+        ),
+    ];
+    let cfg_s = cfg.to_str().unwrap();
+    cases.push((
+        vec!["--daemon", "--user", "x", "--config", cfg_s],
+        "max_filez",
+    ));
+    cases.push((
+        vec![
+            "--daemon",
+            "--user",
+            "x",
+            "--config",
+            "/nonexistent/runner.toml",
+        ],
+        "/nonexistent/runner.toml",
+    ));
+    for (args, needle) in cases {
+        let out = client(tmp.path(), &args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.trim().lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
