@@ -60,7 +60,7 @@ fn main() {
         } else {
             let pump = LogPump::spawn(Box::pin(out), &sink);
             let r = pump.finish(Duration::from_secs(100)).await;
-            println!("{mode} {:?} {}", start.elapsed(), r.bytes_written);
+            let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap(); println!("{mode} {:?} {} cpu={}.{:06}+{}.{:06}", start.elapsed(), r.bytes_written, u.user_time().tv_sec(), u.user_time().tv_usec(), u.system_time().tv_sec(), u.system_time().tv_usec());
         }
         child.wait().await.unwrap();
     });

@@ -1,0 +1,71 @@
+//! A whole session with real demo-guest processes: a stubborn runtime that
+//! ignores SIGTERM and leaves a grandchild holding its stdout.
+
+use runner_actors::{Backends, Runner, SessionOptions};
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_tests::{guest_binary, process_alive};
+use runner_types::{GuestRole, GuestState, LogStream};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn command(args: &[&str]) -> GuestCommand {
+    GuestCommand {
+        program: guest_binary("demo-guest"),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+    }
+}
+
+async fn wait_for_line(path: &std::path::Path, prefix: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+            return line.to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no {prefix} in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let mut config = RunnerConfig::defaults(dir.path());
+    config.shutdown.grace = Duration::from_millis(300);
+    config.shutdown.log_drain = Duration::from_millis(300);
+    let backend = ProcessBackend::new(ProcessBackendConfig {
+        runtime: command(&["--role", "runtime", "--ignore-sigterm", "--spawn-grandchild", "--heartbeat-ms", "50"]),
+        sidecar: Some(command(&["--role", "sidecar", "--heartbeat-ms", "50"])),
+        search_path: None,
+    });
+    let runner = Runner::new(config.clone(), Backends::new().with(Arc::new(backend)));
+    let options = SessionOptions {
+        serve_control: false,
+        ..SessionOptions::default()
+    };
+    let session = runner.start_session_with("stubborn", options).await.unwrap();
+    let logs = session.workspace().logs.clone();
+    let runtime_log = logs.join(LogStream::Stdout.file_name(GuestRole::Runtime));
+    let grandchild: u32 = wait_for_line(&runtime_log, "grandchild_pid=").await["grandchild_pid=".len()..]
+        .parse()
+        .unwrap();
+    wait_for_line(&runtime_log, "sidecar_connected=").await;
+    let health = session.health().await.unwrap();
+    let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 2);
+    assert!(process_alive(grandchild));
+
+    let deadline = 2 * (config.shutdown.grace + Duration::from_secs(3)) + config.shutdown.log_drain + Duration::from_secs(5);
+    let report = session.shutdown(deadline).await.expect("bounded shutdown");
+    assert!(report.guests.iter().all(|g| g.state == GuestState::Stopped), "{:?}", report.guests);
+    let runtime = report.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
+    assert_eq!(runtime.last_exit.unwrap().status, runner_types::ExitStatus::Signal(9));
+    for pid in pids.into_iter().chain([grandchild]) {
+        assert!(!process_alive(pid), "process {pid} of the session survived");
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(&runtime_log).unwrap()).into_owned();
+    assert!(text.contains("sigterm ignored"), "{text}");
+}
