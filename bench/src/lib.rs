@@ -2,8 +2,26 @@
 //!
 //! Each binary measures one thing against a baseline in the same run and
 //! prints a Markdown table row that goes into `docs/BENCHMARKS.md`.
+//!
+//! Besides the statistics, this holds what the session-level benchmarks
+//! share: a process backend running the demo guest in both roles, the
+//! "bare" baseline (the same guest spawned directly with the same bootstrap
+//! frame), waiting for a guest's `envelope=` line in a log file or on a
+//! pipe, a raw control-socket connection that measures the server and not
+//! client-side JSON decoding, and the runner's resident memory.
 
-use std::time::Duration;
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_core::bootstrap::{EnvelopeParams, build_envelope, insecure_process_tier};
+use runner_core::config::{GuestCommand, UserConfig};
+use runner_core::{UserId, Workspace};
+use runner_types::{GuestRole, LogStream, SandboxTier, SidecarEndpoint, SidecarTransport};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, ChildStdout, Command};
 
 /// Percentile (0..=100) of a sorted sample.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -18,4 +36,237 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     percentile(samples, 50.0)
+}
+
+/// `d` in milliseconds with three decimals, for tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// A temporary directory directly under `/tmp`, so that Unix socket paths
+/// inside workspaces below it stay far from the 107-byte limit.
+pub fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rb")
+        .tempdir_in("/tmp")
+        .expect("temp dir under /tmp")
+}
+
+/// This process's resident set size (`VmRSS` in `/proc/self/status`), in KiB.
+pub fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line in /proc/self/status")
+}
+
+/// Arguments every benchmarked demo guest gets before its `--role`: a
+/// heartbeat so rare that an idle guest prints nothing after start-up.
+pub const QUIET_GUEST_ARGS: [&str; 2] = ["--heartbeat-ms", "600000"];
+
+/// The demo guest at `program` as `role`, with [`QUIET_GUEST_ARGS`].
+pub fn demo_guest_command(program: &Path, role: GuestRole) -> GuestCommand {
+    let mut args: Vec<String> = QUIET_GUEST_ARGS.iter().map(|s| s.to_string()).collect();
+    args.extend(["--role".into(), role.to_string()]);
+    GuestCommand {
+        program: program.to_path_buf(),
+        args,
+        env: BTreeMap::new(),
+    }
+}
+
+/// A process backend running the demo guest at `program` as both runtime
+/// and sidecar.
+pub fn demo_guest_backend(program: &Path) -> ProcessBackend {
+    ProcessBackend::new(ProcessBackendConfig {
+        runtime: demo_guest_command(program, GuestRole::Runtime),
+        sidecar: Some(demo_guest_command(program, GuestRole::Sidecar)),
+        search_path: None,
+    })
+}
+
+/// The `<role>.stdout.log` file of a session's workspace.
+pub fn stdout_log(workspace: &Workspace, role: GuestRole) -> PathBuf {
+    workspace.logs.join(LogStream::Stdout.file_name(role))
+}
+
+/// Blocks until every file in `paths` contains `needle`, re-reading them
+/// every 200 µs; the first file still without it after `timeout` is the
+/// error. Run it on a blocking thread: Tokio's timers have 1 ms resolution,
+/// which would dominate a sub-millisecond start.
+pub fn wait_for_files(paths: &[PathBuf], needle: &str, timeout: Duration) -> Result<(), PathBuf> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<&PathBuf> = paths.iter().collect();
+    loop {
+        pending.retain(|p| {
+            !std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        });
+        match pending.first() {
+            None => return Ok(()),
+            Some(p) if Instant::now() >= deadline => return Err((*p).clone()),
+            Some(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
+/// [`wait_for_files`] on a blocking thread, panicking on timeout.
+pub async fn wait_for_logs(paths: Vec<PathBuf>, needle: &'static str, timeout: Duration) {
+    let waited = tokio::task::spawn_blocking(move || wait_for_files(&paths, needle, timeout))
+        .await
+        .expect("log waiter thread");
+    if let Err(path) = waited {
+        panic!("{} has no {needle:?} after {timeout:?}", path.display());
+    }
+}
+
+/// The envelope a session would hand `role` of `user` (process tier, the
+/// sidecar endpoint in the runtime's), for the bare baseline.
+pub fn session_like_envelope_frame(
+    user: &UserId,
+    workspace: &Workspace,
+    role: GuestRole,
+) -> Vec<u8> {
+    let endpoint = SidecarEndpoint {
+        transport: SidecarTransport::Unix,
+        address: workspace.sidecar_socket().to_string_lossy().into_owned(),
+    };
+    let user_config = UserConfig {
+        shell_enabled: true,
+        ..UserConfig::default()
+    };
+    build_envelope(EnvelopeParams {
+        user,
+        tier: SandboxTier::Process,
+        role,
+        workspace,
+        user_config: &user_config,
+        sidecar_endpoint: (role == GuestRole::Runtime).then_some(endpoint),
+        sidecar_running: true,
+        degraded_reasons: vec![insecure_process_tier(false)],
+    })
+    .to_frame()
+    .expect("envelope frame")
+}
+
+/// A demo guest spawned directly (the baseline): no process group, no log
+/// pump, the inherited environment.
+pub struct BareGuest {
+    /// The child.
+    pub child: Child,
+    /// Its stdout, buffered.
+    pub stdout: BufReader<ChildStdout>,
+}
+
+impl BareGuest {
+    /// Spawns the demo guest at `program` as `role` for `user` with the
+    /// runner's own flags, writes `frame` to its stdin and closes it.
+    pub async fn spawn(
+        program: &Path,
+        role: GuestRole,
+        workspace: &Workspace,
+        user: &UserId,
+        frame: &[u8],
+    ) -> Self {
+        let mut child = Command::new(program)
+            .args(demo_guest_command(program, role).args)
+            .arg("--user-id")
+            .arg(user.as_str())
+            .arg("--workspace-root")
+            .arg(&workspace.workspace_root)
+            .arg("--bootstrap-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn bare guest");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(frame).await.expect("write frame");
+        drop(stdin);
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, stdout }
+    }
+
+    /// Reads stdout until the `envelope=` line (bounded by `timeout`).
+    pub async fn wait_envelope(&mut self, timeout: Duration) {
+        let read = async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = self
+                    .stdout
+                    .read_line(&mut line)
+                    .await
+                    .expect("read guest stdout");
+                assert!(n > 0, "guest closed stdout before its envelope line");
+                if line.starts_with("envelope=") {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .expect("envelope line in time");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("guest not reaped yet");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .expect("SIGTERM bare guest");
+    }
+
+    /// Waits (bounded) for the guest to exit.
+    pub async fn wait(&mut self, timeout: Duration) {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("bare guest exits in time")
+            .expect("wait bare guest");
+    }
+}
+
+/// The `health_check` request as a complete frame.
+pub fn health_request_frame() -> Vec<u8> {
+    let payload = serde_json::to_vec(&runner_types::ControlRequest::HealthCheck).expect("json");
+    runner_types::frame::encode(&payload, runner_types::frame::MAX_CONTROL_FRAME).expect("frame")
+}
+
+/// A control connection that writes pre-encoded request frames and reads
+/// raw response frames without decoding them, so that round trips measure
+/// the server rather than client-side JSON parsing.
+pub struct RawControlConn {
+    stream: BufReader<UnixStream>,
+    body: Vec<u8>,
+}
+
+impl RawControlConn {
+    /// Connects to the socket at `path`.
+    pub async fn connect(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            stream: BufReader::new(UnixStream::connect(path).await?),
+            body: Vec::new(),
+        })
+    }
+
+    /// Sends `request` and reads one response frame; returns its payload.
+    pub async fn round_trip(&mut self, request: &[u8]) -> std::io::Result<&[u8]> {
+        self.stream.get_mut().write_all(request).await?;
+        let mut head = [0u8; 4];
+        self.stream.read_exact(&mut head).await?;
+        self.body.resize(u32::from_be_bytes(head) as usize, 0);
+        self.stream.read_exact(&mut self.body).await?;
+        Ok(&self.body)
+    }
+}
+
+/// How many file descriptors this process has open (`/proc/self/fd`).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use runner_actors::Backends;
+use runner_core::backend::docker::{BackendKind, DockerBackend, DockerBackendConfig, HostOs, select_backend_for};
 use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::{GuestCommand, ProcessConfig, RunnerConfig};
@@ -25,18 +26,45 @@ pub fn for_tier(config: &RunnerConfig, tier: SandboxTier) -> anyhow::Result<Back
                 search_path: path,
             })))
         }
-        SandboxTier::MicroVm => {
-            let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
-                config,
-                path.as_deref(),
-            ));
-            fc.check().context("The micro_vm tier is not usable")?;
-            backends.with(Arc::new(fc))
-        }
-        SandboxTier::Container => anyhow::bail!(
-            "The container tier is not available in this build yet; use default_tier = \"process\" or --insecure"
-        ),
+        SandboxTier::MicroVm | SandboxTier::Container => match select_backend_for(tier, host_os()) {
+            BackendKind::Firecracker => {
+                let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
+                    config,
+                    path.as_deref(),
+                ));
+                fc.check().context("The micro_vm tier is not usable")?;
+                backends.with(Arc::new(fc))
+            }
+            BackendKind::Docker(docker_tier) => {
+                let user = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
+                let docker = DockerBackend::new(DockerBackendConfig::from_runner_config(
+                    config,
+                    docker_tier,
+                    instance_id(config),
+                    std::env::var("DOCKER_HOST").ok(),
+                    user,
+                ))
+                .context("The container tier is not usable")?;
+                backends.with(Arc::new(docker))
+            }
+            BackendKind::Process => unreachable!("the process tier is handled above"),
+        },
     })
+}
+
+fn host_os() -> HostOs {
+    if cfg!(target_os = "macos") {
+        HostOs::MacOs
+    } else {
+        HostOs::Linux
+    }
+}
+
+/// Names this runner in container labels, so orphan reconciliation only
+/// touches containers of the same installation: the workspace root, which a
+/// daemon always shares with a crashed predecessor for the same user.
+fn instance_id(config: &RunnerConfig) -> String {
+    config.workspace_root.display().to_string()
 }
 
 /// The built-in guests: this binary's hidden `demo-guest` mode, as runtime

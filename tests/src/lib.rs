@@ -5,6 +5,10 @@
 //!   once per test process and returns the path of one of them.
 //! - [`firecracker_binary`], [`test_kernel`], [`kvm_or_skip`],
 //!   [`pids_with_arg`], [`process_alive`]: the micro_vm tier's fixtures.
+//! - [`docker`]: the container tier's fixtures (engine lookup, static guest
+//!   images, unique ids, clean-up).
+
+pub mod docker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BYTES: u64 = 1 << 30;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// User + system CPU time of `who` so far.
 fn cpu(who: UsageWho) -> Duration {
@@ -95,12 +95,16 @@ fn main() {
     let (mut rot_wall, mut rot_cpu) = (Vec::new(), Vec::new());
     let (mut big_wall, mut big_cpu) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
+        // Each run starts with no dirty pages left by the previous one.
+        nix::unistd::sync();
         let (w, c) = run_cat(dir.path());
         cat_wall.push(w);
         cat_cpu.push(c);
+        nix::unistd::sync();
         let (w, c) = runtime.block_on(run_pump(dir.path(), default));
         rot_wall.push(w);
         rot_cpu.push(c);
+        nix::unistd::sync();
         let (w, c) = runtime.block_on(run_pump(dir.path(), unrotated));
         big_wall.push(w);
         big_cpu.push(c);

@@ -19,6 +19,10 @@ fn main() {
             .build()
             .unwrap()
     };
+    let reps: usize = std::env::args().nth(2).map(|s| s.parse().unwrap()).unwrap_or(1);
+    for _ in 0..reps {
+    if mode.contains("sync") { nix::unistd::sync(); }
+    if mode.contains("cat") { let st = Instant::now(); std::process::Command::new("sh").args(["-c", "head -c 1073741824 /dev/zero | cat > /tmp/probe/y; rm /tmp/probe/y"]).status().unwrap(); println!("cat {:?}", st.elapsed()); if mode.contains("sync") { nix::unistd::sync(); } }
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let limits = if mode.contains("big") {
@@ -64,4 +68,5 @@ fn main() {
         }
         child.wait().await.unwrap();
     });
+    }
 }

@@ -3,10 +3,13 @@
 //!
 //! The runner tells the sidecar nothing about where to listen: its envelope
 //! carries no `sidecar_endpoint` (that is for the runtime guest). It derives
-//! the same path the runner hands the runtime guest:
-//! `<workspace_root>/<user_id>/ipc/shell-daemon.sock`.
+//! the path the runner hands the runtime guest from the guest contract:
+//! `<workspace_root>/<user_id>/ipc/shell-daemon.sock` on the process tier,
+//! and `/ipc/shell-daemon.sock` in a container, where the sidecar sees the
+//! user's `ipc/` at `/ipc` (the runtime sees the same directory at its host
+//! path).
 
-use runner_types::BootstrapEnvelope;
+use runner_types::{BootstrapEnvelope, SandboxTier};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,6 +27,9 @@ pub struct Sidecar {
 
 /// Where the sidecar of this envelope's user listens.
 pub fn socket_path(envelope: &BootstrapEnvelope) -> PathBuf {
+    if envelope.sandbox_tier == SandboxTier::Container {
+        return Path::new("/ipc").join(SOCKET_NAME);
+    }
     Path::new(&envelope.workspace_root)
         .join(&envelope.user_id)
         .join("ipc")

@@ -2,6 +2,7 @@
 //! [`LaunchedGuest`] back — its identity, its output streams, an exit watch and
 //! a stop handle. One module per tier implements it.
 
+pub mod docker;
 pub mod exit;
 pub mod firecracker;
 pub mod process;
@@ -160,6 +161,9 @@ pub enum LaunchError {
     /// Process tier.
     #[error(transparent)]
     Process(#[from] process::ProcessLaunchError),
+    /// Container tier (and macOS micro_vm).
+    #[error(transparent)]
+    Docker(#[from] docker::DockerLaunchError),
     /// micro_vm tier (Firecracker).
     #[error(transparent)]
     Firecracker(#[from] firecracker::FirecrackerLaunchError),
@@ -183,6 +187,9 @@ pub enum LaunchError {
 /// Why stopping or cleaning up after a guest failed.
 #[derive(Debug, Error)]
 pub enum StopError {
+    /// Docker engine trouble while stopping or removing a container.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerStopError),
     /// A signal could not be delivered.
     #[error("Cannot signal process group {pgid}")]
     Signal {

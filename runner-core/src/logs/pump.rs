@@ -3,12 +3,16 @@
 //!
 //! The pump never stops reading because of the bytes (no line parsing, no
 //! UTF-8) or the disk (failed writes are counted as dropped and logged by
-//! the sink's writer). Reading and writing overlap: while one buffer is
-//! being written on a blocking task, the next one fills from the pipe, so a
-//! slow disk write never stops the draining. Bytes are handed to the writer
-//! when the buffer is full or its oldest byte has waited [`LINGER`], so a
-//! fast producer's small pipe writes become few large file writes (each
-//! hand-off to the blocking pool costs two thread wake-ups).
+//! the sink's writer). Bytes are written when the buffer is full or its
+//! oldest byte has waited [`LINGER`], so a fast producer's many small pipe
+//! writes become few large file writes.
+//!
+//! Writes normally run on the pump task itself: a buffer's page-cache write
+//! takes tens of microseconds, and a hand-off to another thread per buffer
+//! measured twice the CPU per GiB. A write that takes [`SLOW_WRITE`] or
+//! more (a throttled or slow disk) moves the pump's writes to the blocking
+//! pool for a while, overlapped with reading, so a slow disk does not
+//! stall a runtime worker.
 
 use super::rotate::WriteOutcome;
 use super::sink::LogSink;
@@ -23,13 +27,20 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-/// Size of each of the pump's two buffers (one filling, one being written).
-pub const PUMP_BUFFER: usize = 256 * 1024;
+/// Size of the pump's buffer (two while a write runs on the blocking pool).
+pub const PUMP_BUFFER: usize = 128 * 1024;
 
 /// Longest a byte waits in the pump's buffer before it is written: short
 /// enough for followers to see output at once, long enough that a fast
 /// writer's many small pipe writes become few large file writes.
 pub const LINGER: Duration = Duration::from_millis(2);
+
+/// An inline write that takes this long moves the pump's writes to the
+/// blocking pool for [`OFFLOAD_FOR`].
+pub const SLOW_WRITE: Duration = Duration::from_millis(20);
+
+/// How long writes stay on the blocking pool after a slow one.
+pub const OFFLOAD_FOR: Duration = Duration::from_secs(2);
 
 /// After a pump is told to stop, how long it may take to write what it
 /// already read before it is aborted.
@@ -168,6 +179,19 @@ impl PumpHandle {
     }
 }
 
+/// Where the pump's file writes run.
+#[derive(Debug, Clone, Copy)]
+enum WriteMode {
+    /// On the pump task itself: a page-cache write of one buffer takes tens
+    /// of microseconds, and staying on one thread halves the CPU cost of
+    /// logging compared with a hand-off per buffer.
+    Inline,
+    /// On the blocking pool, overlapped with reading, until `until`: a
+    /// write took [`SLOW_WRITE`] or longer (a slow or throttled disk), and
+    /// such writes must not stall a runtime worker.
+    Offloaded { until: Instant },
+}
+
 /// A buffer being written on a blocking task.
 struct InFlight {
     task: JoinHandle<(Vec<u8>, WriteOutcome)>,
@@ -186,6 +210,7 @@ async fn run(
     let mut spare: Option<Vec<u8>> = None;
     let mut inflight: Option<InFlight> = None;
     let mut end: Option<PumpEnd> = None;
+    let mut mode = WriteMode::Inline;
     // When the oldest byte in `buf` must be handed to the writer.
     let mut flush_by: Option<Instant> = None;
     let linger = tokio::time::sleep(Duration::ZERO);
@@ -197,8 +222,28 @@ async fn run(
             let next = spare
                 .take()
                 .unwrap_or_else(|| Vec::with_capacity(PUMP_BUFFER));
-            inflight = Some(start_write(&sink, std::mem::replace(&mut buf, next)));
+            let chunk = std::mem::replace(&mut buf, next);
             flush_by = None;
+            match mode {
+                WriteMode::Offloaded { until } if Instant::now() < until => {
+                    inflight = Some(start_write(&sink, chunk));
+                }
+                _ => {
+                    let started = Instant::now();
+                    let out = sink.write(&chunk);
+                    let took = started.elapsed();
+                    let len = chunk.len() as u64;
+                    settle(Ok((chunk, out)), len, &mut report, &mut spare, &sink);
+                    mode = if took >= SLOW_WRITE {
+                        tracing::debug!(path = %sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
+                        WriteMode::Offloaded {
+                            until: Instant::now() + OFFLOAD_FOR,
+                        }
+                    } else {
+                        WriteMode::Inline
+                    };
+                }
+            }
         }
         if let Some(reason) = end.take() {
             // Ending: finish the write in flight (and the buffer behind it).

@@ -1,0 +1,376 @@
+//! Many sessions in one process: 500 sessions, each with two real demo
+//! guests (runtime and sidecar, heartbeat every 10 minutes, so idle) through
+//! the process backend, each serving its control socket.
+//!
+//! Measured, in this order, in one run:
+//! 1. Baseline: the same 1000 guest processes spawned directly with
+//!    `tokio::process` (same bootstrap frames on stdin, workspaces made
+//!    beforehand), sequentially: until all were spawned, until all printed
+//!    `envelope=` on their stdout pipes; then SIGTERM to all and wait for all.
+//! 2. Baseline: `health_check` latency on one session alone (the same
+//!    number of sequential requests as step 4 sends in total).
+//! 3. 500 sessions started one after another: total time until the last
+//!    start call returned and until every guest's `envelope=` line is in
+//!    its log file; per-call latency; the runner's resident memory (`VmRSS`
+//!    of this process before and after, divided by the sessions: it counts
+//!    the runner's own memory — actors, Tokio tasks, log buffers — not the
+//!    guests') and open file descriptors per session.
+//! 4. `health_check` over each session's own socket (one persistent
+//!    connection per session, one request per session per round, sessions
+//!    in turn, several rounds) while all 500 run: p50 and p99.
+//! 5. All 500 sessions shut down at once: until every shutdown returned.
+//! 6. Again 500 sessions, started 16 at a time, and shut down at once.
+//!
+//! A session that fails to start is counted and reported, and the rest of
+//! the run uses the sessions that did start.
+//!
+//! Run: `cargo run --release -p runner-bench --bin session_scale`.
+
+use futures::StreamExt;
+use futures::future::join_all;
+use runner_actors::{Backends, Runner, SessionHandle};
+use runner_bench::{
+    BareGuest, RawControlConn, demo_guest_backend, health_request_frame, median, ms, open_fds,
+    percentile, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib, wait_for_logs,
+};
+use runner_core::config::RunnerConfig;
+use runner_core::workspace::MountOverrides;
+use runner_core::{UserId, Workspace};
+use runner_types::{ControlResponse, GuestRole};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SESSIONS: usize = 500;
+const PARALLEL_STARTS: usize = 16;
+const HEALTH_ROUNDS: usize = 5;
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Sessions started in one go, and how long that took.
+struct Fleet {
+    sessions: Vec<SessionHandle>,
+    failed: usize,
+    first_error: Option<String>,
+    calls: Vec<Duration>,
+    returned: Duration,
+    ready: Duration,
+}
+
+/// The bare baseline's timings.
+struct Bare {
+    spawned: Duration,
+    ready: Duration,
+    stopped: Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    let guest = runner_tests::guest_binary("demo-guest");
+    let dir = short_tempdir();
+    let runner = Runner::new(
+        RunnerConfig::defaults(dir.path()),
+        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
+    );
+
+    let clock = Instant::now();
+    eprintln!(
+        "{:>6.1}s [1/6] bare baseline: {} guest processes",
+        clock.elapsed().as_secs_f64(),
+        2 * SESSIONS
+    );
+    let bare = bare_fleet(&guest, &dir.path().join("bare")).await;
+
+    eprintln!(
+        "{:>6.1}s [2/6] health baseline: one session",
+        clock.elapsed().as_secs_f64()
+    );
+    let one = runner
+        .start_session("one")
+        .await
+        .expect("start one session");
+    let socket = one.control_socket().expect("socket");
+    let mut one_latency = health(&[socket], SESSIONS * HEALTH_ROUNDS).await;
+    one.shutdown(BOUND).await.expect("shutdown one session");
+
+    eprintln!(
+        "{:>6.1}s [3/6] {SESSIONS} sessions, sequential starts",
+        clock.elapsed().as_secs_f64()
+    );
+    let (rss_before, fds_before) = (vm_rss_kib(), open_fds());
+    let mut seq = start_fleet(&runner, "q", 1).await;
+    let (rss_after, fds_after) = (vm_rss_kib(), open_fds());
+    let started = seq.sessions.len();
+
+    eprintln!(
+        "{:>6.1}s [4/6] health across {started} sessions",
+        clock.elapsed().as_secs_f64()
+    );
+    let sockets: Vec<PathBuf> = seq
+        .sessions
+        .iter()
+        .map(|s| s.control_socket().expect("socket"))
+        .collect();
+    let mut all_latency = health(&sockets, HEALTH_ROUNDS).await;
+
+    eprintln!(
+        "{:>6.1}s [5/6] shutting {started} sessions down at once",
+        clock.elapsed().as_secs_f64()
+    );
+    let (seq_stop, seq_stop_failed) = stop_fleet(&seq.sessions).await;
+
+    eprintln!(
+        "{:>6.1}s [6/6] {SESSIONS} sessions, {PARALLEL_STARTS} starts at a time",
+        clock.elapsed().as_secs_f64()
+    );
+    let par = start_fleet(&runner, "c", PARALLEL_STARTS).await;
+    let (par_stop, par_stop_failed) = stop_fleet(&par.sessions).await;
+
+    eprintln!("{:>6.1}s done", clock.elapsed().as_secs_f64());
+    println!(
+        "session_scale: {SESSIONS} sessions x (runtime + sidecar demo guest, control socket) in one process"
+    );
+    for (name, fleet) in [("sequential", &seq), ("16 at a time", &par)] {
+        if fleet.failed > 0 {
+            println!(
+                "  {name}: {} of {SESSIONS} starts FAILED; first error: {}",
+                fleet.failed,
+                fleet.first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if seq_stop_failed + par_stop_failed > 0 {
+        println!("  shutdowns FAILED: {seq_stop_failed} + {par_stop_failed}");
+    }
+    println!();
+    println!(
+        "| start | ours | baseline: {} bare guest spawns | ratio |",
+        2 * SESSIONS
+    );
+    println!("| --- | --- | --- | --- |");
+    for (name, fleet) in [
+        (format!("{started} sessions, sequential"), &seq),
+        (
+            format!(
+                "{} sessions, {PARALLEL_STARTS} at a time",
+                par.sessions.len()
+            ),
+            &par,
+        ),
+    ] {
+        ratio_row(
+            &format!("{name}: start calls returned"),
+            fleet.returned,
+            bare.spawned,
+        );
+        ratio_row(
+            &format!("{name}: all envelopes read"),
+            fleet.ready,
+            bare.ready,
+        );
+    }
+    println!();
+    let calls = &mut seq.calls;
+    let early = median(&mut calls[..calls.len().min(50)].to_vec());
+    let late = median(&mut calls[calls.len().saturating_sub(50)..].to_vec());
+    let call_med = median(calls);
+    println!(
+        "| per start call (sequential) | p50 | p99 | median of first 50 | median of last 50 |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| `start_session` | {} | {} | {} | {} |",
+        ms(call_med),
+        ms(percentile(calls, 99.0)),
+        ms(early),
+        ms(late)
+    );
+    println!();
+    let per = |before: u64, after: u64| (after.saturating_sub(before)) as f64 / started as f64;
+    println!("| runner footprint ({started} sessions running) | before | after | per session |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| VmRSS (runner only; excludes guests) | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        per(rss_before, rss_after)
+    );
+    println!(
+        "| open file descriptors | {fds_before} | {fds_after} | {:.1} |",
+        per(fds_before as u64, fds_after as u64)
+    );
+    println!();
+    println!("| health_check (sequential, persistent connections) | samples | p50 | p99 |");
+    println!("| --- | --- | --- | --- |");
+    for (name, lat) in [
+        (
+            format!("{started} sessions, one request each per round"),
+            &mut all_latency,
+        ),
+        ("baseline: 1 session alone".to_string(), &mut one_latency),
+    ] {
+        lat.sort_unstable();
+        println!(
+            "| {name} | {} | {} | {} |",
+            lat.len(),
+            us(percentile(lat, 50.0)),
+            us(percentile(lat, 99.0))
+        );
+    }
+    println!();
+    println!(
+        "| shutdown, all at once | ours | baseline: SIGTERM {} bare guests + wait | ratio |",
+        2 * SESSIONS
+    );
+    println!("| --- | --- | --- | --- |");
+    ratio_row(
+        &format!("{started} sessions (sequentially started)"),
+        seq_stop,
+        bare.stopped,
+    );
+    ratio_row(
+        &format!("{} sessions (started 16 at a time)", par.sessions.len()),
+        par_stop,
+        bare.stopped,
+    );
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ratio_row(name: &str, ours: Duration, base: Duration) {
+    println!(
+        "| {name} | {} | {} | {:.2}x |",
+        ms(ours),
+        ms(base),
+        ours.as_secs_f64() / base.as_secs_f64()
+    );
+}
+
+/// Starts [`SESSIONS`] sessions named `<prefix><n>`, `parallel` at a time,
+/// then waits until every guest has read its envelope.
+async fn start_fleet(runner: &Runner, prefix: &str, parallel: usize) -> Fleet {
+    let t = Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..SESSIONS)
+        .map(|i| {
+            let user = format!("{prefix}{i}");
+            async move {
+                let t = Instant::now();
+                let result = runner.start_session(&user).await;
+                (t.elapsed(), result)
+            }
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    let returned = t.elapsed();
+    let mut fleet = Fleet {
+        sessions: Vec::with_capacity(SESSIONS),
+        failed: 0,
+        first_error: None,
+        calls: Vec::with_capacity(SESSIONS),
+        returned,
+        ready: Duration::ZERO,
+    };
+    for (took, result) in results {
+        fleet.calls.push(took);
+        match result {
+            Ok(s) => fleet.sessions.push(s),
+            Err(e) => {
+                fleet.failed += 1;
+                fleet.first_error.get_or_insert_with(|| error_chain(&e));
+            }
+        }
+    }
+    let logs = fleet
+        .sessions
+        .iter()
+        .flat_map(|s| {
+            [GuestRole::Runtime, GuestRole::Sidecar].map(|r| stdout_log(s.workspace(), r))
+        })
+        .collect();
+    wait_for_logs(logs, "envelope=", BOUND).await;
+    fleet.ready = t.elapsed();
+    fleet
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Shuts every session down at once; (time until all returned, failures).
+async fn stop_fleet(sessions: &[SessionHandle]) -> (Duration, usize) {
+    let t = Instant::now();
+    let results = join_all(sessions.iter().map(|s| s.shutdown(BOUND))).await;
+    let took = t.elapsed();
+    (took, results.iter().filter(|r| r.is_err()).count())
+}
+
+/// One persistent connection per socket; `rounds` rounds of one request per
+/// socket, in turn. Every answer of the first round is checked to be a
+/// healthy `health_status` (outside the clock).
+async fn health(sockets: &[PathBuf], rounds: usize) -> Vec<Duration> {
+    let request = health_request_frame();
+    let mut conns = Vec::with_capacity(sockets.len());
+    for s in sockets {
+        conns.push(RawControlConn::connect(s).await.expect("connect"));
+    }
+    let mut latencies = Vec::with_capacity(rounds * conns.len());
+    for round in 0..rounds {
+        for conn in &mut conns {
+            let t = Instant::now();
+            let answer = tokio::time::timeout(BOUND, conn.round_trip(&request))
+                .await
+                .expect("answer in time")
+                .expect("round trip");
+            latencies.push(t.elapsed());
+            if round == 0 {
+                match serde_json::from_slice(answer).expect("health JSON") {
+                    ControlResponse::HealthStatus(h) => assert!(h.healthy, "{h:?}"),
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+        }
+    }
+    latencies
+}
+
+/// The baseline: 2 x [`SESSIONS`] guests spawned directly, in session order.
+async fn bare_fleet(program: &Path, root: &Path) -> Bare {
+    let mut plans = Vec::with_capacity(SESSIONS);
+    for i in 0..SESSIONS {
+        let user = UserId::new(format!("b{i}")).expect("user id");
+        let ws = Workspace::provision(root, &user, &MountOverrides::default()).expect("workspace");
+        let frames = [GuestRole::Sidecar, GuestRole::Runtime]
+            .map(|r| (r, session_like_envelope_frame(&user, &ws, r)));
+        plans.push((user, ws, frames));
+    }
+    let t = Instant::now();
+    let mut guests = Vec::with_capacity(2 * SESSIONS);
+    for (user, ws, frames) in &plans {
+        for (role, frame) in frames {
+            guests.push(BareGuest::spawn(program, *role, ws, user, frame).await);
+        }
+    }
+    let spawned = t.elapsed();
+    join_all(guests.iter_mut().map(|g| g.wait_envelope(BOUND))).await;
+    let ready = t.elapsed();
+
+    let t = Instant::now();
+    for g in &guests {
+        g.terminate();
+    }
+    join_all(guests.iter_mut().map(|g| g.wait(BOUND))).await;
+    Bare {
+        spawned,
+        ready,
+        stopped: t.elapsed(),
+    }
+}

@@ -1,0 +1,161 @@
+//! Session start and stop with two real demo guests through the process
+//! backend.
+//!
+//! - start: from `Runner::start_session` until both guests have read their
+//!   envelopes, i.e. until each guest's `<role>.stdout.log` contains its
+//!   `envelope=` line. This covers workspace provisioning, the actor tree,
+//!   four log pumps, both launches, the control socket, the bootstrap
+//!   writes and the pumps copying the line into the files. The files are
+//!   polled every 200 µs from a blocking thread, so up to ~0.2 ms of each
+//!   sample is polling granularity.
+//! - stop: `SessionHandle::shutdown` until it returns (listener stopped,
+//!   runtime then sidecar SIGTERMed and reaped, pumps drained to EOF,
+//!   actors stopped).
+//!
+//! Baseline: the same two guests spawned directly with `tokio::process`
+//! (workspace provisioned beforehand, outside the clock), the same envelope
+//! frames written to their stdin, `envelope=` read straight from their
+//! stdout pipes; then SIGTERM to both and wait for both. `ROUNDS` samples
+//! each, interleaved, after one warm-up of each.
+//!
+//! Run: `cargo run --release -p runner-bench --bin session_start`.
+
+use futures::future::join;
+use runner_actors::{Backends, Runner};
+use runner_bench::{
+    BareGuest, demo_guest_backend, median, ms, percentile, session_like_envelope_frame,
+    short_tempdir, stdout_log, wait_for_logs,
+};
+use runner_core::config::RunnerConfig;
+use runner_core::workspace::MountOverrides;
+use runner_core::{UserId, Workspace};
+use runner_types::GuestRole;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 20;
+const BOUND: Duration = Duration::from_secs(20);
+
+#[tokio::main]
+async fn main() {
+    let guest = runner_tests::guest_binary("demo-guest");
+    let dir = short_tempdir();
+    let runner = Runner::new(
+        RunnerConfig::defaults(dir.path()),
+        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
+    );
+    let bare_root = dir.path().join("bare");
+
+    ours(&runner, "warm").await;
+    bare(&guest, &bare_root, "warm").await;
+    let (mut ours_s, mut bare_s) = (Samples::default(), Samples::default());
+    for i in 0..ROUNDS {
+        ours_s.push(ours(&runner, &format!("s{i}")).await);
+        bare_s.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+    }
+
+    println!(
+        "session_start: two demo guests, {ROUNDS} rounds each, interleaved (medians, p90; ratio of medians)"
+    );
+    println!();
+    println!("| benchmark | ours median | ours p90 | baseline median | baseline p90 | ratio |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    row(
+        "start call returned (baseline: both spawned, frames written)",
+        &mut ours_s.returned,
+        &mut bare_s.returned,
+    );
+    row(
+        "session start -> both envelopes read",
+        &mut ours_s.ready,
+        &mut bare_s.ready,
+    );
+    row(
+        "session stop (shutdown until done)",
+        &mut ours_s.stopped,
+        &mut bare_s.stopped,
+    );
+}
+
+/// One sample of each phase, measured from the start of its phase.
+struct Sample {
+    returned: Duration,
+    ready: Duration,
+    stopped: Duration,
+}
+
+#[derive(Default)]
+struct Samples {
+    returned: Vec<Duration>,
+    ready: Vec<Duration>,
+    stopped: Vec<Duration>,
+}
+
+impl Samples {
+    fn push(&mut self, s: Sample) {
+        self.returned.push(s.returned);
+        self.ready.push(s.ready);
+        self.stopped.push(s.stopped);
+    }
+}
+
+fn row(name: &str, ours: &mut [Duration], base: &mut [Duration]) {
+    let (om, bm) = (median(ours), median(base));
+    println!(
+        "| {name} | {} | {} | {} | {} | {:.2}x |",
+        ms(om),
+        ms(percentile(ours, 90.0)),
+        ms(bm),
+        ms(percentile(base, 90.0)),
+        om.as_secs_f64() / bm.as_secs_f64()
+    );
+}
+
+/// One session: start call, until both envelopes are in the logs, shutdown.
+async fn ours(runner: &Runner, user: &str) -> Sample {
+    let t = Instant::now();
+    let session = runner.start_session(user).await.expect("start session");
+    let returned = t.elapsed();
+    let logs = [GuestRole::Runtime, GuestRole::Sidecar]
+        .map(|r| stdout_log(session.workspace(), r))
+        .to_vec();
+    wait_for_logs(logs, "envelope=", BOUND).await;
+    let ready = t.elapsed();
+
+    let t = Instant::now();
+    let report = session.shutdown(BOUND).await.expect("shutdown");
+    let stopped = t.elapsed();
+    assert!(report.cut_streams.is_empty(), "{report:?}");
+    Sample {
+        returned,
+        ready,
+        stopped,
+    }
+}
+
+/// The baseline: spawn both (frames written), until both envelopes are
+/// read, SIGTERM both until both are reaped.
+async fn bare(program: &Path, root: &Path, user: &str) -> Sample {
+    let user = UserId::new(user).expect("user id");
+    let ws = Workspace::provision(root, &user, &MountOverrides::default()).expect("workspace");
+    let side_frame = session_like_envelope_frame(&user, &ws, GuestRole::Sidecar);
+    let run_frame = session_like_envelope_frame(&user, &ws, GuestRole::Runtime);
+
+    let t = Instant::now();
+    let mut sidecar = BareGuest::spawn(program, GuestRole::Sidecar, &ws, &user, &side_frame).await;
+    let mut runtime = BareGuest::spawn(program, GuestRole::Runtime, &ws, &user, &run_frame).await;
+    let returned = t.elapsed();
+    join(sidecar.wait_envelope(BOUND), runtime.wait_envelope(BOUND)).await;
+    let ready = t.elapsed();
+
+    let t = Instant::now();
+    runtime.terminate();
+    sidecar.terminate();
+    join(runtime.wait(BOUND), sidecar.wait(BOUND)).await;
+    Sample {
+        returned,
+        ready,
+        stopped: t.elapsed(),
+    }
+}

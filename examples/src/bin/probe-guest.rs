@@ -1,0 +1,130 @@
+//! A tiny test guest that reports on the sandbox it runs in, for the
+//! container-tier tests. Depends on std and runner-types only, so it links
+//! statically into a `FROM scratch` image.
+//!
+//! ```text
+//! probe-guest hardening      prints, one per line:
+//!                              rootfs_writable=<true|false>
+//!                              interfaces=<names, comma-separated, sorted>
+//!                              cap_eff=<hex CapEff of this process>
+//!                              no_new_privs=<0|1>
+//!                              envelope=<compact JSON>   (via the bootstrap file)
+//!                            then exits 0
+//! probe-guest oom            allocates and touches memory 1 MiB at a time,
+//!                            printing allocated_mib=<n>, until killed; exits 0
+//!                            if it ever reaches 4 GiB
+//! probe-guest bytes <seed> <len>
+//!                            writes pattern(seed, len) to stdout and
+//!                            pattern(seed + 1, len) to stderr in interleaved
+//!                            chunks of varying size, then exits 3 at once
+//!                            (like a crash; the last bytes have no newline)
+//! ```
+//!
+//! `pattern` is xorshift64 from the seed, one byte per step, with the last
+//! byte forced to `b'$'` (never a newline). runner-tests' `probe_pattern`
+//! computes the same sequence.
+//!
+//! Any arguments after those (the runner's `--user-id ...`) are ignored.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+const OOM_CEILING_MIB: usize = 4096;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("hardening") => hardening(),
+        Some("oom") => oom(),
+        Some("bytes") => bytes(&args[1..]),
+        _ => Err("usage: probe-guest hardening | oom | bytes <seed> <len>".into()),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("probe-guest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn hardening() -> Result<ExitCode> {
+    let writable = std::fs::File::create("/probe-write-test").is_ok();
+    println!("rootfs_writable={writable}");
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    println!("interfaces={}", names.join(","));
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    println!("cap_eff={}", field("CapEff:"));
+    println!("no_new_privs={}", field("NoNewPrivs:"));
+    let (envelope, _) = runner_types::reader::read_envelope()?;
+    println!("envelope={}", String::from_utf8(envelope.to_json()?)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn oom() -> Result<ExitCode> {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for mib in 1..=OOM_CEILING_MIB {
+        // Non-zero bytes so every page is really touched.
+        held.push(vec![0xa5; 1024 * 1024]);
+        writeln!(out, "allocated_mib={mib}")?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// xorshift64 bytes; the last is `b'$'`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    if let Some(last) = v.last_mut() {
+        *last = b'$';
+    }
+    v
+}
+
+fn bytes(args: &[String]) -> Result<ExitCode> {
+    let seed: u64 = args.first().ok_or("bytes needs <seed>")?.parse()?;
+    let len: usize = args.get(1).ok_or("bytes needs <len>")?.parse()?;
+    let out_bytes = pattern(seed, len);
+    let err_bytes = pattern(seed + 1, len);
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let (mut o, mut e) = (0, 0);
+    let mut step = 1usize;
+    while o < len || e < len {
+        // Chunk sizes cycle through 1..=8191 so frames of every size occur.
+        step = step * 31 % 8191 + 1;
+        let n = step.min(len - o);
+        out.write_all(&out_bytes[o..o + n])?;
+        out.flush()?;
+        o += n;
+        let n = (step / 2 + 1).min(len - e);
+        err.write_all(&err_bytes[e..e + n])?;
+        e += n;
+    }
+    out.flush()?;
+    err.flush()?;
+    // Exit at once, without the runtime's usual tidy-up, like a crash.
+    std::process::exit(3)
+}

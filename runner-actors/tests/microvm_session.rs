@@ -1,0 +1,140 @@
+//! micro_vm sessions through the whole actor tree on a real Firecracker:
+//! the envelope on the console, exits driving the restart policy, and a
+//! bounded stop of a VM that never exits.
+
+use runner_actors::{Backends, Runner, SessionEvent, SessionOptions};
+use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
+use runner_core::config::RunnerConfig;
+use runner_tests::{firecracker_binary, kvm_or_skip, process_alive, test_kernel};
+use runner_types::config::RestartPolicy;
+use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SandboxTier};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn template(dir: &Path, name: &str, mode: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let json = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": test_kernel(),
+            "boot_args": format!("console=ttyS0 testkernel.mode={mode}"),
+        },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 64 },
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    path
+}
+
+fn config(dir: &Path, runtime_mode: &str, sidecar_mode: &str) -> RunnerConfig {
+    let mut c = RunnerConfig::defaults(dir);
+    c.default_tier = SandboxTier::MicroVm;
+    c.guest_images.firecracker_oxydra_vm_config = Some(template(dir, "rt.json", runtime_mode));
+    c.guest_images.firecracker_shell_vm_config = Some(template(dir, "sc.json", sidecar_mode));
+    c.firecracker.binary = Some(firecracker_binary().display().to_string());
+    c.shutdown.grace = Duration::from_millis(300);
+    c.shutdown.log_drain = Duration::from_millis(500);
+    c
+}
+
+fn runner(config: RunnerConfig) -> Runner {
+    let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(&config, None));
+    Runner::new(config, Backends::new().with(Arc::new(fc)))
+}
+
+fn no_socket() -> SessionOptions {
+    SessionOptions {
+        serve_control: false,
+        ..SessionOptions::default()
+    }
+}
+
+async fn console_line(path: &Path, prefix: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        // Only complete lines: the console may be mid-line.
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(&[][..], |i| &bytes[..i]);
+        let text = String::from_utf8_lossy(complete).into_owned();
+        if let Some(l) = text.lines().find(|l| l.starts_with(prefix)) {
+            return l.to_owned();
+        }
+        assert!(start.elapsed() < WAIT, "no {prefix} on {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
+    if !kvm_or_skip("each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds") {
+        return;
+    }
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let cfg = config(dir.path(), "hang", "hang");
+    let session = runner(cfg.clone()).start_session_with("vm1", no_socket()).await.unwrap();
+    let logs = session.workspace().logs.clone();
+    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+        let line = console_line(&logs.join(LogStream::Stdout.file_name(role)), "cmdline=").await;
+        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..]).unwrap().unwrap();
+        assert_eq!(env.user_id, "vm1");
+        assert_eq!(env.sandbox_tier, SandboxTier::MicroVm);
+        assert_eq!(env.sidecar_endpoint.is_some(), role == GuestRole::Runtime);
+    }
+    let health = session.health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 2);
+    assert_eq!(health.runtime_pid, health.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap().pid);
+
+    let deadline = 2 * (cfg.shutdown.grace + Duration::from_secs(6)) + cfg.shutdown.log_drain + Duration::from_secs(5);
+    let report = session.shutdown(deadline).await.expect("bounded shutdown");
+    assert!(report.guests.iter().all(|g| g.state == GuestState::Stopped));
+    for pid in pids {
+        assert!(!process_alive(pid), "firecracker {pid} survived");
+    }
+    assert!(!session.workspace().run.join("oxydra-vm-firecracker.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
+    if !kvm_or_skip("vm_resets_drive_the_restart_policy_until_the_session_fails") {
+        return;
+    }
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let mut cfg = config(dir.path(), "exit", "hang");
+    cfg.restart.policy = RestartPolicy::Always;
+    cfg.restart.max_restarts = 2;
+    cfg.restart.backoff_initial = Duration::from_millis(10);
+    cfg.restart.backoff_max = Duration::from_millis(20);
+    let session = runner(cfg).start_session_with("vm2", no_socket()).await.unwrap();
+    let mut events = session.events();
+    let mut exits = 0;
+    let failed = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.unwrap() {
+                SessionEvent::GuestExited { role: GuestRole::Runtime, exit } => {
+                    assert_eq!(exit.status, ExitStatus::Code(0));
+                    exits += 1;
+                }
+                SessionEvent::SessionFailed { reason } => return reason,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the session did not fail");
+    assert!(failed.contains("runtime"), "{failed}");
+    // The first exit may happen before we subscribed; at least the two
+    // restarted runs were seen.
+    assert!(exits >= 2, "{exits} exits seen");
+    let h = session.health().await.unwrap();
+    let rt = h.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
+    assert_eq!(rt.restarts, 2);
+    assert_eq!(rt.state, GuestState::Failed);
+    // Every run's console output is in the same file.
+    let console = std::fs::read_to_string(session.workspace().logs.join("oxydra-vm.stdout.log")).unwrap();
+    assert_eq!(console.matches("TESTKERNEL exit").count(), 3, "{console}");
+    session.shutdown(Duration::from_secs(30)).await.unwrap();
+}
