@@ -70,6 +70,10 @@ pub enum Command {
         /// Last N lines per stream (at most 1000).
         #[arg(long, default_value_t = 100)]
         tail: u32,
+        /// Only lines written in the last DURATION (`90s`, `5m`, `2h`) or
+        /// since a Unix time in milliseconds.
+        #[arg(long, value_name = "DURATION|UNIX_MS", value_parser = parse_since)]
+        since: Option<Since>,
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
@@ -95,6 +99,29 @@ pub struct Target {
     /// The daemon's runner.toml (to find its workspace root).
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// `--since`: a look-back duration or an absolute time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now.
+    Ago(std::time::Duration),
+    /// Milliseconds since the Unix epoch.
+    UnixMs(u64),
+}
+
+fn parse_since(s: &str) -> Result<Since, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected e.g. 90s, 5m, 2h or a Unix time in ms"))?;
+    let secs = match unit {
+        "" => return Ok(Since::UnixMs(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    Ok(Since::Ago(std::time::Duration::from_secs(secs)))
 }
 
 /// `--role`.
@@ -148,5 +175,8 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["runner-bin", "status"]).is_err());
+        assert_eq!(parse_since("5m"), Ok(Since::Ago(std::time::Duration::from_secs(300))));
+        assert_eq!(parse_since("1700000000000"), Ok(Since::UnixMs(1_700_000_000_000)));
+        assert!(parse_since("5y").is_err() && parse_since("m").is_err());
     }
 }

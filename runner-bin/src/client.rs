@@ -1,6 +1,6 @@
 //! Client subcommands: `status`, `stop`, `logs`.
 
-use crate::cli::{Command, RoleArg, StreamArg, Target};
+use crate::cli::{Command, RoleArg, Since, StreamArg, Target};
 use crate::paths;
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -24,9 +24,19 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             role,
             stream,
             tail,
+            since,
             follow,
             json,
         } => {
+            let since = since.map(|s| match s {
+                Since::UnixMs(ms) => ms,
+                Since::Ago(d) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    now.saturating_sub(d).as_millis() as u64
+                }
+            });
             let req = LogsRequest {
                 role: match role {
                     RoleArg::Runtime => RoleSelector::Runtime,
@@ -39,6 +49,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                     StreamArg::Both => StreamSelector::Both,
                 },
                 tail: Some(tail),
+                since,
                 follow,
                 ..LogsRequest::default()
             };

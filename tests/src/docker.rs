@@ -6,7 +6,7 @@
 //! binary. The image tag carries a hash of the binary and its entrypoint,
 //! so an unchanged guest is not rebuilt.
 
-use bollard::Docker;
+pub use bollard::Docker;
 use bollard::query_parameters::{
     BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
     RemoveImageOptions,
@@ -308,6 +308,66 @@ pub fn probe_pattern(seed: u64, len: usize) -> Vec<u8> {
         *last = b'$';
     }
     v
+}
+
+/// What the engine reports about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFacts {
+    /// Its id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Whether it is running.
+    pub running: bool,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// Inspects the container `id_or_name`; `None` when it does not exist.
+///
+/// # Panics
+///
+/// On any engine error other than "no such container".
+pub async fn container_facts(docker: &Docker, id_or_name: &str) -> Option<ContainerFacts> {
+    match docker.inspect_container(id_or_name, None).await {
+        Ok(c) => Some(ContainerFacts {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            running: c.state.and_then(|s| s.running) == Some(true),
+            labels: c.config.and_then(|cfg| cfg.labels).unwrap_or_default(),
+        }),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => None,
+        Err(e) => panic!("inspecting container {id_or_name}: {e}"),
+    }
+}
+
+/// Ids of every container (running or not) labelled `label=value`.
+///
+/// # Panics
+///
+/// When the engine refuses the listing.
+pub async fn containers_labelled(docker: &Docker, label: &str, value: &str) -> Vec<String> {
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{label}={value}")],
+        )])),
+        ..Default::default()
+    };
+    docker
+        .list_containers(Some(opts))
+        .await
+        .unwrap_or_else(|e| panic!("listing containers labelled {label}={value}: {e}"))
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
 }
 
 /// Force-removes every container labelled `label=value` when dropped, so a

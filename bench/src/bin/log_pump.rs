@@ -2,12 +2,13 @@
 //! (`head -c 1073741824 /dev/zero`); we measure how fast our pump moves it
 //! into the rotating log file, against `cat` copying the same kind of pipe
 //! to a file, in the same run. Also the runner's CPU seconds per GiB while
-//! pumping (getrusage of this process: the tokio reader and the blocking
-//! writer threads).
+//! pumping (getrusage of this process: all its threads).
 //!
 //! Variants: default rotation (10 MiB files, 5 kept: ~100 rotations per
 //! GiB, what a real chatty guest gets) and one file large enough to never
-//! rotate. Three rounds, interleaved; medians reported.
+//! rotate. Five rounds, interleaved, each run after a `sync`; medians
+//! reported. The runtime is multi-threaded with two workers, like the
+//! daemon's on this two-core machine.
 
 use nix::sys::resource::{UsageWho, getrusage};
 use runner_bench::median;

@@ -1,6 +1,6 @@
 //! The control plane: [`ControlListenerActor`] accepts connections on
 //! `run/runner-control.sock`; each connection is served by its own task
-//! ([`connection`]), so a slow or hostile client never blocks another.
+//! (`connection.rs`), so a slow or hostile client never blocks another.
 
 mod connection;
 mod listener;

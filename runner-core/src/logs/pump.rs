@@ -198,7 +198,8 @@ struct InFlight {
     len: u64,
 }
 
-/// The pump task: fill one buffer while the other is written.
+/// The pump task: read into the buffer; write it when full, when its oldest
+/// byte has waited [`LINGER`], or at the end.
 async fn run(
     mut reader: GuestReader,
     sink: LogSink,
@@ -213,35 +214,27 @@ async fn run(
     let mut mode = WriteMode::Inline;
     // When the oldest byte in `buf` must be handed to the writer.
     let mut flush_by: Option<Instant> = None;
+    let mut linger_fired = false;
     let linger = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(linger);
     loop {
-        let due = flush_by
-            .is_some_and(|t| end.is_some() || buf.len() >= PUMP_BUFFER || Instant::now() >= t);
+        let due = flush_by.is_some_and(|t| {
+            end.is_some() || linger_fired || buf.len() >= PUMP_BUFFER || Instant::now() >= t
+        });
         if inflight.is_none() && due {
-            let next = spare
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(PUMP_BUFFER));
-            let chunk = std::mem::replace(&mut buf, next);
             flush_by = None;
+            linger_fired = false;
             match mode {
                 WriteMode::Offloaded { until } if Instant::now() < until => {
-                    inflight = Some(start_write(&sink, chunk));
+                    let next = spare
+                        .take()
+                        .unwrap_or_else(|| Vec::with_capacity(PUMP_BUFFER));
+                    inflight = Some(start_write(&sink, std::mem::replace(&mut buf, next)));
                 }
                 _ => {
-                    let started = Instant::now();
-                    let out = sink.write(&chunk);
-                    let took = started.elapsed();
-                    let len = chunk.len() as u64;
-                    settle(Ok((chunk, out)), len, &mut report, &mut spare, &sink);
-                    mode = if took >= SLOW_WRITE {
-                        tracing::debug!(path = %sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
-                        WriteMode::Offloaded {
-                            until: Instant::now() + OFFLOAD_FOR,
-                        }
-                    } else {
-                        WriteMode::Inline
-                    };
+                    // Back inline: the second buffer is not needed.
+                    spare = None;
+                    mode = write_inline(&sink, &mut buf, &mut report);
                 }
             }
         }
@@ -285,8 +278,7 @@ async fn run(
                     end = Some(PumpEnd::ReadFailed { source });
                 }
             },
-            // Only wakes the loop; the check at the top hands the buffer over.
-            () = &mut linger, if inflight.is_none() && flush_by.is_some() => {}
+            () = &mut linger, if inflight.is_none() && flush_by.is_some() => linger_fired = true,
         }
     }
     tracing::debug!(
@@ -297,6 +289,24 @@ async fn run(
         "Log pump ended"
     );
     report
+}
+
+/// Writes and empties `buf` on this thread; returns the mode for the next
+/// write.
+fn write_inline(sink: &LogSink, buf: &mut Vec<u8>, report: &mut PumpReport) -> WriteMode {
+    let started = Instant::now();
+    let out = sink.write(buf);
+    let took = started.elapsed();
+    buf.clear();
+    report.bytes_written += out.written;
+    report.bytes_dropped += out.dropped;
+    if took < SLOW_WRITE {
+        return WriteMode::Inline;
+    }
+    tracing::debug!(path = %sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
+    WriteMode::Offloaded {
+        until: Instant::now() + OFFLOAD_FOR,
+    }
 }
 
 fn start_write(sink: &LogSink, chunk: Vec<u8>) -> InFlight {
