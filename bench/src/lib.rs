@@ -54,12 +54,17 @@ pub fn short_tempdir() -> tempfile::TempDir {
 
 /// This process's resident set size (`VmRSS` in `/proc/self/status`), in KiB.
 pub fn vm_rss_kib() -> u64 {
+    proc_status("VmRSS").expect("VmRSS line in /proc/self/status")
+}
+
+/// A numeric field of `/proc/self/status` (`VmRSS`, `VmPTE`, `Threads`,
+/// ...), without its unit; `None` if absent.
+pub fn proc_status(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line in /proc/self/status")
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().trim_end_matches("kB").trim().parse().ok()
+    })
 }
 
 /// Arguments every benchmarked demo guest gets before its `--role`: a

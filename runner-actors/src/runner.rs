@@ -144,7 +144,7 @@ impl Runner {
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
-        let (events, _) = broadcast::channel(256);
+        let (events, first_events) = broadcast::channel(256);
         let args = SessionArgs {
             user: user.clone(),
             session_id: self.next_session_id(),
@@ -174,6 +174,7 @@ impl Runner {
             health: health_rx,
             phase: phase_rx,
             events,
+            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
             shutdown_bound,
         };
         // Start can take as long as the backends need; the guest actor bounds

@@ -1,12 +1,14 @@
 //! Log pump, byte-exactness: whatever a real guest process writes at full
 //! speed (random bytes, invalid UTF-8, no final newline) lands in the
-//! rotated log files unchanged and in order.
+//! rotated log files unchanged and in order, whether the pump writes inline
+//! or from the blocking pool.
 
 mod logs_support;
 
 use logs_support::*;
-use runner_core::logs::{LogPump, PumpEnd};
+use runner_core::logs::{LogPump, PumpEnd, PumpTuning};
 use runner_types::LogStream;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
@@ -76,7 +78,15 @@ async fn stdout_and_stderr_interleaved_each_land_exactly() {
     let out_sink = sink(&logs, LogStream::Stdout, limits(MIB, 40));
     let err_sink = sink(&logs, LogStream::Stderr, limits(MIB, 40));
     let mut child = spawn_noise(&args);
-    let out = LogPump::spawn(boxed(child.stdout.take().unwrap()), &out_sink);
+    // Stdout takes the blocking-pool path (every write counts as slow), with
+    // a small buffer for many hand-offs; stderr the default inline path.
+    let offloaded = PumpTuning {
+        buffer: 16 * 1024,
+        slow_write: Duration::ZERO,
+        offload_for: Duration::from_secs(3600),
+        ..PumpTuning::default()
+    };
+    let out = LogPump::spawn_tuned(boxed(child.stdout.take().unwrap()), &out_sink, offloaded);
     let err = LogPump::spawn(boxed(child.stderr.take().unwrap()), &err_sink);
     let (out, err) = tokio::join!(out.finish(WAIT), err.finish(WAIT));
     let status = tokio::time::timeout(WAIT, child.wait())

@@ -6,7 +6,7 @@
 mod logs_support;
 
 use logs_support::*;
-use runner_core::logs::{LogPump, LogQuery, PumpEnd, read_log_files, rotated_path};
+use runner_core::logs::{LogPump, LogQuery, PumpEnd, PumpTuning, read_log_files, rotated_path};
 use runner_types::{GuestRole, LogStream};
 use std::time::Duration;
 
@@ -165,24 +165,35 @@ async fn tail_of_an_empty_or_missing_log_is_empty() {
 
 #[tokio::test]
 async fn drain_timeout_cuts_a_stream_that_never_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
-    let mut live = sink.subscribe();
-    // `sleep` inherits the pipe and keeps it open long after the timeout.
-    let mut child = spawn_sh("printf abc; exec sleep 300");
-    let pump = LogPump::spawn(boxed(child.stdout.take().unwrap()), &sink);
-    let chunk = tokio::time::timeout(WAIT, live.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&chunk[..], b"abc");
-    assert!(!pump.is_finished());
-    assert_eq!(pump.bytes_read(), 3);
+    let offloaded = PumpTuning {
+        slow_write: Duration::ZERO,
+        offload_for: Duration::from_secs(3600),
+        ..PumpTuning::default()
+    };
+    for tuning in [PumpTuning::default(), offloaded] {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+        let mut live = sink.subscribe();
+        // `sleep` inherits the pipe and keeps it open long after the timeout.
+        let mut child = spawn_sh("printf abc; sleep 0.5; printf def; exec sleep 300");
+        let pump = LogPump::spawn_tuned(boxed(child.stdout.take().unwrap()), &sink, tuning);
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            let chunk = tokio::time::timeout(WAIT, live.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            seen.extend_from_slice(&chunk);
+        }
+        assert_eq!(seen, b"abcdef");
+        assert!(!pump.is_finished());
+        assert_eq!(pump.bytes_read(), 6);
 
-    let report = pump.finish(Duration::from_millis(200)).await;
-    assert!(matches!(report.end, PumpEnd::Cut), "{report:?}");
-    assert!(report.was_cut());
-    assert_eq!(report.bytes_written, 3);
-    assert_eq!(std::fs::read(sink.path()).unwrap(), b"abc");
-    child.kill().await.unwrap();
+        let report = pump.finish(Duration::from_millis(200)).await;
+        assert!(matches!(report.end, PumpEnd::Cut), "{report:?}");
+        assert!(report.was_cut());
+        assert_eq!(report.bytes_written, 6);
+        assert_eq!(std::fs::read(sink.path()).unwrap(), b"abcdef");
+        child.kill().await.unwrap();
+    }
 }

@@ -31,7 +31,8 @@ use futures::future::join_all;
 use runner_actors::{Backends, Runner, SessionHandle};
 use runner_bench::{
     BareGuest, RawControlConn, demo_guest_backend, health_request_frame, median, ms, open_fds,
-    percentile, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib, wait_for_logs,
+    percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib,
+    wait_for_logs,
 };
 use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
@@ -56,8 +57,28 @@ struct Fleet {
     ready: Duration,
 }
 
+/// The runner's own resource use at one moment.
+struct Footprint {
+    rss_kib: u64,
+    pte_kib: u64,
+    fds: u64,
+    threads: u64,
+}
+
+impl Footprint {
+    fn now() -> Self {
+        Self {
+            rss_kib: vm_rss_kib(),
+            pte_kib: proc_status("VmPTE").unwrap_or(0),
+            fds: open_fds() as u64,
+            threads: proc_status("Threads").unwrap_or(0),
+        }
+    }
+}
+
 /// The bare baseline's timings.
 struct Bare {
+    provisioned: Duration,
     spawned: Duration,
     ready: Duration,
     stopped: Duration,
@@ -88,6 +109,11 @@ async fn main() {
         .start_session("one")
         .await
         .expect("start one session");
+    // Let both guests finish starting up (the runtime last connects to the
+    // sidecar), so the baseline is taken on a quiet session.
+    let logs = [GuestRole::Runtime, GuestRole::Sidecar].map(|r| stdout_log(one.workspace(), r));
+    wait_for_logs(vec![logs[1].clone()], "sidecar_listening=", BOUND).await;
+    wait_for_logs(vec![logs[0].clone()], "sidecar_connected=", BOUND).await;
     let socket = one.control_socket().expect("socket");
     let mut one_latency = health(&[socket], SESSIONS * HEALTH_ROUNDS).await;
     one.shutdown(BOUND).await.expect("shutdown one session");
@@ -96,9 +122,9 @@ async fn main() {
         "{:>6.1}s [3/6] {SESSIONS} sessions, sequential starts",
         clock.elapsed().as_secs_f64()
     );
-    let (rss_before, fds_before) = (vm_rss_kib(), open_fds());
+    let before = Footprint::now();
     let mut seq = start_fleet(&runner, "q", 1).await;
-    let (rss_after, fds_after) = (vm_rss_kib(), open_fds());
+    let after = Footprint::now();
     let started = seq.sessions.len();
 
     eprintln!(
@@ -125,7 +151,16 @@ async fn main() {
     let par = start_fleet(&runner, "c", PARALLEL_STARTS).await;
     let (par_stop, par_stop_failed) = stop_fleet(&par.sessions).await;
 
-    eprintln!("{:>6.1}s done", clock.elapsed().as_secs_f64());
+    // Removing 1500 workspaces takes a while on some file systems; say so.
+    let t = Instant::now();
+    if let Err(e) = dir.close() {
+        eprintln!("cannot remove the benchmark's temp dir: {e}");
+    }
+    eprintln!(
+        "{:>6.1}s done (temp dir removed in {:.1}s)",
+        clock.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     println!(
         "session_scale: {SESSIONS} sessions x (runtime + sidecar demo guest, control socket) in one process"
     );
@@ -168,6 +203,10 @@ async fn main() {
             bare.ready,
         );
     }
+    println!(
+        "| for reference: provisioning {SESSIONS} workspaces (7 mkdirs each; inside our start, outside the baseline) | {} | | |",
+        ms(bare.provisioned)
+    );
     println!();
     let calls = &mut seq.calls;
     let early = median(&mut calls[..calls.len().min(50)].to_vec());
@@ -185,18 +224,32 @@ async fn main() {
         ms(late)
     );
     println!();
-    let per = |before: u64, after: u64| (after.saturating_sub(before)) as f64 / started as f64;
     println!("| runner footprint ({started} sessions running) | before | after | per session |");
     println!("| --- | --- | --- | --- |");
+    let per = |b: u64, a: u64| a.saturating_sub(b) as f64 / started as f64;
     println!(
         "| VmRSS (runner only; excludes guests) | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        per(rss_before, rss_after)
+        before.rss_kib as f64 / 1024.0,
+        after.rss_kib as f64 / 1024.0,
+        per(before.rss_kib, after.rss_kib)
     );
     println!(
-        "| open file descriptors | {fds_before} | {fds_after} | {:.1} |",
-        per(fds_before as u64, fds_after as u64)
+        "| page tables (VmPTE; copied by every fork) | {} KiB | {} KiB | {:.2} KiB |",
+        before.pte_kib,
+        after.pte_kib,
+        per(before.pte_kib, after.pte_kib)
+    );
+    println!(
+        "| open file descriptors | {} | {} | {:.1} |",
+        before.fds,
+        after.fds,
+        per(before.fds, after.fds)
+    );
+    println!(
+        "| threads | {} | {} | {:.2} |",
+        before.threads,
+        after.threads,
+        per(before.threads, after.threads)
     );
     println!();
     println!("| health_check (sequential, persistent connections) | samples | p50 | p99 |");
@@ -313,30 +366,30 @@ async fn stop_fleet(sessions: &[SessionHandle]) -> (Duration, usize) {
     (took, results.iter().filter(|r| r.is_err()).count())
 }
 
-/// One persistent connection per socket; `rounds` rounds of one request per
-/// socket, in turn. Every answer of the first round is checked to be a
-/// healthy `health_status` (outside the clock).
+/// One persistent connection per socket; one untimed round that checks
+/// every answer is a healthy `health_status` (and warms the connections),
+/// then `rounds` timed rounds of one request per socket, in turn.
 async fn health(sockets: &[PathBuf], rounds: usize) -> Vec<Duration> {
     let request = health_request_frame();
     let mut conns = Vec::with_capacity(sockets.len());
     for s in sockets {
-        conns.push(RawControlConn::connect(s).await.expect("connect"));
+        let mut conn = RawControlConn::connect(s).await.expect("connect");
+        let answer = conn.round_trip(&request).await.expect("round trip");
+        match serde_json::from_slice(answer).expect("health JSON") {
+            ControlResponse::HealthStatus(h) => assert!(h.healthy, "{h:?}"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        conns.push(conn);
     }
     let mut latencies = Vec::with_capacity(rounds * conns.len());
-    for round in 0..rounds {
+    for _ in 0..rounds {
         for conn in &mut conns {
             let t = Instant::now();
-            let answer = tokio::time::timeout(BOUND, conn.round_trip(&request))
+            tokio::time::timeout(BOUND, conn.round_trip(&request))
                 .await
                 .expect("answer in time")
                 .expect("round trip");
             latencies.push(t.elapsed());
-            if round == 0 {
-                match serde_json::from_slice(answer).expect("health JSON") {
-                    ControlResponse::HealthStatus(h) => assert!(h.healthy, "{h:?}"),
-                    other => panic!("unexpected answer {other:?}"),
-                }
-            }
         }
     }
     latencies
@@ -344,6 +397,7 @@ async fn health(sockets: &[PathBuf], rounds: usize) -> Vec<Duration> {
 
 /// The baseline: 2 x [`SESSIONS`] guests spawned directly, in session order.
 async fn bare_fleet(program: &Path, root: &Path) -> Bare {
+    let t = Instant::now();
     let mut plans = Vec::with_capacity(SESSIONS);
     for i in 0..SESSIONS {
         let user = UserId::new(format!("b{i}")).expect("user id");
@@ -352,6 +406,7 @@ async fn bare_fleet(program: &Path, root: &Path) -> Bare {
             .map(|r| (r, session_like_envelope_frame(&user, &ws, r)));
         plans.push((user, ws, frames));
     }
+    let provisioned = t.elapsed();
     let t = Instant::now();
     let mut guests = Vec::with_capacity(2 * SESSIONS);
     for (user, ws, frames) in &plans {
@@ -369,6 +424,7 @@ async fn bare_fleet(program: &Path, root: &Path) -> Bare {
     }
     join_all(guests.iter_mut().map(|g| g.wait(BOUND))).await;
     Bare {
+        provisioned,
         spawned,
         ready,
         stopped: t.elapsed(),

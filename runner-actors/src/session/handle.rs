@@ -9,6 +9,7 @@ use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::HealthStatus;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -22,6 +23,8 @@ pub struct SessionHandle {
     pub(crate) health: watch::Receiver<HealthStatus>,
     pub(crate) phase: watch::Receiver<SessionPhase>,
     pub(crate) events: broadcast::Sender<SessionEvent>,
+    /// Subscribed before the session started, for the first `events()` call.
+    pub(crate) first_events: Arc<Mutex<Option<broadcast::Receiver<SessionEvent>>>>,
     pub(crate) shutdown_bound: Duration,
 }
 
@@ -69,9 +72,18 @@ impl SessionHandle {
         self.phase.borrow().clone()
     }
 
-    /// Subscribes to lifecycle events from now on.
+    /// Subscribes to lifecycle events.
+    ///
+    /// The first call (on any clone) gets a receiver subscribed before the
+    /// session started, so it also sees the start itself (the first 256
+    /// events are kept); later calls see events from the moment of the call.
     pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
-        self.events.subscribe()
+        let first = self
+            .first_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Ordered shutdown, bounded by `deadline` (the configured grace and drain

@@ -33,9 +33,7 @@ mod sink;
 
 pub use error::LogError;
 pub use lines::LineSplitter;
-pub use pump::{
-    GuestReader, LINGER, LogPump, PUMP_BUFFER, PumpEnd, PumpHandle, PumpReport, STOP_GRACE,
-};
+pub use pump::{GuestReader, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE};
 pub use reader::{DEFAULT_MAX_BYTES, LogLines, LogQuery, read_log_files};
 pub use rotate::rotated_path;
 pub use sink::{LogSink, SinkStats};

@@ -4,15 +4,15 @@
 //! The pump never stops reading because of the bytes (no line parsing, no
 //! UTF-8) or the disk (failed writes are counted as dropped and logged by
 //! the sink's writer). Bytes are written when the buffer is full or its
-//! oldest byte has waited [`LINGER`], so a fast producer's many small pipe
-//! writes become few large file writes.
+//! oldest byte has waited [`PumpTuning::linger`], so a fast producer's many
+//! small pipe writes become few large file writes.
 //!
 //! Writes normally run on the pump task itself: a buffer's page-cache write
 //! takes tens of microseconds, and a hand-off to another thread per buffer
-//! measured twice the CPU per GiB. A write that takes [`SLOW_WRITE`] or
-//! more (a throttled or slow disk) moves the pump's writes to the blocking
-//! pool for a while, overlapped with reading, so a slow disk does not
-//! stall a runtime worker.
+//! measured twice the CPU per GiB. A write that takes
+//! [`PumpTuning::slow_write`] or more (a throttled or slow disk) moves the
+//! pump's writes to the blocking pool for a while, overlapped with reading,
+//! so a slow disk does not stall a runtime worker.
 
 use super::rotate::WriteOutcome;
 use super::sink::LogSink;
@@ -27,20 +27,37 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-/// Size of the pump's buffer (two while a write runs on the blocking pool).
-pub const PUMP_BUFFER: usize = 128 * 1024;
+/// How a pump buffers and where it writes. [`Default`] is what the runner
+/// uses; other values are for benchmarks and for tests that exercise the
+/// blocking-pool path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PumpTuning {
+    /// Size of the read buffer (two while a write runs on the blocking
+    /// pool). Default 128 KiB.
+    pub buffer: usize,
+    /// Longest a byte waits in the buffer before it is written: short
+    /// enough for followers to see output at once, long enough that a fast
+    /// writer's many small pipe writes become few large file writes.
+    /// Default 2 ms.
+    pub linger: Duration,
+    /// An inline write that takes this long moves the pump's writes to the
+    /// blocking pool for `offload_for`. Default 20 ms.
+    pub slow_write: Duration,
+    /// How long writes stay on the blocking pool after a slow one. Default
+    /// 2 s.
+    pub offload_for: Duration,
+}
 
-/// Longest a byte waits in the pump's buffer before it is written: short
-/// enough for followers to see output at once, long enough that a fast
-/// writer's many small pipe writes become few large file writes.
-pub const LINGER: Duration = Duration::from_millis(2);
-
-/// An inline write that takes this long moves the pump's writes to the
-/// blocking pool for [`OFFLOAD_FOR`].
-pub const SLOW_WRITE: Duration = Duration::from_millis(20);
-
-/// How long writes stay on the blocking pool after a slow one.
-pub const OFFLOAD_FOR: Duration = Duration::from_secs(2);
+impl Default for PumpTuning {
+    fn default() -> Self {
+        Self {
+            buffer: 128 * 1024,
+            linger: Duration::from_millis(2),
+            slow_write: Duration::from_millis(20),
+            offload_for: Duration::from_secs(2),
+        }
+    }
+}
 
 /// After a pump is told to stop, how long it may take to write what it
 /// already read before it is aborted.
@@ -55,11 +72,25 @@ pub struct LogPump;
 
 impl LogPump {
     /// Spawns a task that copies `reader` into `sink` until EOF, appending
-    /// to the sink's files. Must be called within a Tokio runtime.
+    /// to the sink's files. Must be called within a Tokio runtime (with
+    /// its time driver enabled).
     pub fn spawn(reader: GuestReader, sink: &LogSink) -> PumpHandle {
+        Self::spawn_tuned(reader, sink, PumpTuning::default())
+    }
+
+    /// [`Self::spawn`] with non-default buffering.
+    pub fn spawn_tuned(reader: GuestReader, sink: &LogSink, tuning: PumpTuning) -> PumpHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let progress = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(reader, sink.clone(), stop_rx, progress.clone()));
+        let pump = Pump {
+            sink: sink.clone(),
+            tuning: PumpTuning {
+                buffer: tuning.buffer.max(1),
+                ..tuning
+            },
+            progress: progress.clone(),
+        };
+        let task = tokio::spawn(pump.run(reader, stop_rx));
         PumpHandle {
             task,
             stop: Some(stop_tx),
@@ -187,8 +218,8 @@ enum WriteMode {
     /// logging compared with a hand-off per buffer.
     Inline,
     /// On the blocking pool, overlapped with reading, until `until`: a
-    /// write took [`SLOW_WRITE`] or longer (a slow or throttled disk), and
-    /// such writes must not stall a runtime worker.
+    /// write took [`PumpTuning::slow_write`] or longer (a slow or throttled
+    /// disk), and such writes must not stall a runtime worker.
     Offloaded { until: Instant },
 }
 
@@ -198,114 +229,141 @@ struct InFlight {
     len: u64,
 }
 
-/// The pump task: read into the buffer; write it when full, when its oldest
-/// byte has waited [`LINGER`], or at the end.
-async fn run(
-    mut reader: GuestReader,
+/// What the pump task owns besides its stream.
+struct Pump {
     sink: LogSink,
-    mut stop: oneshot::Receiver<()>,
+    tuning: PumpTuning,
     progress: Arc<AtomicU64>,
-) -> PumpReport {
-    let mut report = PumpReport::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(PUMP_BUFFER);
-    let mut spare: Option<Vec<u8>> = None;
-    let mut inflight: Option<InFlight> = None;
-    let mut end: Option<PumpEnd> = None;
-    let mut mode = WriteMode::Inline;
-    // When the oldest byte in `buf` must be handed to the writer.
-    let mut flush_by: Option<Instant> = None;
-    let mut linger_fired = false;
-    let linger = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(linger);
-    loop {
-        let due = flush_by.is_some_and(|t| {
-            end.is_some() || linger_fired || buf.len() >= PUMP_BUFFER || Instant::now() >= t
-        });
-        if inflight.is_none() && due {
-            flush_by = None;
-            linger_fired = false;
-            match mode {
-                WriteMode::Offloaded { until } if Instant::now() < until => {
-                    let next = spare
-                        .take()
-                        .unwrap_or_else(|| Vec::with_capacity(PUMP_BUFFER));
-                    inflight = Some(start_write(&sink, std::mem::replace(&mut buf, next)));
-                }
-                _ => {
-                    // Back inline: the second buffer is not needed.
-                    spare = None;
-                    mode = write_inline(&sink, &mut buf, &mut report);
-                }
-            }
-        }
-        if let Some(reason) = end.take() {
-            // Ending: finish the write in flight (and the buffer behind it).
-            match inflight.take() {
-                Some(w) => {
-                    let len = w.len;
-                    settle(w.task.await, len, &mut report, &mut spare, &sink);
-                    end = Some(reason);
-                    continue;
-                }
-                None => {
-                    report.end = reason;
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            biased;
-            // A send or a dropped handle both mean stop.
-            _ = &mut stop => end = Some(PumpEnd::Cut),
-            joined = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
-                let len = inflight.take().expect("guarded").len;
-                settle(joined, len, &mut report, &mut spare, &sink);
-            }
-            read = reader.read_buf(&mut buf), if buf.len() < PUMP_BUFFER => match read {
-                Ok(0) => end = Some(PumpEnd::Eof),
-                Ok(n) => {
-                    report.bytes_read += n as u64;
-                    progress.store(report.bytes_read, Ordering::Relaxed);
-                    if flush_by.is_none() {
-                        let at = Instant::now() + LINGER;
-                        flush_by = Some(at);
-                        linger.as_mut().reset(at);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    tracing::warn!(path = %sink.path().display(), error = %source, "Guest output stream failed");
-                    end = Some(PumpEnd::ReadFailed { source });
-                }
-            },
-            () = &mut linger, if inflight.is_none() && flush_by.is_some() => linger_fired = true,
-        }
-    }
-    tracing::debug!(
-        path = %sink.path().display(),
-        bytes_read = report.bytes_read,
-        bytes_dropped = report.bytes_dropped,
-        end = ?report.end,
-        "Log pump ended"
-    );
-    report
 }
 
-/// Writes and empties `buf` on this thread; returns the mode for the next
-/// write.
-fn write_inline(sink: &LogSink, buf: &mut Vec<u8>, report: &mut PumpReport) -> WriteMode {
-    let started = Instant::now();
-    let out = sink.write(buf);
-    let took = started.elapsed();
-    buf.clear();
-    report.bytes_written += out.written;
-    report.bytes_dropped += out.dropped;
-    if took < SLOW_WRITE {
-        return WriteMode::Inline;
+impl Pump {
+    /// The pump task: read into the buffer; write it when full, when its
+    /// oldest byte has waited `linger`, or at the end.
+    async fn run(self, mut reader: GuestReader, mut stop: oneshot::Receiver<()>) -> PumpReport {
+        let cap = self.tuning.buffer;
+        let mut report = PumpReport::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        let mut spare: Option<Vec<u8>> = None;
+        let mut inflight: Option<InFlight> = None;
+        let mut end: Option<PumpEnd> = None;
+        let mut mode = WriteMode::Inline;
+        // When the oldest byte in `buf` must be written.
+        let mut flush_by: Option<Instant> = None;
+        let mut linger_fired = false;
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        loop {
+            let due = flush_by.is_some_and(|t| {
+                end.is_some() || linger_fired || buf.len() >= cap || Instant::now() >= t
+            });
+            if inflight.is_none() && due {
+                flush_by = None;
+                linger_fired = false;
+                match mode {
+                    WriteMode::Offloaded { until } if Instant::now() < until => {
+                        let next = spare.take().unwrap_or_else(|| Vec::with_capacity(cap));
+                        let chunk = std::mem::replace(&mut buf, next);
+                        inflight = Some(start_write(&self.sink, chunk));
+                    }
+                    _ => {
+                        // Back inline: the second buffer is not needed.
+                        spare = None;
+                        mode = self.write_inline(&mut buf, &mut report);
+                    }
+                }
+            }
+            if let Some(reason) = end.take() {
+                // Ending: finish the write in flight (and the buffer behind it).
+                match inflight.take() {
+                    Some(w) => {
+                        let len = w.len;
+                        self.settle(w.task.await, len, &mut report, &mut spare);
+                        end = Some(reason);
+                        continue;
+                    }
+                    None => {
+                        report.end = reason;
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                // A send or a dropped handle both mean stop.
+                _ = &mut stop => end = Some(PumpEnd::Cut),
+                joined = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
+                    let len = inflight.take().expect("guarded").len;
+                    self.settle(joined, len, &mut report, &mut spare);
+                }
+                read = reader.read_buf(&mut buf), if buf.len() < cap => match read {
+                    Ok(0) => end = Some(PumpEnd::Eof),
+                    Ok(n) => {
+                        report.bytes_read += n as u64;
+                        self.progress.store(report.bytes_read, Ordering::Relaxed);
+                        if flush_by.is_none() {
+                            let at = Instant::now() + self.tuning.linger;
+                            flush_by = Some(at);
+                            linger.as_mut().reset(at);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        tracing::warn!(path = %self.sink.path().display(), error = %source, "Guest output stream failed");
+                        end = Some(PumpEnd::ReadFailed { source });
+                    }
+                },
+                () = &mut linger, if inflight.is_none() && flush_by.is_some() => linger_fired = true,
+            }
+        }
+        tracing::debug!(
+            path = %self.sink.path().display(),
+            bytes_read = report.bytes_read,
+            bytes_dropped = report.bytes_dropped,
+            end = ?report.end,
+            "Log pump ended"
+        );
+        report
     }
-    tracing::debug!(path = %sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
-    WriteMode::Offloaded {
-        until: Instant::now() + OFFLOAD_FOR,
+
+    /// Writes and empties `buf` on this thread; returns the mode for the
+    /// next write.
+    fn write_inline(&self, buf: &mut Vec<u8>, report: &mut PumpReport) -> WriteMode {
+        let started = Instant::now();
+        let out = self.sink.write(buf);
+        let took = started.elapsed();
+        buf.clear();
+        report.bytes_written += out.written;
+        report.bytes_dropped += out.dropped;
+        if took < self.tuning.slow_write {
+            return WriteMode::Inline;
+        }
+        tracing::debug!(path = %self.sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
+        WriteMode::Offloaded {
+            until: Instant::now() + self.tuning.offload_for,
+        }
+    }
+
+    /// Accounts for a write that ran on the blocking pool and keeps its
+    /// buffer for reuse.
+    fn settle(
+        &self,
+        joined: Result<(Vec<u8>, WriteOutcome), JoinError>,
+        len: u64,
+        report: &mut PumpReport,
+        spare: &mut Option<Vec<u8>>,
+    ) {
+        match joined {
+            Ok((mut chunk, out)) => {
+                report.bytes_written += out.written;
+                report.bytes_dropped += out.dropped;
+                chunk.clear();
+                *spare = Some(chunk);
+            }
+            Err(error) => {
+                tracing::error!(path = %self.sink.path().display(), %error, "Log write task failed; chunk dropped");
+                report.bytes_dropped += len;
+            }
+        }
     }
 }
 
@@ -317,25 +375,4 @@ fn start_write(sink: &LogSink, chunk: Vec<u8>) -> InFlight {
         (chunk, out)
     });
     InFlight { task, len }
-}
-
-fn settle(
-    joined: Result<(Vec<u8>, WriteOutcome), JoinError>,
-    len: u64,
-    report: &mut PumpReport,
-    spare: &mut Option<Vec<u8>>,
-    sink: &LogSink,
-) {
-    match joined {
-        Ok((mut chunk, out)) => {
-            report.bytes_written += out.written;
-            report.bytes_dropped += out.dropped;
-            chunk.clear();
-            *spare = Some(chunk);
-        }
-        Err(error) => {
-            tracing::error!(path = %sink.path().display(), %error, "Log write task failed; chunk dropped");
-            report.bytes_dropped += len;
-        }
-    }
 }

@@ -32,9 +32,11 @@ pub struct LogQuery {
     /// At most this many lines, the newest ones (capped at
     /// [`MAX_LOG_TAIL`]).
     pub tail: u32,
-    /// Only lines with bytes written at or after this time (ms since the
-    /// Unix epoch). May also return lines written up to
-    /// [`INDEX_INTERVAL_MS`] earlier, never fewer.
+    /// Only lines completed (newline written) at or after this time, ms
+    /// since the Unix epoch, and the final line without newline if any of
+    /// it was written since. Never misses such a line, but may also return
+    /// lines completed up to [`INDEX_INTERVAL_MS`] earlier (the index's
+    /// precision).
     pub since_ms: Option<u64>,
     /// At most this many line bytes in total (newlines not counted); older
     /// lines that do not fit are left out and [`LogLines::truncated`] set.

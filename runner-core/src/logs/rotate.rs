@@ -1,16 +1,17 @@
 //! The size-capped rotating file writer behind a [`super::LogSink`].
 //!
 //! Bytes go to `<name>.log` until it holds exactly `max_file_bytes`; the next
-//! byte first rotates (`<name>.log.{n-1}` → `.{n}` down to `.log` → `.log.1`,
-//! the file beyond `max_files` is overwritten) and then continues in a fresh
-//! `<name>.log`. So `.log.{max_files}` … `.log.1` `.log`, concatenated, are
-//! the newest bytes of the stream, byte for byte. Each file's time index
-//! moves with it.
+//! byte first rotates (`<name>.log.{max_files}` is deleted, then each
+//! `.log.{n-1}` becomes `.log.{n}`, down to `.log` → `.log.1`) and then
+//! continues in a fresh `<name>.log`. So `.log.{max_files}` … `.log.1`
+//! `.log`, concatenated, are the newest bytes of the stream, byte for byte.
+//! Each file's time index moves with it. With `max_files = 0` the full file
+//! is simply deleted.
 //!
-//! This writer is synchronous: the pump calls it from a blocking task. It
-//! never fails a write back to its caller: a failed write or rotation drops
-//! the rest of the chunk, is logged once per failure streak, and the next
-//! chunk tries again (reopening the file).
+//! This writer is synchronous; the pump calls it from its own task or from
+//! the blocking pool. It never fails a write back to its caller: a failed
+//! write or rotation drops the rest of the chunk, is logged once per failure
+//! streak, and the next chunk tries again (reopening the file).
 
 use super::LogError;
 use super::index::{IndexWriter, index_path};
@@ -201,10 +202,10 @@ impl RotatingWriter {
             let number = rest
                 .strip_suffix(super::index::INDEX_SUFFIX)
                 .unwrap_or(rest);
-            if number.parse::<u32>().is_ok_and(|k| k > self.max_files) {
-                if let Err(error) = fs::remove_file(entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), %error, "Cannot remove old rotated log");
-                }
+            if number.parse::<u32>().is_ok_and(|k| k > self.max_files)
+                && let Err(error) = fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), %error, "Cannot remove old rotated log");
             }
         }
     }

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
-/// Chunks buffered per live subscriber before it lags. Chunks are at most a
-/// pump buffer (256 KiB), so a stalled follower pins at most this many.
+/// Chunks buffered per live subscriber before it lags. A chunk is at most
+/// one pump buffer (128 KiB by default), so a stalled follower pins at most
+/// this many of them.
 const LIVE_CAPACITY: usize = 64;
 
 /// Counters of a sink since it was opened.
@@ -48,7 +49,8 @@ struct SinkInner {
     role: GuestRole,
     stream: LogStream,
     path: PathBuf,
-    // std Mutex: only ever locked from blocking tasks, around file IO.
+    // std Mutex: held only for one chunk's file write (or a reader's file
+    // opens), never across an await.
     writer: Mutex<RotatingWriter>,
     live: broadcast::Sender<Bytes>,
     bytes_written: AtomicU64,
@@ -133,7 +135,8 @@ impl LogSink {
 
     /// Like [`Self::read`], and also subscribes to the live feed at the very
     /// point the read ends: the lines and then the feed's chunks are the
-    /// stream without gap or overlap (`logs -f`).
+    /// stream without gap or overlap (`logs -f`). If the last line has no
+    /// newline yet, the feed's first bytes continue it.
     pub async fn follow(
         &self,
         query: LogQuery,

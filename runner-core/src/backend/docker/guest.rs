@@ -4,6 +4,11 @@
 //! inspects the container for `State.OOMKilled` and publishes a
 //! [`GuestExit`] with the engine's exit code as [`ExitStatus::Code`] (a
 //! guest killed by a signal shows as 128 + signal, as Docker reports it).
+//! The engine learns of an OOM kill and of the exit from two separate
+//! containerd events, in either order, so `OOMKilled` can still be false
+//! right after the wait: for a SIGKILLed (137) container with a memory
+//! limit that the runner was not stopping, the engine's event log is asked
+//! for the container's `oom` event, waiting at most [`OOM_EVENT_WAIT`].
 //!
 //! Stop: `docker stop` with the grace period rounded up to whole seconds
 //! (the engine's unit), then, if the engine did not manage, `docker kill`;
@@ -18,10 +23,15 @@ use crate::backend::exit::{ExitNotifier, ExitWatch, exit_now};
 use crate::backend::{GuestControl, StopError};
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::query_parameters::{KillContainerOptions, StopContainerOptions, WaitContainerOptions};
+use bollard::query_parameters::{
+    EventsOptions, KillContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
 use futures::StreamExt;
 use runner_types::{ExitStatus, GuestExit};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -39,6 +49,14 @@ pub const MAX_STOP_OVERRUN: Duration = Duration::from_secs(
 );
 /// Longest retry delay when the engine stream breaks while a guest runs.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long a SIGKILLed, memory-limited container's `oom` event may lag
+/// behind its exit.
+const OOM_EVENT_WAIT: Duration = Duration::from_secs(1);
+/// `since` of the `oom` event query: this much before the watch began (the
+/// container was started just before it).
+const OOM_EVENT_LOOKBACK: Duration = Duration::from_secs(10);
+/// Exit code of a container whose init was SIGKILLed (the OOM killer's signal).
+const SIGKILL_EXIT: i64 = 128 + 9;
 
 /// Stop and cleanup of one container.
 #[derive(Debug)]
@@ -49,6 +67,8 @@ pub(crate) struct DockerGuest {
     exit: ExitWatch,
     waiter: JoinHandle<()>,
     bootstrap: BootstrapFile,
+    /// Set once `stop` began: a kill is then ours, not the OOM killer's.
+    stopping: Arc<AtomicBool>,
 }
 
 impl DockerGuest {
@@ -61,11 +81,16 @@ impl DockerGuest {
         bootstrap: BootstrapFile,
     ) -> (Self, ExitWatch) {
         let (notifier, exit) = crate::backend::exit::exit_channel();
+        let stopping = Arc::new(AtomicBool::new(false));
         let waiter = tokio::spawn(watch_exit(
             docker.clone(),
             id.clone(),
             name.clone(),
             notifier,
+            OomCheck {
+                watching_since: SystemTime::now(),
+                stopping: stopping.clone(),
+            },
         ));
         let guest = Self {
             docker,
@@ -74,6 +99,7 @@ impl DockerGuest {
             exit: exit.clone(),
             waiter,
             bootstrap,
+            stopping,
         };
         (guest, exit)
     }
@@ -155,6 +181,7 @@ impl GuestControl for DockerGuest {
         if let Some(exit) = self.exit.get() {
             return Ok(exit);
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let grace_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         if !self.ask_to_stop(grace_secs).await {
             self.kill().await;
@@ -209,9 +236,23 @@ async fn wait_once(docker: &Docker, id: &str) -> Waited {
     }
 }
 
+/// What deciding an OOM kill from the engine's events needs.
+struct OomCheck {
+    /// When the watch began (just after the start).
+    watching_since: SystemTime,
+    /// Whether the runner is stopping the container.
+    stopping: Arc<AtomicBool>,
+}
+
 /// Waits for the container to exit and publishes the exit, however long it
 /// takes; retries with backoff when the engine connection breaks.
-async fn watch_exit(docker: Docker, id: String, name: String, notifier: ExitNotifier) {
+async fn watch_exit(
+    docker: Docker,
+    id: String,
+    name: String,
+    notifier: ExitNotifier,
+    oom: OomCheck,
+) {
     let mut delay = Duration::from_millis(100);
     loop {
         let code = match wait_once(&docker, &id).await {
@@ -232,26 +273,80 @@ async fn watch_exit(docker: Docker, id: String, name: String, notifier: ExitNoti
                 }
             }
         };
-        notifier.notify(finish(&docker, &id, &name, code).await);
+        notifier.notify(finish(&docker, &id, &name, code, &oom).await);
         return;
     }
 }
 
 /// The exit of a container that is no longer running: `code` from the wait
 /// (or, if unknown, the container is gone and counts as killed), and the
-/// OOM flag from an inspect.
-async fn finish(docker: &Docker, id: &str, name: &str, code: Option<i64>) -> GuestExit {
+/// OOM flag from an inspect or, for a SIGKILLed container with a memory
+/// limit whose flag is not set (yet), and that the runner was not
+/// stopping, from its `oom` event.
+async fn finish(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    code: Option<i64>,
+    oom: &OomCheck,
+) -> GuestExit {
     let Some(code) = code else {
         tracing::warn!(container = %name, "Container vanished; reporting it as killed");
         return exit_now(ExitStatus::Signal(9), false);
     };
-    let oom_killed = match docker.inspect_container(id, None).await {
-        Ok(c) => c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+    let (flagged, memory_limited) = match docker.inspect_container(id, None).await {
+        Ok(c) => (
+            c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            c.host_config.and_then(|h| h.memory).is_some_and(|m| m > 0),
+        ),
         Err(e) => {
             tracing::warn!(container = %name, error = %e, "Cannot inspect exited container");
-            false
+            (false, false)
         }
     };
+    let oom_killed = flagged
+        || (code == SIGKILL_EXIT
+            && memory_limited
+            && !oom.stopping.load(Ordering::SeqCst)
+            && oom_event_seen(docker, id, name, oom.watching_since).await);
+    eprintln!("OOMDEBUG name={name} code={code} flagged={flagged} limited={memory_limited} oom={oom_killed}");
     let code = i32::try_from(code).unwrap_or(i32::MAX);
     exit_now(ExitStatus::Code(code), oom_killed)
+}
+
+/// Whether the engine logged an `oom` event for container `id` since
+/// `watching_since` (less [`OOM_EVENT_LOOKBACK`]), waiting at most
+/// [`OOM_EVENT_WAIT`] for one to arrive.
+async fn oom_event_seen(docker: &Docker, id: &str, name: &str, watching_since: SystemTime) -> bool {
+    // The engine's timestamp format: `<seconds>.<nanoseconds>`.
+    let unix = |t: SystemTime| {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    };
+    let since = watching_since
+        .checked_sub(OOM_EVENT_LOOKBACK)
+        .unwrap_or(UNIX_EPOCH);
+    let opts = EventsOptions {
+        since: Some(unix(since)),
+        until: Some(unix(SystemTime::now() + OOM_EVENT_WAIT)),
+        filters: Some(HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("container".to_owned(), vec![id.to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+        ])),
+    };
+    let mut events = docker.events(Some(opts));
+    // The engine ends the stream at `until`; our own bound covers a slow engine.
+    match timeout(2 * OOM_EVENT_WAIT, events.next()).await {
+        Ok(Some(Ok(_))) => true,
+        Ok(None) => false,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(container = %name, error = %e, "Cannot read the engine's oom events");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(container = %name, "The engine's oom events did not end in time");
+            false
+        }
+    }
 }
