@@ -327,8 +327,10 @@ async fn a_memory_limit_oom_kills_the_runtime_until_the_session_fails() {
     let Some(e) = Engine::new().await else {
         return;
     };
-    // `probe-guest oom` allocates 1 MiB at a time, printing allocated_mib=<n>.
-    let runtime_image = e.image("probe-guest", &["oom"]).await;
+    // `probe-guest oom 500` allocates 1 MiB at a time, printing
+    // allocated_mib=<n>, after half a second: the engine notices an OOM
+    // kill only once it watches the running container.
+    let runtime_image = e.image("probe-guest", &["oom", "500"]).await;
     let sidecar_image = e.image("demo-guest", &["--role", "sidecar"]).await;
     let mut config = e.config(&runtime_image, &sidecar_image);
     let user = UserId::new(unique_id("cs-oom")).unwrap();

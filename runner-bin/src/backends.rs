@@ -63,8 +63,13 @@ fn host_os() -> HostOs {
 /// Names this runner in container labels, so orphan reconciliation only
 /// touches containers of the same installation: the workspace root, which a
 /// daemon always shares with a crashed predecessor for the same user.
+/// Canonical, so a root reached through a symlink or `..` names the same
+/// installation.
 fn instance_id(config: &RunnerConfig) -> String {
-    config.workspace_root.display().to_string()
+    std::fs::canonicalize(&config.workspace_root)
+        .unwrap_or_else(|_| config.workspace_root.clone())
+        .display()
+        .to_string()
 }
 
 /// The built-in guests: this binary's hidden `demo-guest` mode, as runtime

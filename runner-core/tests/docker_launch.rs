@@ -185,7 +185,7 @@ async fn memory_limit_oom_kills_and_the_exit_says_so() {
         return;
     };
     let mut config = h.config(DockerTier::Container, &h.probe_image().await);
-    config.docker.command = Some(vec!["oom".into()]);
+    config.docker.command = Some(vec!["oom".into(), "500".into()]);
     let backend = h.backend(config);
     let (user, ws) = h.user("oom");
     let limits = ResourceLimits {

@@ -218,6 +218,32 @@ log_drain_ms = 2000
         assert!(!daemon.socket.exists(), "socket removed");
     }
 
+    /// Creates (without starting) a container labelled like this runner
+    /// instance's guests of `user`, under a name of its own.
+    fn hand_made(&self, user: &str) -> String {
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(self.sidecar_image.clone()),
+            labels: Some(HashMap::from([
+                (
+                    LABEL_INSTANCE.to_owned(),
+                    self.workspace_root.display().to_string(),
+                ),
+                (LABEL_USER.to_owned(), user.to_owned()),
+                (LABEL_ROLE.to_owned(), "runtime".to_owned()),
+                (LABEL_TIER.to_owned(), "container".to_owned()),
+            ])),
+            ..Default::default()
+        };
+        let opts = bollard::query_parameters::CreateContainerOptions {
+            name: Some(unique_id("cd-hand")),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.docker.create_container(Some(opts), body))
+            .expect("create a hand-made container")
+            .id
+    }
+
     fn facts(&self, id: &str) -> Option<runner_tests::docker::ContainerFacts> {
         self.rt.block_on(container_facts(&self.docker, id))
     }
@@ -375,30 +401,11 @@ fn a_sigkilled_daemons_containers_are_replaced_by_the_next_daemon_only() {
     let bob_daemon = s.start_daemon(&bob);
     let old = s.running_guests(&s.healthy(&alice), &alice);
     let bobs = s.running_guests(&s.healthy(&bob), &bob);
-    // A container with this runner instance's labels for bob, made by hand
-    // (created, never started): only bob's own daemon start may remove it.
-    let instance = s.workspace_root.display().to_string();
-    let direct = s.rt.block_on(async {
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(s.sidecar_image.clone()),
-            labels: Some(HashMap::from([
-                (LABEL_INSTANCE.to_owned(), instance.clone()),
-                (LABEL_USER.to_owned(), bob.clone()),
-                (LABEL_ROLE.to_owned(), "runtime".to_owned()),
-                (LABEL_TIER.to_owned(), "container".to_owned()),
-            ])),
-            ..Default::default()
-        };
-        let opts = bollard::query_parameters::CreateContainerOptions {
-            name: Some(unique_id("cd-direct")),
-            ..Default::default()
-        };
-        s.docker
-            .create_container(Some(opts), body)
-            .await
-            .expect("create bob's extra container")
-            .id
-    });
+    // Containers with this runner instance's labels, made by hand (created,
+    // never started) under names the daemons never use: alice's can only go
+    // through the leftover sweep of her next daemon start, bob's must stay.
+    let stray = s.hand_made(&alice);
+    let direct = s.hand_made(&bob);
 
     // SIGKILL: no shutdown runs, so alice's containers keep running.
     kill_and_reap(&mut first.child);
@@ -410,7 +417,7 @@ fn a_sigkilled_daemons_containers_are_replaced_by_the_next_daemon_only() {
     // The next daemon for alice removes them and starts fresh ones.
     let second = s.start_daemon(&alice);
     let fresh = s.running_guests(&s.healthy(&alice), &alice);
-    for id in &old {
+    for id in old.iter().chain([&stray]) {
         assert_eq!(s.facts(id), None, "old container {id} removed");
         assert!(!fresh.contains(id));
     }

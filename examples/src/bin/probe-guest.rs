@@ -10,9 +10,10 @@
 //!                              no_new_privs=<0|1>
 //!                              envelope=<compact JSON>   (via the bootstrap file)
 //!                            then exits 0
-//! probe-guest oom            allocates and touches memory 1 MiB at a time,
-//!                            printing allocated_mib=<n>, until killed; exits 0
-//!                            if it ever reaches 4 GiB
+//! probe-guest oom [delay-ms]  after an optional delay, allocates and touches
+//!                            memory 1 MiB at a time, printing
+//!                            allocated_mib=<n>, until killed; exits 0 if it
+//!                            ever reaches 4 GiB
 //! probe-guest bytes <seed> <len>
 //!                            writes pattern(seed, len) to stdout and
 //!                            pattern(seed + 1, len) to stderr in interleaved
@@ -35,9 +36,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
         Some("hardening") => hardening(),
-        Some("oom") => oom(),
+        Some("oom") => oom(&args[1..]),
         Some("bytes") => bytes(&args[1..]),
-        _ => Err("usage: probe-guest hardening | oom | bytes <seed> <len>".into()),
+        _ => Err("usage: probe-guest hardening | oom [delay-ms] | bytes <seed> <len>".into()),
     };
     match outcome {
         Ok(code) => code,
@@ -74,7 +75,13 @@ fn hardening() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn oom() -> Result<ExitCode> {
+fn oom(args: &[String]) -> Result<ExitCode> {
+    // The engine watches a container for OOM kills only once it has started
+    // it: a guest that blows its limit within milliseconds of starting can
+    // be killed without the engine noticing. The delay gives it time.
+    if let Some(ms) = args.first().and_then(|a| a.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let mut held: Vec<Vec<u8>> = Vec::new();
     let mut out = std::io::stdout().lock();
     for mib in 1..=OOM_CEILING_MIB {

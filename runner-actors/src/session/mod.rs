@@ -210,7 +210,7 @@ async fn on_shutdown(
     let grace = state.args.config.shutdown.grace;
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
         if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
-            let bound = remaining(grace + KILL_ALLOWANCE);
+            let bound = remaining(grace + state.args.backend.stop_overrun());
             match g.stop(grace.min(bound), bound).await {
                 Ok(status) => on_guest_update(state, status),
                 Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
@@ -246,9 +246,6 @@ async fn on_shutdown(
         took: started.elapsed(),
     }
 }
-
-/// Time allowed after SIGKILL / docker kill for the guest to be reaped.
-pub(crate) const KILL_ALLOWANCE: Duration = Duration::from_secs(3);
 
 fn set_phase(state: &mut SessionState, phase: SessionPhase) {
     state.phase = phase.clone();

@@ -48,7 +48,7 @@ impl SessionArgs {
     /// A bound on an ordered shutdown with the configured timings.
     pub fn shutdown_bound(&self) -> Duration {
         let s = self.config.shutdown;
-        2 * (s.grace + super::KILL_ALLOWANCE) + s.log_drain + Duration::from_secs(5)
+        2 * (s.grace + self.backend.stop_overrun()) + s.log_drain + Duration::from_secs(5)
     }
 
     fn has_sidecar(&self) -> bool {

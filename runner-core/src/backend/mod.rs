@@ -22,6 +22,9 @@ use tokio::io::AsyncRead;
 
 pub use exit::{ExitNotifier, ExitWatch};
 
+/// Default [`SandboxBackend::stop_overrun`]: a SIGKILL and a reap.
+pub const DEFAULT_STOP_OVERRUN: Duration = Duration::from_secs(3);
+
 /// Everything a backend needs to launch one guest.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -135,6 +138,13 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether this backend has a sidecar command/image configured.
     fn has_sidecar(&self) -> bool;
+
+    /// The most a [`GuestControl::stop`] may take beyond its grace period
+    /// (kill, reap, engine round trips). Callers bound their waits by
+    /// `grace + stop_overrun()`.
+    fn stop_overrun(&self) -> Duration {
+        DEFAULT_STOP_OVERRUN
+    }
 
     /// Where the sidecar of `workspace` listens, as the runtime guest should
     /// reach it.

@@ -9,6 +9,9 @@
 //! right after the wait: for a SIGKILLed (137) container with a memory
 //! limit that the runner was not stopping, the engine's event log is asked
 //! for the container's `oom` event, waiting at most [`OOM_EVENT_WAIT`].
+//! (An OOM kill within milliseconds of the start can escape the engine
+//! altogether — it watches for them only once the container runs — and is
+//! then reported as a plain 137.)
 //!
 //! Stop: `docker stop` with the grace period rounded up to whole seconds
 //! (the engine's unit), then, if the engine did not manage, `docker kill`;
@@ -309,7 +312,6 @@ async fn finish(
             && memory_limited
             && !oom.stopping.load(Ordering::SeqCst)
             && oom_event_seen(docker, id, name, oom.watching_since).await);
-    eprintln!("OOMDEBUG name={name} code={code} flagged={flagged} limited={memory_limited} oom={oom_killed}");
     let code = i32::try_from(code).unwrap_or(i32::MAX);
     exit_now(ExitStatus::Code(code), oom_killed)
 }

@@ -361,6 +361,12 @@ impl SandboxBackend for DockerBackend {
         self.plan.tier.sandbox_tier()
     }
 
+    fn stop_overrun(&self) -> std::time::Duration {
+        // docker stop rounds the grace up to whole seconds, then the kill,
+        // the wait and the removal each have their own bound.
+        MAX_STOP_OVERRUN + std::time::Duration::from_secs(1)
+    }
+
     fn has_sidecar(&self) -> bool {
         self.sidecar_image.is_some()
     }

@@ -199,6 +199,12 @@ impl SandboxBackend for FirecrackerBackend {
         SandboxTier::MicroVm
     }
 
+    fn stop_overrun(&self) -> std::time::Duration {
+        // The Ctrl-Alt-Del request is bounded within the grace; after the
+        // SIGKILL the reap is bounded by the launch module's kill wait.
+        std::time::Duration::from_secs(6)
+    }
+
     fn has_sidecar(&self) -> bool {
         self.config.sidecar_template.is_some()
     }
