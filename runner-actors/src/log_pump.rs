@@ -5,8 +5,8 @@
 //! Messages: `Attach` (a new launch's stream; copied by a task the actor
 //! owns), `Drain` (answered: wait for every attached stream to reach EOF,
 //! bounded, cutting what does not). Copying runs in tasks, never in
-//! `handle`, so the mailbox stays responsive. `post_stop` aborts any copy
-//! still running.
+//! `handle`, so the mailbox stays responsive. `post_stop` stops any copy
+//! still running (bytes already read are still written).
 
 use crate::error::SessionError;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};

@@ -13,9 +13,11 @@
 //!   they are. Each file is filled exactly to `max_file_bytes` before the
 //!   next byte rotates it, so the concatenation `.log.N` … `.log.1` `.log` is
 //!   the stream's newest bytes (older ones fall off the end).
-//! - A pump keeps reading whatever happens to the disk: failed writes are
-//!   logged and counted ([`SinkStats::bytes_dropped`]), never fatal. Its
-//!   owner bounds the drain with [`PumpHandle::finish`].
+//! - A pump keeps reading until EOF whatever the bytes are and whether or
+//!   not writes succeed: failed writes are logged and counted
+//!   ([`SinkStats::bytes_dropped`]), never fatal (a slow disk slows it down,
+//!   as it would any writer). Its owner bounds the drain with
+//!   [`PumpHandle::finish`].
 //! - Files are created mode 0600, a missing logs directory mode 0700.
 //! - The time index (`<log file>.idx`, format in [`index`]) lets readers
 //!   find "lines since T" by seeking; readers ([`LogSink::read`],
