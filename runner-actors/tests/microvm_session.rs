@@ -56,7 +56,10 @@ async fn console_line(path: &Path, prefix: &str) -> String {
     loop {
         let bytes = std::fs::read(path).unwrap_or_default();
         // Only complete lines: the console may be mid-line.
-        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(&[][..], |i| &bytes[..i]);
+        let complete = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(&[][..], |i| &bytes[..i]);
         let text = String::from_utf8_lossy(complete).into_owned();
         if let Some(l) = text.lines().find(|l| l.starts_with(prefix)) {
             return l.to_owned();
@@ -73,11 +76,16 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
     }
     let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let cfg = config(dir.path(), "hang", "hang");
-    let session = runner(cfg.clone()).start_session_with("vm1", no_socket()).await.unwrap();
+    let session = runner(cfg.clone())
+        .start_session_with("vm1", no_socket())
+        .await
+        .unwrap();
     let logs = session.workspace().logs.clone();
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
         let line = console_line(&logs.join(LogStream::Stdout.file_name(role)), "cmdline=").await;
-        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..]).unwrap().unwrap();
+        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..])
+            .unwrap()
+            .unwrap();
         assert_eq!(env.user_id, "vm1");
         assert_eq!(env.sandbox_tier, SandboxTier::MicroVm);
         assert_eq!(env.sidecar_endpoint.is_some(), role == GuestRole::Runtime);
@@ -86,15 +94,31 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
     assert!(health.healthy, "{health:?}");
     let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
     assert_eq!(pids.len(), 2);
-    assert_eq!(health.runtime_pid, health.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap().pid);
+    assert_eq!(
+        health.runtime_pid,
+        health
+            .guests
+            .iter()
+            .find(|g| g.role == GuestRole::Runtime)
+            .unwrap()
+            .pid
+    );
 
-    let deadline = 2 * (cfg.shutdown.grace + Duration::from_secs(6)) + cfg.shutdown.log_drain + Duration::from_secs(5);
+    let deadline = 2 * (cfg.shutdown.grace + Duration::from_secs(6))
+        + cfg.shutdown.log_drain
+        + Duration::from_secs(5);
     let report = session.shutdown(deadline).await.expect("bounded shutdown");
     assert!(report.guests.iter().all(|g| g.state == GuestState::Stopped));
     for pid in pids {
         assert!(!process_alive(pid), "firecracker {pid} survived");
     }
-    assert!(!session.workspace().run.join("oxydra-vm-firecracker.sock").exists());
+    assert!(
+        !session
+            .workspace()
+            .run
+            .join("oxydra-vm-firecracker.sock")
+            .exists()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,13 +132,19 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
     cfg.restart.max_restarts = 2;
     cfg.restart.backoff_initial = Duration::from_millis(10);
     cfg.restart.backoff_max = Duration::from_millis(20);
-    let session = runner(cfg).start_session_with("vm2", no_socket()).await.unwrap();
+    let session = runner(cfg)
+        .start_session_with("vm2", no_socket())
+        .await
+        .unwrap();
     let mut events = session.events();
     let mut exits = 0;
     let failed = tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await.unwrap() {
-                SessionEvent::GuestExited { role: GuestRole::Runtime, exit } => {
+                SessionEvent::GuestExited {
+                    role: GuestRole::Runtime,
+                    exit,
+                } => {
                     assert_eq!(exit.status, ExitStatus::Code(0));
                     exits += 1;
                 }
@@ -130,11 +160,16 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
     // restarted runs were seen.
     assert!(exits >= 2, "{exits} exits seen");
     let h = session.health().await.unwrap();
-    let rt = h.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
+    let rt = h
+        .guests
+        .iter()
+        .find(|g| g.role == GuestRole::Runtime)
+        .unwrap();
     assert_eq!(rt.restarts, 2);
     assert_eq!(rt.state, GuestState::Failed);
     // Every run's console output is in the same file.
-    let console = std::fs::read_to_string(session.workspace().logs.join("oxydra-vm.stdout.log")).unwrap();
+    let console =
+        std::fs::read_to_string(session.workspace().logs.join("oxydra-vm.stdout.log")).unwrap();
     assert_eq!(console.matches("TESTKERNEL exit").count(), 3, "{console}");
     session.shutdown(Duration::from_secs(30)).await.unwrap();
 }

@@ -25,7 +25,11 @@ async fn wait_for_line(path: &std::path::Path, prefix: &str) -> String {
         if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
             return line.to_owned();
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no {prefix} in {}", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {prefix} in {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -37,7 +41,14 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
     let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: command(&["--role", "runtime", "--ignore-sigterm", "--spawn-grandchild", "--heartbeat-ms", "50"]),
+        runtime: command(&[
+            "--role",
+            "runtime",
+            "--ignore-sigterm",
+            "--spawn-grandchild",
+            "--heartbeat-ms",
+            "50",
+        ]),
         sidecar: Some(command(&["--role", "sidecar", "--heartbeat-ms", "50"])),
         search_path: None,
     });
@@ -46,10 +57,14 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
         serve_control: false,
         ..SessionOptions::default()
     };
-    let session = runner.start_session_with("stubborn", options).await.unwrap();
+    let session = runner
+        .start_session_with("stubborn", options)
+        .await
+        .unwrap();
     let logs = session.workspace().logs.clone();
     let runtime_log = logs.join(LogStream::Stdout.file_name(GuestRole::Runtime));
-    let grandchild: u32 = wait_for_line(&runtime_log, "grandchild_pid=").await["grandchild_pid=".len()..]
+    let grandchild: u32 = wait_for_line(&runtime_log, "grandchild_pid=").await
+        ["grandchild_pid=".len()..]
         .parse()
         .unwrap();
     wait_for_line(&runtime_log, "sidecar_connected=").await;
@@ -58,11 +73,24 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     assert_eq!(pids.len(), 2);
     assert!(process_alive(grandchild));
 
-    let deadline = 2 * (config.shutdown.grace + Duration::from_secs(3)) + config.shutdown.log_drain + Duration::from_secs(5);
+    let deadline = 2 * (config.shutdown.grace + Duration::from_secs(3))
+        + config.shutdown.log_drain
+        + Duration::from_secs(5);
     let report = session.shutdown(deadline).await.expect("bounded shutdown");
-    assert!(report.guests.iter().all(|g| g.state == GuestState::Stopped), "{:?}", report.guests);
-    let runtime = report.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
-    assert_eq!(runtime.last_exit.unwrap().status, runner_types::ExitStatus::Signal(9));
+    assert!(
+        report.guests.iter().all(|g| g.state == GuestState::Stopped),
+        "{:?}",
+        report.guests
+    );
+    let runtime = report
+        .guests
+        .iter()
+        .find(|g| g.role == GuestRole::Runtime)
+        .unwrap();
+    assert_eq!(
+        runtime.last_exit.unwrap().status,
+        runner_types::ExitStatus::Signal(9)
+    );
     for pid in pids.into_iter().chain([grandchild]) {
         assert!(!process_alive(pid), "process {pid} of the session survived");
     }

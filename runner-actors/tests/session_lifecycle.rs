@@ -323,11 +323,35 @@ async fn the_first_event_receiver_sees_the_start() {
     let s = setup();
     let (fake, _launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner.start_session_with("hank", no_socket()).await.unwrap();
+    let session = runner
+        .start_session_with("hank", no_socket())
+        .await
+        .unwrap();
     let mut events = session.events();
-    let first = wait_event(&mut events, |e| matches!(e, SessionEvent::GuestStarted { .. })).await;
-    assert!(matches!(first, SessionEvent::GuestStarted { role: GuestRole::Sidecar, .. }), "{first:?}");
-    wait_event(&mut events, |e| matches!(e, SessionEvent::GuestStarted { role: GuestRole::Runtime, .. })).await;
+    let first = wait_event(&mut events, |e| {
+        matches!(e, SessionEvent::GuestStarted { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            first,
+            SessionEvent::GuestStarted {
+                role: GuestRole::Sidecar,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    wait_event(&mut events, |e| {
+        matches!(
+            e,
+            SessionEvent::GuestStarted {
+                role: GuestRole::Runtime,
+                ..
+            }
+        )
+    })
+    .await;
     // A later subscriber starts from now.
     let mut later = session.events();
     assert!(later.try_recv().is_err());

@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use runner_actors::Backends;
-use runner_core::backend::docker::{BackendKind, DockerBackend, DockerBackendConfig, HostOs, select_backend_for};
+use runner_core::backend::docker::{
+    BackendKind, DockerBackend, DockerBackendConfig, HostOs, select_backend_for,
+};
 use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::{GuestCommand, ProcessConfig, RunnerConfig};
@@ -26,29 +28,31 @@ pub fn for_tier(config: &RunnerConfig, tier: SandboxTier) -> anyhow::Result<Back
                 search_path: path,
             })))
         }
-        SandboxTier::MicroVm | SandboxTier::Container => match select_backend_for(tier, host_os()) {
-            BackendKind::Firecracker => {
-                let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
-                    config,
-                    path.as_deref(),
-                ));
-                fc.check().context("The micro_vm tier is not usable")?;
-                backends.with(Arc::new(fc))
+        SandboxTier::MicroVm | SandboxTier::Container => {
+            match select_backend_for(tier, host_os()) {
+                BackendKind::Firecracker => {
+                    let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
+                        config,
+                        path.as_deref(),
+                    ));
+                    fc.check().context("The micro_vm tier is not usable")?;
+                    backends.with(Arc::new(fc))
+                }
+                BackendKind::Docker(docker_tier) => {
+                    let user = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
+                    let docker = DockerBackend::new(DockerBackendConfig::from_runner_config(
+                        config,
+                        docker_tier,
+                        instance_id(config),
+                        std::env::var("DOCKER_HOST").ok(),
+                        user,
+                    ))
+                    .context("The container tier is not usable")?;
+                    backends.with(Arc::new(docker))
+                }
+                BackendKind::Process => unreachable!("the process tier is handled above"),
             }
-            BackendKind::Docker(docker_tier) => {
-                let user = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
-                let docker = DockerBackend::new(DockerBackendConfig::from_runner_config(
-                    config,
-                    docker_tier,
-                    instance_id(config),
-                    std::env::var("DOCKER_HOST").ok(),
-                    user,
-                ))
-                .context("The container tier is not usable")?;
-                backends.with(Arc::new(docker))
-            }
-            BackendKind::Process => unreachable!("the process tier is handled above"),
-        },
+        }
     })
 }
 

@@ -112,7 +112,9 @@ pub enum Since {
 
 fn parse_since(s: &str) -> Result<Since, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected e.g. 90s, 5m, 2h or a Unix time in ms"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 90s, 5m, 2h or a Unix time in ms"))?;
     let secs = match unit {
         "" => return Ok(Since::UnixMs(n)),
         "s" => n,
@@ -175,8 +177,14 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["runner-bin", "status"]).is_err());
-        assert_eq!(parse_since("5m"), Ok(Since::Ago(std::time::Duration::from_secs(300))));
-        assert_eq!(parse_since("1700000000000"), Ok(Since::UnixMs(1_700_000_000_000)));
+        assert_eq!(
+            parse_since("5m"),
+            Ok(Since::Ago(std::time::Duration::from_secs(300)))
+        );
+        assert_eq!(
+            parse_since("1700000000000"),
+            Ok(Since::UnixMs(1_700_000_000_000))
+        );
         assert!(parse_since("5y").is_err() && parse_since("m").is_err());
     }
 }
