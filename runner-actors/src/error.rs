@@ -23,6 +23,33 @@ pub enum SessionError {
         /// The tier.
         tier: SandboxTier,
     },
+    /// Another live session (in this process or another) serves this user.
+    #[error("A runner is already serving user {user}")]
+    AlreadyRunning {
+        /// The user.
+        user: String,
+        /// Details, with the holder's pid.
+        #[source]
+        source: runner_core::lock::LockError,
+    },
+    /// The session lock could not be used.
+    #[error("Cannot lock the workspace of user {user}")]
+    Lock {
+        /// The user.
+        user: String,
+        /// Cause.
+        #[source]
+        source: runner_core::lock::LockError,
+    },
+    /// The guest actor did not answer the launch request.
+    #[error("The {role} guest's actor did not answer its launch")]
+    LaunchUnanswered {
+        /// Which guest.
+        role: GuestRole,
+        /// Cause.
+        #[source]
+        source: HandleError,
+    },
     /// The workspace could not be provisioned.
     #[error("Cannot provision the workspace")]
     Workspace(#[from] WorkspaceError),

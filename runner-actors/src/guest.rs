@@ -19,6 +19,7 @@ use runner_core::config::RestartConfig;
 use runner_core::restart::{RestartDecision, RestartTracker};
 use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -65,6 +66,10 @@ pub struct GuestArgs {
     pub supervisor: ActorRef<SessionMsg>,
     /// Event stream.
     pub events: broadcast::Sender<SessionEvent>,
+    /// Set by the supervisor when shutdown begins: exits are then final.
+    pub quiescing: Arc<AtomicBool>,
+    /// Bound on one launch.
+    pub launch_timeout: Duration,
 }
 
 /// Per-guest actor. See the module docs.
@@ -159,11 +164,20 @@ async fn on_launch(
     state: &mut GuestActorState,
 ) -> Result<GuestIdentity, LaunchError> {
     set_state(state, GuestState::Starting);
-    let launched = match state.args.backend.launch(state.args.spec.clone()).await {
-        Ok(l) => l,
-        Err(e) => {
+    let role = state.args.spec.role;
+    let after = state.args.launch_timeout;
+    let launch = state.args.backend.launch(state.args.spec.clone());
+    let launched = match tokio::time::timeout(after, launch).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
             set_state(state, GuestState::Failed);
             return Err(e);
+        }
+        Err(_) => {
+            // Whatever the backend had created is the next session's
+            // prepare_session to reconcile; we cannot reach it from here.
+            set_state(state, GuestState::Failed);
+            return Err(LaunchError::TimedOut { role, after });
         }
     };
     state.generation += 1;
@@ -225,6 +239,11 @@ async fn on_exited(
     }
     state.status.last_exit = Some(exit);
     emit(state, SessionEvent::GuestExited { role, exit });
+    if state.args.quiescing.load(Ordering::SeqCst) {
+        // Shutting down: an exit now is final, whatever the policy says.
+        set_state(state, GuestState::Stopped);
+        return;
+    }
     let ran_for = running.started.elapsed();
     match state.tracker.on_exit(exit.status, Instant::now(), ran_for) {
         RestartDecision::Restart { after, attempt } => {
@@ -249,6 +268,10 @@ async fn on_exited(
 
 async fn on_restart_due(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState, generation: u64) {
     if generation != state.generation || state.status.state != GuestState::BackingOff {
+        return;
+    }
+    if state.args.quiescing.load(Ordering::SeqCst) {
+        set_state(state, GuestState::Stopped);
         return;
     }
     state.status.restarts = state.tracker.total();
@@ -287,7 +310,13 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     if exit.is_some() {
         state.status.last_exit = exit;
     }
-    set_state(state, GuestState::Stopped);
+    // A stop that failed leaves a guest that may still run: say so.
+    let final_state = if exit.is_some() {
+        GuestState::Stopped
+    } else {
+        GuestState::Failed
+    };
+    set_state(state, final_state);
     exit
 }
 

@@ -3,15 +3,17 @@
 use crate::control::ControlLimits;
 use crate::error::SessionError;
 use crate::session::{SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
 use runner_core::bootstrap;
 use runner_core::config::RunnerConfig;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_core::lock::{LockError, SessionLock};
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
@@ -125,6 +127,16 @@ impl Runner {
             .ok_or(SessionError::NoBackend { tier })?;
         let workspace =
             Workspace::provision(&self.config.workspace_root, &user, &user_config.mounts)?;
+        let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
+            LockError::Held { .. } => SessionError::AlreadyRunning {
+                user: user.to_string(),
+                source,
+            },
+            LockError::Io { .. } => SessionError::Lock {
+                user: user.to_string(),
+                source,
+            },
+        })?;
 
         let mut degraded = Vec::new();
         if tier == SandboxTier::Process {
@@ -145,6 +157,7 @@ impl Runner {
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
         let (events, first_events) = broadcast::channel(256);
+        let (report_tx, report_rx) = watch::channel(None);
         let args = SessionArgs {
             user: user.clone(),
             session_id: self.next_session_id(),
@@ -161,9 +174,12 @@ impl Runner {
             health_tx,
             phase_tx,
             events: events.clone(),
+            quiescing: Arc::new(AtomicBool::new(false)),
+            report_tx,
+            _lock: lock,
         };
         let shutdown_bound = args.shutdown_bound();
-        let (actor, _join) = Actor::spawn(None, SessionSupervisor, args)
+        let (actor, join) = Actor::spawn(None, SessionSupervisor, args)
             .await
             .map_err(SessionError::Spawn)?;
         let handle = SessionHandle {
@@ -175,14 +191,19 @@ impl Runner {
             phase: phase_rx,
             events,
             first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
+            report: report_rx,
+            join: Arc::new(tokio::sync::Mutex::new(Some(join))),
             shutdown_bound,
         };
-        // Start can take as long as the backends need; the guest actor bounds
-        // each launch, so this wait is bounded too.
+        // If this future is dropped, or the start fails or times out, the
+        // guard shuts down whatever was started: no session without a handle.
+        let guard = StartGuard(Some(actor.clone()), shutdown_bound);
+        // Each launch is bounded by the guest actor, so this wait is too.
         let started = crate::guest::call(&actor, SessionMsg::Start, Duration::from_secs(600))
             .await
             .map_err(|_| SessionError::Gone)?;
         started?;
+        guard.disarm();
         Ok(handle)
     }
 
@@ -193,5 +214,28 @@ impl Runner {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         format!("{ms:x}-{n}")
+    }
+}
+
+/// Shuts a half-started session down unless disarmed.
+struct StartGuard(Option<ActorRef<SessionMsg>>, Duration);
+
+impl StartGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(actor) = self.0.take() {
+            let msg = SessionMsg::Shutdown {
+                deadline: self.1,
+                reply: None,
+            };
+            if actor.cast(msg).is_err() {
+                tracing::debug!("half-started session already gone");
+            }
+        }
     }
 }

@@ -5,11 +5,12 @@ use crate::paths;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use runner_core::control::{ControlClient, ControlClientError};
+use runner_core::lock::SessionLock;
 use runner_core::{UserId, Workspace};
 use runner_types::control::{LogsChunk, LogsRequest, RoleSelector, StreamSelector};
 use runner_types::{ControlRequest, ControlResponse, HealthStatus};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,13 +158,15 @@ async fn stop(target: &Target) -> anyhow::Result<()> {
             s.message.unwrap_or_default()
         );
     }
-    // The daemon removes its socket when the shutdown is complete.
+    // The session lock is released only once the whole shutdown is done
+    // (the socket goes away at its first step).
     let (_, path) = socket_of(target)?;
+    let run = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while path.exists() && tokio::time::Instant::now() < deadline {
+    while SessionLock::is_held(&run) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if path.exists() {
+    if SessionLock::is_held(&run) {
         bail!("The daemon for user {user} accepted the shutdown but has not finished after 60 s");
     }
     println!("stopped {user}");

@@ -1,9 +1,9 @@
 //! `runner-bin --daemon`: one user's session in the foreground.
 
 use crate::cli::DaemonArgs;
-use crate::{backends, env, lock, paths};
+use crate::{backends, env, paths};
 use anyhow::{Context, bail};
-use runner_actors::{Runner, SessionOptions};
+use runner_actors::{Runner, SessionError, SessionOptions};
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
@@ -25,11 +25,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let (k, v) = env::parse_pair(pair)?;
         extra_env.insert(k, v);
     }
-    // The lock lives in run/, so the workspace must exist first; then a
-    // second daemon for the same user is refused before it touches anything.
+    // The workspace must exist before backends are checked against it; the
+    // session lock (one live session per user) is taken by start_session.
     let user_config = config.user(&user_id);
-    let workspace = Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
-    let _lock = lock::acquire(&workspace.run, user)?;
+    Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
 
     let tier = if args.insecure {
         eprintln!(
@@ -55,10 +54,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         extra_env,
         ..SessionOptions::default()
     };
-    let session = runner
-        .start_session_with(user, options)
-        .await
-        .with_context(|| format!("Cannot start the session for user {user}"))?;
+    let session = match runner.start_session_with(user, options).await {
+        Ok(s) => s,
+        Err(e @ SessionError::AlreadyRunning { .. }) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "Stop it first with `runner-bin stop --user {user}`"
+            )));
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("Cannot start the session for user {user}"))
+            );
+        }
+    };
     let socket = session
         .control_socket()
         .expect("daemon sessions serve a control socket");

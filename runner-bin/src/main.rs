@@ -9,7 +9,6 @@ mod cli;
 mod client;
 mod daemon;
 mod env;
-mod lock;
 mod paths;
 
 use clap::Parser;
@@ -22,6 +21,9 @@ fn main() -> ExitCode {
     }
     let daemon = cli.daemon;
     init_tracing(if daemon { "info" } else { "warn" });
+    if daemon {
+        raise_fd_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +50,22 @@ fn main() -> ExitCode {
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     ExitCode::FAILURE
+}
+
+/// Each session holds a few descriptors per guest plus one per control
+/// connection: lift the soft limit to the hard one so a busy control socket
+/// cannot starve log files and guest pipes of descriptors.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 fn init_tracing(default: &str) {

@@ -80,9 +80,6 @@ async fn accept_loop(listener: UnixListener, ctx: Arc<ControlContext>, limits: C
     loop {
         // Reap finished connection tasks so the set does not grow.
         while conns.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -106,12 +103,32 @@ async fn accept_loop(listener: UnixListener, ctx: Arc<ControlContext>, limits: C
                 continue;
             }
         }
+        // Accept first, then check capacity: a full house answers "busy"
+        // at once instead of leaving new clients hanging in the backlog.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            conns.spawn(refuse_busy(stream, limits));
+            continue;
+        };
         let ctx = ctx.clone();
         conns.spawn(async move {
             serve(stream, &ctx, limits).await;
             drop(permit);
         });
     }
+}
+
+async fn refuse_busy(stream: tokio::net::UnixStream, limits: ControlLimits) {
+    let mut conn = tokio_util::codec::Framed::new(stream, runner_core::control::ServerCodec::new());
+    let msg = format!(
+        "Too many control connections (limit {}); try again",
+        limits.max_connections
+    );
+    let resp = super::connection::error(runner_types::ControlErrorCode::Internal, msg);
+    let quick = ControlLimits {
+        write_timeout: Duration::from_millis(200),
+        ..limits
+    };
+    super::connection::send(&mut conn, resp, quick).await;
 }
 
 /// Typed handle to a [`ControlListenerActor`].

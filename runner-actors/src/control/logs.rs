@@ -114,25 +114,28 @@ pub(super) async fn follow_logs(
                 let Some(first) = feed else { return };
                 let mut lines = Vec::new();
                 let mut lagged = false;
+                let mut taken = 0usize;
                 let mut next = Some(first);
-                // Batch whatever is already queued into as few frames as possible.
+                // Batch what is already queued, but never more than about one
+                // frame's worth: a guest writing at full speed must not make a
+                // follower's batch grow without bound.
                 while let Some(f) = next {
                     match f {
                         Feed::Bytes(role, stream, bytes) => {
-                            let i = match splitters.iter().position(|(k, _)| *k == (role, stream)) {
-                                Some(i) => i,
-                                None => {
-                                    splitters.push(((role, stream), LineSplitter::new(FOLLOW_MAX_LINE)));
-                                    splitters.len() - 1
-                                }
-                            };
-                            for l in splitters[i].1.push(&bytes) {
+                            taken += bytes.len();
+                            let splitter = splitter_for(&mut splitters, role, stream);
+                            for l in splitter.push(&bytes) {
                                 lines.push(encode_line(role, stream, &l, req.format));
                             }
                         }
-                        Feed::Lagged => lagged = true,
+                        Feed::Lagged => {
+                            // Bytes were skipped: do not join the pieces on
+                            // either side of the gap into one false line.
+                            lagged = true;
+                            splitters.clear();
+                        }
                     }
-                    next = rx.try_recv().ok();
+                    next = if taken < LINES_BUDGET { rx.try_recv().ok() } else { None };
                 }
                 let mut frames = batches(lines, LINES_BUDGET);
                 if frames.is_empty() && lagged {
@@ -146,6 +149,21 @@ pub(super) async fn follow_logs(
             }
         }
     }
+}
+
+fn splitter_for(
+    splitters: &mut Vec<((GuestRole, LogStream), LineSplitter)>,
+    role: GuestRole,
+    stream: LogStream,
+) -> &mut LineSplitter {
+    let i = match splitters.iter().position(|(k, _)| *k == (role, stream)) {
+        Some(i) => i,
+        None => {
+            splitters.push(((role, stream), LineSplitter::new(FOLLOW_MAX_LINE)));
+            splitters.len() - 1
+        }
+    };
+    &mut splitters[i].1
 }
 
 enum Feed {

@@ -25,6 +25,11 @@ pub struct SessionHandle {
     pub(crate) events: broadcast::Sender<SessionEvent>,
     /// Subscribed before the session started, for the first `events()` call.
     pub(crate) first_events: Arc<Mutex<Option<broadcast::Receiver<SessionEvent>>>>,
+    /// The last shutdown's report.
+    pub(crate) report: watch::Receiver<Option<ShutdownReport>>,
+    /// The supervisor's task: awaited so `shutdown` returns only once every
+    /// actor (and each one's `post_stop`) has finished.
+    pub(crate) join: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pub(crate) shutdown_bound: Duration,
 }
 
@@ -90,7 +95,7 @@ impl SessionHandle {
     /// timings still apply within it). Returns what was stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, HandleError> {
         let wait = deadline + Duration::from_secs(1);
-        let report = call(
+        let asked = call(
             &self.actor,
             |reply| SessionMsg::Shutdown {
                 deadline,
@@ -98,9 +103,33 @@ impl SessionHandle {
             },
             wait,
         )
-        .await?;
-        self.wait_stopped(Duration::from_secs(2)).await;
+        .await;
+        let report = match asked {
+            Ok(report) => report,
+            // Another shutdown (a signal, shutdown_user) got there first and
+            // our request was dropped with the actor: report that one.
+            Err(HandleError::Gone) => {
+                if !self.wait_stopped(wait).await {
+                    return Err(HandleError::Gone);
+                }
+                self.report.borrow().clone().ok_or(HandleError::Gone)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.wait_terminated(Duration::from_secs(5)).await;
         Ok(report)
+    }
+
+    /// Waits (bounded) until the supervisor task has ended.
+    async fn wait_terminated(&self, timeout: Duration) {
+        let Some(join) = self.join.lock().await.take() else {
+            return;
+        };
+        match tokio::time::timeout(timeout, join).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "session supervisor task failed"),
+            Err(_) => tracing::warn!("session supervisor still running after shutdown"),
+        }
     }
 
     /// Asks for a shutdown without waiting for it (as `shutdown_user` does).

@@ -33,6 +33,7 @@ use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_types::{GuestRole, GuestStatus, HealthStatus};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Messages of [`SessionSupervisor`].
@@ -198,27 +199,35 @@ async fn on_shutdown(
     deadline: Duration,
 ) -> ShutdownReport {
     let started = Instant::now();
-    let remaining = |cap: Duration| cap.min(deadline.saturating_sub(started.elapsed()));
+    let left = || deadline.saturating_sub(started.elapsed());
     set_phase(state, SessionPhase::ShuttingDown);
     emit(state, SessionEvent::ShutdownStarted);
+    // From here on an exiting guest is not restarted.
+    state.args.quiescing.store(true, Ordering::SeqCst);
 
     // 1. No new control work; the socket file goes away with the listener.
     if let Some(listener) = state.listener.take() {
-        listener.stop(remaining(Duration::from_secs(2))).await;
+        listener.stop(left().min(Duration::from_secs(2))).await;
     }
-    // 2. Runtime, then sidecar: grace then force, each bounded.
-    let grace = state.args.config.shutdown.grace;
+    // 2. Runtime, then sidecar. A short deadline shortens the grace, never
+    //    the force step: a guest is always killed and reaped, not abandoned.
+    let overrun = state.args.backend.stop_overrun();
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
         if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
-            let bound = remaining(grace + state.args.backend.stop_overrun());
-            match g.stop(grace.min(bound), bound).await {
+            let grace = state
+                .args
+                .config
+                .shutdown
+                .grace
+                .min(left().saturating_sub(overrun));
+            match g.stop(grace, grace + overrun).await {
                 Ok(status) => on_guest_update(state, status),
                 Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
             }
         }
     }
     // 3. Drain every pump to EOF, all at once, bounded by log_drain.
-    let drain = remaining(state.args.config.shutdown.log_drain);
+    let drain = state.args.config.shutdown.log_drain.min(left());
     let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
     let cut_streams = outcomes
         .into_iter()
@@ -229,21 +238,36 @@ async fn on_shutdown(
     if !cut_streams.is_empty() {
         tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
     }
-    // 4. Stop children ourselves so their post_stop runs, and wait for them.
+    // 4. Stop children ourselves so their post_stop runs, and wait for them
+    //    (a guest actor's post_stop still stops its guest, bounded).
+    let children_bound = Duration::from_secs(2).max(left()) + overrun;
     myself
-        .stop_children_and_wait(
-            Some("session shutdown".into()),
-            Some(remaining(Duration::from_secs(2))),
-        )
+        .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
         .await;
     state.guests.clear();
     state.pumps.clear();
+    remove_sidecar_socket(state);
     set_phase(state, SessionPhase::Stopped);
     emit(state, SessionEvent::ShutdownComplete);
-    ShutdownReport {
+    let report = ShutdownReport {
         guests: state.statuses.clone(),
         cut_streams,
         took: started.elapsed(),
+    };
+    state.args.report_tx.send_replace(Some(report.clone()));
+    report
+}
+
+/// The sidecar's Unix socket lives in `ipc/`, which the runner owns: a
+/// stale one would greet the next runtime with a dead endpoint.
+fn remove_sidecar_socket(state: &SessionState) {
+    let path = state.args.workspace.sidecar_socket();
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "removed sidecar socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove sidecar socket")
+        }
     }
 }
 

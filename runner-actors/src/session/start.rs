@@ -19,11 +19,12 @@ use runner_types::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Everything a session supervisor is started with (built by [`crate::Runner`]).
 pub struct SessionArgs {
@@ -42,6 +43,13 @@ pub struct SessionArgs {
     pub(crate) health_tx: watch::Sender<HealthStatus>,
     pub(crate) phase_tx: watch::Sender<SessionPhase>,
     pub(crate) events: broadcast::Sender<SessionEvent>,
+    /// Set when shutdown begins; guest actors then stop restarting.
+    pub(crate) quiescing: Arc<AtomicBool>,
+    /// The last shutdown's report, for callers whose own request was
+    /// overtaken by another shutdown.
+    pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
+    /// Held for the session's life: one session per user and workspace.
+    pub(crate) _lock: runner_core::lock::SessionLock,
 }
 
 impl SessionArgs {
@@ -102,11 +110,14 @@ pub(super) async fn on_start(
             GuestRole::Sidecar => None,
         };
         let guest = spawn_guest(myself, state, role, endpoint).await?;
+        // Pushed before the launch, so a failed or timed-out launch is
+        // still stopped (and cleaned up) by the shutdown that follows.
+        state.guests.push(guest.clone());
+        // The guest actor bounds the launch itself; this is a backstop.
         let launched = guest
-            .launch(LAUNCH_TIMEOUT)
+            .launch(LAUNCH_TIMEOUT + Duration::from_secs(5))
             .await
-            .map_err(|_| SessionError::Gone)?;
-        state.guests.push(guest);
+            .map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
         launched.map_err(|source| SessionError::Launch { role, source })?;
     }
 
@@ -167,6 +178,8 @@ async fn spawn_guest(
         pumps,
         supervisor: myself.clone(),
         events: a.events.clone(),
+        quiescing: a.quiescing.clone(),
+        launch_timeout: LAUNCH_TIMEOUT,
     };
     let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())
         .await

@@ -177,6 +177,14 @@ pub enum LaunchError {
     /// micro_vm tier (Firecracker).
     #[error(transparent)]
     Firecracker(#[from] firecracker::FirecrackerLaunchError),
+    /// The launch did not finish in time (the runner gave up waiting).
+    #[error("Launching the {role} guest took longer than {after:?}")]
+    TimedOut {
+        /// The role.
+        role: GuestRole,
+        /// The bound.
+        after: Duration,
+    },
     /// The backend has no command/image for this role.
     #[error("No {role} guest is configured for the {tier} tier")]
     NotConfigured {

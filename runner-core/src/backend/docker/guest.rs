@@ -175,6 +175,24 @@ impl DockerGuest {
 impl Drop for DockerGuest {
     fn drop(&mut self) {
         self.waiter.abort();
+        if self.exit.get().is_some() {
+            return;
+        }
+        // Abandoned while running (its owner was killed without cleanup):
+        // force-remove it in the background, best effort. A container this
+        // misses is reconciled by the next session for the same user.
+        tracing::warn!(container = %self.name, "container abandoned while running; removing it");
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (docker, id, name) = (self.docker.clone(), self.id.clone(), self.name.clone());
+        rt.spawn(async move {
+            match timeout(REMOVE_BOUND, force_remove(&docker, &id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(container = %name, error = %e, "cannot remove abandoned container"),
+                Err(_) => tracing::warn!(container = %name, "removing abandoned container timed out"),
+            }
+        });
     }
 }
 

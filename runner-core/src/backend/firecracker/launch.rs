@@ -195,8 +195,9 @@ async fn wait_for_exit(
 ) {
     let waited = tokio::select! {
         status = child.wait() => status,
-        // `None` (every control handle dropped) disables this branch.
-        Some(()) = kill_rx.recv() => {
+        // A kill request, or every control handle dropped: nobody can stop
+        // this VM any more, and it must not outlive its owner.
+        _ = kill_rx.recv() => {
             if let Err(e) = child.start_kill() {
                 tracing::warn!(%role, pid, error = %e, "cannot kill firecracker");
             }

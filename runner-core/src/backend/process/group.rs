@@ -225,6 +225,21 @@ pub(super) struct ProcessControl {
     pub(super) exit: ExitWatch,
 }
 
+/// Dropping the control of a guest that still runs kills its group: whoever
+/// owned it (a guest actor killed without its `post_stop`, say) can no
+/// longer stop it, and a guest must not outlive its owner.
+impl Drop for ProcessControl {
+    fn drop(&mut self) {
+        if self.exit.get().is_some() {
+            return;
+        }
+        warn!(role = %self.group.role, "guest abandoned while running; killing its process group");
+        if let Err(e) = self.group.signal(Signal::SIGKILL) {
+            debug!(role = %self.group.role, error = %e, "cannot kill abandoned guest");
+        }
+    }
+}
+
 #[async_trait]
 impl GuestControl for ProcessControl {
     async fn stop(&self, grace: Duration) -> Result<GuestExit, StopError> {
