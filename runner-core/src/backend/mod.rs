@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod exit;
 pub mod firecracker;
+mod parent_death;
 pub mod process;
 
 use crate::UserId;

@@ -133,16 +133,17 @@ pub fn spawn(
         binary: binary.to_path_buf(),
         source,
     };
-    let mut child = Command::new(binary)
-        .args(paths.firecracker_args())
+    let mut cmd = Command::new(binary);
+    cmd.args(paths.firecracker_args())
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(spawn_err)?;
+        .kill_on_drop(true);
+    // A VM must not outlive a runner that died (SIGKILL, OOM).
+    crate::backend::parent_death::arm(cmd.as_std_mut());
+    let mut child = cmd.spawn().map_err(spawn_err)?;
     let pid = child
         .id()
         .ok_or_else(|| spawn_err(std::io::Error::other("exited before its pid was read")))?;

@@ -27,9 +27,6 @@
 
 use crate::UserId;
 use crate::config::GuestCommand;
-use nix::sys::prctl;
-use nix::sys::signal::Signal;
-use nix::unistd::{getpid, getppid};
 use runner_types::reader::STDIN_FLAG;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -79,23 +76,7 @@ pub(super) fn build_command(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let runner = getpid();
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed. It makes two raw syscalls
-    // (prctl, getppid), compares integers and builds io::Errors from raw
-    // errno values, which does not allocate. It touches no lock and no
-    // state shared with other threads of the runner.
-    unsafe {
-        cmd.pre_exec(move || {
-            prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if getppid() != runner {
-                // The runner died before the death signal was armed.
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            Ok(())
-        });
-    }
+    crate::backend::parent_death::arm(&mut cmd);
     cmd
 }
 

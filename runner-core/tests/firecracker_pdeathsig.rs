@@ -1,0 +1,97 @@
+//! micro_vm tier: a VM never outlives a runner that died without stopping
+//! it (parent-death signal on the firecracker process).
+//!
+//! The "runner" is this test executable re-run with only the ignored helper
+//! selected: it launches a hanging VM, prints firecracker's pid and waits.
+//! The test then SIGKILLs that runner.
+
+mod firecracker_support;
+
+use firecracker_support::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use runner_core::backend::SandboxBackend;
+use runner_tests::{kvm_or_skip, process_alive};
+use runner_types::GuestRole;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HELPER: &str = "helper_runner_that_launches_a_vm";
+const HELPER_ENV: &str = "FIRECRACKER_PDEATHSIG_HELPER";
+
+#[tokio::test]
+async fn vm_dies_with_its_runner() {
+    if !kvm_or_skip("vm_dies_with_its_runner") {
+        return;
+    }
+    // Fetch the binary and build the kernel here, not in the helper.
+    runner_tests::firecracker_binary();
+    runner_tests::test_kernel();
+    let mut runner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            HELPER,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = runner.stdout.take().unwrap();
+    let found = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("vm_pid=").map(|(_, pid)| pid.to_owned()))
+    });
+    let reported = tokio::time::timeout(PROMPT, found).await;
+    if !matches!(reported, Ok(Ok(Some(_)))) {
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+        panic!("helper did not report its VM: {reported:?}");
+    }
+    let vm_pid: u32 = reported.unwrap().unwrap().unwrap().parse().unwrap();
+    assert!(
+        process_alive(vm_pid),
+        "VM not running while its runner does"
+    );
+    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
+    let status = tokio::task::spawn_blocking(move || runner.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    let start = Instant::now();
+    while process_alive(vm_pid) {
+        assert!(
+            start.elapsed() < PROMPT,
+            "firecracker {vm_pid} outlived its runner"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The runner process of [`vm_dies_with_its_runner`]; does nothing unless
+/// that test started it.
+#[tokio::test]
+#[ignore = "helper process for vm_dies_with_its_runner"]
+async fn helper_runner_that_launches_a_vm() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let fx = Fixture::new("hang", "hang");
+    let backend = fx.backend();
+    let guest = backend
+        .launch(fx.spec(GuestRole::Runtime, &backend))
+        .await
+        .unwrap();
+    println!("vm_pid={}", guest.identity.pid().unwrap());
+    // Wait to be killed; bounded so a broken parent cannot leave us behind.
+    let mut exit = guest.exit.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(60), exit.wait()).await;
+}
