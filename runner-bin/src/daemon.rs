@@ -54,7 +54,30 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         extra_env,
         ..SessionOptions::default()
     };
-    let session = match runner.start_session_with(user, options).await {
+    let run_dir = Workspace::layout(
+        &runner.config().workspace_root,
+        &user_id,
+        &user_config.mounts,
+    )
+    .run;
+    let mut start = Box::pin(runner.start_session_with(user, options));
+    let interrupted = tokio::select! {
+        r = &mut start => Ok(r),
+        _ = sigint.recv() => Err("SIGINT"),
+        _ = sigterm.recv() => Err("SIGTERM"),
+    };
+    let started = match interrupted {
+        Ok(r) => r,
+        Err(signal) => {
+            // Dropping the start runs its guard, which shuts down whatever
+            // was launched; the session lock is released once that is done.
+            tracing::info!(signal, "signal during start; stopping what was started");
+            drop(start);
+            wait_unlocked(&run_dir).await;
+            return Ok(());
+        }
+    };
+    let session = match started {
         Ok(s) => s,
         Err(e @ SessionError::AlreadyRunning { .. }) => {
             return Err(anyhow::Error::new(e).context(format!(
@@ -106,4 +129,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::warn!(%reason, "session had failed before shutdown");
     }
     Ok(())
+}
+
+/// Waits (bounded) until no session holds the lock in `run_dir`.
+async fn wait_unlocked(run_dir: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while runner_core::lock::SessionLock::is_held(run_dir) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
