@@ -167,9 +167,10 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
         .unwrap();
     assert_eq!(rt.restarts, 2);
     assert_eq!(rt.state, GuestState::Failed);
+    // Shutdown drains the pumps, so the last run's output is in the file.
+    session.shutdown(Duration::from_secs(30)).await.unwrap();
     // Every run's console output is in the same file.
     let console =
         std::fs::read_to_string(session.workspace().logs.join("oxydra-vm.stdout.log")).unwrap();
     assert_eq!(console.matches("TESTKERNEL exit").count(), 3, "{console}");
-    session.shutdown(Duration::from_secs(30)).await.unwrap();
 }
