@@ -13,8 +13,6 @@ use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::GuestRole;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HELPER: &str = "helper_runner_that_launches_a_vm";
@@ -28,34 +26,13 @@ async fn vm_dies_with_its_runner() {
     // Fetch the binary and build the kernel here, not in the helper.
     runner_tests::firecracker_binary();
     runner_tests::test_kernel();
-    let mut runner = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            HELPER,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = runner.stdout.take().unwrap();
-    let found = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split_once("vm_pid=").map(|(_, pid)| pid.to_owned()))
-    });
-    let reported = tokio::time::timeout(PROMPT, found).await;
-    if !matches!(reported, Ok(Ok(Some(_)))) {
-        runner.kill().unwrap();
-        runner.wait().unwrap();
-        panic!("helper did not report its VM: {reported:?}");
-    }
-    let vm_pid: u32 = reported.unwrap().unwrap().unwrap().parse().unwrap();
+    let (mut runner, vm_pid) = runner_tests::spawn_reporting_helper(
+        HELPER,
+        (HELPER_ENV, std::ffi::OsStr::new("1")),
+        "vm_pid=",
+        PROMPT,
+    );
+    let vm_pid: u32 = vm_pid.parse().unwrap();
     assert!(
         process_alive(vm_pid),
         "VM not running while its runner does"

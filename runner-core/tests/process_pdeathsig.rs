@@ -11,8 +11,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use process_support::*;
 use runner_types::GuestRole;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const HELPER: &str = "helper_runner_that_launches_a_guest";
@@ -22,35 +20,13 @@ const HELPER_ENV: &str = "PROCESS_PDEATHSIG_HELPER";
 async fn guest_dies_with_its_runner() {
     // Build the guest here: the helper must not race the build.
     let guest_program = runner_tests::guest_binary("demo-guest");
-    let mut runner = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            HELPER,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, &guest_program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = runner.stdout.take().unwrap();
-    let found = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            // libtest prints the test name on the same line first.
-            .find_map(|l| l.split_once("guest_pid=").map(|(_, pid)| pid.to_owned()))
-    });
-    let reported = tokio::time::timeout(PROMPT, found).await;
-    if !matches!(reported, Ok(Ok(Some(_)))) {
-        runner.kill().unwrap();
-        runner.wait().unwrap();
-        panic!("helper did not report its guest: {reported:?}");
-    }
-    let guest_pid: u32 = reported.unwrap().unwrap().unwrap().parse().unwrap();
+    let (mut runner, guest_pid) = runner_tests::spawn_reporting_helper(
+        HELPER,
+        (HELPER_ENV, guest_program.as_os_str()),
+        "guest_pid=",
+        PROMPT,
+    );
+    let guest_pid: u32 = guest_pid.parse().unwrap();
     assert!(!pid_dead(guest_pid), "guest runs while its runner does");
     kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
     let status = tokio::task::spawn_blocking(move || runner.wait())

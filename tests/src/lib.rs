@@ -244,3 +244,56 @@ pub fn process_alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     })
 }
+
+/// Re-runs the current test executable with only the ignored test `helper`
+/// selected and `env` set, and returns the child with the text after
+/// `marker` on the first stdout line that has it. Used by tests that need a
+/// "runner" process to SIGKILL. Panics (after killing the child) when no
+/// such line arrives within `timeout`.
+pub fn spawn_reporting_helper(
+    helper: &str,
+    env: (&str, &std::ffi::OsStr),
+    marker: &str,
+    timeout: std::time::Duration,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            helper,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(env.0, env.1)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn helper");
+    let stdout = child.stdout.take().expect("helper stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker_owned = marker.to_owned();
+    std::thread::spawn(move || {
+        // libtest prints the test name on the same line first.
+        let found = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_once(marker_owned.as_str())
+                    .map(|(_, v)| v.trim().to_owned())
+            });
+        if tx.send(found).is_err() {
+            eprintln!("helper report arrived after the test gave up");
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Some(value)) => (child, value),
+        other => {
+            if let Err(e) = child.kill().and_then(|()| child.wait().map(drop)) {
+                eprintln!("cannot kill helper {helper}: {e}");
+            }
+            panic!("helper {helper} did not report {marker}: {other:?}");
+        }
+    }
+}
