@@ -100,15 +100,7 @@ impl Actor for GuestActor {
         _myself: ActorRef<GuestMsg>,
         args: GuestArgs,
     ) -> Result<GuestActorState, ActorProcessingErr> {
-        let status = GuestStatus {
-            role: args.spec.role,
-            state: GuestState::Starting,
-            pid: None,
-            container_name: None,
-            container_id: None,
-            last_exit: None,
-            restarts: 0,
-        };
+        let status = GuestStatus::starting(args.spec.role);
         Ok(GuestActorState {
             tracker: RestartTracker::new(args.restart),
             args,

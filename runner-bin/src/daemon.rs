@@ -25,8 +25,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let (k, v) = env::parse_pair(pair)?;
         extra_env.insert(k, v);
     }
-    // The workspace must exist before backends are checked against it; the
-    // session lock (one live session per user) is taken by start_session.
+    // Provisioned before the backends are built: the container tier labels
+    // its containers with the canonical workspace root, which only resolves
+    // once the root exists (a first start must label like every later one).
+    // The session lock (one live session per user) is taken by start_session.
     let user_config = config.user(&user_id);
     Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
 

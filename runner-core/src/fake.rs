@@ -194,16 +194,7 @@ impl SandboxBackend for FakeBackend {
         }
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
-            outputs: vec![
-                GuestOutput {
-                    stream: LogStream::Stdout,
-                    reader: Box::pin(stdout_r),
-                },
-                GuestOutput {
-                    stream: LogStream::Stderr,
-                    reader: Box::pin(stderr_r),
-                },
-            ],
+            outputs: GuestOutput::pair(stdout_r, stderr_r),
             exit,
             control: Box::new(control),
         })

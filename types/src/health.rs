@@ -62,6 +62,21 @@ pub struct GuestStatus {
     pub restarts: u32,
 }
 
+impl GuestStatus {
+    /// A guest about to be launched for the first time.
+    pub fn starting(role: GuestRole) -> Self {
+        Self {
+            role,
+            state: GuestState::Starting,
+            pid: None,
+            container_name: None,
+            container_id: None,
+            last_exit: None,
+            restarts: 0,
+        }
+    }
+}
+
 /// Lifecycle state of a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

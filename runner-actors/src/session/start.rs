@@ -14,8 +14,7 @@ use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::{
-    DegradedReason, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream, SandboxTier,
-    StartupStatus,
+    DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream, SandboxTier, StartupStatus,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,7 +76,7 @@ pub(super) async fn on_start(
 ) -> Result<(), SessionError> {
     let roles = state.args.roles();
     for role in &roles {
-        on_guest_update(state, initial_status(*role));
+        on_guest_update(state, GuestStatus::starting(*role));
     }
     state
         .args
@@ -185,16 +184,4 @@ async fn spawn_guest(
         .await
         .map_err(SessionError::Spawn)?;
     Ok(GuestHandle::new(actor, role))
-}
-
-fn initial_status(role: GuestRole) -> GuestStatus {
-    GuestStatus {
-        role,
-        state: GuestState::Starting,
-        pid: None,
-        container_name: None,
-        container_id: None,
-        last_exit: None,
-        restarts: 0,
-    }
 }

@@ -94,6 +94,25 @@ pub struct GuestOutput {
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
 }
 
+impl GuestOutput {
+    /// The usual pair: a guest's stdout and stderr.
+    pub fn pair(
+        stdout: impl AsyncRead + Send + 'static,
+        stderr: impl AsyncRead + Send + 'static,
+    ) -> Vec<GuestOutput> {
+        vec![
+            GuestOutput {
+                stream: LogStream::Stdout,
+                reader: Box::pin(stdout),
+            },
+            GuestOutput {
+                stream: LogStream::Stderr,
+                reader: Box::pin(stderr),
+            },
+        ]
+    }
+}
+
 impl std::fmt::Debug for GuestOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestOutput")

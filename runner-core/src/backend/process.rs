@@ -33,7 +33,7 @@ use crate::config::GuestCommand;
 use crate::workspace::Workspace;
 use async_trait::async_trait;
 use group::{ProcessControl, ProcessGroup};
-use runner_types::{GuestRole, LogStream, SandboxTier, SidecarEndpoint, SidecarTransport};
+use runner_types::{GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
@@ -150,16 +150,7 @@ impl SandboxBackend for ProcessBackend {
         info!(%role, pid, program = %program.display(), user = %spec.user_id, "guest launched");
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
-            outputs: vec![
-                GuestOutput {
-                    stream: LogStream::Stdout,
-                    reader: Box::pin(stdout),
-                },
-                GuestOutput {
-                    stream: LogStream::Stderr,
-                    reader: Box::pin(stderr),
-                },
-            ],
+            outputs: GuestOutput::pair(stdout, stderr),
             control: Box::new(ProcessControl {
                 group,
                 exit: exit.clone(),

@@ -20,7 +20,6 @@ use crate::backend::GuestOutput;
 use bollard::container::LogOutput;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use runner_types::LogStream;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
@@ -37,16 +36,7 @@ where
     let (out_w, out_r) = tokio::io::duplex(PIPE_BYTES);
     let (err_w, err_r) = tokio::io::duplex(PIPE_BYTES);
     let task = tokio::spawn(pump(frames, container, out_w, err_w));
-    let outputs = vec![
-        GuestOutput {
-            stream: LogStream::Stdout,
-            reader: Box::pin(out_r),
-        },
-        GuestOutput {
-            stream: LogStream::Stderr,
-            reader: Box::pin(err_r),
-        },
-    ];
+    let outputs = GuestOutput::pair(out_r, err_r);
     (outputs, task)
 }
 
@@ -131,8 +121,8 @@ mod tests {
             err(b"last words"),
         ]);
         let (mut outputs, task) = demux(frames, "c".to_owned());
-        assert_eq!(outputs[0].stream, LogStream::Stdout);
-        assert_eq!(outputs[1].stream, LogStream::Stderr);
+        assert_eq!(outputs[0].stream, runner_types::LogStream::Stdout);
+        assert_eq!(outputs[1].stream, runner_types::LogStream::Stderr);
         let (a, b) = outputs.split_at_mut(1);
         let (o, e) = tokio::join!(read_all(&mut a[0]), read_all(&mut b[0]));
         assert_eq!(o, b"line 1\n\xc3\x28x");

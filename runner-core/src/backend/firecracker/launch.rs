@@ -17,7 +17,7 @@ use crate::backend::{
     ExitWatch, GuestControl, GuestIdentity, GuestOutput, LaunchedGuest, StopError,
 };
 use async_trait::async_trait;
-use runner_types::{ExitStatus, GuestExit, GuestRole, LogStream};
+use runner_types::{ExitStatus, GuestExit, GuestRole};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -165,16 +165,7 @@ pub fn spawn(
 
     Ok(LaunchedGuest {
         identity: GuestIdentity::MicroVm { pid },
-        outputs: vec![
-            GuestOutput {
-                stream: LogStream::Stdout,
-                reader: Box::pin(stdout),
-            },
-            GuestOutput {
-                stream: LogStream::Stderr,
-                reader: Box::pin(stderr),
-            },
-        ],
+        outputs: GuestOutput::pair(stdout, stderr),
         exit: exit.clone(),
         control: Box::new(FirecrackerControl {
             role,
