@@ -15,6 +15,7 @@ pub mod control;
 #[cfg(feature = "test-util")]
 pub mod fake;
 pub mod health;
+pub mod identity;
 pub mod lock;
 pub mod logs;
 pub mod restart;

@@ -78,6 +78,7 @@ async fn setup(dir: &Path) -> Option<Setup> {
     let specs = GuestRole::START_ORDER
         .iter()
         .map(|&role| LaunchSpec {
+            run_as: None,
             role,
             user_id: user.clone(),
             session_id: "bench".into(),

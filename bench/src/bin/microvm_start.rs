@@ -67,6 +67,7 @@ fn setup(dir: &Path) -> Setup {
     let specs = ROLES
         .iter()
         .map(|&role| LaunchSpec {
+            run_as: None,
             role,
             user_id: user.clone(),
             session_id: "bench".into(),

@@ -47,6 +47,7 @@ async fn main() {
         search_path: None,
     });
     let spec = LaunchSpec {
+        run_as: None,
         role: GuestRole::Runtime,
         user_id: user.clone(),
         session_id: "bench".into(),

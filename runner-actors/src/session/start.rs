@@ -155,6 +155,7 @@ async fn spawn_guest(
         degraded_reasons: a.degraded.clone(),
     });
     let spec = LaunchSpec {
+        run_as: None,
         role,
         user_id: a.user.clone(),
         session_id: a.session_id.clone(),

@@ -44,6 +44,9 @@ pub struct LaunchSpec {
     pub extra_env: BTreeMap<String, String>,
     /// Resource limits from the user's config.
     pub resources: ResourceLimits,
+    /// Host uid/gid the guest runs as; `None` runs it as the runner's own
+    /// user (the runner is not root, or the tier does not apply it).
+    pub run_as: Option<crate::identity::GuestUser>,
 }
 
 /// How the runner can name a launched guest.

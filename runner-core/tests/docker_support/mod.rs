@@ -123,6 +123,7 @@ pub fn spec(
         degraded_reasons: Vec::new(),
     });
     LaunchSpec {
+        run_as: None,
         role,
         user_id: user.clone(),
         session_id: unique_id("sess"),

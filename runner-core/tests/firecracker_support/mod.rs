@@ -108,6 +108,7 @@ impl Fixture {
     /// A launch spec for `role` with [`Self::envelope`].
     pub fn spec(&self, role: GuestRole, backend: &FirecrackerBackend) -> LaunchSpec {
         LaunchSpec {
+            run_as: None,
             role,
             user_id: self.user.clone(),
             session_id: "s1".into(),

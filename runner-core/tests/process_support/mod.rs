@@ -81,6 +81,7 @@ impl Fixture {
 
     pub fn spec(&self, role: GuestRole, envelope: BootstrapEnvelope) -> LaunchSpec {
         LaunchSpec {
+            run_as: None,
             role,
             user_id: self.user.clone(),
             session_id: "s1".into(),

@@ -281,6 +281,7 @@ mod tests {
         let user = UserId::new("alice").unwrap();
         let ws = Workspace::layout(Path::new("/ws"), &user, &MountOverrides::default());
         LaunchSpec {
+            run_as: None,
             role,
             user_id: user.clone(),
             session_id: "s-1".to_owned(),
