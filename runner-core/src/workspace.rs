@@ -108,13 +108,26 @@ impl Workspace {
         }
     }
 
-    /// Creates (or re-uses) the workspace. Idempotent; checks socket-path
-    /// lengths before anything is created so a too-deep root fails cleanly.
+    /// [`Self::provision_for`] with guests running as the runner's own user.
     pub fn provision(
         workspace_root: &Path,
         user: &UserId,
         mounts: &MountOverrides,
     ) -> Result<Self, WorkspaceError> {
+        Self::provision_for(workspace_root, user, mounts, None)
+    }
+
+    /// Creates (or re-uses) the workspace for guests running as `guest`
+    /// (`None`: the runner's own user). Idempotent; checks socket-path
+    /// lengths before anything is created so a too-deep root fails cleanly.
+    pub fn provision_for(
+        workspace_root: &Path,
+        user: &UserId,
+        mounts: &MountOverrides,
+        guest: Option<crate::identity::GuestUser>,
+    ) -> Result<Self, WorkspaceError> {
+        // Guest ownership of the guest-writable directories is not applied yet.
+        let _ = guest;
         if !workspace_root.is_absolute() {
             return Err(WorkspaceError::RelativeRoot {
                 path: workspace_root.to_path_buf(),
