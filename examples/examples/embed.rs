@@ -143,9 +143,9 @@ async fn run(config_path: Option<PathBuf>) -> Result<(), Box<dyn Error>> {
     }));
     let reached = tokio::time::timeout(WAIT, async {
         while let Some(chunk) = lines.next().await {
-            for line in chunk?.lines {
-                println!("runtime stdout: {}", line.data);
-                if line.data.starts_with("sidecar_connected=") {
+            for entry in chunk?.entries {
+                println!("runtime stdout: {}", entry.message);
+                if entry.message.starts_with("sidecar_connected=") {
                     return Ok(true);
                 }
             }

@@ -7,11 +7,11 @@ use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
 use runner_core::bootstrap;
 use runner_core::config::RunnerConfig;
+use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::lock::{LockError, SessionLock};
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,8 +60,10 @@ pub struct SessionOptions {
     pub serve_control: bool,
     /// Force the process tier (`--insecure`); reported as degraded.
     pub insecure: bool,
-    /// Extra guest environment (`-e`, `--env-file`).
-    pub extra_env: BTreeMap<String, String>,
+    /// Extra guest environment (`-e`, `--env-file`), routed per guest
+    /// ([`GuestEnv::route`]); the user's time zone is added as `TZ` where
+    /// it is unset.
+    pub env: GuestEnv,
     /// Control-socket connection limits.
     pub control_limits: ControlLimits,
 }
@@ -71,7 +73,7 @@ impl Default for SessionOptions {
         Self {
             serve_control: true,
             insecure: false,
-            extra_env: BTreeMap::new(),
+            env: GuestEnv::default(),
             control_limits: ControlLimits::default(),
         }
     }
@@ -158,6 +160,7 @@ impl Runner {
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
         let (events, first_events) = broadcast::channel(256);
         let (report_tx, report_rx) = watch::channel(None);
+        let env = options.env.with_timezone(&user_config.timezone);
         let args = SessionArgs {
             user: user.clone(),
             session_id: self.next_session_id(),
@@ -168,7 +171,7 @@ impl Runner {
             workspace: workspace.clone(),
             startup,
             degraded,
-            extra_env: options.extra_env,
+            env,
             serve_control: options.serve_control,
             control_limits: options.control_limits,
             health_tx,

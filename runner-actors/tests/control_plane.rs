@@ -8,7 +8,7 @@ use runner_actors::control::ControlLimits;
 use runner_actors::{SessionHandle, SessionOptions};
 use runner_core::control::ControlClient;
 use runner_core::fake::FakeGuest;
-use runner_types::control::{LogFormat, LogsRequest, RoleSelector, StreamSelector};
+use runner_types::control::{LogFormat, LogSource, LogsRequest, RoleSelector, StreamSelector};
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse, GuestRole, LogStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -251,15 +251,26 @@ async fn shutdown_user_checks_the_user_then_stops_the_session_and_removes_the_so
         other => panic!("{other:?}"),
     }
     assert!(health(&path).await.healthy);
+    // oxydra's clients find the socket through a relative link in ipc/.
+    let link = r.session.workspace().ipc.join("runner-control.sock");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("../run/runner-control.sock")
+    );
+    assert!(health(&link).await.healthy);
     let right = ControlRequest::ShutdownUser {
         user_id: "ctl-f".into(),
     };
     match ControlClient::request_once(&path, &right, T).await.unwrap() {
-        ControlResponse::ShutdownStatus(s) => assert!(s.shutdown),
+        ControlResponse::ShutdownStatus(s) => assert!(s.shutdown && !s.already_stopped),
         other => panic!("{other:?}"),
     }
     assert!(r.session.wait_stopped(T).await);
     assert!(!path.exists(), "socket left behind");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "ipc link left behind"
+    );
     assert_eq!(r.runtime.stop_calls(), 1);
     assert_eq!(r.sidecar.stop_calls(), 1);
 }
@@ -299,8 +310,42 @@ async fn logs_tail_and_follow() {
     else {
         panic!("not logs")
     };
-    let data: Vec<_> = chunk.lines.iter().map(|l| l.data.as_str()).collect();
+    let data: Vec<_> = chunk.entries.iter().map(|l| l.message.as_str()).collect();
     assert_eq!(data, ["two", "three"]);
+    assert!(
+        chunk
+            .entries
+            .iter()
+            .all(|e| e.source == LogSource::ProcessFile
+                && e.role == GuestRole::Runtime
+                && e.data_base64.is_none())
+    );
+
+    // `since` as oxydra sends it: a duration or a timestamp; junk is refused.
+    for (since, lines) in [
+        ("1h", 3),
+        ("2999-01-01T00:00:00Z", 0),
+        ("2000-01-01T00:00:00+02:00", 3),
+    ] {
+        let req = ControlRequest::Logs(LogsRequest {
+            stream: StreamSelector::Stdout,
+            since: Some(since.into()),
+            format: LogFormat::Json,
+            ..LogsRequest::default()
+        });
+        match ControlClient::request_once(&path, &req, T).await.unwrap() {
+            ControlResponse::Logs(c) => assert_eq!(c.entries.len(), lines, "since {since}"),
+            other => panic!("since {since}: {other:?}"),
+        }
+    }
+    let req = ControlRequest::Logs(LogsRequest {
+        since: Some("yesterday".into()),
+        ..LogsRequest::default()
+    });
+    match ControlClient::request_once(&path, &req, T).await.unwrap() {
+        ControlResponse::Error(e) => assert_eq!(e.code, ControlErrorCode::InvalidRequest),
+        other => panic!("{other:?}"),
+    }
 
     let req = ControlRequest::Logs(LogsRequest {
         role: RoleSelector::Sidecar,
@@ -311,8 +356,13 @@ async fn logs_tail_and_follow() {
     else {
         panic!("not logs")
     };
-    assert_eq!(chunk.lines.len(), 1);
-    assert_eq!(chunk.lines[0].data, "c2lkZSD/");
+    assert_eq!(chunk.entries.len(), 1);
+    let e = &chunk.entries[0];
+    assert_eq!(e.data_base64.as_deref(), Some("c2lkZSD/"));
+    assert_eq!(
+        (e.role, e.stream, e.message.as_str()),
+        (GuestRole::Sidecar, LogStream::Stderr, "side \u{fffd}")
+    );
 
     let client = ControlClient::connect(&path, T).await.unwrap();
     let mut follow = Box::pin(client.follow_logs(LogsRequest {
@@ -328,9 +378,9 @@ async fn logs_tail_and_follow() {
         .unwrap();
     assert_eq!(
         first
-            .lines
+            .entries
             .iter()
-            .map(|l| l.data.as_str())
+            .map(|l| l.message.as_str())
             .collect::<Vec<_>>(),
         ["three"]
     );
@@ -346,7 +396,8 @@ async fn logs_tail_and_follow() {
             .unwrap()
             .unwrap()
             .unwrap();
-        seen.extend(chunk.lines.into_iter().map(|l| l.data));
+        assert!(chunk.entries.iter().all(|e| e.timestamp.is_some()));
+        seen.extend(chunk.entries.into_iter().map(|l| l.message));
     }
     assert_eq!(seen, ["four", "five"]);
     drop(follow);

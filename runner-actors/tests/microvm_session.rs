@@ -88,6 +88,11 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
             .unwrap();
         assert_eq!(env.user_id, "vm1");
         assert_eq!(env.sandbox_tier, SandboxTier::MicroVm);
+        // The user's own directory, never the global root.
+        assert_eq!(
+            std::path::Path::new(&env.workspace_root),
+            session.workspace().user_root
+        );
         assert_eq!(env.sidecar_endpoint.is_some(), role == GuestRole::Runtime);
     }
     let health = session.health().await.unwrap();

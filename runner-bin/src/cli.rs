@@ -33,8 +33,11 @@ pub struct DaemonArgs {
     /// Force the process tier (no isolation).
     #[arg(long)]
     pub insecure: bool,
-    /// Add KEY=VALUE to the guests' environment (repeatable).
-    #[arg(short = 'e', value_name = "KEY=VALUE")]
+    /// Add KEY=VALUE to a guest's environment (repeatable). `-e KEY` takes
+    /// the value from the runner's environment: use it for secrets. Plain
+    /// keys go to the runtime guest only, SHELL_KEY to the sidecar as KEY,
+    /// TZ to both.
+    #[arg(short = 'e', value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
     /// Read KEY=VALUE lines for the guests' environment from a file.
     #[arg(long, value_name = "FILE")]

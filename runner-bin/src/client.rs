@@ -1,15 +1,16 @@
 //! Client subcommands: `status`, `stop`, `logs`.
 
 use crate::cli::{Command, RoleArg, Since, StreamArg, Target};
-use crate::paths;
+use crate::{output, paths};
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use runner_core::control::since::rfc3339_ms;
 use runner_core::control::{ControlClient, ControlClientError};
 use runner_core::lock::SessionLock;
 use runner_core::{UserId, Workspace};
-use runner_types::control::{LogsChunk, LogsRequest, RoleSelector, StreamSelector};
+use runner_types::control::{LogsRequest, LogsResponse, RoleSelector, StreamSelector};
 use runner_types::{ControlRequest, ControlResponse, HealthStatus};
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,13 +31,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             json,
         } => {
             let since = since.map(|s| match s {
-                Since::UnixMs(ms) => ms,
-                Since::Ago(d) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    now.saturating_sub(d).as_millis() as u64
-                }
+                Since::UnixMs(ms) => rfc3339_ms(ms),
+                Since::Ago(d) => format!("{}s", d.as_secs()),
             });
             let req = LogsRequest {
                 role: match role {
@@ -198,30 +194,14 @@ fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     }
 }
 
-fn print_chunk(chunk: &LogsChunk, prefix: bool, json: bool) -> anyhow::Result<()> {
-    quiet_on_broken_pipe(write_chunk(chunk, prefix, json))
-}
-
-fn write_chunk(chunk: &LogsChunk, prefix: bool, json: bool) -> std::io::Result<()> {
+fn print_chunk(chunk: &LogsResponse, prefix: bool, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(chunk).map_err(std::io::Error::other)?
-        )?;
+    let mode = if json {
+        output::Mode::Json
+    } else if std::io::IsTerminal::is_terminal(&out) {
+        output::Mode::Terminal
     } else {
-        if chunk.truncated {
-            writeln!(out, "[runner: some lines were left out]")?;
-        }
-        for l in &chunk.lines {
-            if prefix {
-                writeln!(out, "[{}/{}] {}", l.role, l.stream, l.data)?;
-            } else {
-                writeln!(out, "{}", l.data)?;
-            }
-        }
-    }
-    out.flush()?;
-    Ok(())
+        output::Mode::Raw
+    };
+    quiet_on_broken_pipe(output::write_chunk(&mut out, chunk, prefix, mode))
 }

@@ -17,19 +17,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     let user_id = UserId::new(user).with_context(|| format!("Invalid --user {user:?}"))?;
     let config = paths::load_config(args.config.as_deref())?;
-    let mut extra_env = match &args.env_file {
-        Some(f) => env::read_env_file(f)?,
-        None => Default::default(),
-    };
-    for pair in &args.env {
-        let (k, v) = env::parse_pair(pair)?;
-        extra_env.insert(k, v);
-    }
     // Provisioned before the backends are built: the container tier labels
     // its containers with the canonical workspace root, which only resolves
     // once the root exists (a first start must label like every later one).
     // The session lock (one live session per user) is taken by start_session.
     let user_config = config.user(&user_id);
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
+    }
+    let guest_env = env::guest_env(
+        args.env_file.as_deref(),
+        &args.env,
+        &user_config.channel_secrets,
+        |k| std::env::var(k).ok(),
+    )?;
     Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
 
     let tier = if args.insecure {
@@ -53,7 +54,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let options = SessionOptions {
         serve_control: true,
         insecure: args.insecure,
-        extra_env,
+        env: guest_env,
         ..SessionOptions::default()
     };
     let run_dir = Workspace::layout(

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod daemon;
 mod env;
+mod output;
 mod paths;
 
 use clap::Parser;

@@ -3,8 +3,9 @@
 //! endpoint and what the runner could not set up.
 //!
 //! What goes where:
-//! - `workspace_root` is the runner's workspace root (the guest finds its own
-//!   directory as `<workspace_root>/<user_id>`, as the demo guest does).
+//! - `workspace_root` is the user's own directory `<workspace_root>/<user_id>`
+//!   (never the global root): an oxydra runtime writes
+//!   `<workspace_root>/ipc/gateway-endpoint` and works below it.
 //! - `runtime_policy.mounts` are the user's `shared/`, `tmp/`, `vault/` as
 //!   the guest sees them ([`GuestPaths`]); `resources` are the user's limits;
 //!   `credential_refs` go to the runtime guest only (the vault and
@@ -107,7 +108,7 @@ pub fn build_envelope_with(params: EnvelopeParams<'_>, paths: GuestPaths) -> Boo
     BootstrapEnvelope {
         user_id: params.user.as_str().to_owned(),
         sandbox_tier: params.tier,
-        workspace_root: path_string(&params.workspace.workspace_root),
+        workspace_root: path_string(&params.workspace.user_root),
         sidecar_endpoint: params.sidecar_endpoint.filter(|_| runtime),
         runtime_policy: Some(RuntimePolicy {
             mounts: paths.mounts(params.workspace),
@@ -238,7 +239,7 @@ mod tests {
         let env = build_envelope(p);
         assert_eq!(env.user_id, "alice");
         assert_eq!(env.sandbox_tier, SandboxTier::Process);
-        assert_eq!(env.workspace_root, "/ws");
+        assert_eq!(env.workspace_root, "/ws/alice");
         assert_eq!(env.sidecar_endpoint, Some(endpoint()));
         let policy = env.runtime_policy.as_ref().unwrap();
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod guest_env;
 pub mod health;
 pub mod identity;
 pub mod lock;

@@ -6,7 +6,9 @@ use futures::{SinkExt, StreamExt};
 use runner_core::control::{
     ClientCodec, ControlClient, ControlClientError, ControlCodecError, ServerCodec,
 };
-use runner_types::control::{ControlError, LogLine, LogsChunk, LogsRequest, ShutdownStatus};
+use runner_types::control::{
+    ControlError, LogEntry, LogSource, LogsRequest, LogsResponse, ShutdownStatus,
+};
 use runner_types::frame::MAX_CONTROL_FRAME;
 use runner_types::{
     ControlErrorCode, ControlRequest, ControlResponse, GuestRole, HealthStatus, LogStream,
@@ -49,14 +51,18 @@ fn health() -> HealthStatus {
     }
 }
 
-fn chunk(n: usize) -> LogsChunk {
-    LogsChunk {
-        lines: vec![LogLine {
+fn chunk(n: usize) -> LogsResponse {
+    LogsResponse {
+        entries: vec![LogEntry {
+            timestamp: None,
+            source: LogSource::ProcessFile,
             role: GuestRole::Runtime,
             stream: LogStream::Stdout,
-            data: format!("line {n}"),
+            message: format!("line {n}"),
+            data_base64: None,
         }],
         truncated: false,
+        warnings: vec![],
     }
 }
 
@@ -154,6 +160,7 @@ async fn connection(
                 let status = ShutdownStatus {
                     user_id,
                     shutdown: true,
+                    already_stopped: false,
                     message: None,
                 };
                 framed

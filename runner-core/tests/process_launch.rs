@@ -128,13 +128,14 @@ async fn guest_runs_in_the_user_workspace_with_the_runner_flags() {
     let mut guest = launch(&fx, &backend, GuestRole::Runtime).await;
     let (mut out, _) = take_outputs(&mut guest);
     let lines = out.rest_until_eof(PROMPT).await;
-    let root = fx.workspace.workspace_root.to_str().unwrap();
+    // `--workspace-root` is the user's own directory, never the global root.
+    let user_dir = fx.workspace.user_root.to_str().unwrap();
     let want = [
-        fx.workspace.user_root.to_str().unwrap(),
+        user_dir,
         "--user-id",
         "alice",
         "--workspace-root",
-        root,
+        user_dir,
         "--bootstrap-stdin",
     ];
     assert_eq!(lines, want);

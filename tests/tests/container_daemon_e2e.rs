@@ -367,6 +367,15 @@ fn daemon_runs_container_guests_and_stop_removes_them() {
     let envelope = BootstrapEnvelope::from_json(json.as_bytes()).expect("valid envelope");
     assert_eq!(envelope.user_id, user);
     assert_eq!(envelope.sandbox_tier, SandboxTier::Container);
+    // The container's --workspace-root and its envelope name the user's
+    // own directory, never the global root.
+    let user_dir = s.workspace_root.join(&user);
+    assert_eq!(PathBuf::from(&envelope.workspace_root), user_dir);
+    assert!(
+        log.lines()
+            .any(|l| l == format!("workspace_root_arg={}", user_dir.display())),
+        "{log}"
+    );
     let sidecar_socket = s.workspace_root.join(&user).join("ipc/shell-daemon.sock");
     assert_eq!(
         envelope.sidecar_endpoint.map(|e| PathBuf::from(e.address)),

@@ -260,9 +260,15 @@ fn bad_input_gets_one_clear_line() {
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--daemon"], "--user"),
         (vec!["--daemon", "--user", "../etc"], "Invalid --user"),
+        // `-e NAME` takes the value from the runner's environment: unset
+        // there, it is an error that says so.
         (
-            vec!["--daemon", "--user", "x", "-e", "NOEQUALS"],
-            "KEY=VALUE",
+            vec!["--daemon", "--user", "x", "-e", "RUNNER_E2E_UNSET_VAR"],
+            "RUNNER_E2E_UNSET_VAR is not set",
+        ),
+        (
+            vec!["--daemon", "--user", "x", "-e", "1BAD=x"],
+            "invalid variable name",
         ),
     ];
     let cfg_s = cfg.to_str().unwrap();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerConfigFile {
-    /// Config format version (informational).
+    /// Config format version, oxydra's `"1.x.y"`; major version 1 loads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<String>,
     /// Root of all user workspaces, relative to this file. Default `./workspaces`.
@@ -46,6 +46,56 @@ pub struct RunnerConfigFile {
     /// micro_vm tier settings.
     #[serde(default)]
     pub firecracker: FirecrackerSection,
+    /// Control socket settings.
+    #[serde(default)]
+    pub control: ControlSection,
+    /// oxydra's web UI settings: accepted for compatibility, not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebSection>,
+}
+
+/// `[control]`: the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Keep the relative symlink `ipc/runner-control.sock ->
+    /// ../run/runner-control.sock` while serving, where oxydra's clients
+    /// look for the socket. Default true.
+    #[serde(default = "default_true")]
+    pub ipc_socket_link: bool,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            ipc_socket_link: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// oxydra's `[web]` table (this runner has no web UI; checked for shape only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// Whether oxydra would serve its web UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Listen address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// Authentication mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mode: Option<String>,
+    /// Environment variable holding the auth token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_env: Option<String>,
+    /// The auth token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
 }
 
 /// `[guest_images]`.
@@ -269,6 +319,9 @@ pub struct FirecrackerSection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfigFile {
+    /// Config format version, oxydra's `"1.x.y"`; major version 1 loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<String>,
     /// Mount overrides.
     #[serde(default)]
     pub mounts: MountsFile,
@@ -281,6 +334,53 @@ pub struct UserConfigFile {
     /// Behaviour overrides.
     #[serde(default)]
     pub behavior: BehaviorFile,
+    /// oxydra's messaging channels (`[channels.telegram]`, ...). The runner
+    /// only forwards each `bot_token_env` to the runtime guest.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelFile>,
+}
+
+/// `[channels.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelFile {
+    /// Whether the channel is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Name of the environment variable holding the bot token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token_env: Option<String>,
+    /// Long-polling timeout, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_timeout_secs: Option<u64>,
+    /// Longest message sent in one piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_length: Option<u64>,
+    /// Who may talk to the agent (`[[channels.<name>.senders]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub senders: Vec<ChannelSender>,
+}
+
+/// `[[channels.<name>.senders]]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSender {
+    /// The sender's ids on the platform (numbers or strings).
+    #[serde(default)]
+    pub platform_ids: Vec<PlatformId>,
+    /// How the sender is shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// A platform user id: Telegram's are numbers, other platforms use strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PlatformId {
+    /// A numeric id.
+    Number(i64),
+    /// A textual id.
+    Text(String),
 }
 
 /// `[mounts]`.
@@ -324,7 +424,7 @@ impl From<ResourcesFile> for ResourceLimits {
 }
 
 /// `[behavior]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BehaviorFile {
     /// Tier for this user (overrides `default_tier`).
@@ -336,4 +436,7 @@ pub struct BehaviorFile {
     /// Whether browser tools are offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser_enabled: Option<bool>,
+    /// IANA time zone of the guests (`TZ`); default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }

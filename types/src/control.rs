@@ -5,7 +5,7 @@
 //! adjacently tagged: `{"op": "...", "payload": ...}`.
 
 use crate::health::HealthStatus;
-use crate::tier::{GuestRole, LogStream};
+use crate::tier::{GuestRole, LogStream, SandboxTier};
 use serde::{Deserialize, Serialize};
 
 /// Most lines a single `logs` request may ask for.
@@ -29,11 +29,12 @@ pub enum ControlRequest {
     Logs(LogsRequest),
 }
 
-/// Parameters of a `logs` request.
+/// Parameters of a `logs` request. oxydra's client sends `role`, `stream`,
+/// `tail`, `since` and `format`; `follow` is this runner's addition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogsRequest {
-    /// Which guest (default: both).
+    /// Which guest (default: the runtime guest, as in oxydra).
     #[serde(default)]
     pub role: RoleSelector,
     /// Which stream (default: both).
@@ -42,15 +43,22 @@ pub struct LogsRequest {
     /// Last N lines per selected file (default 100, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<u32>,
-    /// Only lines written at or after this time (ms since the Unix epoch).
+    /// Only lines written at or after this time: an RFC 3339 timestamp
+    /// (`2026-11-30T07:40:00Z`, any offset) or a look-back duration
+    /// (`30s`, `15m`, `1h`, `2d`, or a sum such as `1h30m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<u64>,
-    /// How line bytes are carried (default `text`).
+    pub since: Option<String>,
+    /// How the client wants the answer shown (`text` or `json`), or
+    /// `base64` to receive each line's exact bytes as well.
     #[serde(default)]
     pub format: LogFormat,
     /// Keep the connection open and send new lines as further `logs` frames.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Guest selector for `logs`.
@@ -58,11 +66,11 @@ pub struct LogsRequest {
 #[serde(rename_all = "snake_case")]
 pub enum RoleSelector {
     /// Runtime guest only.
+    #[default]
     Runtime,
     /// Sidecar guest only.
     Sidecar,
     /// Both guests.
-    #[default]
     All,
 }
 
@@ -101,14 +109,19 @@ impl StreamSelector {
     }
 }
 
-/// Encoding of log line bytes on the wire.
+/// `format` of a `logs` request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    /// UTF-8 text; invalid bytes become U+FFFD.
+    /// Plain text (the client prints messages). Invalid UTF-8 becomes U+FFFD
+    /// in `message`.
     #[default]
     Text,
-    /// Standard base64 of the exact bytes.
+    /// The client prints entries as JSON; the answer is the same as for
+    /// `text`.
+    Json,
+    /// Each entry also carries `data_base64`, the line's exact bytes
+    /// (this runner's addition; oxydra's client never asks for it).
     Base64,
 }
 
@@ -121,7 +134,7 @@ pub enum ControlResponse {
     /// Answer to `shutdown_user`.
     ShutdownStatus(ShutdownStatus),
     /// Answer to `logs` (one frame, or a stream of them with `follow`).
-    Logs(LogsChunk),
+    Logs(LogsResponse),
     /// The request failed.
     Error(ControlError),
 }
@@ -131,32 +144,84 @@ pub enum ControlResponse {
 pub struct ShutdownStatus {
     /// The session's user.
     pub user_id: String,
-    /// Shutdown was accepted and is under way.
+    /// Shutdown was accepted and is under way (or already done).
     pub shutdown: bool,
+    /// The session was already stopping or stopped when asked.
+    pub already_stopped: bool,
     /// Detail, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-/// A batch of log lines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogsChunk {
+/// Answer to `logs`: one frame, or a stream of them with `follow`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsResponse {
     /// Lines, oldest first within each (role, stream).
-    pub lines: Vec<LogLine>,
-    /// Some lines were left out to keep the frame under the cap.
-    #[serde(default)]
+    pub entries: Vec<LogEntry>,
+    /// Some lines were left out (frame cap, or a follower fell behind).
     pub truncated: bool,
+    /// Problems that did not fail the request (for example one log file
+    /// that could not be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One log line (without its trailing newline).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Which guest.
+pub struct LogEntry {
+    /// When the line was captured (RFC 3339, UTC), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// How the runner captured the line.
+    pub source: LogSource,
+    /// Which guest, as its label: `oxydra-vm` or `shell-vm`.
+    #[serde(with = "role_label")]
     pub role: GuestRole,
     /// Which stream.
     pub stream: LogStream,
-    /// The line, encoded as the request's `format` says.
-    pub data: String,
+    /// The line as text; invalid UTF-8 becomes U+FFFD.
+    pub message: String,
+    /// The line's exact bytes, standard base64; only when the request's
+    /// `format` was `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+/// How a log line reached the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    /// The guest's process output (process tier, or a microVM's console),
+    /// written to the log file by the runner.
+    ProcessFile,
+    /// The container's output streamed from the Docker engine's API.
+    DockerApi,
+}
+
+impl LogSource {
+    /// The source of every line of a guest at `tier`.
+    pub fn for_tier(tier: SandboxTier) -> Self {
+        match tier {
+            SandboxTier::Container => Self::DockerApi,
+            SandboxTier::Process | SandboxTier::MicroVm => Self::ProcessFile,
+        }
+    }
+}
+
+/// Serde for a [`GuestRole`] written as its label (`oxydra-vm`, `shell-vm`).
+mod role_label {
+    use crate::tier::GuestRole;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(role: &GuestRole, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(role.label())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GuestRole, D::Error> {
+        let label = String::deserialize(d)?;
+        GuestRole::from_label(&label)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&label, &["oxydra-vm", "shell-vm"]))
+    }
 }
 
 /// A failed request.

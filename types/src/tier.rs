@@ -54,12 +54,20 @@ impl GuestRole {
         }
     }
 
-    /// Label used in file and container names: `oxydra-vm` or `shell-vm`.
+    /// Label used in file and container names and in `logs` entries:
+    /// `oxydra-vm` or `shell-vm`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Runtime => "oxydra-vm",
             Self::Sidecar => "shell-vm",
         }
+    }
+
+    /// The role whose [`Self::label`] is `label`.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [Self::Runtime, Self::Sidecar]
+            .into_iter()
+            .find(|r| r.label() == label)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Pins the JSON shapes of the control protocol and the bootstrap envelope
-//! (DESIGN §6, §7), so that a renamed field or variant cannot slip through:
+//! Pins the JSON shapes of the control protocol and the bootstrap envelope,
+//! so that a renamed field or variant cannot slip through:
 //! oxydra's guests and control clients depend on these exact spellings.
 //!
 //! Each test compares against a literal `serde_json::json!` value in both
@@ -7,8 +7,8 @@
 //! back to the same Rust value.
 
 use runner_types::control::{
-    ControlError, LogFormat, LogLine, LogsChunk, LogsRequest, RoleSelector, ShutdownStatus,
-    StreamSelector,
+    ControlError, LogEntry, LogFormat, LogSource, LogsRequest, LogsResponse, RoleSelector,
+    ShutdownStatus, StreamSelector,
 };
 use runner_types::{
     BootstrapEnvelope, ControlErrorCode, ControlRequest, ControlResponse, DegradedReason,
@@ -92,7 +92,7 @@ fn logs_request_with_all_fields() {
             role: RoleSelector::Sidecar,
             stream: StreamSelector::Stderr,
             tail: Some(50),
-            since: Some(1_700_000_000_000),
+            since: Some("15m".into()),
             format: LogFormat::Base64,
             follow: true,
         }),
@@ -100,11 +100,46 @@ fn logs_request_with_all_fields() {
             "role": "sidecar",
             "stream": "stderr",
             "tail": 50,
-            "since": 1_700_000_000_000u64,
+            "since": "15m",
             "format": "base64",
             "follow": true
         }}),
     );
+}
+
+/// Requests exactly as oxydra's `runner logs` sends them decode in ours.
+#[test]
+fn oxydra_logs_requests_decode() {
+    for (since, format) in [
+        ("15m", "text"),
+        ("1h", "json"),
+        ("30s", "text"),
+        ("2026-11-30T07:40:00Z", "json"),
+        ("2026-11-30T08:40:00.5+01:00", "text"),
+    ] {
+        let wire = json!({"op": "logs", "payload": {
+            "role": "all", "stream": "both", "tail": 200, "since": since, "format": format
+        }});
+        let ControlRequest::Logs(req) = serde_json::from_value(wire).unwrap() else {
+            panic!("not a logs request");
+        };
+        assert_eq!(req.since.as_deref(), Some(since));
+        assert_eq!(
+            (req.role, req.stream, req.tail),
+            (RoleSelector::All, StreamSelector::Both, Some(200))
+        );
+        assert!(!req.follow);
+        let want = if format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+        assert_eq!(req.format, want);
+    }
+    // oxydra may send absent options as null.
+    let wire = json!({"op": "logs", "payload": {"role": "runtime", "tail": null, "since": null}});
+    let parsed: ControlRequest = serde_json::from_value(wire).unwrap();
+    assert_eq!(parsed, ControlRequest::Logs(LogsRequest::default()));
 }
 
 #[test]
@@ -114,9 +149,16 @@ fn logs_request_defaults_and_selector_spellings() {
     assert_eq!(parsed, ControlRequest::Logs(LogsRequest::default()));
     let d = LogsRequest::default();
     assert_eq!(
-        (d.role, d.stream, d.tail, d.since, d.format, d.follow),
         (
-            RoleSelector::All,
+            d.role,
+            d.stream,
+            d.tail,
+            d.since.clone(),
+            d.format,
+            d.follow
+        ),
+        (
+            RoleSelector::Runtime,
             StreamSelector::Both,
             None,
             None,
@@ -124,10 +166,10 @@ fn logs_request_defaults_and_selector_spellings() {
             false
         )
     );
-    // Optional fields are omitted when None.
+    // Optional fields are omitted when unset, `follow` when false.
     assert_eq!(
         serde_json::to_value(&d).unwrap(),
-        json!({"role": "all", "stream": "both", "format": "text", "follow": false})
+        json!({"role": "runtime", "stream": "both", "format": "text"})
     );
     for (sel, s) in [
         (RoleSelector::Runtime, "runtime"),
@@ -143,13 +185,20 @@ fn logs_request_defaults_and_selector_spellings() {
     ] {
         assert_eq!(serde_json::to_value(sel).unwrap(), json!(s));
     }
-    // Unknown fields in a logs request are refused.
-    assert!(
-        serde_json::from_value::<ControlRequest>(
-            json!({"op": "logs", "payload": {"rolle": "runtime"}})
-        )
-        .is_err()
-    );
+    for (f, s) in [
+        (LogFormat::Text, "text"),
+        (LogFormat::Json, "json"),
+        (LogFormat::Base64, "base64"),
+    ] {
+        assert_eq!(serde_json::to_value(f).unwrap(), json!(s));
+    }
+    // Unknown fields, and `since` as a number, are refused.
+    for bad in [
+        json!({"op": "logs", "payload": {"rolle": "runtime"}}),
+        json!({"op": "logs", "payload": {"since": 1_700_000_000_000u64}}),
+    ] {
+        assert!(serde_json::from_value::<ControlRequest>(bad).is_err());
+    }
 }
 
 #[test]
@@ -309,47 +358,200 @@ fn shutdown_status_response() {
         &ControlResponse::ShutdownStatus(ShutdownStatus {
             user_id: "alice".into(),
             shutdown: true,
+            already_stopped: true,
             message: Some("stopping".into()),
         }),
         json!({"op": "shutdown_status", "payload": {
-            "user_id": "alice", "shutdown": true, "message": "stopping"
+            "user_id": "alice", "shutdown": true, "already_stopped": true, "message": "stopping"
         }}),
     );
     pinned(
         &ControlResponse::ShutdownStatus(ShutdownStatus {
             user_id: "alice".into(),
-            shutdown: false,
+            shutdown: true,
+            already_stopped: false,
             message: None,
         }),
-        json!({"op": "shutdown_status", "payload": {"user_id": "alice", "shutdown": false}}),
+        json!({"op": "shutdown_status", "payload": {
+            "user_id": "alice", "shutdown": true, "already_stopped": false
+        }}),
     );
+}
+
+fn entry(role: GuestRole, stream: LogStream, message: &str) -> LogEntry {
+    LogEntry {
+        timestamp: None,
+        source: LogSource::ProcessFile,
+        role,
+        stream,
+        message: message.into(),
+        data_base64: None,
+    }
 }
 
 #[test]
 fn logs_response() {
     pinned(
-        &ControlResponse::Logs(LogsChunk {
-            lines: vec![
-                LogLine {
-                    role: GuestRole::Runtime,
-                    stream: LogStream::Stdout,
-                    data: "hello".into(),
+        &ControlResponse::Logs(LogsResponse {
+            entries: vec![
+                LogEntry {
+                    timestamp: Some("2026-11-30T07:40:00.25Z".into()),
+                    ..entry(GuestRole::Runtime, LogStream::Stdout, "hello")
                 },
-                LogLine {
-                    role: GuestRole::Sidecar,
-                    stream: LogStream::Stderr,
-                    data: "/w==".into(),
+                LogEntry {
+                    source: LogSource::DockerApi,
+                    data_base64: Some("/w==".into()),
+                    ..entry(GuestRole::Sidecar, LogStream::Stderr, "\u{fffd}")
                 },
             ],
             truncated: true,
+            warnings: vec!["Cannot read shell-vm.stdout.log".into()],
         }),
         json!({"op": "logs", "payload": {
-            "lines": [
-                {"role": "runtime", "stream": "stdout", "data": "hello"},
-                {"role": "sidecar", "stream": "stderr", "data": "/w=="}
+            "entries": [
+                {"timestamp": "2026-11-30T07:40:00.25Z", "source": "process_file",
+                 "role": "oxydra-vm", "stream": "stdout", "message": "hello"},
+                {"source": "docker_api", "role": "shell-vm", "stream": "stderr",
+                 "message": "\u{fffd}", "data_base64": "/w=="}
             ],
-            "truncated": true
+            "truncated": true,
+            "warnings": ["Cannot read shell-vm.stdout.log"]
         }}),
+    );
+    // No warnings: the field is omitted.
+    pinned(
+        &ControlResponse::Logs(LogsResponse::default()),
+        json!({"op": "logs", "payload": {"entries": [], "truncated": false}}),
+    );
+    // Only the two labels are roles on this wire.
+    let bad =
+        json!({"source": "process_file", "role": "runtime", "stream": "stdout", "message": ""});
+    assert!(serde_json::from_value::<LogEntry>(bad).is_err());
+}
+
+/// oxydra's client-side view of our answers: every field it requires, with
+/// its names and types. What we send must decode into these.
+mod oxydra_client {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "op", content = "payload", rename_all = "snake_case")]
+    pub enum Response {
+        ShutdownStatus(ShutdownStatus),
+        Logs(Logs),
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct ShutdownStatus {
+        pub user_id: String,
+        pub shutdown: bool,
+        pub already_stopped: bool,
+        pub message: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Logs {
+        pub entries: Vec<Entry>,
+        pub truncated: bool,
+        pub warnings: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Entry {
+        pub timestamp: Option<String>,
+        pub source: Source,
+        pub role: Role,
+        pub stream: Stream,
+        pub message: String,
+    }
+
+    #[derive(Debug, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Source {
+        ProcessFile,
+        DockerApi,
+    }
+
+    #[derive(Debug, PartialEq, Eq, Deserialize)]
+    pub enum Role {
+        #[serde(rename = "oxydra-vm")]
+        OxydraVm,
+        #[serde(rename = "shell-vm")]
+        ShellVm,
+    }
+
+    #[derive(Debug, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Stream {
+        Stdout,
+        Stderr,
+    }
+}
+
+#[test]
+fn what_we_send_decodes_in_oxydras_client() {
+    let stop = ControlResponse::ShutdownStatus(ShutdownStatus {
+        user_id: "alice".into(),
+        shutdown: true,
+        already_stopped: false,
+        message: None,
+    });
+    let text = serde_json::to_string(&stop).unwrap();
+    let oxydra_client::Response::ShutdownStatus(s) = serde_json::from_str(&text).unwrap() else {
+        panic!("{text}");
+    };
+    assert!(s.shutdown && !s.already_stopped && s.user_id == "alice" && s.message.is_none());
+
+    let logs = ControlResponse::Logs(LogsResponse {
+        entries: vec![
+            entry(GuestRole::Runtime, LogStream::Stdout, "a"),
+            LogEntry {
+                source: LogSource::DockerApi,
+                timestamp: Some("2026-11-30T07:40:00Z".into()),
+                data_base64: Some("Yg==".into()),
+                ..entry(GuestRole::Sidecar, LogStream::Stderr, "b")
+            },
+        ],
+        truncated: false,
+        warnings: vec![],
+    });
+    let text = serde_json::to_string(&logs).unwrap();
+    let oxydra_client::Response::Logs(l) = serde_json::from_str(&text).unwrap() else {
+        panic!("{text}");
+    };
+    assert!(!l.truncated && l.warnings.is_none());
+    use oxydra_client::{Role, Source, Stream};
+    let got: Vec<_> = l
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                &e.source,
+                &e.role,
+                &e.stream,
+                e.message.as_str(),
+                e.timestamp.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                &Source::ProcessFile,
+                &Role::OxydraVm,
+                &Stream::Stdout,
+                "a",
+                None
+            ),
+            (
+                &Source::DockerApi,
+                &Role::ShellVm,
+                &Stream::Stderr,
+                "b",
+                Some("2026-11-30T07:40:00Z")
+            ),
+        ]
     );
 }
 
@@ -374,7 +576,7 @@ fn full_envelope() -> BootstrapEnvelope {
     BootstrapEnvelope {
         user_id: "alice".into(),
         sandbox_tier: SandboxTier::MicroVm,
-        workspace_root: "/var/lib/runner/ws".into(),
+        workspace_root: "/var/lib/runner/ws/alice".into(),
         sidecar_endpoint: Some(SidecarEndpoint {
             transport: SidecarTransport::Vsock,
             address: "3:5000".into(),
@@ -404,7 +606,7 @@ fn full_envelope_shape() {
         json!({
             "user_id": "alice",
             "sandbox_tier": "micro_vm",
-            "workspace_root": "/var/lib/runner/ws",
+            "workspace_root": "/var/lib/runner/ws/alice",
             "sidecar_endpoint": {"transport": "vsock", "address": "3:5000"},
             "runtime_policy": {
                 "mounts": {
@@ -439,14 +641,14 @@ fn minimal_envelope_omits_optional_fields() {
     let env = BootstrapEnvelope {
         user_id: "alice".into(),
         sandbox_tier: SandboxTier::Container,
-        workspace_root: "/ws".into(),
+        workspace_root: "/ws/alice".into(),
         sidecar_endpoint: None,
         runtime_policy: None,
         startup_status: None,
     };
     pinned(
         &env,
-        json!({"user_id": "alice", "sandbox_tier": "container", "workspace_root": "/ws"}),
+        json!({"user_id": "alice", "sandbox_tier": "container", "workspace_root": "/ws/alice"}),
     );
     // Empty limits and credential maps are omitted inside a policy too.
     let policy = RuntimePolicy {

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub enum Role {
     /// Connects to the sidecar, if its envelope names one.
     Runtime,
-    /// Listens on `<workspace_root>/<user_id>/ipc/shell-daemon.sock`.
+    /// Listens on `<user dir>/ipc/shell-daemon.sock`.
     Sidecar,
 }
 
@@ -35,6 +35,11 @@ pub struct Options {
     pub print_env: bool,
     /// `--sleeper`: be the grandchild (ignore SIGTERM, sleep, print nothing).
     pub sleeper: bool,
+    /// `--write-marker NAME`: write `<workspace-root>/ipc/NAME`, as oxydra's
+    /// runtime publishes `ipc/gateway-endpoint`.
+    pub write_marker: Option<String>,
+    /// The runner's `--workspace-root` (the user's directory).
+    pub workspace_root: Option<String>,
 }
 
 /// A bad command line.
@@ -78,6 +83,8 @@ impl Options {
             spawn_grandchild: false,
             print_env: false,
             sleeper: false,
+            write_marker: None,
+            workspace_root: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -100,7 +107,11 @@ impl Options {
                     let v = value("--exit-code")?;
                     o.exit_code = v.parse().map_err(|_| bad("--exit-code", v))?;
                 }
-                "--user-id" | "--workspace-root" | "--bootstrap-file" => {
+                "--workspace-root" => {
+                    o.workspace_root = Some(value("--workspace-root")?.clone());
+                }
+                "--write-marker" => o.write_marker = Some(value("--write-marker")?.clone()),
+                "--user-id" | "--bootstrap-file" => {
                     value("runner flag")?;
                 }
                 "--bootstrap-stdin" => {}
@@ -155,6 +166,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.role, Role::Sidecar);
         assert_eq!(o.heartbeat, Duration::from_millis(50));
+        assert_eq!(o.workspace_root.as_deref(), Some("/w"));
         assert!(!o.ignore_sigterm);
     }
 

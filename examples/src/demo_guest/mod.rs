@@ -8,6 +8,8 @@
 //! | --- | --- |
 //! | `ack` | right after the envelope was read (the launch benchmark waits for it) |
 //! | `envelope=<compact JSON>` | the envelope as received |
+//! | `workspace_root_arg=<path>` | the runner's `--workspace-root`, when given |
+//! | `marker=<path>` | with `--write-marker NAME`, once `<workspace-root>/ipc/NAME` is written |
 //! | `env=<JSON object>` | with `--print-env`: its whole environment |
 //! | `grandchild_pid=<pid>` | with `--spawn-grandchild` |
 //! | `sidecar_listening=<path>` | sidecar role, once its socket is bound |
@@ -17,7 +19,7 @@
 //! | `exiting code=<c>` | with `--exit-after-ms`, before exiting with `--exit-code` |
 //! | `shutdown` | on SIGTERM, before exiting 0 |
 //!
-//! The sidecar role listens on `<workspace_root>/<user_id>/ipc/shell-daemon.sock`
+//! The sidecar role listens on `<user dir>/ipc/shell-daemon.sock`
 //! (see `sidecar.rs`) and removes it on exit. Exit codes: 0 after SIGTERM,
 //! `--exit-code` after `--exit-after-ms`, 1 on a runtime error (no envelope,
 //! socket trouble, stdout gone), 2 on a bad command line.
@@ -86,6 +88,20 @@ fn run(opts: &Options, argv: &[String], exec_prefix: &[&str]) -> Result<ExitCode
     say(format_args!("ack"))?;
     let json = String::from_utf8(envelope.to_json()?)?;
     say(format_args!("envelope={json}"))?;
+    if let Some(root) = &opts.workspace_root {
+        say(format_args!("workspace_root_arg={root}"))?;
+    }
+    if let Some(name) = &opts.write_marker {
+        // Where oxydra's runtime publishes its gateway endpoint: below the
+        // workspace root it was given, which is the user's own directory.
+        let root = opts
+            .workspace_root
+            .as_deref()
+            .unwrap_or(&envelope.workspace_root);
+        let path = std::path::Path::new(root).join("ipc").join(name);
+        std::fs::write(&path, format!("{}\n", envelope.user_id))?;
+        say(format_args!("marker={}", path.display()))?;
+    }
     if opts.print_env {
         let env: std::collections::BTreeMap<String, String> = std::env::vars_os()
             .map(|(k, v)| (k.to_string_lossy().into(), v.to_string_lossy().into()))

@@ -4,7 +4,8 @@
 //! The runner tells the sidecar nothing about where to listen: its envelope
 //! carries no `sidecar_endpoint` (that is for the runtime guest). It derives
 //! the path the runner hands the runtime guest from the guest contract:
-//! `<workspace_root>/<user_id>/ipc/shell-daemon.sock` on the process tier,
+//! `<workspace_root>/ipc/shell-daemon.sock` on the process tier (the
+//! envelope's `workspace_root` is the user's own directory),
 //! and `/ipc/shell-daemon.sock` in a container, where the sidecar sees the
 //! user's `ipc/` at `/ipc` (the runtime sees the same directory at its host
 //! path).
@@ -31,7 +32,6 @@ pub fn socket_path(envelope: &BootstrapEnvelope) -> PathBuf {
         return Path::new("/ipc").join(SOCKET_NAME);
     }
     Path::new(&envelope.workspace_root)
-        .join(&envelope.user_id)
         .join("ipc")
         .join(SOCKET_NAME)
 }

@@ -100,10 +100,12 @@ async fn on_shutdown_user(
     }
     // Answer first: the shutdown begins by stopping this listener, which
     // ends this task.
+    let already_stopped = ctx.health.borrow().shutdown;
     let status = ShutdownStatus {
         user_id,
         shutdown: true,
-        message: None,
+        already_stopped,
+        message: already_stopped.then(|| "The session was already stopping".to_owned()),
     };
     let sent = send(conn, ControlResponse::ShutdownStatus(status), limits).await;
     let msg = SessionMsg::Shutdown {

@@ -5,13 +5,17 @@
 //! Each accepted connection is checked (peer uid must be ours or root) and
 //! served by its own task in a `JoinSet`, bounded by a semaphore.
 //!
+//! While serving, `ipc/runner-control.sock` is a relative symlink to the
+//! socket (where oxydra's clients look) unless the config turns it off.
+//!
 //! Shutdown guarantee: `post_stop` aborts the accept loop and every
-//! connection task, then removes the socket file.
+//! connection task, then removes the link and the socket file.
 
 use super::connection::serve;
 use super::{ControlContext, ControlLimits};
 use crate::error::SessionError;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use runner_core::control::ipc_link::IpcLink;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ pub struct ControlListenerActor;
 pub struct ControlListenerArgs {
     listener: UnixListener,
     path: PathBuf,
+    link: Option<IpcLink>,
     ctx: ControlContext,
     limits: ControlLimits,
 }
@@ -37,6 +42,7 @@ pub struct ControlListenerArgs {
 /// State of [`ControlListenerActor`].
 pub struct ControlListenerState {
     path: PathBuf,
+    link: Option<IpcLink>,
     accept: JoinHandle<()>,
 }
 
@@ -53,6 +59,7 @@ impl Actor for ControlListenerActor {
         let accept = tokio::spawn(accept_loop(args.listener, Arc::new(args.ctx), args.limits));
         Ok(ControlListenerState {
             path: args.path,
+            link: args.link,
             accept,
         })
     }
@@ -64,6 +71,9 @@ impl Actor for ControlListenerActor {
     ) -> Result<(), ActorProcessingErr> {
         // Aborting the loop drops its JoinSet, which aborts every connection.
         state.accept.abort();
+        if let Some(link) = state.link.take() {
+            link.remove();
+        }
         if let Err(e) = std::fs::remove_file(&state.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -165,9 +175,16 @@ impl ControlListenerHandle {
         }
         let listener = UnixListener::bind(&path).map_err(err)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let link = ctx.ipc_link.then(|| IpcLink::create(&ctx.workspace)).and_then(|r| {
+            r.map_err(|e| {
+                tracing::warn!(error = %e, "cannot link ipc/runner-control.sock for oxydra's clients");
+            })
+            .ok()
+        });
         let args = ControlListenerArgs {
             listener,
             path: path.clone(),
+            link,
             ctx,
             limits,
         };

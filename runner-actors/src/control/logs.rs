@@ -3,22 +3,40 @@
 use super::connection::{Conn, error, send};
 use super::{ControlContext, ControlLimits};
 use futures::StreamExt;
-use runner_core::control::log_lines::{LINES_BUDGET, batches, encode_line, keep_newest};
+use runner_core::control::log_lines::{EntryMeta, LINES_BUDGET, batches, encode_line, keep_newest};
+use runner_core::control::since::{SinceError, rfc3339_ms, since_ms};
 use runner_core::logs::{LineSplitter, LogQuery};
-use runner_types::control::{DEFAULT_LOG_TAIL, LogLine, LogsChunk, LogsRequest};
+use runner_types::control::{DEFAULT_LOG_TAIL, LogEntry, LogSource, LogsRequest, LogsResponse};
 use runner_types::frame::MAX_CONTROL_FRAME;
 use runner_types::{ControlErrorCode, ControlResponse, GuestRole, LogStream};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 
 /// Longest line a follower is sent in one piece.
 const FOLLOW_MAX_LINE: usize = 16 * 1024;
 
-fn query(req: &LogsRequest, files: usize) -> LogQuery {
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// The log query a request asks for, or why its `since` is unusable.
+pub(super) fn query(req: &LogsRequest, files: usize) -> Result<LogQuery, SinceError> {
     let q = LogQuery::tail(req.tail.unwrap_or(DEFAULT_LOG_TAIL))
         .max_bytes(MAX_CONTROL_FRAME / files.max(1));
-    match req.since {
-        Some(t) => q.since(t),
+    Ok(match &req.since {
+        Some(s) => q.since(since_ms(s, now_ms())?),
         None => q,
+    })
+}
+
+fn meta(ctx: &ControlContext, req: &LogsRequest, role: GuestRole, stream: LogStream) -> EntryMeta {
+    EntryMeta {
+        role,
+        stream,
+        source: LogSource::for_tier(ctx.health.borrow().sandbox_tier),
+        format: req.format,
     }
 }
 
@@ -36,33 +54,35 @@ fn selected<'a>(
 
 /// Answers a one-shot `logs` request with the newest matching lines that
 /// fit in one frame.
+/// A file that cannot be read becomes a warning; the other files are still
+/// answered.
 pub(super) async fn logs_chunk(ctx: &ControlContext, req: &LogsRequest) -> ControlResponse {
     let pumps = selected(ctx, req);
-    let q = query(req, pumps.len());
+    let q = match query(req, pumps.len()) {
+        Ok(q) => q,
+        Err(e) => return error(ControlErrorCode::InvalidRequest, e.to_string()),
+    };
     let mut lines = Vec::new();
+    let mut warnings = Vec::new();
     let mut truncated = false;
     for pump in &pumps {
         match pump.sink().read(q).await {
             Ok(read) => {
                 truncated |= read.truncated;
-                lines.extend(
-                    read.lines
-                        .iter()
-                        .map(|l| encode_line(pump.role(), pump.stream(), l, req.format)),
-                );
+                let m = meta(ctx, req, pump.role(), pump.stream());
+                lines.extend(read.lines.iter().map(|l| encode_line(m, l, None)));
             }
-            Err(e) => {
-                return error(
-                    ControlErrorCode::Internal,
-                    format!("Cannot read {}: {e}", pump.name()),
-                );
-            }
+            Err(e) => warnings.push(format!("Cannot read {}: {e}", pump.name())),
         }
     }
-    let (lines, cut) = keep_newest(lines, LINES_BUDGET);
-    ControlResponse::Logs(LogsChunk {
-        lines,
+    if !pumps.is_empty() && warnings.len() == pumps.len() {
+        return error(ControlErrorCode::Internal, warnings.join("; "));
+    }
+    let (entries, cut) = keep_newest(lines, LINES_BUDGET);
+    ControlResponse::Logs(LogsResponse {
+        entries,
         truncated: truncated || cut,
+        warnings,
     })
 }
 
@@ -75,7 +95,18 @@ pub(super) async fn follow_logs(
     limits: ControlLimits,
 ) {
     let pumps = selected(ctx, req);
-    let q = query(req, pumps.len());
+    let q = match query(req, pumps.len()) {
+        Ok(q) => q,
+        Err(e) => {
+            send(
+                conn,
+                error(ControlErrorCode::InvalidRequest, e.to_string()),
+                limits,
+            )
+            .await;
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<Feed>(64);
     let mut initial = Vec::new();
     let mut forwarders = tokio::task::JoinSet::new();
@@ -88,11 +119,8 @@ pub(super) async fn follow_logs(
                 return;
             }
         };
-        initial.extend(
-            read.lines
-                .iter()
-                .map(|l| encode_line(pump.role(), pump.stream(), l, req.format)),
-        );
+        let m = meta(ctx, req, pump.role(), pump.stream());
+        initial.extend(read.lines.iter().map(|l| encode_line(m, l, None)));
         forwarders.spawn(forward(pump.role(), pump.stream(), live, tx.clone()));
     }
     drop(tx);
@@ -124,8 +152,9 @@ pub(super) async fn follow_logs(
                         Feed::Bytes(role, stream, bytes) => {
                             taken += bytes.len();
                             let splitter = splitter_for(&mut splitters, role, stream);
+                            let (m, at) = (meta(ctx, req, role, stream), rfc3339_ms(now_ms()));
                             for l in splitter.push(&bytes) {
-                                lines.push(encode_line(role, stream, &l, req.format));
+                                lines.push(encode_line(m, &l, Some(at.clone())));
                             }
                         }
                         Feed::Lagged => {
@@ -189,6 +218,10 @@ async fn forward(
     }
 }
 
-fn chunk(lines: Vec<LogLine>, truncated: bool) -> ControlResponse {
-    ControlResponse::Logs(LogsChunk { lines, truncated })
+fn chunk(entries: Vec<LogEntry>, truncated: bool) -> ControlResponse {
+    ControlResponse::Logs(LogsResponse {
+        entries,
+        truncated,
+        warnings: Vec::new(),
+    })
 }

@@ -31,6 +31,8 @@ pub struct ControlContext {
     pub pumps: Vec<LogPumpHandle>,
     /// Deadline passed with a `shutdown_user` request.
     pub shutdown_deadline: Duration,
+    /// Keep `ipc/runner-control.sock` linked to the socket while serving.
+    pub ipc_link: bool,
 }
 
 /// Connection limits.

@@ -11,12 +11,12 @@ use ractor::{Actor, ActorRef};
 use runner_core::backend::{LaunchSpec, SandboxBackend};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
+use runner_core::guest_env::GuestEnv;
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::{
     DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream, SandboxTier, StartupStatus,
 };
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub struct SessionArgs {
     pub(crate) workspace: Workspace,
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
-    pub(crate) extra_env: BTreeMap<String, String>,
+    pub(crate) env: GuestEnv,
     pub(crate) serve_control: bool,
     pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,
@@ -128,6 +128,7 @@ pub(super) async fn on_start(
             supervisor: myself.clone(),
             pumps: state.pumps.clone(),
             shutdown_deadline: state.args.shutdown_bound(),
+            ipc_link: state.args.config.control.ipc_socket_link,
         };
         let listener =
             ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
@@ -161,7 +162,7 @@ async fn spawn_guest(
         session_id: a.session_id.clone(),
         workspace: a.workspace.clone(),
         envelope,
-        extra_env: a.extra_env.clone(),
+        extra_env: a.env.for_role(role).clone(),
         resources: a.user_config.resources.clone(),
     };
     let pumps = state

@@ -122,7 +122,7 @@ impl SandboxBackend for ProcessBackend {
             }
             .into());
         }
-        let args = command::guest_args(cmd, &spec.user_id, &spec.workspace.workspace_root);
+        let args = command::guest_args(cmd, &spec.user_id, &spec.workspace.user_root);
         let env = command::guest_env(cmd, &spec.extra_env);
         // Subscribe before spawning so no SIGCHLD can be missed.
         let sigchld = signal(SignalKind::child())

@@ -178,15 +178,36 @@ pub enum ConfigError {
         /// The credential's name.
         name: String,
     },
-    /// An environment variable name is empty or contains `=` or NUL.
+    /// An environment variable name is empty or contains `=` or NUL (or,
+    /// for a variable the runner reads, is not `[A-Za-z_][A-Za-z0-9_]*`).
     #[error("Invalid environment variable name {name:?} in `{key}` in {path}")]
     InvalidEnvName {
         /// The file.
         path: PathBuf,
-        /// For example `process.runtime.env`.
-        key: &'static str,
+        /// For example `process.runtime.env` or `channels.telegram.bot_token_env`.
+        key: String,
         /// The name as written.
         name: String,
+    },
+    /// `config_version` is not a version this runner reads.
+    #[error(
+        "Unsupported `config_version` {value:?} in {path}: this runner reads major version 1 (for example \"1.0.1\")"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version as written.
+        value: String,
+    },
+    /// `behavior.timezone` is not an IANA time zone name.
+    #[error(
+        "Invalid `behavior.timezone` {value:?} in {path}: expected an IANA name such as \"UTC\" or \"Europe/Berlin\""
+    )]
+    InvalidTimezone {
+        /// The file.
+        path: PathBuf,
+        /// The value as written.
+        value: String,
     },
 }
 
@@ -211,7 +232,9 @@ impl ConfigError {
             | Self::InvalidUserId { path, .. }
             | Self::EmptyCredentialName { path }
             | Self::EmptyCredentialRef { path, .. }
-            | Self::InvalidEnvName { path, .. } => path,
+            | Self::InvalidEnvName { path, .. }
+            | Self::UnsupportedVersion { path, .. }
+            | Self::InvalidTimezone { path, .. } => path,
         }
     }
 }

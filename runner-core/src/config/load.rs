@@ -8,6 +8,7 @@
 //! `firecracker.binary`) is a path only when it contains a `/`; a bare name
 //! stays bare and is looked up on PATH at launch.
 
+use super::oxydra;
 use super::parse::parse_toml;
 use super::{
     ConfigError, GuestCommand, GuestImages, LogLimits, ProcessConfig, RestartConfig, RunnerConfig,
@@ -38,6 +39,7 @@ pub fn load_runner_config(path: &Path) -> Result<RunnerConfig, ConfigError> {
 pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, ConfigError> {
     let path = absolute(path)?;
     let file: RunnerConfigFile = parse_toml(text, &path)?;
+    oxydra::check_version(&path, file.config_version.as_deref())?;
     let base = parent_dir(&path);
     let workspace_root = match &file.workspace_root {
         Some(root) => resolve_path(&path, base, "workspace_root", root)?,
@@ -74,6 +76,10 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         restart: restart(&path, file.restart)?,
         docker: file.docker,
         firecracker,
+        control: file.control,
+        notices: oxydra::web_notice(&path, file.web.as_ref())
+            .into_iter()
+            .collect(),
         source: Some(path),
     })
 }
@@ -90,6 +96,7 @@ pub fn load_user_config(path: &Path) -> Result<UserConfig, ConfigError> {
 pub fn parse_user_config(text: &str, path: &Path) -> Result<UserConfig, ConfigError> {
     let path = absolute(path)?;
     let file: UserConfigFile = parse_toml(text, &path)?;
+    oxydra::check_version(&path, file.config_version.as_deref())?;
     let base = parent_dir(&path);
     let mut credential_refs = BTreeMap::new();
     for (name, reference) in file.credential_refs {
@@ -108,6 +115,8 @@ pub fn parse_user_config(text: &str, path: &Path) -> Result<UserConfig, ConfigEr
         sandbox_tier: file.behavior.sandbox_tier,
         shell_enabled: file.behavior.shell_enabled.unwrap_or(true),
         browser_enabled: file.behavior.browser_enabled.unwrap_or(false),
+        timezone: oxydra::timezone(&path, file.behavior.timezone.as_deref())?,
+        channel_secrets: oxydra::channel_secrets(&path, &file.channels)?,
     })
 }
 
@@ -177,7 +186,7 @@ fn command(
     {
         return Err(ConfigError::InvalidEnvName {
             path: path.to_path_buf(),
-            key: env_key,
+            key: env_key.to_owned(),
             name: name.clone(),
         });
     }

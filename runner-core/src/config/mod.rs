@@ -7,14 +7,16 @@
 
 mod error;
 mod load;
+mod oxydra;
 mod parse;
 
 pub use error::{ConfigError, Location, TomlError};
 pub use load::{load_runner_config, load_user_config, parse_runner_config, parse_user_config};
+pub use oxydra::{DEFAULT_TIMEZONE, is_env_name};
 
 use crate::UserId;
 use crate::workspace::MountOverrides;
-use runner_types::config::{DockerSection, FirecrackerSection, RestartPolicy};
+use runner_types::config::{ControlSection, DockerSection, FirecrackerSection, RestartPolicy};
 use runner_types::{ResourceLimits, SandboxTier};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +48,43 @@ pub struct RunnerConfig {
     pub docker: DockerSection,
     /// micro_vm tier settings.
     pub firecracker: FirecrackerSection,
+    /// Control socket settings.
+    pub control: ControlSection,
+    /// Things in the files that load but that the operator should hear
+    /// about (the binary logs each once).
+    pub notices: Vec<ConfigNotice>,
+}
+
+/// Something a config file asks for that this runner accepts but does not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigNotice {
+    /// oxydra's `[web]` table: this runner has no web UI.
+    WebIgnored {
+        /// The file with the table.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for ConfigNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WebIgnored { path } => write!(
+                f,
+                "`[web]` in {} is ignored: this runner has no web UI",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// A channel's bot token, which the runner forwards from its own
+/// environment to the runtime guest (never the sidecar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSecret {
+    /// The channel (`telegram`).
+    pub channel: String,
+    /// The variable named by its `bot_token_env`.
+    pub env: String,
 }
 
 /// `[guest_images]`, validated.
@@ -62,7 +101,7 @@ pub struct GuestImages {
 }
 
 /// One user's validated settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserConfig {
     /// Mount overrides (absolute paths).
     pub mounts: MountOverrides,
@@ -76,6 +115,27 @@ pub struct UserConfig {
     pub shell_enabled: bool,
     /// Browser tools enabled (default false).
     pub browser_enabled: bool,
+    /// IANA time zone, given to both guests as `TZ` (default `UTC`).
+    pub timezone: String,
+    /// Bot tokens the runtime guest needs from the runner's environment.
+    pub channel_secrets: Vec<ChannelSecret>,
+}
+
+impl Default for UserConfig {
+    /// An unregistered user: no overrides, no limits, shell tools on,
+    /// browser tools off, `UTC`.
+    fn default() -> Self {
+        Self {
+            mounts: MountOverrides::default(),
+            resources: ResourceLimits::default(),
+            credential_refs: BTreeMap::new(),
+            sandbox_tier: None,
+            shell_enabled: true,
+            browser_enabled: false,
+            timezone: DEFAULT_TIMEZONE.to_owned(),
+            channel_secrets: Vec::new(),
+        }
+    }
 }
 
 /// Process-tier guest commands.
@@ -193,15 +253,14 @@ impl RunnerConfig {
             restart: RestartConfig::default(),
             docker: DockerSection::default(),
             firecracker: FirecrackerSection::default(),
+            control: ControlSection::default(),
+            notices: Vec::new(),
         }
     }
 
     /// Settings for `user`: its registered file, or defaults.
     pub fn user(&self, user: &UserId) -> UserConfig {
-        self.users.get(user).cloned().unwrap_or_else(|| UserConfig {
-            shell_enabled: true,
-            ..UserConfig::default()
-        })
+        self.users.get(user).cloned().unwrap_or_default()
     }
 
     /// The tier `user` runs at.

@@ -6,7 +6,7 @@
 
 use super::codec::{ClientCodec, ControlCodecError};
 use futures::{SinkExt, Stream, StreamExt};
-use runner_types::control::{LogsChunk, LogsRequest};
+use runner_types::control::{LogsRequest, LogsResponse};
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -205,7 +205,7 @@ impl ControlClient {
     pub fn follow_logs(
         self,
         mut request: LogsRequest,
-    ) -> impl Stream<Item = Result<LogsChunk, ControlClientError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<LogsResponse, ControlClientError>> + Send + 'static {
         request.follow = true;
         futures::stream::unfold(Follow::Send(self, request), |state| async move {
             let mut client = match state {

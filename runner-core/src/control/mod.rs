@@ -11,7 +11,9 @@
 
 pub mod client;
 pub mod codec;
+pub mod ipc_link;
 pub mod log_lines;
+pub mod since;
 
 pub use client::{ControlClient, ControlClientError};
 pub use codec::{ClientCodec, ControlCodec, ControlCodecError, ServerCodec};

@@ -76,7 +76,7 @@ impl Fixture {
         BootstrapEnvelope {
             user_id: self.user.to_string(),
             sandbox_tier: SandboxTier::MicroVm,
-            workspace_root: s(&ws.workspace_root),
+            workspace_root: s(&ws.user_root),
             sidecar_endpoint: runtime.then(|| backend.sidecar_endpoint(ws)),
             runtime_policy: Some(RuntimePolicy {
                 mounts: ResolvedMounts {

@@ -50,7 +50,7 @@ impl Fixture {
         BootstrapEnvelope {
             user_id: self.user.to_string(),
             sandbox_tier: SandboxTier::Process,
-            workspace_root: s(&ws.workspace_root),
+            workspace_root: s(&ws.user_root),
             sidecar_endpoint: (role == GuestRole::Runtime && backend.has_sidecar())
                 .then(|| backend.sidecar_endpoint(ws)),
             runtime_policy: Some(RuntimePolicy {

@@ -34,18 +34,14 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// `<args...> --user-id <id> --workspace-root <root> --bootstrap-stdin`
-/// (DESIGN §9).
-pub(super) fn guest_args(
-    cmd: &GuestCommand,
-    user: &UserId,
-    workspace_root: &Path,
-) -> Vec<OsString> {
+/// `<args...> --user-id <id> --workspace-root <user dir> --bootstrap-stdin`,
+/// where the user dir is `<workspace_root>/<user_id>`.
+pub(super) fn guest_args(cmd: &GuestCommand, user: &UserId, user_dir: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = cmd.args.iter().map(OsString::from).collect();
     args.push("--user-id".into());
     args.push(user.as_str().into());
     args.push("--workspace-root".into());
-    args.push(workspace_root.into());
+    args.push(user_dir.into());
     args.push(STDIN_FLAG.into());
     args
 }
