@@ -50,6 +50,10 @@ pub enum SessionError {
         #[source]
         source: HandleError,
     },
+    /// The start was cancelled; whatever it had started was stopped again
+    /// before this was returned.
+    #[error("The session start was cancelled")]
+    Cancelled,
     /// The workspace could not be provisioned.
     #[error("Cannot provision the workspace")]
     Workspace(#[from] WorkspaceError),

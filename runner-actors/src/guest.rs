@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Messages of [`GuestActor`].
 pub enum GuestMsg {
@@ -68,6 +69,8 @@ pub struct GuestArgs {
     pub events: broadcast::Sender<SessionEvent>,
     /// Set by the supervisor when shutdown begins: exits are then final.
     pub quiescing: Arc<AtomicBool>,
+    /// Cancelled to force a stop in progress: its grace ends at once.
+    pub force: CancellationToken,
     /// Bound on one launch.
     pub launch_timeout: Duration,
 }
@@ -288,7 +291,22 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     };
     set_state(state, GuestState::Stopping);
     let role = state.args.spec.role;
-    let exit = match running.control.stop(grace).await {
+    let force = state.args.force.clone();
+    let grace = if force.is_cancelled() {
+        Duration::ZERO
+    } else {
+        grace
+    };
+    // A forced stop abandons the graceful wait (which only waits for the
+    // exit) and stops again without grace: SIGKILL, kill, docker kill.
+    let stopped = tokio::select! {
+        r = running.control.stop(grace) => r,
+        () = force.cancelled() => {
+            tracing::warn!(%role, "forced stop: no more grace");
+            running.control.stop(Duration::ZERO).await
+        }
+    };
+    let exit = match stopped {
         Ok(exit) => Some(exit),
         Err(e) => {
             tracing::error!(%role, error = %e, "stop failed");

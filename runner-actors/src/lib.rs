@@ -39,4 +39,4 @@ pub mod session;
 pub use error::{HandleError, SessionError};
 pub use events::SessionEvent;
 pub use runner::{Backends, Runner, SessionOptions};
-pub use session::{SessionHandle, ShutdownReport};
+pub use session::{FORCED_STOP_BOUND, SessionHandle, ShutdownReport};

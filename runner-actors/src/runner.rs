@@ -2,7 +2,7 @@
 
 use crate::control::ControlLimits;
 use crate::error::SessionError;
-use crate::session::{SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
+use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
 use runner_core::bootstrap;
@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 /// The backends a runner may use, one per tier. Inject fakes in tests.
 #[derive(Clone, Default)]
@@ -116,6 +117,20 @@ impl Runner {
         user: &str,
         options: SessionOptions,
     ) -> Result<SessionHandle, SessionError> {
+        self.start_session_cancellable(user, options, CancellationToken::new())
+            .await
+    }
+
+    /// As [`Runner::start_session_with`], cancellable: once `cancel` fires,
+    /// launches still in flight are no longer waited for, everything
+    /// started so far is shut down, and only then does this return
+    /// [`SessionError::Cancelled`] (so the session lock is free again).
+    pub async fn start_session_cancellable(
+        &self,
+        user: &str,
+        options: SessionOptions,
+        cancel: CancellationToken,
+    ) -> Result<SessionHandle, SessionError> {
         let user = UserId::new(user)?;
         let user_config = self.config.user(&user);
         let tier = if options.insecure {
@@ -161,6 +176,7 @@ impl Runner {
         let (events, first_events) = broadcast::channel(256);
         let (report_tx, report_rx) = watch::channel(None);
         let env = options.env.with_timezone(&user_config.timezone);
+        let force = CancellationToken::new();
         let args = SessionArgs {
             user: user.clone(),
             session_id: self.next_session_id(),
@@ -178,6 +194,8 @@ impl Runner {
             phase_tx,
             events: events.clone(),
             quiescing: Arc::new(AtomicBool::new(false)),
+            force: force.clone(),
+            start_cancel: cancel.clone(),
             report_tx,
             _lock: lock,
         };
@@ -197,15 +215,28 @@ impl Runner {
             report: report_rx,
             join: Arc::new(tokio::sync::Mutex::new(Some(join))),
             shutdown_bound,
+            force,
         };
         // If this future is dropped, or the start fails or times out, the
         // guard shuts down whatever was started: no session without a handle.
         let guard = StartGuard(Some(actor.clone()), shutdown_bound);
         // Each launch is bounded by the guest actor, so this wait is too.
-        let started = crate::guest::call(&actor, SessionMsg::Start, Duration::from_secs(600))
-            .await
-            .map_err(|_| SessionError::Gone)?;
-        started?;
+        let started = crate::guest::call(&actor, SessionMsg::Start, START_ANSWER_TIMEOUT);
+        let started = tokio::select! {
+            r = started => r.map_err(|_| SessionError::Gone)?,
+            () = cancel.cancelled() => Err(SessionError::Cancelled),
+        };
+        if let Err(e) = started {
+            // The supervisor shuts itself down after a failed start; make
+            // sure it does after a cancelled one too, and wait for the end
+            // (bounded), so the caller gets control back with nothing left.
+            drop(guard);
+            if !handle.wait_stopped(shutdown_bound + LAUNCH_TIMEOUT).await {
+                tracing::warn!(user = %handle.user(), "session still stopping after a failed start");
+            }
+            handle.wait_terminated(Duration::from_secs(5)).await;
+            return Err(e);
+        }
         guard.disarm();
         Ok(handle)
     }
@@ -219,6 +250,10 @@ impl Runner {
         format!("{ms:x}-{n}")
     }
 }
+
+/// How long a start may go unanswered: both guests' launches (each bounded
+/// by the guest actor) and the listener, with room to spare.
+const START_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Shuts a half-started session down unless disarmed.
 struct StartGuard(Option<ActorRef<SessionMsg>>, Duration);

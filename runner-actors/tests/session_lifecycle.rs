@@ -357,3 +357,84 @@ async fn the_first_event_receiver_sees_the_start() {
     assert!(later.try_recv().is_err());
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancelled_start_resolves_after_everything_it_started_is_stopped() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    // The runtime's launch is slow; the start is cancelled while it runs.
+    fake.script(
+        GuestRole::Runtime,
+        [LaunchScript::SucceedAfter(Duration::from_millis(1500))],
+    );
+    let runner = runner(s.config.clone(), &fake);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let start = runner.start_session_cancellable("alice", no_socket(), cancel.clone());
+    tokio::pin!(start);
+    let sidecar = tokio::select! {
+        r = &mut start => panic!("start finished before the cancel: {r:?}"),
+        g = launches.next(WAIT) => g.unwrap(),
+    };
+    assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
+    cancel.cancel();
+    let err = tokio::time::timeout(WAIT, start)
+        .await
+        .expect("a cancelled start resolves")
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Cancelled), "{err:?}");
+    // Everything the start launched was stopped before the cancel resolved,
+    // including the runtime whose launch was in flight.
+    assert_eq!(sidecar.stop_calls(), 1);
+    let runtime = launches.next(WAIT).await.unwrap();
+    assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    assert_eq!(runtime.stop_calls(), 1);
+    // The lock is free again.
+    let again = runner
+        .start_session_with("alice", no_socket())
+        .await
+        .unwrap();
+    again.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn force_shutdown_cuts_the_grace_of_a_stop_in_progress() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let fake = fake.with_stop_behavior(StopBehavior::IgnoreTerm);
+    let mut config = s.config.clone();
+    config.shutdown.grace = Duration::from_secs(60);
+    let runner = runner(config, &fake);
+    let session = runner
+        .start_session_with("alice", no_socket())
+        .await
+        .unwrap();
+    let guests = [
+        launches.next(WAIT).await.unwrap(),
+        launches.next(WAIT).await.unwrap(),
+    ];
+    let stopping = session.clone();
+    let graceful = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(300)).await });
+    let mut phase_seen = false;
+    for _ in 0..200 {
+        if session.phase() == SessionPhase::ShuttingDown {
+            phase_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(phase_seen, "shutdown did not begin");
+    session.force_shutdown();
+    assert!(
+        session.wait_stopped(runner_actors::FORCED_STOP_BOUND).await,
+        "forced shutdown did not finish in its bound"
+    );
+    let report = tokio::time::timeout(WAIT, graceful)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(report.took < Duration::from_secs(60), "{report:?}");
+    for g in &guests {
+        assert!(g.exited().is_some(), "{:?} not stopped", g.spec.role);
+    }
+}

@@ -1,38 +1,70 @@
 //! `runner-bin --daemon`: one user's session in the foreground.
 
 use crate::cli::DaemonArgs;
+use crate::signals::StopSignals;
 use crate::{backends, env, paths};
 use anyhow::{Context, bail};
-use runner_actors::{Runner, SessionError, SessionOptions};
+use runner_actors::{FORCED_STOP_BOUND, Runner, SessionError, SessionHandle, SessionOptions};
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::io::Write;
-use tokio::signal::unix::{SignalKind, signal};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Runs the daemon until SIGINT, SIGTERM or `shutdown_user`.
+/// Runs the daemon until SIGINT, SIGTERM, SIGHUP or `shutdown_user`.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    let Some(user) = args.user.as_deref() else {
+    // Installed first: from here on a stop signal is a graceful stop, never
+    // the default action (which would leave sockets and guests behind).
+    let mut signals = StopSignals::install()?;
+    let Some(user) = args.user.clone() else {
         bail!("--daemon needs --user <id>");
     };
+    let (runner, options, tier) = configure(&user, args)?;
+    let Some(session) = start_or_cancel(&runner, &user, options, &mut signals).await? else {
+        return Ok(());
+    };
+    let socket = session
+        .control_socket()
+        .expect("daemon sessions serve a control socket");
+    println!("control_socket={}", socket.display());
+    std::io::stdout()
+        .flush()
+        .context("Cannot write to stdout")?;
+    tracing::info!(user, tier = %tier, socket = %socket.display(), "serving");
+    match serve_until_signal(&session, &mut signals).await {
+        Some(name) => stop(&session, name, &mut signals).await?,
+        None => tracing::info!("stopped by shutdown_user"),
+    }
+    if let SessionPhase::Failed { reason } = session.phase() {
+        tracing::warn!(%reason, "session had failed before shutdown");
+    }
+    Ok(())
+}
+
+/// Loads the config, routes the guest environment, provisions the
+/// workspace and builds the backends.
+fn configure(
+    user: &str,
+    args: DaemonArgs,
+) -> anyhow::Result<(Runner, SessionOptions, SandboxTier)> {
     let user_id = UserId::new(user).with_context(|| format!("Invalid --user {user:?}"))?;
     let config = paths::load_config(args.config.as_deref())?;
-    // Provisioned before the backends are built: the container tier labels
-    // its containers with the canonical workspace root, which only resolves
-    // once the root exists (a first start must label like every later one).
-    // The session lock (one live session per user) is taken by start_session.
-    let user_config = config.user(&user_id);
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }
+    let user_config = config.user(&user_id);
     let guest_env = env::guest_env(
         args.env_file.as_deref(),
         &args.env,
         &user_config.channel_secrets,
         |k| std::env::var(k).ok(),
     )?;
+    // Provisioned before the backends are built: the container tier labels
+    // its containers with the canonical workspace root, which only resolves
+    // once the root exists (a first start must label like every later one).
+    // The session lock (one live session per user) is taken by the start.
     Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
-
     let tier = if args.insecure {
         eprintln!(
             "WARNING: --insecure: guests run as plain host processes with NO isolation (process tier forced)"
@@ -44,71 +76,60 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if tier == SandboxTier::Process && !args.insecure {
         tracing::warn!("process tier: guests run as host processes without isolation");
     }
-
     let backends = backends::for_tier(&config, tier)?;
-    let runner = Runner::new(config, backends);
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("Cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("Cannot install the SIGTERM handler")?;
     let options = SessionOptions {
         serve_control: true,
         insecure: args.insecure,
         env: guest_env,
         ..SessionOptions::default()
     };
-    let run_dir = Workspace::layout(
-        &runner.config().workspace_root,
-        &user_id,
-        &user_config.mounts,
-    )
-    .run;
-    let mut start = Box::pin(runner.start_session_with(user, options));
-    let interrupted = tokio::select! {
-        r = &mut start => Ok(r),
-        _ = sigint.recv() => Err("SIGINT"),
-        _ = sigterm.recv() => Err("SIGTERM"),
-    };
-    let started = match interrupted {
-        Ok(r) => r,
-        Err(signal) => {
-            // Dropping the start runs its guard, which shuts down whatever
-            // was launched; the session lock is released once that is done.
-            tracing::info!(signal, "signal during start; stopping what was started");
-            drop(start);
-            wait_unlocked(&run_dir).await;
-            return Ok(());
-        }
-    };
-    let session = match started {
-        Ok(s) => s,
-        Err(e @ SessionError::AlreadyRunning { .. }) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "Stop it first with `runner-bin stop --user {user}`"
-            )));
-        }
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("Cannot start the session for user {user}"))
-            );
-        }
-    };
-    let socket = session
-        .control_socket()
-        .expect("daemon sessions serve a control socket");
-    println!("control_socket={}", socket.display());
-    std::io::stdout()
-        .flush()
-        .context("Cannot write to stdout")?;
-    tracing::info!(user, tier = %tier, socket = %socket.display(), "serving");
+    Ok((Runner::new(config, backends), options, tier))
+}
 
+/// Starts the session; a stop signal during the start cancels it and waits
+/// until what was started is stopped again (`None`: cancelled cleanly).
+async fn start_or_cancel(
+    runner: &Runner,
+    user: &str,
+    options: SessionOptions,
+    signals: &mut StopSignals,
+) -> anyhow::Result<Option<SessionHandle>> {
+    let cancel = CancellationToken::new();
+    let start = runner.start_session_cancellable(user, options, cancel.clone());
+    tokio::pin!(start);
+    let started = tokio::select! {
+        r = &mut start => r,
+        name = signals.next() => {
+            tracing::info!(signal = name, "signal during start; stopping what was started");
+            cancel.cancel();
+            // Resolves once everything the start launched is stopped.
+            start.await
+        }
+    };
+    match started {
+        Ok(s) => Ok(Some(s)),
+        Err(SessionError::Cancelled) => Ok(None),
+        Err(e @ SessionError::AlreadyRunning { .. }) => Err(anyhow::Error::new(e).context(
+            format!("Stop it first with `runner-bin stop --user {user}`"),
+        )),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("Cannot start the session for user {user}")))
+        }
+    }
+}
+
+/// Serves until a stop signal (its name) or until the session stops by
+/// itself (`shutdown_user`: `None`).
+async fn serve_until_signal(
+    session: &SessionHandle,
+    signals: &mut StopSignals,
+) -> Option<&'static str> {
     let mut events = session.events();
-    let signal_name = loop {
+    loop {
         tokio::select! {
-            _ = sigint.recv() => break Some("SIGINT"),
-            _ = sigterm.recv() => break Some("SIGTERM"),
-            stopped = session.wait_stopped(std::time::Duration::from_secs(3600)) => {
-                if stopped { break None; }
+            name = signals.next() => return Some(name),
+            stopped = session.wait_stopped(Duration::from_secs(3600)) => {
+                if stopped { return None; }
             }
             event = events.recv() => {
                 if let Ok(e) = event {
@@ -116,29 +137,35 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    };
-    match signal_name {
-        Some(name) => {
-            tracing::info!(signal = name, "shutting down");
-            let report = session
-                .shutdown(session.shutdown_bound())
-                .await
-                .context("Shutdown did not finish in time")?;
-            tracing::info!(took = ?report.took, cut = ?report.cut_streams, "stopped");
-        }
-        None => tracing::info!("stopped by shutdown_user"),
     }
-    if let SessionPhase::Failed { reason } = session.phase() {
-        tracing::warn!(%reason, "session had failed before shutdown");
-    }
-    Ok(())
 }
 
-/// Waits (bounded) until no session holds the lock in `run_dir`.
-async fn wait_unlocked(run_dir: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-    while runner_core::lock::SessionLock::is_held(run_dir) && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// The graceful stop; a second signal forces it, and the daemon then exits
+/// non-zero once the forced stop is done (at most [`FORCED_STOP_BOUND`]).
+async fn stop(
+    session: &SessionHandle,
+    first: &'static str,
+    signals: &mut StopSignals,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        signal = first,
+        "shutting down (send another signal to force)"
+    );
+    let graceful = session.shutdown(session.shutdown_bound());
+    tokio::pin!(graceful);
+    tokio::select! {
+        report = &mut graceful => {
+            let report = report.context("Shutdown did not finish in time")?;
+            tracing::info!(took = ?report.took, cut = ?report.cut_streams, "stopped");
+            Ok(())
+        }
+        second = signals.next() => {
+            tracing::warn!(signal = second, "second signal: forcing the shutdown");
+            session.force_shutdown();
+            if !session.wait_stopped(FORCED_STOP_BOUND).await {
+                bail!("Forced shutdown did not finish within {FORCED_STOP_BOUND:?}; guests or files of user {} may be left", session.user());
+            }
+            bail!("Shutdown forced by a second signal ({second}): guests were killed without grace");
+        }
     }
 }

@@ -11,6 +11,7 @@ mod daemon;
 mod env;
 mod output;
 mod paths;
+mod signals;
 
 use clap::Parser;
 use std::process::ExitCode;

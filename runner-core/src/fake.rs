@@ -39,6 +39,8 @@ pub enum LaunchScript {
     Succeed,
     /// Launch fails with [`LaunchError::Scripted`].
     Fail,
+    /// Launch succeeds after this delay (a slow image check or VM boot).
+    SucceedAfter(std::time::Duration),
 }
 
 #[derive(Debug, Default)]
@@ -167,8 +169,10 @@ impl SandboxBackend for FakeBackend {
             shared.next_pid += 1;
             (script, shared.next_pid)
         };
-        if script == LaunchScript::Fail {
-            return Err(LaunchError::Scripted { role });
+        match script {
+            LaunchScript::Fail => return Err(LaunchError::Scripted { role }),
+            LaunchScript::SucceedAfter(delay) => tokio::time::sleep(delay).await,
+            LaunchScript::Succeed => {}
         }
         let (stdout_w, stdout_r) = tokio::io::duplex(64 * 1024);
         let (stderr_w, stderr_r) = tokio::io::duplex(64 * 1024);

@@ -297,3 +297,113 @@ fn bad_input_gets_one_clear_line() {
         );
     }
 }
+
+fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn sighup_is_a_graceful_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = start_daemon(tmp.path(), "hana");
+    let pids = guest_pids(&d, "hana");
+    signal(&d, nix::sys::signal::Signal::SIGHUP);
+    let status = wait_bounded(&mut d.child);
+    assert!(status.success(), "{status}");
+    assert!(!d.socket.exists(), "socket left behind");
+    let ipc = tmp.path().join("workspaces/hana/ipc");
+    assert!(std::fs::symlink_metadata(ipc.join("runner-control.sock")).is_err());
+    assert!(
+        !ipc.join("shell-daemon.sock").exists(),
+        "sidecar socket left"
+    );
+    for pid in pids {
+        assert!(!process_alive(pid), "guest {pid} survived");
+    }
+    // The lock is free: a new daemon starts at once.
+    let mut again = start_daemon(tmp.path(), "hana");
+    signal(&again, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_bounded(&mut again.child).success());
+}
+
+#[test]
+fn a_second_signal_forces_a_long_graceful_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = runner_binary();
+    let cfg = tmp.path().join("runner.toml");
+    // A runtime that ignores SIGTERM, and 30 s of grace.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[shutdown]\ngrace_ms = 30000\n[process]\nruntime = {{ program = \"{}\", args = [\"demo-guest\", \"--ignore-sigterm\"] }}\nsidecar = {{ program = \"{}\", args = [\"demo-guest\", \"--role\", \"sidecar\"] }}\n",
+            bin.display(),
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(&bin)
+        .args(["--daemon", "--user", "ivan", "--config"])
+        .arg(&cfg)
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("control_socket line").unwrap();
+    let socket = PathBuf::from(line.strip_prefix("control_socket=").unwrap());
+    let mut d = Daemon {
+        child,
+        socket,
+        dir: tmp.path().to_path_buf(),
+    };
+    let args = [
+        "status",
+        "--user",
+        "ivan",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let out = client(&d.dir, &args);
+    let health: runner_types::HealthStatus = serde_json::from_slice(&out.stdout).unwrap();
+    let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 2);
+
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    // The graceful stop is under way (the socket goes first) and waits out
+    // the runtime's grace; a second signal forces it.
+    let start = Instant::now();
+    while d.socket.exists() {
+        assert!(start.elapsed() < WAIT, "graceful stop did not begin");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "daemon ended before the grace"
+    );
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    let forced = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            forced.elapsed() < Duration::from_secs(5),
+            "daemon still running 5 s after the second signal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "a forced stop must exit non-zero");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut d.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("forced"), "{err}");
+    for pid in pids {
+        assert!(!process_alive(pid), "guest {pid} survived the forced stop");
+    }
+    let ws = tmp.path().join("workspaces/ivan");
+    assert!(!d.socket.exists());
+    assert!(std::fs::symlink_metadata(ws.join("ipc/runner-control.sock")).is_err());
+    assert!(!ws.join("ipc/shell-daemon.sock").exists());
+}

@@ -12,6 +12,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How long a forced shutdown may take once the guests' stops are under way:
+/// the kill and reap of each guest (the backend's stop overrun, a few
+/// seconds), the control listener's stop and the children's `post_stop`.
+pub const FORCED_STOP_BOUND: Duration = Duration::from_secs(10);
 
 /// A running session. Cheap to clone; every method is bounded.
 #[derive(Clone)]
@@ -31,6 +37,8 @@ pub struct SessionHandle {
     /// actor (and each one's `post_stop`) has finished.
     pub(crate) join: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pub(crate) shutdown_bound: Duration,
+    /// Cancelled by [`SessionHandle::force_shutdown`].
+    pub(crate) force: CancellationToken,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -121,7 +129,7 @@ impl SessionHandle {
     }
 
     /// Waits (bounded) until the supervisor task has ended.
-    async fn wait_terminated(&self, timeout: Duration) {
+    pub(crate) async fn wait_terminated(&self, timeout: Duration) {
         let Some(join) = self.join.lock().await.take() else {
             return;
         };
@@ -129,6 +137,18 @@ impl SessionHandle {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "session supervisor task failed"),
             Err(_) => tracing::warn!("session supervisor still running after shutdown"),
+        }
+    }
+
+    /// Forces the shutdown: a graceful stop in progress loses its grace
+    /// (guests are killed at once, log pumps are cut), and a shutdown is
+    /// requested if none is under way. Sockets, the lock and per-launch
+    /// files are still removed. Wait for the end with
+    /// [`SessionHandle::wait_stopped`], at most [`FORCED_STOP_BOUND`].
+    pub fn force_shutdown(&self) {
+        self.force.cancel();
+        if self.request_shutdown().is_err() {
+            tracing::debug!("force requested; the session is already stopping");
         }
     }
 

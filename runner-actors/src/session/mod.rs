@@ -22,7 +22,8 @@
 mod handle;
 mod start;
 
-pub use handle::SessionHandle;
+pub use handle::{FORCED_STOP_BOUND, SessionHandle};
+pub(crate) use start::LAUNCH_TIMEOUT;
 pub use start::SessionArgs;
 
 use crate::control::ControlListenerHandle;
@@ -226,8 +227,13 @@ async fn on_shutdown(
             }
         }
     }
-    // 3. Drain every pump to EOF, all at once, bounded by log_drain.
-    let drain = state.args.config.shutdown.log_drain.min(left());
+    // 3. Drain every pump to EOF, all at once, bounded by log_drain (not at
+    //    all when forced: what is left is cut).
+    let drain = if state.args.force.is_cancelled() {
+        Duration::ZERO
+    } else {
+        state.args.config.shutdown.log_drain.min(left())
+    };
     let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
     let cut_streams = outcomes
         .into_iter()

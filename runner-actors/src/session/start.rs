@@ -21,9 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
 pub(crate) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How much longer than [`LAUNCH_TIMEOUT`] the supervisor waits for a guest
+/// actor's answer before calling the actor unresponsive.
+pub(crate) const LAUNCH_ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// Everything a session supervisor is started with (built by [`crate::Runner`]).
 pub struct SessionArgs {
@@ -44,6 +49,11 @@ pub struct SessionArgs {
     pub(crate) events: broadcast::Sender<SessionEvent>,
     /// Set when shutdown begins; guest actors then stop restarting.
     pub(crate) quiescing: Arc<AtomicBool>,
+    /// Cancelled to force a shutdown: grace and log drain end at once.
+    pub(crate) force: CancellationToken,
+    /// Cancelled to abandon the start: launches still in flight are not
+    /// waited for, and the session shuts down.
+    pub(crate) start_cancel: CancellationToken,
     /// The last shutdown's report, for callers whose own request was
     /// overtaken by another shutdown.
     pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
@@ -112,11 +122,14 @@ pub(super) async fn on_start(
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
         state.guests.push(guest.clone());
-        // The guest actor bounds the launch itself; this is a backstop.
-        let launched = guest
-            .launch(LAUNCH_TIMEOUT + Duration::from_secs(5))
-            .await
-            .map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
+        // The guest actor bounds the launch itself; this is a backstop. A
+        // cancelled start stops waiting: the shutdown that follows stops the
+        // guest once its (bounded) launch is over.
+        let launched = tokio::select! {
+            r = guest.launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN) => r,
+            () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
+        };
+        let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
         launched.map_err(|source| SessionError::Launch { role, source })?;
     }
 
@@ -180,6 +193,7 @@ async fn spawn_guest(
         supervisor: myself.clone(),
         events: a.events.clone(),
         quiescing: a.quiescing.clone(),
+        force: a.force.clone(),
         launch_timeout: LAUNCH_TIMEOUT,
     };
     let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())
