@@ -5,7 +5,7 @@ use super::LogError;
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
 use crate::config::LogLimits;
-use crate::workspace::file::check_private_dir;
+use crate::workspace::file::check_runner_dir;
 use bytes::Bytes;
 use runner_types::{GuestRole, LogStream};
 use std::os::unix::fs::DirBuilderExt;
@@ -63,8 +63,8 @@ impl LogSink {
     /// Opens the log of `role`'s `stream` in `logs_dir` (created mode 0700
     /// if missing), appending to what is there. Files are created mode 0600.
     ///
-    /// `logs_dir` must be a real directory owned by the runner with no
-    /// access for group or others; the log file and its index must be
+    /// `logs_dir` must be a real directory owned by the runner that no one
+    /// else may write (provisioning makes `logs/` 0700); the log file and its index must be
     /// regular files (never followed if symlinks): anything else is
     /// [`LogError::Unsafe`], returned at once (a FIFO never blocks).
     ///
@@ -83,7 +83,7 @@ impl LogSink {
                 path: logs_dir.to_path_buf(),
                 source,
             })?;
-        check_private_dir(logs_dir, nix::unistd::geteuid().as_raw())
+        check_runner_dir(logs_dir, nix::unistd::geteuid().as_raw())
             .map_err(|source| LogError::Unsafe { source })?;
         let path = logs_dir.join(stream.file_name(role));
         let writer = RotatingWriter::open(path.clone(), limits)?;

@@ -111,11 +111,11 @@ pub enum HostFileError {
         /// What is there.
         found: FileKind,
     },
-    /// A runner-private directory belongs to someone else or is open to others.
+    /// A runner directory belongs to someone else or others may write it.
     #[error(
-        "{path} (owner uid {uid}, mode {mode:04o}) must be owned by the runner (uid {runner_uid}) with no access for group or others"
+        "{path} (owner uid {uid}, mode {mode:04o}) must be owned by the runner (uid {runner_uid}) and writable by no one else"
     )]
-    NotPrivate {
+    Untrusted {
         /// The directory.
         path: PathBuf,
         /// Its owner.
@@ -202,16 +202,17 @@ pub fn open_regular(path: &Path, how: OpenHow) -> Result<File, HostFileError> {
 }
 
 /// Checks that `path` is a real directory (not a link to one) owned by
-/// `runner_uid` with no group or other access.
-pub fn check_private_dir(path: &Path, runner_uid: u32) -> Result<(), HostFileError> {
+/// `runner_uid` that no one else may write, so no one else can replace the
+/// entries in it.
+pub fn check_runner_dir(path: &Path, runner_uid: u32) -> Result<(), HostFileError> {
     let meta = fs::symlink_metadata(path).map_err(|source| HostFileError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     expect_kind(path, FileKind::of(&meta), FileKind::Directory)?;
     let mode = meta.mode() & 0o7777;
-    if meta.uid() != runner_uid || mode & 0o077 != 0 {
-        return Err(HostFileError::NotPrivate {
+    if meta.uid() != runner_uid || mode & 0o022 != 0 {
+        return Err(HostFileError::Untrusted {
             path: path.to_path_buf(),
             uid: meta.uid(),
             mode,
@@ -339,16 +340,17 @@ mod tests {
     }
 
     #[test]
-    fn private_dir_check() {
+    fn runner_dir_check() {
         let dir = tempfile::tempdir().unwrap();
         let uid = nix::unistd::geteuid().as_raw();
-        check_private_dir(dir.path(), uid).unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
-        let err = check_private_dir(dir.path(), uid).unwrap_err();
-        assert!(matches!(err, HostFileError::NotPrivate { mode: 0o750, .. }));
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        check_runner_dir(dir.path(), uid).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o770)).unwrap();
+        let err = check_runner_dir(dir.path(), uid).unwrap_err();
+        assert!(matches!(err, HostFileError::Untrusted { mode: 0o770, .. }));
         let link = dir.path().join("l");
         std::os::unix::fs::symlink("/", &link).unwrap();
-        let err = check_private_dir(&link, uid).unwrap_err();
+        let err = check_runner_dir(&link, uid).unwrap_err();
         assert!(matches!(err, HostFileError::WrongKind { found: FileKind::Symlink, .. }));
     }
 }
