@@ -149,7 +149,9 @@ pub enum WorkspaceError {
         source: std::io::Error,
     },
     /// A path that must be a directory is something else.
-    #[error("Workspace path {path} is a {found}, not a directory; the runner never follows or reuses it. Remove it")]
+    #[error(
+        "Workspace path {path} is a {found}, not a directory; the runner refuses to follow or reuse it. Remove it"
+    )]
     NotADirectory {
         /// The path.
         path: PathBuf,

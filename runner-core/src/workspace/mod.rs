@@ -36,9 +36,7 @@ pub mod file;
 mod mounts;
 mod trusted_root;
 
-pub use error::{
-    AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError,
-};
+pub use error::{AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError};
 pub use file::{FileKind, HostFileError, OpenHow};
 
 use crate::identity::GuestUser;
@@ -150,7 +148,11 @@ impl Workspace {
             ("ipc", guest_rw, None),
             ("shared", guest_rw, Some((MountKey::Shared, &mounts.shared))),
             ("tmp", guest_rw, Some((MountKey::Tmp, &mounts.tmp))),
-            ("vault", policy.vault(), Some((MountKey::Vault, &mounts.vault))),
+            (
+                "vault",
+                policy.vault(),
+                Some((MountKey::Vault, &mounts.vault)),
+            ),
         ];
         for (name, spec, key) in defaults {
             let path = ws.user_root.join(name);
@@ -281,7 +283,15 @@ mod tests {
         let b = Workspace::provision(root.path(), &user(), &MountOverrides::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(fs::read(b.shared.join("keep")).unwrap(), b"x");
-        for d in [&b.user_root, &b.run, &b.logs, &b.shared, &b.tmp, &b.vault, &b.ipc] {
+        for d in [
+            &b.user_root,
+            &b.run,
+            &b.logs,
+            &b.shared,
+            &b.tmp,
+            &b.vault,
+            &b.ipc,
+        ] {
             assert_eq!(mode(d), 0o700, "{d:?}");
         }
         assert_eq!(
@@ -313,7 +323,13 @@ mod tests {
         fs::set_permissions(&a.user_root, fs::Permissions::from_mode(0o755)).unwrap();
         let err = Workspace::provision(root.path(), &user(), &MountOverrides::default());
         assert!(
-            matches!(err, Err(WorkspaceError::WrongMode { required: ModeRequirement::NoOtherAccess, .. })),
+            matches!(
+                err,
+                Err(WorkspaceError::WrongMode {
+                    required: ModeRequirement::NoOtherAccess,
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }
@@ -338,7 +354,10 @@ mod tests {
     #[test]
     fn guest_identity_owns_the_guest_directories() {
         let root = tempfile::tempdir().unwrap();
-        let guest = GuestUser { uid: 61000, gid: 61000 };
+        let guest = GuestUser {
+            uid: 61000,
+            gid: 61000,
+        };
         let ws = Workspace::provision_for(
             root.path(),
             &user(),
@@ -365,16 +384,27 @@ mod tests {
         assert_eq!(owner(&ws.logs).2, 0o700);
         assert_eq!((owner(&ws.run).0, owner(&ws.logs).0), (0, 0));
         // Idempotent with the same guest; another guest's start is refused.
-        Workspace::provision_for(root.path(), &user(), &MountOverrides::default(), Some(guest))
-            .unwrap();
-        let other = GuestUser { uid: 61001, gid: 61001 };
+        Workspace::provision_for(
+            root.path(),
+            &user(),
+            &MountOverrides::default(),
+            Some(guest),
+        )
+        .unwrap();
+        let other = GuestUser {
+            uid: 61001,
+            gid: 61001,
+        };
         let err = Workspace::provision_for(
             root.path(),
             &user(),
             &MountOverrides::default(),
             Some(other),
         );
-        assert!(matches!(err, Err(WorkspaceError::WrongOwner { .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(WorkspaceError::WrongOwner { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -402,7 +432,13 @@ mod tests {
         fs::write(&file, b"").unwrap();
         let err = Workspace::provision(&file, &user(), &MountOverrides::default());
         assert!(
-            matches!(err, Err(WorkspaceError::NotADirectory { found: FileKind::Regular, .. })),
+            matches!(
+                err,
+                Err(WorkspaceError::NotADirectory {
+                    found: FileKind::Regular,
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }
