@@ -43,6 +43,7 @@ use crate::identity::GuestUser;
 use crate::user::UserId;
 use dirs::{DirSpec, ModeRule, ensure_dir};
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// File name of the control socket inside `run/`.
@@ -140,42 +141,18 @@ impl Workspace {
             policy.user_root(),
             runner_uid,
         )?;
-        let private = policy.private();
-        let guest_rw = policy.guest_rw();
-        let defaults = [
-            ("run", private, None),
-            ("logs", private, None),
-            ("ipc", guest_rw, None),
-            ("shared", guest_rw, Some((MountKey::Shared, &mounts.shared))),
-            ("tmp", guest_rw, Some((MountKey::Tmp, &mounts.tmp))),
-            (
-                "vault",
-                policy.vault(),
-                Some((MountKey::Vault, &mounts.vault)),
-            ),
-        ];
-        for (name, spec, key) in defaults {
-            let path = ws.user_root.join(name);
-            let resolved_path = match key {
-                Some((key, Some(configured))) => mounts::provision_override(
-                    key,
-                    configured,
-                    &ws.workspace_root,
-                    spec,
-                    runner_uid,
-                )?,
-                _ => {
-                    ensure_dir(&user_fd, &path, OsStr::new(name), spec, runner_uid)?;
-                    path
-                }
-            };
-            match name {
-                "shared" => ws.shared = resolved_path,
-                "tmp" => ws.tmp = resolved_path,
-                "vault" => ws.vault = resolved_path,
-                _ => {}
-            }
-        }
+        let user_dir = UserDir {
+            fd: user_fd,
+            path: ws.user_root.clone(),
+            workspace_root: ws.workspace_root.clone(),
+            runner_uid,
+        };
+        user_dir.default_dir("run", policy.private())?;
+        user_dir.default_dir("logs", policy.private())?;
+        user_dir.default_dir("ipc", policy.guest_rw())?;
+        ws.shared = user_dir.mountable(MountKey::Shared, &mounts.shared, policy.guest_rw())?;
+        ws.tmp = user_dir.mountable(MountKey::Tmp, &mounts.tmp, policy.guest_rw())?;
+        ws.vault = user_dir.mountable(MountKey::Vault, &mounts.vault, policy.vault())?;
         Ok(ws)
     }
 
@@ -209,6 +186,39 @@ pub fn check_socket_path(path: &Path) -> Result<(), WorkspaceError> {
         });
     }
     Ok(())
+}
+
+/// The opened user directory, in which the workspace directories are made.
+struct UserDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    workspace_root: PathBuf,
+    runner_uid: u32,
+}
+
+impl UserDir {
+    /// Creates or checks `<user dir>/<name>`; returns its path.
+    fn default_dir(&self, name: &str, spec: DirSpec) -> Result<PathBuf, WorkspaceError> {
+        let path = self.path.join(name);
+        ensure_dir(&self.fd, &path, OsStr::new(name), spec, self.runner_uid)?;
+        Ok(path)
+    }
+
+    /// The directory for `key`: its override if configured (checked, and
+    /// created if missing), else the default one in the user directory.
+    fn mountable(
+        &self,
+        key: MountKey,
+        configured: &Option<PathBuf>,
+        spec: DirSpec,
+    ) -> Result<PathBuf, WorkspaceError> {
+        match configured {
+            Some(path) => {
+                mounts::provision_override(key, path, &self.workspace_root, spec, self.runner_uid)
+            }
+            None => self.default_dir(key.dir_name(), spec),
+        }
+    }
 }
 
 /// Owner and mode of each kind of workspace directory (see the module docs).
