@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Nothing on disk below `workspace_root` is trusted. Provisioning checks
-//! the root with the StrictModes rule ([`trusted_root`]), then opens the
+//! the root with the StrictModes rule (module `trusted_root`), then opens the
 //! user's directory and everything in it relative to directory fds,
-//! never following a symlink ([`dirs`]); files under `run/` and `logs/`
+//! never following a symlink (module `dirs`); files under `run/` and `logs/`
 //! are opened with [`file::open_regular`]. The user directory gives other
 //! local users nothing.
 //!
