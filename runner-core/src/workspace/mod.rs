@@ -56,15 +56,16 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// Paths of one user's workspace. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
-    /// `<workspace_root>`, absolute.
+    /// `<workspace_root>`, absolute (canonical when provisioned).
     pub workspace_root: PathBuf,
     /// `<workspace_root>/<user_id>`.
     pub user_root: PathBuf,
-    /// Persistent user data.
+    /// Persistent user data (an override is resolved when provisioned).
     pub shared: PathBuf,
-    /// Scratch.
+    /// Scratch (an override is resolved when provisioned).
     pub tmp: PathBuf,
-    /// Credentials (runtime guest only, read-only).
+    /// Credentials (runtime guest only, read-only; an override is resolved
+    /// when provisioned).
     pub vault: PathBuf,
     /// Guest-to-guest sockets.
     pub ipc: PathBuf,
