@@ -530,3 +530,34 @@ fn a_root_below_a_directory_another_uid_owns_is_refused() {
     );
     assert!(!theirs.join("ws").exists());
 }
+
+#[test]
+fn lock_probe_on_a_symlinked_lock_writes_nothing() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    let ws = Workspace::provision(tmp.path(), &user(), &MountOverrides::default()).unwrap();
+    // No lock file: the probe does not create one.
+    assert!(!SessionLock::is_held(&ws.run));
+    assert!(!ws.run.join(LOCK_NAME).exists());
+    let target = Victim::new(victim.path(), "pidfile");
+    let before = fs::metadata(&target.path).unwrap();
+    symlink(&target.path, ws.run.join(LOCK_NAME)).unwrap();
+    for _ in 0..3 {
+        assert!(!SessionLock::is_held(&ws.run));
+    }
+    target.assert_untouched();
+    let after = fs::metadata(&target.path).unwrap();
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec(), after.len()),
+        (before.mtime(), before.mtime_nsec(), before.len())
+    );
+    // A real lock held by a session is seen, and the probe leaves its pid.
+    fs::remove_file(ws.run.join(LOCK_NAME)).unwrap();
+    let held = SessionLock::acquire(&ws.run).unwrap();
+    let pid = fs::read(ws.run.join(LOCK_NAME)).unwrap();
+    assert!(SessionLock::is_held(&ws.run));
+    assert_eq!(fs::read(ws.run.join(LOCK_NAME)).unwrap(), pid);
+    drop(held);
+    assert!(!SessionLock::is_held(&ws.run));
+}
