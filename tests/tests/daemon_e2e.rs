@@ -229,7 +229,11 @@ fn a_second_daemon_for_the_same_user_refuses() {
 fn a_daemon_started_over_a_stale_socket_works() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("workspaces/dave/run");
-    std::fs::create_dir_all(&run).unwrap();
+    // As a daemon creates them: private to the runner (a wider run/ or
+    // user directory is refused).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&run)
+        .unwrap();
     // What a SIGKILLed daemon leaves: a socket file nobody listens on.
     let stale = run.join("runner-control.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
