@@ -36,6 +36,9 @@ pub struct SessionArgs {
     pub(crate) workspace: Workspace,
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
+    /// Whether the runtime can reach the sidecar, on tiers where the runner
+    /// links them (`None`: always).
+    pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
     pub(crate) extra_env: BTreeMap<String, String>,
     pub(crate) serve_control: bool,
     pub(crate) control_limits: ControlLimits,

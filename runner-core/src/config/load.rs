@@ -3,9 +3,9 @@
 //!
 //! Relative paths resolve against the directory of the file that names them:
 //! `workspace_root`, `[users.<id>] config_path`, the Firecracker templates and
-//! `[firecracker] binary` against `runner.toml`'s directory, `[mounts]`
+//! `[firecracker] binary`, `jailer` and `chroot_base` against `runner.toml`'s directory, `[mounts]`
 //! against the per-user file's directory. A program (`process.*.program`,
-//! `firecracker.binary`) is a path only when it contains a `/`; a bare name
+//! `firecracker.binary`, `firecracker.jailer`) is a path only when it contains a `/`; a bare name
 //! stays bare and is looked up on PATH at launch.
 
 use super::parse::parse_toml;
@@ -58,6 +58,14 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
     if let Some(binary) = &firecracker.binary {
         let program = resolve_program(&path, base, "firecracker.binary", binary)?;
         firecracker.binary = Some(program.to_string_lossy().into_owned());
+    }
+    if let Some(jailer) = &firecracker.jailer {
+        let program = resolve_program(&path, base, "firecracker.jailer", jailer)?;
+        firecracker.jailer = Some(program.to_string_lossy().into_owned());
+    }
+    if let Some(chroot_base) = &firecracker.chroot_base {
+        let dir = resolve_path(&path, base, "firecracker.chroot_base", chroot_base)?;
+        firecracker.chroot_base = Some(dir.to_string_lossy().into_owned());
     }
     Ok(RunnerConfig {
         workspace_root,
