@@ -211,6 +211,7 @@ impl FirecrackerBackend {
     /// [`SandboxBackend::launch`] would write, before drive paths are
     /// rewritten to their per-launch copies.
     pub fn generate(&self, spec: &LaunchSpec) -> Result<GeneratedConfig, FirecrackerLaunchError> {
+        self.config.template_for(spec.role)?;
         let confinement = self.config.jailer.confinement()?;
         let target = Target::new(
             &self.config,
@@ -251,6 +252,7 @@ impl FirecrackerBackend {
     }
 
     fn launch_now(&self, spec: &LaunchSpec) -> Result<LaunchedGuest, FirecrackerLaunchError> {
+        self.config.template_for(spec.role)?;
         let confinement = self.config.jailer.confinement()?;
         let run = &spec.workspace.run;
         let target = Target::new(&self.config, &confinement, run, spec.role, spec.run_as)?;
