@@ -84,7 +84,7 @@ use crate::UserId;
 use crate::config::RunnerConfig;
 use crate::workspace::Workspace;
 use async_trait::async_trait;
-use plan::{Plan, Target};
+use plan::{Plan, Prepared, Target};
 use runner_types::{DegradedReason, GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -251,7 +251,8 @@ impl FirecrackerBackend {
             .clone()
     }
 
-    fn launch_now(&self, spec: &LaunchSpec) -> Result<LaunchedGuest, FirecrackerLaunchError> {
+    /// The blocking half of a launch: see [`Plan::prepare`].
+    fn prepare_launch(&self, spec: &LaunchSpec) -> Result<Prepared, FirecrackerLaunchError> {
         self.config.template_for(spec.role)?;
         let confinement = self.config.jailer.confinement()?;
         let run = &spec.workspace.run;
@@ -265,12 +266,12 @@ impl FirecrackerBackend {
             })
             .transpose()?;
         let plan = Plan {
-            config: &self.config,
+            config: self.config.clone(),
             link: bridge_to.as_ref().map(|_| self.link(run)),
             target,
             bridge_to,
         };
-        plan.launch(spec, generated)
+        plan.prepare(spec, generated)
     }
 
     /// Ends VMs an earlier runner left for this user and removes their
@@ -337,13 +338,14 @@ impl SandboxBackend for FirecrackerBackend {
         Ok(())
     }
 
-    /// Staging drive copies can take a while, so the launch runs on the
-    /// blocking pool (which has the runtime's context for the spawn).
+    /// Staging drive copies can take a while, so that half runs on the
+    /// blocking pool; the spawn itself happens here, on a runtime thread
+    /// (see [`plan::Prepared::start`]).
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError> {
         let this = self.clone();
         let role = spec.role;
-        match tokio::task::spawn_blocking(move || this.launch_now(&spec)).await {
-            Ok(launched) => Ok(launched?),
+        match tokio::task::spawn_blocking(move || this.prepare_launch(&spec)).await {
+            Ok(prepared) => Ok(prepared?.start()?),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(FirecrackerLaunchError::Spawn {
                 role,

@@ -1,8 +1,8 @@
 //! One launch, step by step: where its files go (run/ or a fresh jail),
-//! staging drives and kernel, writing the generated config, starting the
-//! vsock bridge (runtime VM with a sidecar), and the command that starts
-//! Firecracker directly or through the jailer. Blocking: runs on the
-//! blocking pool, since private drive copies can be large.
+//! staging drives and kernel and writing the generated config
+//! ([`Plan::prepare`], blocking), then starting the vsock bridge (runtime
+//! VM with a sidecar) and Firecracker, directly or through the jailer
+//! ([`Prepared::start`], on a runtime thread).
 
 use super::disks::{self, Staging};
 use super::error::FirecrackerLaunchError;
@@ -72,9 +72,9 @@ pub fn layout_of(config: &FirecrackerBackendConfig, run: &Path, role: GuestRole)
 }
 
 /// Everything a launch needs besides the spec.
-pub struct Plan<'a> {
+pub struct Plan {
     /// Backend settings.
-    pub config: &'a FirecrackerBackendConfig,
+    pub config: FirecrackerBackendConfig,
     /// This launch's target.
     pub target: Target,
     /// The sidecar's vsock socket (host path), when the runtime VM needs a
@@ -84,30 +84,41 @@ pub struct Plan<'a> {
     pub link: Option<watch::Sender<bool>>,
 }
 
-impl Plan<'_> {
-    /// Stages, writes, bridges and spawns. On failure, everything created
-    /// is removed again.
-    pub fn launch(
+/// A launch whose files are all in place, ready to start.
+pub struct Prepared {
+    plan: Plan,
+    role: GuestRole,
+    generated: GeneratedConfig,
+    resources: LaunchResources,
+    /// Files the staging created, removed if the start fails.
+    private_files: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// Stages files and writes the generated config: the slow, blocking
+    /// half of a launch (private drive copies can be large), for the
+    /// blocking pool. On failure, everything created is removed again.
+    pub fn prepare(
         self,
         spec: &LaunchSpec,
         mut generated: GeneratedConfig,
-    ) -> Result<LaunchedGuest, FirecrackerLaunchError> {
-        let paths = self.target.paths.clone();
+    ) -> Result<Prepared, FirecrackerLaunchError> {
+        let paths = &self.target.paths;
         check_socket_path(&paths.api_socket)?;
         check_socket_path(&paths.vsock_socket)?;
         if self.bridge_to.is_some() {
             check_socket_path(&paths.vsock_port_socket(SIDECAR_VSOCK_PORT))?;
         }
         let run = &spec.workspace.run;
-        let jail = self.target.jail.as_ref();
-        if let Some((layout, user, _)) = jail {
-            fresh_jail(layout, *user)?;
-        }
-        let staging = match jail {
-            Some((layout, user, _)) => Staging::Jailed {
-                root: layout.root.clone(),
-                user: *user,
-            },
+        let jail = self.target.jail.clone();
+        let staging = match &jail {
+            Some((layout, user, _)) => {
+                fresh_jail(layout, *user)?;
+                Staging::Jailed {
+                    root: layout.root.clone(),
+                    user: *user,
+                }
+            }
             None => Staging::Direct {
                 run: run.clone(),
                 label: spec.role.label(),
@@ -120,72 +131,99 @@ impl Plan<'_> {
             } else {
                 private_files.clone()
             },
-            jail: jail.map(|(l, _, _)| l.clone()),
-            keep_log_at: jail.map(|_| LaunchPaths::new(run, spec.role).vmm_log),
+            jail: jail.as_ref().map(|(l, _, _)| l.clone()),
+            keep_log_at: jail.as_ref().map(|_| LaunchPaths::new(run, spec.role).vmm_log),
             record: Some(reaper::record_path(run, spec.role)),
             bridge: None,
         };
-        let undo = |e: FirecrackerLaunchError| {
-            disks::remove_files(&private_files);
-            if let Err(d) = paths.discard() {
-                tracing::warn!(role = %spec.role, error = %d, "cannot remove files of a failed launch");
-            }
-            if let Some((layout, _, _)) = jail {
-                reaper::remove_jail(layout);
-            }
-            e
+        let prepared = Prepared {
+            plan: self,
+            role: spec.role,
+            generated,
+            resources,
+            private_files,
         };
-        self.start(spec, &generated, resources).map_err(undo)
+        let written = prepared.plan.target.paths.prepare(&prepared.generated.to_json());
+        let handed = written.and_then(|()| match &jail {
+            Some((_, user, _)) => prepared.plan.target.paths.hand_to(*user),
+            None => Ok(()),
+        });
+        match handed {
+            Ok(()) => Ok(prepared),
+            Err(e) => Err(prepared.undo(e)),
+        }
+    }
+}
+
+impl Prepared {
+    /// Starts the bridge (runtime VM with a sidecar) and the VM. Must run
+    /// on a long-lived runtime thread: the parent-death signal of an
+    /// unjailed VM fires when the thread that forked it exits, and
+    /// blocking-pool threads exit when idle.
+    pub fn start(mut self) -> Result<LaunchedGuest, FirecrackerLaunchError> {
+        match self.bridge() {
+            Ok(bridge) => self.resources.bridge = bridge,
+            Err(e) => return Err(self.undo(e)),
+        }
+        let (program, args) = self.command();
+        let paths = self.plan.target.paths.clone();
+        let resources = std::mem::take(&mut self.resources);
+        // On error, `resources` (and the bridge in it) are dropped by spawn.
+        launch::spawn(&program, args, self.role, paths, resources).map_err(|e| self.undo(e))
     }
 
-    fn start(
-        &self,
-        spec: &LaunchSpec,
-        generated: &GeneratedConfig,
-        mut resources: LaunchResources,
-    ) -> Result<LaunchedGuest, FirecrackerLaunchError> {
-        let paths = &self.target.paths;
-        // Small local files: plain std IO, on the blocking pool already.
-        paths.prepare(&generated.to_json())?;
-        let jail = self.target.jail.as_ref();
-        if let Some((_, user, _)) = jail {
-            paths.hand_to(*user)?;
-        }
-        if let (Some(target), Some(up)) = (&self.bridge_to, &self.link) {
-            let bridge = VsockBridge::start(
-                BridgeConfig {
-                    listen: paths.vsock_port_socket(SIDECAR_VSOCK_PORT),
-                    target: target.clone(),
-                    port: SIDECAR_VSOCK_PORT,
-                    owner: jail.map(|(_, u, _)| *u),
-                    limits: BridgeLimits::default(),
-                },
-                up.clone(),
-            )?;
-            resources.bridge = Some(bridge);
-        }
-        let (program, args) = self.command(generated);
-        launch::spawn(&program, args, spec.role, paths.clone(), resources)
+    fn bridge(&self) -> Result<Option<VsockBridge>, FirecrackerLaunchError> {
+        let (Some(target), Some(up)) = (&self.plan.bridge_to, &self.plan.link) else {
+            return Ok(None);
+        };
+        let bridge = VsockBridge::start(
+            BridgeConfig {
+                listen: self
+                    .plan
+                    .target
+                    .paths
+                    .vsock_port_socket(SIDECAR_VSOCK_PORT),
+                target: target.clone(),
+                port: SIDECAR_VSOCK_PORT,
+                owner: self.plan.target.jail.as_ref().map(|(_, u, _)| *u),
+                limits: BridgeLimits::default(),
+            },
+            up.clone(),
+        )?;
+        Ok(Some(bridge))
     }
 
     /// Firecracker directly, or the jailer with cgroup limits sized from the
     /// generated `machine-config`.
-    fn command(&self, generated: &GeneratedConfig) -> (PathBuf, Vec<OsString>) {
-        let fc_args = self.target.paths.firecracker_args();
-        match &self.target.jail {
-            None => (self.config.binary.clone(), fc_args),
+    fn command(&self) -> (PathBuf, Vec<OsString>) {
+        let fc_args = self.plan.target.paths.firecracker_args();
+        match &self.plan.target.jail {
+            None => (self.plan.config.binary.clone(), fc_args),
             Some((layout, user, jailer)) => {
-                let mem = generated
+                let mem = self
+                    .generated
                     .config
                     .get("machine-config")
                     .and_then(|m| m.get("mem_size_mib"))
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(DEFAULT_MEM_MIB);
                 let limits = jail::cgroup_limits(mem);
-                let args = layout.jailer_args(&self.config.binary, *user, &limits, fc_args);
+                let args = layout.jailer_args(&self.plan.config.binary, *user, &limits, fc_args);
                 (jailer.clone(), args)
             }
         }
+    }
+
+    /// Removes everything this launch created; returns `e`.
+    fn undo(&self, e: FirecrackerLaunchError) -> FirecrackerLaunchError {
+        disks::remove_files(&self.private_files);
+        if let Err(d) = self.plan.target.paths.discard() {
+            tracing::warn!(role = %self.role, error = %d, "cannot remove files of a failed launch");
+        }
+        if let Some((layout, _, _)) = &self.plan.target.jail {
+            reaper::remove_jail(layout);
+        }
+        e
     }
 }
 
