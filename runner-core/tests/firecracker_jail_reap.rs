@@ -85,7 +85,12 @@ async fn the_next_start_ends_a_jailed_vm_left_by_a_killed_runner() {
     );
     assert!(!layout.instance_dir.exists(), "the old jail was not removed");
     for cgroup in layout.cgroup_dirs() {
-        assert!(reaper::cgroup_procs(&cgroup).is_empty());
+        let left = reaper::cgroup_procs(&cgroup);
+        assert!(
+            left.iter().all(|p| !process_alive(*p)),
+            "{} still holds {left:?}",
+            cgroup.display()
+        );
     }
     assert!(!reaper::record_path(&workspace.run, GuestRole::Runtime).exists());
 }

@@ -81,11 +81,19 @@ pub fn reap(record: &Path, jail: Option<&JailLayout>) -> Reaped {
             Err(e) => tracing::debug!(pid, error = %e, "cannot kill leftover VM"),
         }
     }
+    // Wait until the killed processes are gone and, so that the cgroups can
+    // be removed, reaped by their new parent (a zombie stays listed in its
+    // cgroup). Bounded: a parent that never reaps only delays the removal.
+    let cgroups = jail.map(JailLayout::cgroup_dirs).unwrap_or_default();
     let deadline = Instant::now() + REAP_WAIT;
     let mut survivors: Vec<u32> = targets.clone();
-    while !survivors.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    loop {
         survivors.retain(|p| is_running(*p));
+        let listed = cgroups.iter().any(|d| !cgroup_procs(d).is_empty());
+        if (survivors.is_empty() && !listed) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     for pid in &survivors {
         tracing::warn!(pid, "leftover VM did not exit after SIGKILL");
