@@ -14,8 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
 use runner_core::backend::firecracker::{FirecrackerBackend, plan, reaper};
-use runner_core::workspace::MountOverrides;
 use runner_core::identity::GuestUser;
+use runner_core::workspace::MountOverrides;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::{GuestRole, LogStream};
 use std::path::PathBuf;
@@ -49,7 +49,10 @@ async fn the_next_start_ends_a_jailed_vm_left_by_a_killed_runner() {
     let (pid, dir) = report.split_once(' ').unwrap();
     let vm_pid: u32 = pid.parse().unwrap();
     let dir = PathBuf::from(dir);
-    assert!(process_alive(vm_pid), "VM not running while its runner does");
+    assert!(
+        process_alive(vm_pid),
+        "VM not running while its runner does"
+    );
 
     kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
     let status = tokio::task::spawn_blocking(move || runner.wait())
@@ -75,15 +78,15 @@ async fn the_next_start_ends_a_jailed_vm_left_by_a_killed_runner() {
         runner_core::Workspace::provision(&dir, &user, &MountOverrides::default()).unwrap();
     let layout = plan::layout_of(backend.config(), &workspace.run, GuestRole::Runtime);
     assert!(layout.instance_dir.exists());
-    backend
-        .prepare_session(&user, &workspace)
-        .await
-        .unwrap();
+    backend.prepare_session(&user, &workspace).await.unwrap();
     assert!(
         !process_alive(vm_pid),
         "firecracker {vm_pid} survived the next start"
     );
-    assert!(!layout.instance_dir.exists(), "the old jail was not removed");
+    assert!(
+        !layout.instance_dir.exists(),
+        "the old jail was not removed"
+    );
     for cgroup in layout.cgroup_dirs() {
         let left = reaper::cgroup_procs(&cgroup);
         assert!(

@@ -37,7 +37,10 @@ fn sidecar_double(
     tokio::spawn(async move {
         loop {
             let (mut conn, _) = listener.accept().await.unwrap();
-            let answer = answers.recv().await.expect("an answer for every connection");
+            let answer = answers
+                .recv()
+                .await
+                .expect("an answer for every connection");
             let seen = seen_tx.clone();
             tokio::spawn(async move {
                 let mut line = Vec::new();
@@ -189,7 +192,10 @@ async fn connections_over_the_limit_are_closed_and_others_keep_working() {
     // Over the limit: closed by the bridge without reaching the double.
     let mut extra = UnixStream::connect(&s.listen).await.unwrap();
     assert_eof(&mut extra).await;
-    assert!(s.seen.try_recv().is_err(), "the extra connection reached the sidecar");
+    assert!(
+        s.seen.try_recv().is_err(),
+        "the extra connection reached the sidecar"
+    );
 
     first.write_all(b"ok").await.unwrap();
     assert_eq!(read_exact(&mut first, 2).await, b"ok");
@@ -208,7 +214,10 @@ async fn connections_over_the_limit_are_closed_and_others_keep_working() {
             // The bridge had not yet noticed the close: the connection was
             // refused at the limit. Its unused answer is consumed by the
             // next accepted connection in order, so retry.
-            _ => assert!(tokio::time::Instant::now() < deadline, "never bridged again"),
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never bridged again"
+            ),
         }
     }
 }

@@ -38,11 +38,21 @@ impl Fixture {
     /// Templates booting the test kernel with `boot_args` extended by
     /// `testkernel.mode=<mode>`.
     pub fn new(runtime_mode: &str, sidecar_mode: &str) -> Self {
-        Self::for_user("alice", tempfile::tempdir().unwrap(), runtime_mode, sidecar_mode)
+        Self::for_user(
+            "alice",
+            tempfile::tempdir().unwrap(),
+            runtime_mode,
+            sidecar_mode,
+        )
     }
 
     /// [`Self::new`] for `user`, in `dir`.
-    pub fn for_user(user: &str, dir: tempfile::TempDir, runtime_mode: &str, sidecar_mode: &str) -> Self {
+    pub fn for_user(
+        user: &str,
+        dir: tempfile::TempDir,
+        runtime_mode: &str,
+        sidecar_mode: &str,
+    ) -> Self {
         let user = UserId::new(user).unwrap();
         let workspace =
             Workspace::provision(dir.path(), &user, &MountOverrides::default()).unwrap();

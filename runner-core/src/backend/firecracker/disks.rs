@@ -58,7 +58,10 @@ pub enum CopyKind {
 /// Makes every file `config` names available as `staging` requires and
 /// rewrites the paths in `config` accordingly. Returns the files created
 /// (for removal at stop). On error, files created so far are removed.
-pub fn stage(config: &mut Value, staging: &Staging) -> Result<Vec<PathBuf>, FirecrackerLaunchError> {
+pub fn stage(
+    config: &mut Value,
+    staging: &Staging,
+) -> Result<Vec<PathBuf>, FirecrackerLaunchError> {
     let mut created = Vec::new();
     let result = stage_into(config, staging, &mut created);
     if result.is_err() {
@@ -223,7 +226,9 @@ fn copy_contents(from: &File, to: &File, len: u64) -> std::io::Result<CopyKind> 
 fn copy_range(from: &File, to: &File, start: u64, end: u64) -> std::io::Result<()> {
     let (mut off_in, mut off_out) = (start, start);
     while off_in < end {
-        let want = usize::try_from(end - off_in).unwrap_or(usize::MAX).min(1 << 30);
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
         let n = rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)?;
         if n == 0 {
             return Err(std::io::Error::new(

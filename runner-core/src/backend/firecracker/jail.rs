@@ -215,8 +215,14 @@ mod tests {
             jail_id(a, GuestRole::Runtime),
             jail_id(a, GuestRole::Runtime)
         );
-        assert_ne!(jail_id(a, GuestRole::Runtime), jail_id(b, GuestRole::Runtime));
-        assert_ne!(jail_id(a, GuestRole::Runtime), jail_id(a, GuestRole::Sidecar));
+        assert_ne!(
+            jail_id(a, GuestRole::Runtime),
+            jail_id(b, GuestRole::Runtime)
+        );
+        assert_ne!(
+            jail_id(a, GuestRole::Runtime),
+            jail_id(a, GuestRole::Sidecar)
+        );
         let id = jail_id(a, GuestRole::Sidecar);
         assert!(id.starts_with("shell-vm-") && id.len() == "shell-vm-".len() + 16);
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
@@ -245,10 +251,7 @@ mod tests {
             &["pids.max=64".to_owned()],
             vec!["--api-sock".into(), "/api.sock".into()],
         );
-        let args: Vec<String> = args
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
         let id = layout.id.clone();
         assert_eq!(
             args,

@@ -19,11 +19,11 @@ use super::error::FirecrackerLaunchError;
 use super::jail::JailLayout;
 use super::vsock_bridge::VsockBridge;
 use super::{api, disks, reaper};
-use crate::identity::GuestUser;
 use crate::backend::exit::{ExitNotifier, exit_channel, exit_now};
 use crate::backend::{
     ExitWatch, GuestControl, GuestIdentity, GuestOutput, LaunchedGuest, StopError,
 };
+use crate::identity::GuestUser;
 use async_trait::async_trait;
 use runner_types::{ExitStatus, GuestExit, GuestRole};
 use std::ffi::OsString;
@@ -125,12 +125,12 @@ impl LaunchPaths {
     /// Firecracker reads the one and writes the other after dropping root).
     pub fn hand_to(&self, user: GuestUser) -> Result<(), FirecrackerLaunchError> {
         for path in [&self.config, &self.vmm_log] {
-            std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)).map_err(
-                |source| FirecrackerLaunchError::WriteFile {
+            std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
+                FirecrackerLaunchError::WriteFile {
                     path: path.clone(),
                     source,
-                },
-            )?;
+                }
+            })?;
         }
         Ok(())
     }

@@ -260,8 +260,13 @@ impl FirecrackerBackend {
         let generated = self.render(spec, &target)?;
         let bridge_to = (spec.role == GuestRole::Runtime && self.has_sidecar())
             .then(|| {
-                let sidecar =
-                    Target::new(&self.config, &confinement, run, GuestRole::Sidecar, spec.run_as)?;
+                let sidecar = Target::new(
+                    &self.config,
+                    &confinement,
+                    run,
+                    GuestRole::Sidecar,
+                    spec.run_as,
+                )?;
                 Ok::<_, FirecrackerLaunchError>(sidecar.paths.vsock_socket)
             })
             .transpose()?;

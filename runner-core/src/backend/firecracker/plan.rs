@@ -132,7 +132,9 @@ impl Plan {
                 private_files.clone()
             },
             jail: jail.as_ref().map(|(l, _, _)| l.clone()),
-            keep_log_at: jail.as_ref().map(|_| LaunchPaths::new(run, spec.role).vmm_log),
+            keep_log_at: jail
+                .as_ref()
+                .map(|_| LaunchPaths::new(run, spec.role).vmm_log),
             record: Some(reaper::record_path(run, spec.role)),
             bridge: None,
         };
@@ -143,7 +145,11 @@ impl Plan {
             resources,
             private_files,
         };
-        let written = prepared.plan.target.paths.prepare(&prepared.generated.to_json());
+        let written = prepared
+            .plan
+            .target
+            .paths
+            .prepare(&prepared.generated.to_json());
         let handed = written.and_then(|()| match &jail {
             Some((_, user, _)) => prepared.plan.target.paths.hand_to(*user),
             None => Ok(()),
@@ -178,11 +184,7 @@ impl Prepared {
         };
         let bridge = VsockBridge::start(
             BridgeConfig {
-                listen: self
-                    .plan
-                    .target
-                    .paths
-                    .vsock_port_socket(SIDECAR_VSOCK_PORT),
+                listen: self.plan.target.paths.vsock_port_socket(SIDECAR_VSOCK_PORT),
                 target: target.clone(),
                 port: SIDECAR_VSOCK_PORT,
                 owner: self.plan.target.jail.as_ref().map(|(_, u, _)| *u),

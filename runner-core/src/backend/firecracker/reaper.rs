@@ -77,7 +77,9 @@ pub fn reap(record: &Path, jail: Option<&JailLayout>) -> Reaped {
     targets.dedup();
     for pid in &targets {
         match kill(Pid::from_raw(*pid as i32), Signal::SIGKILL) {
-            Ok(()) => tracing::warn!(pid, record = %record.display(), "killed a VM left by an earlier runner"),
+            Ok(()) => {
+                tracing::warn!(pid, record = %record.display(), "killed a VM left by an earlier runner")
+            }
             Err(e) => tracing::debug!(pid, error = %e, "cannot kill leftover VM"),
         }
     }

@@ -258,7 +258,11 @@ fn apply_resources(root: &mut Map<String, Value>, resources: &ResourceLimits) {
     }
     let mc = slot.as_object_mut().expect("machine-config is an object");
     for (key, cap, default) in [
-        ("vcpu_count", resources.max_vcpus.map(u64::from), DEFAULT_VCPUS),
+        (
+            "vcpu_count",
+            resources.max_vcpus.map(u64::from),
+            DEFAULT_VCPUS,
+        ),
         ("mem_size_mib", resources.max_memory_mib, DEFAULT_MEM_MIB),
     ] {
         let Some(cap) = cap else { continue };
