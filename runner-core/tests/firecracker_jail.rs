@@ -10,13 +10,13 @@ use runner_core::backend::{LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::identity::GuestUser;
 use runner_types::{GuestRole, LogStream};
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A template booting the test kernel in `hang` mode with one writable root
-/// drive at `disk`.
-fn template_with_drive(disk: &Path) -> String {
+/// A template booting the test kernel in `hang` mode with a writable root
+/// drive at `disk` and a read-only data drive at `ro`.
+fn template_with_drives(disk: &Path, ro: &Path) -> String {
     serde_json::json!({
         "boot-source": {
             "kernel_image_path": runner_tests::test_kernel(),
@@ -27,6 +27,11 @@ fn template_with_drive(disk: &Path) -> String {
             "path_on_host": disk,
             "is_root_device": true,
             "is_read_only": false,
+        }, {
+            "drive_id": "data",
+            "path_on_host": ro,
+            "is_root_device": false,
+            "is_read_only": true,
         }],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
     })
@@ -114,8 +119,13 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
     let mut pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     pattern.resize(8 << 20, 0);
     std::fs::write(&disk, &pattern).unwrap();
-    std::fs::write(&alice.runtime_template, template_with_drive(&disk)).unwrap();
-    std::fs::write(&bob.runtime_template, template_with_drive(&disk)).unwrap();
+    // A read-only drive may be shared: world-readable, so it is hard-linked.
+    let ro = alice.dir.path().join("data.img");
+    std::fs::write(&ro, vec![7u8; 1 << 20]).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for fx in [&alice, &bob] {
+        std::fs::write(&fx.runtime_template, template_with_drives(&disk, &ro)).unwrap();
+    }
     let template_id = id_of(&disk);
 
     let users = [
@@ -156,6 +166,11 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
         assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert!(copies.insert(copy), "two VMs share one drive copy");
+        assert!(
+            open.contains(&id_of(&ro)),
+            "VM {} cannot use the shared read-only drive",
+            vm.pid
+        );
         assert_eq!(std::fs::read(&vm.copy).unwrap(), pattern);
     }
 

@@ -125,19 +125,7 @@ impl Plan {
             },
         };
         let private_files = disks::stage(&mut generated.config, &staging)?;
-        let resources = LaunchResources {
-            private_files: if jail.is_some() {
-                Vec::new()
-            } else {
-                private_files.clone()
-            },
-            jail: jail.as_ref().map(|(l, _, _)| l.clone()),
-            keep_log_at: jail
-                .as_ref()
-                .map(|_| LaunchPaths::new(run, spec.role).vmm_log),
-            record: Some(reaper::record_path(run, spec.role)),
-            bridge: None,
-        };
+        let resources = self.resources(spec, &private_files);
         let prepared = Prepared {
             plan: self,
             role: spec.role,
@@ -157,6 +145,28 @@ impl Plan {
         match handed {
             Ok(()) => Ok(prepared),
             Err(e) => Err(prepared.undo(e)),
+        }
+    }
+}
+
+impl Plan {
+    /// What the launch's control must end and remove. A jail's staged files
+    /// go with the jail; an unjailed launch's are listed.
+    fn resources(&self, spec: &LaunchSpec, private_files: &[PathBuf]) -> LaunchResources {
+        let run = &spec.workspace.run;
+        let jail = self.target.jail.as_ref().map(|(l, _, _)| l.clone());
+        LaunchResources {
+            private_files: if jail.is_some() {
+                Vec::new()
+            } else {
+                private_files.to_vec()
+            },
+            keep_log_at: jail
+                .as_ref()
+                .map(|_| LaunchPaths::new(run, spec.role).vmm_log),
+            jail,
+            record: Some(reaper::record_path(run, spec.role)),
+            bridge: None,
         }
     }
 }
