@@ -174,7 +174,7 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
         assert_eq!(std::fs::read(&vm.copy).unwrap(), pattern);
     }
 
-    for vm in &vms {
+    for (vm, fx) in vms.iter().zip([&alice, &bob]) {
         vm.guest.control.stop(Duration::ZERO).await.unwrap();
         vm.guest.control.cleanup().await.unwrap();
         assert!(
@@ -182,6 +182,9 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
             "{} left behind",
             vm.instance_dir.display()
         );
+        // Firecracker's own log is kept for diagnosis, outside the jail.
+        let log = fx.workspace.run.join("oxydra-vm-firecracker.log");
+        assert!(log.is_file(), "{} not kept", log.display());
     }
     assert_eq!(
         std::fs::read(&disk).unwrap(),

@@ -359,14 +359,27 @@ impl GuestControl for FirecrackerControl {
         let removed = self.paths.remove();
         disks::remove_files(&self.resources.private_files);
         if let Some(jail) = &self.resources.jail {
-            if let Some(keep) = &self.resources.keep_log_at
-                && let Err(e) = std::fs::rename(&self.paths.vmm_log, keep)
-            {
-                tracing::debug!(role = %self.role, error = %e, "VMM log not kept");
+            if let Some(keep) = &self.resources.keep_log_at {
+                keep_log(&self.paths.vmm_log, keep);
             }
             reaper::remove_jail(jail);
         }
         removed
+    }
+}
+
+/// Moves a jailed VM's log out of its chroot before the jail is removed,
+/// if it is still a plain file: the chroot belongs to the guest's uid, which
+/// could have replaced it with a link.
+fn keep_log(log: &Path, keep: &Path) {
+    let plain = std::fs::symlink_metadata(log)
+        .is_ok_and(|m| m.file_type().is_file() && std::os::unix::fs::MetadataExt::nlink(&m) == 1);
+    if !plain {
+        tracing::debug!(path = %log.display(), "VMM log not kept: missing or not a plain file");
+        return;
+    }
+    if let Err(e) = std::fs::rename(log, keep) {
+        tracing::debug!(path = %log.display(), error = %e, "VMM log not kept");
     }
 }
 

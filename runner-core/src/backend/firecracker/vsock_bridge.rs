@@ -130,7 +130,8 @@ pub struct VsockBridge {
 
 impl VsockBridge {
     /// Binds `config.listen` (replacing a stale socket), hands it to its
-    /// owner with mode 0600, and starts accepting. `up` is set to `true`
+    /// owner with mode 0600, and starts accepting. Call it before the VM
+    /// whose directory holds the socket starts. `up` is set to `true`
     /// once listening and back to `false` at teardown. Must be called
     /// within a tokio runtime.
     pub fn start(config: BridgeConfig, up: watch::Sender<bool>) -> Result<Self, BridgeError> {
@@ -140,11 +141,14 @@ impl VsockBridge {
         };
         remove_if_present(&config.listen).map_err(listen_err)?;
         let listener = UnixListener::bind(&config.listen).map_err(listen_err)?;
+        // Called before the VM starts, so nothing else writes the directory
+        // yet (for a jailed VM it is the guest-owned chroot).
         let secure = || -> std::io::Result<()> {
-            if let Some(owner) = config.owner {
-                std::os::unix::fs::chown(&config.listen, Some(owner.uid), Some(owner.gid))?;
+            std::fs::set_permissions(&config.listen, std::fs::Permissions::from_mode(0o600))?;
+            match config.owner {
+                Some(o) => std::os::unix::fs::lchown(&config.listen, Some(o.uid), Some(o.gid)),
+                None => Ok(()),
             }
-            std::fs::set_permissions(&config.listen, std::fs::Permissions::from_mode(0o600))
         };
         if let Err(source) = secure() {
             remove_if_present(&config.listen).unwrap_or_else(|e| {
