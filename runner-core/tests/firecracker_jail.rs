@@ -221,3 +221,64 @@ async fn a_jailed_launch_needs_a_non_root_guest_user() {
     }
     assert_eq!(std::fs::read_dir(&fx.workspace.run).unwrap().count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jailed_runtime_vm_gets_a_bridge_its_uid_can_reach_until_it_stops() {
+    if !runner_tests::kvm_or_skip("the_jailed_runtime_vm_gets_a_bridge") {
+        return;
+    }
+    assert!(nix::unistd::geteuid().is_root());
+    let fx = Fixture::new("hang", "hang");
+    let backend = fx.jailed_backend();
+    let user = GuestUser {
+        uid: 61104,
+        gid: 61104,
+    };
+    backend
+        .prepare_session(&fx.user, &fx.workspace)
+        .await
+        .unwrap();
+    let link = backend.sidecar_link(&fx.workspace).expect("a sidecar link");
+    assert!(!*link.borrow(), "bridge up before any launch");
+
+    let mut guests = Vec::new();
+    for role in GuestRole::START_ORDER {
+        let mut spec = fx.spec(role, &backend);
+        spec.run_as = Some(user);
+        let mut guest = backend.launch(spec).await.unwrap();
+        let _stderr = tokio::spawn(read_to_end(take_output(&mut guest, LogStream::Stderr)));
+        let (_, console) = read_until(
+            take_output(&mut guest, LogStream::Stdout),
+            "TESTKERNEL hang\n",
+        )
+        .await;
+        guests.push((guest, tokio::spawn(read_to_end(console))));
+    }
+    let rt_root = plan::layout_of(backend.config(), &fx.workspace.run, GuestRole::Runtime).root;
+    let bridge = rt_root.join("vsock.sock_1024");
+    let meta = std::fs::symlink_metadata(&bridge).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (61104, 61104, 0o600)
+    );
+    assert!(*link.borrow(), "bridge up but not reported");
+    // The generated config points the runtime's vsock at the jail's socket.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rt_root.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vsock"]["uds_path"], "/vsock.sock");
+
+    // Stopping the runtime VM tears the bridge down before its exit shows.
+    let (runtime, _) = guests.pop().unwrap();
+    runtime.control.stop(Duration::ZERO).await.unwrap();
+    assert!(
+        !*link.borrow(),
+        "bridge still reported after the runtime stopped"
+    );
+    assert!(!bridge.exists());
+    runtime.control.cleanup().await.unwrap();
+    for (g, _) in guests {
+        g.control.stop(Duration::ZERO).await.unwrap();
+        g.control.cleanup().await.unwrap();
+    }
+}
