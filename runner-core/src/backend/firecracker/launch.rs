@@ -448,6 +448,40 @@ mod tests {
     }
 
     #[test]
+    fn a_jailed_vm_sees_its_files_relative_to_the_chroot() {
+        let root = Path::new("/ws/alice/run/jail/firecracker/oxydra-vm-0123/root");
+        let p = LaunchPaths::jailed(root);
+        assert_eq!(p.api_socket, root.join("api.sock"));
+        assert_eq!(p.visible(&p.vsock_socket), Path::new("/vsock.sock"));
+        assert_eq!(p.vsock_port_socket(1024), root.join("vsock.sock_1024"));
+        let args: Vec<String> = p
+            .firecracker_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--api-sock",
+                "/api.sock",
+                "--config-file",
+                "/config.json",
+                "--log-path",
+                "/firecracker.log",
+                "--level",
+                "Warn"
+            ]
+        );
+        // Unjailed, paths are the host's.
+        let direct = LaunchPaths::new(Path::new("/ws/alice/run"), GuestRole::Runtime);
+        assert_eq!(direct.visible(&direct.vsock_socket), direct.vsock_socket);
+        assert_eq!(
+            direct.vsock_port_socket(1024),
+            Path::new("/ws/alice/run/oxydra-vm-vsock.sock_1024")
+        );
+    }
+
+    #[test]
     fn prepare_replaces_stale_files_and_remove_clears_them() {
         let dir = tempfile::tempdir().unwrap();
         let p = LaunchPaths::new(dir.path(), GuestRole::Runtime);
