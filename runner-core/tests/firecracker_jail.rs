@@ -70,6 +70,7 @@ struct Running {
     pid: u32,
     copy: PathBuf,
     instance_dir: PathBuf,
+    cgroups: Vec<PathBuf>,
     _drain: tokio::task::JoinHandle<Vec<u8>>,
 }
 
@@ -97,6 +98,7 @@ async fn launch_hanging(
         guest,
         pid,
         copy: layout.root.join("drive-0.img"),
+        cgroups: layout.cgroup_dirs(),
         instance_dir: layout.instance_dir,
         _drain: tokio::spawn(read_to_end(console)),
     };
@@ -166,6 +168,24 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
         assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert!(copies.insert(copy), "two VMs share one drive copy");
+        // cgroup v1 limits (this project's CI hosts have v1): guest RAM
+        // (32 MiB) plus 64 MiB, and 64 tasks.
+        assert!(
+            Path::new("/sys/fs/cgroup/pids/tasks").exists(),
+            "expected a cgroup v1 host"
+        );
+        let read = |dir: &PathBuf, file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(
+            read(&vm.cgroups[0], "memory.limit_in_bytes"),
+            ((32 + 64) << 20).to_string()
+        );
+        assert_eq!(read(&vm.cgroups[1], "pids.max"), "64");
+        assert!(read(&vm.cgroups[1], "cgroup.procs").contains(&vm.pid.to_string()));
         assert!(
             open.contains(&id_of(&ro)),
             "VM {} cannot use the shared read-only drive",
