@@ -170,7 +170,8 @@ impl FirecrackerBackendConfig {
 pub struct FirecrackerBackend {
     config: FirecrackerBackendConfig,
     /// Per user (keyed by `run/`): whether the runtime VM's vsock bridge is
-    /// up. Shared by clones, so every session of one backend sees its own.
+    /// up. Clones share it (a launch runs on a clone), so the session sees
+    /// what the launch set.
     links: Arc<Mutex<HashMap<PathBuf, watch::Sender<bool>>>>,
 }
 
