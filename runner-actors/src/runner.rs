@@ -155,10 +155,11 @@ impl Runner {
             },
         })?;
 
-        let mut degraded = Vec::new();
+        let mut degraded = backend.degraded_reasons();
         if tier == SandboxTier::Process {
             degraded.push(bootstrap::insecure_process_tier(options.insecure));
         }
+        let sidecar_link = backend.sidecar_link(&workspace);
         let startup =
             bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
         let degraded = startup.degraded_reasons.clone();
@@ -170,6 +171,7 @@ impl Runner {
             phase: &SessionPhase::Starting,
             log_dir: &log_dir,
             guests: &[],
+            sidecar_linked: sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
@@ -188,6 +190,7 @@ impl Runner {
             startup,
             degraded,
             env,
+            sidecar_link,
             serve_control: options.serve_control,
             control_limits: options.control_limits,
             health_tx,

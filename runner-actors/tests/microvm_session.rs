@@ -3,7 +3,9 @@
 //! bounded stop of a VM that never exits.
 
 use runner_actors::{Backends, Runner, SessionEvent, SessionOptions};
-use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
+use runner_core::backend::firecracker::{
+    FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
+};
 use runner_core::config::RunnerConfig;
 use runner_tests::{firecracker_binary, kvm_or_skip, process_alive, test_kernel};
 use runner_types::config::RestartPolicy;
@@ -34,6 +36,10 @@ fn config(dir: &Path, runtime_mode: &str, sidecar_mode: &str) -> RunnerConfig {
     c.guest_images.firecracker_oxydra_vm_config = Some(template(dir, "rt.json", runtime_mode));
     c.guest_images.firecracker_shell_vm_config = Some(template(dir, "sc.json", sidecar_mode));
     c.firecracker.binary = Some(firecracker_binary().display().to_string());
+    // Sessions do not assign guest uids yet in this suite, which a jailed
+    // VM needs: run unjailed, which health must report.
+    c.firecracker.jailer = Some(dir.join("no-jailer").display().to_string());
+    c.firecracker.allow_without_jailer = true;
     c.shutdown.grace = Duration::from_millis(300);
     c.shutdown.log_drain = Duration::from_millis(500);
     c
@@ -97,6 +103,19 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
     }
     let health = session.health().await.unwrap();
     assert!(health.healthy, "{health:?}");
+    // The runtime VM's bridge to the sidecar is up, so the shell is claimed.
+    let bridge = session.workspace().run.join("oxydra-vm-vsock.sock_1024");
+    assert!(bridge.exists(), "no vsock bridge socket");
+    assert!(health.shell_available && health.startup_status.sidecar_available);
+    // Root without a jailer (allowed in this suite) is reported.
+    assert!(
+        health
+            .startup_status
+            .degraded_reasons
+            .iter()
+            .any(|r| r.code == FIRECRACKER_WITHOUT_JAILER),
+        "{health:?}"
+    );
     let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
     assert_eq!(pids.len(), 2);
     assert_eq!(
@@ -124,6 +143,63 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
             .join("oxydra-vm-firecracker.sock")
             .exists()
     );
+    assert!(!bridge.exists(), "the bridge outlived the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shell_is_claimed_once_the_runtime_vm_and_its_bridge_are_gone() {
+    if !kvm_or_skip("no_shell_is_claimed_once_the_runtime_vm_and_its_bridge_are_gone") {
+        return;
+    }
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let mut cfg = config(dir.path(), "exit", "hang");
+    cfg.restart.policy = RestartPolicy::Never;
+    let rn = runner(cfg);
+    let session = rn.start_session_with("vm3", no_socket()).await.unwrap();
+    let bridge = session.workspace().run.join("oxydra-vm-vsock.sock_1024");
+    let mut events = session.events();
+    // The runtime VM resets right after boot. Its exit event comes first,
+    // the health update right after it.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let SessionEvent::GuestExited {
+                role: GuestRole::Runtime,
+                ..
+            } = events.recv().await.unwrap()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the runtime VM did not exit");
+    let start = Instant::now();
+    while session
+        .health()
+        .await
+        .unwrap()
+        .guests
+        .iter()
+        .any(|g| g.role == GuestRole::Runtime && g.state == GuestState::Running)
+    {
+        assert!(start.elapsed() < WAIT, "health never showed the exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = session.health().await.unwrap();
+    let sidecar = health
+        .guests
+        .iter()
+        .find(|g| g.role == GuestRole::Sidecar)
+        .unwrap();
+    assert_eq!(sidecar.state, GuestState::Running, "{health:?}");
+    assert!(
+        !health.shell_available
+            && !health.startup_status.shell_available
+            && !health.startup_status.sidecar_available,
+        "shell claimed without a bridge: {health:?}"
+    );
+    assert!(!bridge.exists(), "the bridge outlived the runtime VM");
+    session.shutdown(WAIT).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,11 @@ pub struct HealthInputs<'a> {
     pub log_dir: &'a str,
     /// Status of every configured guest.
     pub guests: &'a [GuestStatus],
+    /// Whether the runtime can reach the sidecar now, on tiers where a
+    /// runner-side link joins them (see
+    /// `SandboxBackend::sidecar_link`); `true` elsewhere. While `false`,
+    /// health claims no sidecar, shell or browser.
+    pub sidecar_linked: bool,
 }
 
 /// The `health_status` a session reports.
@@ -67,13 +72,19 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
         SessionPhase::Running => None,
     };
     let runtime = i.guests.iter().find(|g| g.role == GuestRole::Runtime);
+    let mut startup = i.startup.clone();
+    if !i.sidecar_linked {
+        startup.sidecar_available = false;
+        startup.shell_available = false;
+        startup.browser_available = false;
+    }
     HealthStatus {
         user_id: i.user_id.to_owned(),
         healthy,
         sandbox_tier: i.tier,
-        startup_status: i.startup.clone(),
-        shell_available: i.startup.shell_available,
-        browser_available: i.startup.browser_available,
+        shell_available: startup.shell_available,
+        browser_available: startup.browser_available,
+        startup_status: startup,
         shutdown: i.phase.is_shutdown(),
         message,
         log_dir: Some(i.log_dir.to_owned()),
@@ -135,6 +146,7 @@ mod tests {
             phase: &SessionPhase::Running,
             log_dir: "/w/alice/logs",
             guests: &guests,
+            sidecar_linked: true,
         };
         let h = health_report(&i);
         assert!(h.healthy);
@@ -153,5 +165,26 @@ mod tests {
         i.phase = &SessionPhase::Running;
         i.guests = &backing;
         assert!(!health_report(&i).healthy);
+    }
+
+    #[test]
+    fn no_shell_is_claimed_while_the_sidecar_link_is_down() {
+        let s = startup();
+        let guests = [guest(GuestRole::Runtime, GuestState::Running)];
+        let mut i = HealthInputs {
+            user_id: "alice",
+            tier: SandboxTier::MicroVm,
+            startup: &s,
+            phase: &SessionPhase::Running,
+            log_dir: "/w/alice/logs",
+            guests: &guests,
+            sidecar_linked: false,
+        };
+        let h = health_report(&i);
+        assert!(!h.shell_available && !h.browser_available);
+        assert!(!h.startup_status.shell_available && !h.startup_status.sidecar_available);
+        i.sidecar_linked = true;
+        let h = health_report(&i);
+        assert!(h.shell_available && h.startup_status.sidecar_available);
     }
 }

@@ -391,3 +391,34 @@ fn errors_report_their_file() {
     let err = parse_runner_config("x = 1", Path::new("/etc/runner/r.toml")).unwrap_err();
     assert_eq!(err.path(), Path::new("/etc/runner/r.toml"));
 }
+
+#[test]
+fn a_chroot_base_inside_the_workspace_root_is_refused() {
+    let d = Dir::new();
+    for chroot in ["ws/alice/shared/jails", "ws", "./ws/../ws/x"] {
+        let text = format!("workspace_root = \"ws\"\n[firecracker]\nchroot_base = \"{chroot}\"\n");
+        match d.runner(&text) {
+            Err(ConfigError::ChrootBaseInWorkspace {
+                path,
+                chroot_base,
+                workspace_root,
+            }) => {
+                assert_eq!(path, d.path("runner.toml"));
+                assert_eq!(chroot_base, d.path(chroot));
+                assert_eq!(workspace_root, d.path("ws"));
+            }
+            other => panic!("{chroot}: {other:?}"),
+        }
+    }
+    let outside = "workspace_root = \"ws\"\n[firecracker]\nchroot_base = \"jails\"\n";
+    let cfg = d.runner(outside).unwrap();
+    assert_eq!(
+        cfg.firecracker.chroot_base.as_deref(),
+        Some(d.path("jails").to_str().unwrap())
+    );
+    let empty = "[firecracker]\nchroot_base = \"\"\n";
+    assert!(matches!(
+        d.runner(empty),
+        Err(ConfigError::EmptyPath { key, .. }) if key == "firecracker.chroot_base"
+    ));
+}

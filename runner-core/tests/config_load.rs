@@ -59,6 +59,9 @@ command = ["--x"]
 
 [firecracker]
 binary = "./bin/firecracker"
+jailer = "./bin/jailer"
+chroot_base = "jails"
+allow_without_jailer = true
 "#;
 
 const ALICE: &str = r#"
@@ -174,6 +177,15 @@ fn full_file_is_loaded_field_by_field() {
         cfg.firecracker.binary.as_deref(),
         Some(etc.join("./bin/firecracker").to_str().unwrap())
     );
+    assert_eq!(
+        cfg.firecracker.jailer.as_deref(),
+        Some(etc.join("./bin/jailer").to_str().unwrap())
+    );
+    assert_eq!(
+        cfg.firecracker.chroot_base.as_deref(),
+        Some(etc.join("jails").to_str().unwrap())
+    );
+    assert!(cfg.firecracker.allow_without_jailer);
 
     // alice: mounts relative to her own file's directory (etc/users/).
     let alice = cfg.user(&user("alice"));

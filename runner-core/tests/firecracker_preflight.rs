@@ -1,12 +1,14 @@
 //! What the micro_vm tier refuses before anything starts: a missing
 //! template key, a missing binary, an unusable KVM device, an envelope over
-//! the command-line budget. None of these needs KVM.
+//! the command-line budget, a root runner without a jailer. None of these
+//! boots a VM.
 
 mod firecracker_support;
 
 use firecracker_support::*;
 use runner_core::backend::firecracker::{
-    FirecrackerBackend, FirecrackerBackendConfig, FirecrackerLaunchError, LaunchPaths,
+    FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
+    FirecrackerLaunchError, JailerSettings, LaunchPaths,
 };
 use runner_core::backend::{LaunchError, SandboxBackend};
 use runner_core::config::RunnerConfig;
@@ -211,4 +213,79 @@ async fn an_envelope_over_the_budget_launches_nothing() {
         "a firecracker process was started"
     );
     assert_eq!(std::fs::read_dir(&fx.workspace.run).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn root_without_a_jailer_is_refused_unless_explicitly_allowed() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the jailer preflight is about a root runner"
+    );
+    let fx = Fixture::new("exit", "exit");
+    let mut config = fx.backend().config().clone();
+    config.jailer = JailerSettings {
+        binary: fx.dir.path().join("no-jailer"),
+        chroot_base: None,
+        allow_without_jailer: false,
+        runner_is_root: true,
+    };
+    let refused = FirecrackerBackend::new(config.clone());
+    let err = fc_err(
+        refused
+            .prepare_session(&fx.user, &fx.workspace)
+            .await
+            .unwrap_err(),
+    );
+    let FirecrackerLaunchError::JailerRequired { jailer, source } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*jailer, fx.dir.path().join("no-jailer"));
+    assert!(
+        matches!(**source, FirecrackerLaunchError::BinaryMissing { .. }),
+        "{source:?}"
+    );
+    assert!(err.to_string().contains("allow_without_jailer"), "{err}");
+    // A launch is refused the same way, before anything is written.
+    let err = fc_err(
+        refused
+            .launch(fx.spec(GuestRole::Runtime, &refused))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(err, FirecrackerLaunchError::JailerRequired { .. }),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read_dir(&fx.workspace.run).unwrap().count(), 0);
+    assert!(refused.degraded_reasons().is_empty());
+
+    // Allowed: the preflight passes and the backend reports itself degraded.
+    config.jailer.allow_without_jailer = true;
+    let allowed = FirecrackerBackend::new(config.clone());
+    allowed
+        .prepare_session(&fx.user, &fx.workspace)
+        .await
+        .unwrap();
+    let reasons = allowed.degraded_reasons();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(reasons[0].code, FIRECRACKER_WITHOUT_JAILER);
+
+    // With a usable jailer nothing is degraded, and as a non-root runner
+    // the jailer is not needed at all.
+    config.jailer.binary = jailer_binary();
+    config.jailer.allow_without_jailer = false;
+    let jailed = FirecrackerBackend::new(config.clone());
+    jailed
+        .prepare_session(&fx.user, &fx.workspace)
+        .await
+        .unwrap();
+    assert!(jailed.degraded_reasons().is_empty());
+    config.jailer.binary = fx.dir.path().join("no-jailer");
+    config.jailer.runner_is_root = false;
+    let unprivileged = FirecrackerBackend::new(config);
+    unprivileged
+        .prepare_session(&fx.user, &fx.workspace)
+        .await
+        .unwrap();
+    assert!(unprivileged.degraded_reasons().is_empty());
 }

@@ -313,6 +313,18 @@ pub struct FirecrackerSection {
     /// Path of the `firecracker` binary; default `firecracker` on PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
+    /// Path of the `jailer` binary, used when the runner is root; default
+    /// `jailer` on PATH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jailer: Option<String>,
+    /// Directory the jailer builds its chroots in; default the user's
+    /// `run/jail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chroot_base: Option<String>,
+    /// Run Firecracker as root without the jailer when no usable jailer is
+    /// found (unsafe; health reports it as degraded). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_without_jailer: bool,
 }
 
 /// The per-user file named by `[users.<id>] config_path`.

@@ -13,7 +13,7 @@
 
 use runner_bench::{median, percentile};
 use runner_core::backend::firecracker::{
-    FirecrackerBackend, FirecrackerBackendConfig, LaunchPaths,
+    FirecrackerBackend, FirecrackerBackendConfig, JailerSettings, LaunchPaths,
 };
 use runner_core::backend::{LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::MountOverrides;
@@ -59,6 +59,14 @@ fn setup(dir: &Path) -> Setup {
         runtime_template: Some(template.clone()),
         sidecar_template: Some(template),
         kvm_device: PathBuf::from("/dev/kvm"),
+        // Measures Firecracker's own start, unjailed, as a non-root runner
+        // would run it.
+        jailer: JailerSettings {
+            binary: binary.with_file_name("jailer"),
+            chroot_base: None,
+            allow_without_jailer: true,
+            runner_is_root: false,
+        },
     });
     backend
         .check()

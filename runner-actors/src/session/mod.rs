@@ -295,6 +295,10 @@ fn publish_health(state: &SessionState) {
         phase: &state.phase,
         log_dir: &log_dir,
         guests: &state.statuses,
+        // Read at every publish: the backend changes it before the guest
+        // status change that goes with it (bridge up before the runtime is
+        // reported running, down before its exit is).
+        sidecar_linked: a.sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
     });
     a.health_tx.send_replace(health);
 }

@@ -42,6 +42,9 @@ pub struct SessionArgs {
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
     pub(crate) env: GuestEnv,
+    /// Whether the runtime can reach the sidecar, on tiers where the runner
+    /// links them (`None`: always).
+    pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
     pub(crate) serve_control: bool,
     pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,

@@ -186,6 +186,21 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Launches one guest.
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError>;
+
+    /// Whether the runtime guest of `workspace` can reach its sidecar right
+    /// now, for tiers where that needs a runner-side link (the micro_vm
+    /// tier's vsock bridge). `None`: the tier connects the guests by itself.
+    /// The value must change before the guest status change that causes it
+    /// is reported, so a health report built on that status is consistent.
+    fn sidecar_link(&self, workspace: &Workspace) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let _ = workspace;
+        None
+    }
+
+    /// Why this backend runs degraded (reported in health), if it does.
+    fn degraded_reasons(&self) -> Vec<runner_types::DegradedReason> {
+        Vec::new()
+    }
 }
 
 /// Why a guest could not be launched.

@@ -209,6 +209,19 @@ pub enum ConfigError {
         /// The value as written.
         value: String,
     },
+    /// `[firecracker] chroot_base` lies below `workspace_root`.
+    #[error(
+        "`firecracker.chroot_base` {chroot_base} in {path} is inside workspace_root \
+         {workspace_root}; leave it unset (jails then go to each user's run/) or move it out"
+    )]
+    ChrootBaseInWorkspace {
+        /// The file.
+        path: PathBuf,
+        /// The resolved chroot base.
+        chroot_base: PathBuf,
+        /// The resolved workspace root.
+        workspace_root: PathBuf,
+    },
 }
 
 fn at_suffix(at: &Option<Location>) -> String {
@@ -234,7 +247,8 @@ impl ConfigError {
             | Self::EmptyCredentialRef { path, .. }
             | Self::InvalidEnvName { path, .. }
             | Self::UnsupportedVersion { path, .. }
-            | Self::InvalidTimezone { path, .. } => path,
+            | Self::InvalidTimezone { path, .. }
+            | Self::ChrootBaseInWorkspace { path, .. } => path,
         }
     }
 }

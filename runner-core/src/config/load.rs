@@ -3,9 +3,9 @@
 //!
 //! Relative paths resolve against the directory of the file that names them:
 //! `workspace_root`, `[users.<id>] config_path`, the Firecracker templates and
-//! `[firecracker] binary` against `runner.toml`'s directory, `[mounts]`
+//! `[firecracker] binary`, `jailer` and `chroot_base` against `runner.toml`'s directory, `[mounts]`
 //! against the per-user file's directory. A program (`process.*.program`,
-//! `firecracker.binary`) is a path only when it contains a `/`; a bare name
+//! `firecracker.binary`, `firecracker.jailer`) is a path only when it contains a `/`; a bare name
 //! stays bare and is looked up on PATH at launch.
 
 use super::oxydra;
@@ -17,8 +17,8 @@ use super::{
 use crate::UserId;
 use crate::workspace::MountOverrides;
 use runner_types::config::{
-    GuestCommandFile, GuestImagesFile, LogsSection, MountsFile, ProcessSection, ResourcesFile,
-    RestartSection, RunnerConfigFile, ShutdownSection, UserConfigFile,
+    FirecrackerSection, GuestCommandFile, GuestImagesFile, LogsSection, MountsFile, ProcessSection,
+    ResourcesFile, RestartSection, RunnerConfigFile, ShutdownSection, UserConfigFile,
 };
 use runner_types::{ResourceLimits, SandboxTier};
 use std::collections::BTreeMap;
@@ -56,11 +56,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         let user_path = resolve_path(&path, base, &key, &registration.config_path)?;
         users.insert(user, load_user_config(&user_path)?);
     }
-    let mut firecracker = file.firecracker.clone();
-    if let Some(binary) = &firecracker.binary {
-        let program = resolve_program(&path, base, "firecracker.binary", binary)?;
-        firecracker.binary = Some(program.to_string_lossy().into_owned());
-    }
+    let firecracker = firecracker(&path, base, &file.firecracker, &workspace_root)?;
     Ok(RunnerConfig {
         workspace_root,
         default_tier: file.default_tier.unwrap_or(SandboxTier::Process),
@@ -154,6 +150,53 @@ fn guest_images(
             &images.firecracker_shell_vm_config,
         )?,
     })
+}
+
+/// `[firecracker]` with its programs and `chroot_base` resolved. A
+/// `chroot_base` below `workspace_root` is refused: guests can write parts
+/// of it, and a jail must be reachable only by the runner.
+fn firecracker(
+    path: &Path,
+    base: &Path,
+    section: &FirecrackerSection,
+    workspace_root: &Path,
+) -> Result<FirecrackerSection, ConfigError> {
+    let mut fc = section.clone();
+    if let Some(binary) = &fc.binary {
+        let program = resolve_program(path, base, "firecracker.binary", binary)?;
+        fc.binary = Some(program.to_string_lossy().into_owned());
+    }
+    if let Some(jailer) = &fc.jailer {
+        let program = resolve_program(path, base, "firecracker.jailer", jailer)?;
+        fc.jailer = Some(program.to_string_lossy().into_owned());
+    }
+    if let Some(chroot_base) = &fc.chroot_base {
+        let dir = resolve_path(path, base, "firecracker.chroot_base", chroot_base)?;
+        if lexically_normal(&dir).starts_with(lexically_normal(workspace_root)) {
+            return Err(ConfigError::ChrootBaseInWorkspace {
+                path: path.to_path_buf(),
+                chroot_base: dir,
+                workspace_root: workspace_root.to_path_buf(),
+            });
+        }
+        fc.chroot_base = Some(dir.to_string_lossy().into_owned());
+    }
+    Ok(fc)
+}
+
+/// `p` with `.` removed and `..` applied, without touching the disk.
+fn lexically_normal(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn process(path: &Path, base: &Path, p: &ProcessSection) -> Result<ProcessConfig, ConfigError> {

@@ -5,7 +5,9 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use runner_core::backend::firecracker::{FirecrackerBackend, FirecrackerBackendConfig};
+use runner_core::backend::firecracker::{
+    FirecrackerBackend, FirecrackerBackendConfig, JailerSettings,
+};
 use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -36,8 +38,22 @@ impl Fixture {
     /// Templates booting the test kernel with `boot_args` extended by
     /// `testkernel.mode=<mode>`.
     pub fn new(runtime_mode: &str, sidecar_mode: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let user = UserId::new("alice").unwrap();
+        Self::for_user(
+            "alice",
+            tempfile::tempdir().unwrap(),
+            runtime_mode,
+            sidecar_mode,
+        )
+    }
+
+    /// [`Self::new`] for `user`, in `dir`.
+    pub fn for_user(
+        user: &str,
+        dir: tempfile::TempDir,
+        runtime_mode: &str,
+        sidecar_mode: &str,
+    ) -> Self {
+        let user = UserId::new(user).unwrap();
         let workspace =
             Workspace::provision(dir.path(), &user, &MountOverrides::default()).unwrap();
         let write = |name: &str, mode: &str| {
@@ -58,14 +74,34 @@ impl Fixture {
         }
     }
 
-    /// A backend on the pinned binary, `/dev/kvm` and this fixture's templates.
+    /// A backend on the pinned binary, `/dev/kvm` and this fixture's
+    /// templates, running Firecracker unjailed (as the runner's user; as
+    /// root, with `allow_without_jailer`).
     pub fn backend(&self) -> FirecrackerBackend {
         FirecrackerBackend::new(FirecrackerBackendConfig {
             binary: runner_tests::firecracker_binary(),
             runtime_template: Some(self.runtime_template.clone()),
             sidecar_template: Some(self.sidecar_template.clone()),
             kvm_device: PathBuf::from("/dev/kvm"),
+            jailer: JailerSettings {
+                binary: self.dir.path().join("no-jailer"),
+                chroot_base: None,
+                allow_without_jailer: true,
+                runner_is_root: nix::unistd::geteuid().is_root(),
+            },
         })
+    }
+
+    /// [`Self::backend`] with the pinned jailer: as root, VMs run jailed.
+    pub fn jailed_backend(&self) -> FirecrackerBackend {
+        let mut config = self.backend().config().clone();
+        config.jailer = JailerSettings {
+            binary: jailer_binary(),
+            chroot_base: None,
+            allow_without_jailer: false,
+            runner_is_root: nix::unistd::geteuid().is_root(),
+        };
+        FirecrackerBackend::new(config)
     }
 
     /// The kind of envelope the runner builds for a guest of `role`.
@@ -122,6 +158,11 @@ impl Fixture {
             },
         }
     }
+}
+
+/// The pinned jailer (fetched beside firecracker by `.ci/firecracker.sh`).
+pub fn jailer_binary() -> PathBuf {
+    runner_tests::firecracker_binary().with_file_name("jailer")
 }
 
 /// A template for the test kernel with these `boot_args`.

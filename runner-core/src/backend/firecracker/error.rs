@@ -2,6 +2,7 @@
 //! Firecracker backend, shared by the pre-launch checks, config generation
 //! and spawning.
 
+use super::vsock_bridge::BridgeError;
 use crate::workspace::WorkspaceError;
 use runner_types::GuestRole;
 use runner_types::envelope::EnvelopeError;
@@ -50,6 +51,50 @@ pub enum FirecrackerLaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The runner is root and no usable jailer exists, and
+    /// `[firecracker] allow_without_jailer` is not set.
+    #[error(
+        "The runner is root but the jailer {jailer} is unusable; install it or set \
+         [firecracker] jailer (or, unsafely, allow_without_jailer = true)"
+    )]
+    JailerRequired {
+        /// The jailer as configured or resolved.
+        jailer: PathBuf,
+        /// Why it is unusable.
+        #[source]
+        source: Box<FirecrackerLaunchError>,
+    },
+    /// A jailed launch has no guest identity, or one with uid/gid 0.
+    #[error("The jailed {role} VM needs a non-root guest uid/gid (got {run_as:?})")]
+    NoGuestUser {
+        /// The guest.
+        role: GuestRole,
+        /// What the launch spec carried.
+        run_as: Option<crate::identity::GuestUser>,
+    },
+    /// A jail directory cannot be prepared.
+    #[error("Cannot prepare the jail {path}")]
+    Jail {
+        /// The directory or file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A drive, kernel or initrd cannot be copied or linked for a launch.
+    #[error("Cannot stage {src} as {dst}")]
+    StageFile {
+        /// The template's file.
+        src: PathBuf,
+        /// The per-launch file.
+        dst: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime-to-sidecar vsock bridge cannot start.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     /// A template cannot be read.
     #[error("Cannot read Firecracker template {path}")]
     ReadTemplate {

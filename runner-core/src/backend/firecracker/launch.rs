@@ -9,13 +9,21 @@
 //! forced stop asks it to kill, so a signal can never hit a reused pid. The
 //! child is `kill_on_drop`: if the tokio runtime that owns the waiter goes
 //! away, the VM goes with it.
+//!
+//! The waiter also owns the launch's vsock bridge (runtime VM only) and its
+//! ownership record: when the VM exits, the bridge is torn down and the
+//! record removed *before* the exit is published, so whoever reacts to the
+//! exit (health, a relaunch) already sees them gone.
 
-use super::api;
 use super::error::FirecrackerLaunchError;
+use super::jail::JailLayout;
+use super::vsock_bridge::VsockBridge;
+use super::{api, disks, reaper};
 use crate::backend::exit::{ExitNotifier, exit_channel, exit_now};
 use crate::backend::{
     ExitWatch, GuestControl, GuestIdentity, GuestOutput, LaunchedGuest, StopError,
 };
+use crate::identity::GuestUser;
 use async_trait::async_trait;
 use runner_types::{ExitStatus, GuestExit, GuestRole};
 use std::ffi::OsString;
@@ -39,7 +47,8 @@ const SERIAL_PIPE_BYTES: i32 = 1 << 20;
 /// Firecracker's own log level; its log goes to a file, not the console.
 const VMM_LOG_LEVEL: &str = "Warn";
 
-/// Per-launch files of one VM, all in the workspace's `run/`.
+/// Per-launch files of one VM: in the workspace's `run/` for an unjailed
+/// VM, in its chroot for a jailed one. All fields are host paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPaths {
     /// Generated config (`<label>-firecracker.json`, mode 0600).
@@ -51,10 +60,12 @@ pub struct LaunchPaths {
     /// Firecracker's own log (`<label>-firecracker.log`, mode 0600). Kept
     /// after the VM exits for diagnosis; truncated by the next launch.
     pub vmm_log: PathBuf,
+    /// The chroot a jailed Firecracker sees as `/`; `None` when unjailed.
+    pub jail_root: Option<PathBuf>,
 }
 
 impl LaunchPaths {
-    /// The files for `role` under `run`.
+    /// The files for an unjailed VM of `role` under `run`.
     pub fn new(run: &Path, role: GuestRole) -> Self {
         let label = role.label();
         Self {
@@ -62,7 +73,36 @@ impl LaunchPaths {
             api_socket: run.join(format!("{label}-firecracker.sock")),
             vsock_socket: run.join(format!("{label}-vsock.sock")),
             vmm_log: run.join(format!("{label}-firecracker.log")),
+            jail_root: None,
         }
+    }
+
+    /// The files of a jailed VM whose chroot is `root`.
+    pub fn jailed(root: &Path) -> Self {
+        Self {
+            config: root.join("config.json"),
+            api_socket: root.join("api.sock"),
+            vsock_socket: root.join("vsock.sock"),
+            vmm_log: root.join("firecracker.log"),
+            jail_root: Some(root.to_path_buf()),
+        }
+    }
+
+    /// `host` as Firecracker sees it: unchanged when unjailed, relative to
+    /// the chroot (with a leading `/`) when jailed.
+    pub fn visible(&self, host: &Path) -> PathBuf {
+        match self.jail_root.as_deref().map(|r| host.strip_prefix(r)) {
+            Some(Ok(inside)) => Path::new("/").join(inside),
+            _ => host.to_path_buf(),
+        }
+    }
+
+    /// Where the runtime VM's connections to host vsock port `port` arrive
+    /// (Firecracker's `<uds_path>_<port>` convention).
+    pub fn vsock_port_socket(&self, port: u32) -> PathBuf {
+        let mut name = self.vsock_socket.clone().into_os_string();
+        name.push(format!("_{port}"));
+        PathBuf::from(name)
     }
 
     /// The firecracker arguments for these files: API socket, config file,
@@ -71,14 +111,28 @@ impl LaunchPaths {
     pub fn firecracker_args(&self) -> Vec<OsString> {
         vec![
             "--api-sock".into(),
-            self.api_socket.clone().into(),
+            self.visible(&self.api_socket).into(),
             "--config-file".into(),
-            self.config.clone().into(),
+            self.visible(&self.config).into(),
             "--log-path".into(),
-            self.vmm_log.clone().into(),
+            self.visible(&self.vmm_log).into(),
             "--level".into(),
             VMM_LOG_LEVEL.into(),
         ]
+    }
+
+    /// Gives the generated config and the VMM log to `user` (a jailed
+    /// Firecracker reads the one and writes the other after dropping root).
+    pub fn hand_to(&self, user: GuestUser) -> Result<(), FirecrackerLaunchError> {
+        for path in [&self.config, &self.vmm_log] {
+            std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
+                FirecrackerLaunchError::WriteFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes sockets an earlier launch left behind (Firecracker refuses to
@@ -122,19 +176,38 @@ impl LaunchPaths {
     }
 }
 
-/// Starts firecracker for `role` with the already prepared `paths`.
+/// What a launch leaves besides [`LaunchPaths`], owned by its control and
+/// waiter until the VM has exited and been cleaned up.
+#[derive(Debug, Default)]
+pub struct LaunchResources {
+    /// Private drive copies (unjailed VMs; a jail's are removed with it).
+    pub private_files: Vec<PathBuf>,
+    /// The jail, removed with its cgroups at cleanup.
+    pub jail: Option<JailLayout>,
+    /// Where the VMM log is moved before a jail is removed.
+    pub keep_log_at: Option<PathBuf>,
+    /// The ownership record, removed once the VM has exited.
+    pub record: Option<PathBuf>,
+    /// The runtime-to-sidecar bridge, torn down when the VM exits.
+    pub bridge: Option<VsockBridge>,
+}
+
+/// Starts `program args` (firecracker, or the jailer that becomes it) for
+/// `role` with the already prepared `paths`.
 pub fn spawn(
-    binary: &Path,
+    program: &Path,
+    args: Vec<OsString>,
     role: GuestRole,
     paths: LaunchPaths,
+    mut resources: LaunchResources,
 ) -> Result<LaunchedGuest, FirecrackerLaunchError> {
     let spawn_err = |source| FirecrackerLaunchError::Spawn {
         role,
-        binary: binary.to_path_buf(),
+        binary: program.to_path_buf(),
         source,
     };
-    let mut cmd = Command::new(binary);
-    cmd.args(paths.firecracker_args())
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -157,10 +230,21 @@ pub fn spawn(
         tracing::warn!(%role, pid, error = %e, "cannot enlarge the serial console pipe");
     }
 
+    if let Some(record) = &resources.record
+        && let Err(e) = reaper::write_record(record, pid)
+    {
+        // The jail's cgroup still names the VM for a later reap.
+        tracing::warn!(%role, pid, path = %record.display(), error = %e, "cannot write VM ownership record");
+    }
+
     let (notifier, exit) = exit_channel();
     // Capacity 1: one pending kill request is all a waiter ever needs.
     let (kill_tx, kill_rx) = mpsc::channel(1);
-    tokio::spawn(wait_for_exit(child, role, pid, notifier, kill_rx));
+    let owned = ExitOwned {
+        bridge: resources.bridge.take(),
+        record: resources.record.take(),
+    };
+    tokio::spawn(wait_for_exit(child, role, pid, notifier, kill_rx, owned));
     tracing::debug!(%role, pid, config = %paths.config.display(), "firecracker started");
 
     Ok(LaunchedGuest {
@@ -171,10 +255,17 @@ pub fn spawn(
             role,
             pid,
             paths,
+            resources,
             exit,
             kill: kill_tx,
         }),
     })
+}
+
+/// What the waiter ends when the VM exits, before publishing the exit.
+struct ExitOwned {
+    bridge: Option<VsockBridge>,
+    record: Option<PathBuf>,
 }
 
 /// Owns the child until it exits, killing it when asked; publishes the exit.
@@ -184,6 +275,7 @@ async fn wait_for_exit(
     pid: u32,
     notifier: ExitNotifier,
     mut kill_rx: mpsc::Receiver<()>,
+    owned: ExitOwned,
 ) {
     let waited = tokio::select! {
         status = child.wait() => status,
@@ -208,6 +300,10 @@ async fn wait_for_exit(
         }
     };
     tracing::debug!(%role, pid, %status, "firecracker exited");
+    drop(owned.bridge);
+    if let Some(record) = &owned.record {
+        reaper::remove_record(record);
+    }
     notifier.notify(exit_now(status, false));
 }
 
@@ -217,6 +313,7 @@ pub struct FirecrackerControl {
     role: GuestRole,
     pid: u32,
     paths: LaunchPaths,
+    resources: LaunchResources,
     exit: ExitWatch,
     kill: mpsc::Sender<()>,
 }
@@ -259,7 +356,30 @@ impl GuestControl for FirecrackerControl {
     }
 
     async fn cleanup(&self) -> Result<(), StopError> {
-        self.paths.remove()
+        let removed = self.paths.remove();
+        disks::remove_files(&self.resources.private_files);
+        if let Some(jail) = &self.resources.jail {
+            if let Some(keep) = &self.resources.keep_log_at {
+                keep_log(&self.paths.vmm_log, keep);
+            }
+            reaper::remove_jail(jail);
+        }
+        removed
+    }
+}
+
+/// Moves a jailed VM's log out of its chroot before the jail is removed,
+/// if it is still a plain file: the chroot belongs to the guest's uid, which
+/// could have replaced it with a link.
+fn keep_log(log: &Path, keep: &Path) {
+    let plain = std::fs::symlink_metadata(log)
+        .is_ok_and(|m| m.file_type().is_file() && std::os::unix::fs::MetadataExt::nlink(&m) == 1);
+    if !plain {
+        tracing::debug!(path = %log.display(), "VMM log not kept: missing or not a plain file");
+        return;
+    }
+    if let Err(e) = std::fs::rename(log, keep) {
+        tracing::debug!(path = %log.display(), error = %e, "VMM log not kept");
     }
 }
 
@@ -327,6 +447,40 @@ mod tests {
                 "--level",
                 "Warn",
             ]
+        );
+    }
+
+    #[test]
+    fn a_jailed_vm_sees_its_files_relative_to_the_chroot() {
+        let root = Path::new("/ws/alice/run/jail/firecracker/oxydra-vm-0123/root");
+        let p = LaunchPaths::jailed(root);
+        assert_eq!(p.api_socket, root.join("api.sock"));
+        assert_eq!(p.visible(&p.vsock_socket), Path::new("/vsock.sock"));
+        assert_eq!(p.vsock_port_socket(1024), root.join("vsock.sock_1024"));
+        let args: Vec<String> = p
+            .firecracker_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--api-sock",
+                "/api.sock",
+                "--config-file",
+                "/config.json",
+                "--log-path",
+                "/firecracker.log",
+                "--level",
+                "Warn"
+            ]
+        );
+        // Unjailed, paths are the host's.
+        let direct = LaunchPaths::new(Path::new("/ws/alice/run"), GuestRole::Runtime);
+        assert_eq!(direct.visible(&direct.vsock_socket), direct.vsock_socket);
+        assert_eq!(
+            direct.vsock_port_socket(1024),
+            Path::new("/ws/alice/run/oxydra-vm-vsock.sock_1024")
         );
     }
 

@@ -9,9 +9,10 @@
 //!   [`FIRECRACKER_DEFAULT_BOOT_ARGS`], the command line Firecracker itself
 //!   would have used, so the guest sees what the template author tested plus
 //!   the token. An explicit `""` stays empty.
-//! - `machine-config.vcpu_count` / `mem_size_mib`: set from `[resources]`
-//!   when given (a missing `machine-config` is created with Firecracker's
-//!   defaults for the other field).
+//! - `machine-config.vcpu_count` / `mem_size_mib`: capped by `[resources]`
+//!   `max_vcpus` / `max_memory_mib` when given (the template's size, or
+//!   Firecracker's defaults of 1 vCPU and 128 MiB when it has none, is the
+//!   VM's size otherwise).
 //! - `vsock`: always replaced by the runner's device (its socket lives in
 //!   `run/` so the runner can remove it; see the module docs of the backend).
 //!
@@ -256,11 +257,19 @@ fn apply_resources(root: &mut Map<String, Value>, resources: &ResourceLimits) {
         });
     }
     let mc = slot.as_object_mut().expect("machine-config is an object");
-    if let Some(vcpus) = resources.max_vcpus {
-        mc.insert("vcpu_count".into(), vcpus.into());
-    }
-    if let Some(mib) = resources.max_memory_mib {
-        mc.insert("mem_size_mib".into(), mib.into());
+    for (key, cap, default) in [
+        (
+            "vcpu_count",
+            resources.max_vcpus.map(u64::from),
+            DEFAULT_VCPUS,
+        ),
+        ("mem_size_mib", resources.max_memory_mib, DEFAULT_MEM_MIB),
+    ] {
+        let Some(cap) = cap else { continue };
+        // A non-numeric value is Firecracker's to reject; the cap replaces it.
+        let current = mc.get(key).map_or(Some(default), Value::as_u64);
+        let capped = current.map_or(cap, |c| c.min(cap));
+        mc.insert(key.into(), capped.into());
     }
 }
 
@@ -406,16 +415,25 @@ mod tests {
             max_memory_mib: Some(512),
             max_processes: Some(10),
         };
+        // A template within the limits keeps its size...
         let t = template(json!({"boot-source": {"kernel_image_path": "/k"},
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false}}));
         let c = t.render("k=v", &limits, &vsock()).unwrap();
         assert_eq!(
             c.config["machine-config"],
-            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": false})
+            json!({"vcpu_count": 1, "mem_size_mib": 64, "smt": false})
+        );
+        // ...a bigger one is capped.
+        let big = template(json!({"boot-source": {"kernel_image_path": "/k"},
+            "machine-config": {"vcpu_count": 8, "mem_size_mib": 4096}}));
+        let c = big.render("k=v", &limits, &vsock()).unwrap();
+        assert_eq!(
+            c.config["machine-config"],
+            json!({"vcpu_count": 2, "mem_size_mib": 512})
         );
 
-        // Only one limit and no machine-config: the other comes from
-        // Firecracker's defaults, because both fields are required.
+        // Only one limit and no machine-config: Firecracker's defaults,
+        // capped, because both fields are required.
         let mem_only = ResourceLimits {
             max_memory_mib: Some(96),
             ..ResourceLimits::default()
