@@ -94,7 +94,16 @@ pub enum SessionError {
         #[source]
         source: runner_core::workspace::HostFileError,
     },
-    /// An actor could not be spawned.
+    /// A blocking task of the session start panicked or was cancelled.
+    #[error("The blocking task for {what} did not complete")]
+    BlockingTask {
+        /// What the task did.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A session actor could not be spawned.
     #[error("Cannot spawn a session actor")]
     Spawn(#[source] ractor::SpawnErr),
     /// The supervisor stopped before it finished starting the session.

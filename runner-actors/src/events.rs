@@ -1,6 +1,6 @@
 //! Lifecycle events a session publishes to its subscribers.
 
-use runner_types::{GuestExit, GuestRole, GuestState};
+use runner_types::{GuestExit, GuestRole, GuestState, LogStream};
 use std::time::Duration;
 
 /// Something that happened in a session.
@@ -44,6 +44,17 @@ pub enum SessionEvent {
     SessionFailed {
         /// Why.
         reason: String,
+    },
+    /// Output of a guest stream was lost instead of logged (write queue
+    /// full, failed writes); sent when the count grows, at most once per
+    /// [`crate::session::LOSS_REPORT_INTERVAL`] per stream.
+    LogBytesDropped {
+        /// Which guest.
+        role: GuestRole,
+        /// Which stream.
+        stream: LogStream,
+        /// Bytes lost so far in this session.
+        total: u64,
     },
     /// Ordered shutdown began.
     ShutdownStarted,

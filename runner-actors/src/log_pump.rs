@@ -11,7 +11,7 @@
 use crate::error::SessionError;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runner_core::config::LogLimits;
-use runner_core::logs::{GuestReader, LogPump, LogSink, PumpHandle};
+use runner_core::logs::{GuestReader, LogPump, LogSink, PumpEnd, PumpHandle, STOP_GRACE};
 use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::time::Duration;
@@ -21,13 +21,23 @@ pub enum LogPumpMsg {
     /// Start copying a new launch's stream into the sink.
     Attach(GuestReader),
     /// Wait up to the timeout for every attached stream to reach EOF;
-    /// answers `true` if any was cut.
+    /// answers how it went.
     Drain {
         /// Bound.
         timeout: Duration,
-        /// Answer: some stream was cut.
-        reply: RpcReplyPort<bool>,
+        /// Answer.
+        reply: RpcReplyPort<Drained>,
     },
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Some stream was cut before its EOF (or the actor did not answer).
+    pub cut: bool,
+    /// The sink's writer did not finish what was read in time: writes to
+    /// the log file are stuck (a hung disk or mount).
+    pub writes_stuck: bool,
 }
 
 /// The pump actor. See the module docs.
@@ -67,8 +77,8 @@ impl Actor for LogPumpActor {
                 state.pumps.push(LogPump::spawn(reader, &state.sink));
             }
             LogPumpMsg::Drain { timeout, reply } => {
-                let cut = on_drain(state, timeout).await;
-                if reply.send(cut).is_err() {
+                let drained = on_drain(state, timeout).await;
+                if reply.send(drained).is_err() {
                     tracing::debug!("drain requester went away");
                 }
             }
@@ -88,10 +98,15 @@ impl Actor for LogPumpActor {
     }
 }
 
-async fn on_drain(state: &mut LogPumpState, timeout: Duration) -> bool {
+async fn on_drain(state: &mut LogPumpState, timeout: Duration) -> Drained {
     let pumps = std::mem::take(&mut state.pumps);
     let reports = futures::future::join_all(pumps.into_iter().map(|p| p.finish(timeout))).await;
-    reports.iter().any(|r| r.was_cut())
+    Drained {
+        cut: reports.iter().any(|r| r.was_cut()),
+        writes_stuck: reports
+            .iter()
+            .any(|r| matches!(r.end, PumpEnd::Abandoned)),
+    }
 }
 
 /// Typed handle to a [`LogPumpActor`].
@@ -114,8 +129,15 @@ impl LogPumpHandle {
         stream: LogStream,
         limits: LogLimits,
     ) -> Result<Self, SessionError> {
-        let sink =
-            LogSink::open(logs_dir, role, stream, limits).map_err(|e| SessionError::Logs {
+        // Opening checks and creates files: on the blocking pool.
+        let dir = logs_dir.to_path_buf();
+        let sink = tokio::task::spawn_blocking(move || LogSink::open(&dir, role, stream, limits))
+            .await
+            .map_err(|source| SessionError::BlockingTask {
+                what: "opening a log",
+                source,
+            })?
+            .map_err(|e| SessionError::Logs {
                 path: logs_dir.join(stream.file_name(role)),
                 source: e,
             })?;
@@ -158,15 +180,19 @@ impl LogPumpHandle {
         }
     }
 
-    /// Drains to EOF within `timeout`; `true` if a stream had to be cut.
-    pub async fn drain(&self, timeout: Duration) -> bool {
-        let bound = timeout + Duration::from_secs(1);
+    /// Drains to EOF within `timeout` (plus [`STOP_GRACE`] for the writer
+    /// to finish what was read).
+    pub async fn drain(&self, timeout: Duration) -> Drained {
+        let bound = timeout + STOP_GRACE + Duration::from_secs(1);
         crate::guest::call(
             &self.actor,
             |reply| LogPumpMsg::Drain { timeout, reply },
             bound,
         )
         .await
-        .unwrap_or(true)
+        .unwrap_or(Drained {
+            cut: true,
+            writes_stuck: false,
+        })
     }
 }

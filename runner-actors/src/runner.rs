@@ -142,18 +142,19 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        let workspace =
-            Workspace::provision(&self.config.workspace_root, &user, &user_config.mounts)?;
-        let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
-            LockError::Held { .. } => SessionError::AlreadyRunning {
-                user: user.to_string(),
-                source,
-            },
-            LockError::Io { .. } | LockError::Open { .. } => SessionError::Lock {
-                user: user.to_string(),
-                source,
-            },
-        })?;
+        // Directory checks, creation and the lock file are file-system
+        // calls: they run on the blocking pool, never on a runtime worker.
+        let (workspace, lock) = {
+            let root = self.config.workspace_root.clone();
+            let mounts = user_config.mounts.clone();
+            let user = user.clone();
+            tokio::task::spawn_blocking(move || provision_and_lock(&root, &user, &mounts))
+                .await
+                .map_err(|source| SessionError::BlockingTask {
+                    what: "workspace provisioning",
+                    source,
+                })??
+        };
 
         let mut degraded = backend.degraded_reasons();
         if tier == SandboxTier::Process {
@@ -172,6 +173,7 @@ impl Runner {
             log_dir: &log_dir,
             guests: &[],
             sidecar_linked: sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
+            log_bytes_dropped: &[],
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
@@ -279,4 +281,24 @@ impl Drop for StartGuard {
             }
         }
     }
+}
+
+/// Provisions `user`'s workspace and takes its session lock. Blocking.
+fn provision_and_lock(
+    root: &std::path::Path,
+    user: &UserId,
+    mounts: &runner_core::workspace::MountOverrides,
+) -> Result<(Workspace, SessionLock), SessionError> {
+    let workspace = Workspace::provision(root, user, mounts)?;
+    let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
+        LockError::Held { .. } => SessionError::AlreadyRunning {
+            user: user.to_string(),
+            source,
+        },
+        LockError::Io { .. } | LockError::Open { .. } => SessionError::Lock {
+            user: user.to_string(),
+            source,
+        },
+    })?;
+    Ok((workspace, lock))
 }

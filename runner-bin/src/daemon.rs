@@ -157,6 +157,10 @@ async fn stop(
         report = &mut graceful => {
             let report = report.context("Shutdown did not finish in time")?;
             tracing::info!(took = ?report.took, cut = ?report.cut_streams, "stopped");
+            if !report.stuck_logs.is_empty() {
+                let paths: Vec<_> = report.stuck_logs.iter().map(|p| p.display().to_string()).collect();
+                bail!("log writes to {} did not finish (the disk or mount is stuck)", paths.join(", "));
+            }
             Ok(())
         }
         second = signals.next() => {

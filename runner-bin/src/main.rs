@@ -15,6 +15,16 @@ mod signals;
 
 use clap::Parser;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Once the daemon or a client is done, how long the async runtime may
+/// take to end what still runs on it. A blocking task stuck in a
+/// file-system call (a hung NFS or FUSE mount) never returns; after this
+/// bound it is abandoned, the process exits non-zero and says so. Log
+/// writes never count here: they run on each log's own writer thread,
+/// which exiting the process ends (the shutdown already reported any log
+/// whose writes did not finish).
+const RUNTIME_SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -42,9 +52,15 @@ fn main() -> ExitCode {
             )),
         }
     });
+    let shutting_down = Instant::now();
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_BOUND);
+    let runtime_left_work = shutting_down.elapsed() >= RUNTIME_SHUTDOWN_BOUND;
     match result {
-        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+        Ok(()) if runtime_left_work => fail(anyhow::anyhow!(
+            "background file-system calls did not finish within {RUNTIME_SHUTDOWN_BOUND:?} (a stuck disk or mount?); exiting without them"
+        )),
+        Ok(()) => ExitCode::SUCCESS,
     }
 }
 

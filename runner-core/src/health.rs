@@ -1,6 +1,13 @@
 //! Building the health report from what the session knows (pure).
 
-use runner_types::{GuestRole, GuestState, GuestStatus, HealthStatus, SandboxTier, StartupStatus};
+use runner_types::{
+    DegradedReason, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream, SandboxTier,
+    StartupStatus,
+};
+
+/// Degraded-reason code: output of a guest stream was lost instead of
+/// logged (the detail names the guest, the stream and the byte count).
+pub const LOG_BYTES_DROPPED: &str = "log_bytes_dropped";
 
 /// Phase of a whole session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +54,9 @@ pub struct HealthInputs<'a> {
     /// `SandboxBackend::sidecar_link`); `true` elsewhere. While `false`,
     /// health claims no sidecar, shell or browser.
     pub sidecar_linked: bool,
+    /// Bytes of output lost instead of logged so far, per guest stream
+    /// (entries with 0 are ignored).
+    pub log_bytes_dropped: &'a [(GuestRole, LogStream, u64)],
 }
 
 /// The `health_status` a session reports.
@@ -78,6 +88,13 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
         startup.shell_available = false;
         startup.browser_available = false;
     }
+    let mut guests = i.guests.to_vec();
+    for &(role, stream, bytes) in i.log_bytes_dropped.iter().filter(|l| l.2 > 0) {
+        startup.degraded_reasons.push(log_bytes_dropped(role, stream, bytes));
+        if let Some(g) = guests.iter_mut().find(|g| g.role == role) {
+            g.log_bytes_dropped.insert(stream, bytes);
+        }
+    }
     HealthStatus {
         user_id: i.user_id.to_owned(),
         healthy,
@@ -90,7 +107,19 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
         log_dir: Some(i.log_dir.to_owned()),
         runtime_pid: runtime.and_then(|g| g.pid),
         runtime_container_name: runtime.and_then(|g| g.container_name.clone()),
-        guests: i.guests.to_vec(),
+        guests,
+    }
+}
+
+/// [`LOG_BYTES_DROPPED`] for one guest stream.
+pub fn log_bytes_dropped(role: GuestRole, stream: LogStream, bytes: u64) -> DegradedReason {
+    DegradedReason {
+        code: LOG_BYTES_DROPPED.into(),
+        detail: format!(
+            "{bytes} bytes of the {role} guest's {stream} were not logged (disk full, failing or too slow); \
+             the gaps are recorded in {}.gaps",
+            stream.file_name(role)
+        ),
     }
 }
 
@@ -119,6 +148,7 @@ mod tests {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            log_bytes_dropped: Default::default(),
         }
     }
 
@@ -147,9 +177,32 @@ mod tests {
             log_dir: "/w/alice/logs",
             guests: &guests,
             sidecar_linked: true,
+            log_bytes_dropped: &[],
         };
         let h = health_report(&i);
         assert!(h.healthy);
+        assert!(h.startup_status.degraded_reasons.is_empty());
+
+        // Loss is reported, per guest and as a degraded reason; the guest
+        // still runs, so the session stays healthy.
+        let lost = [
+            (GuestRole::Runtime, LogStream::Stdout, 2_700_000),
+            (GuestRole::Runtime, LogStream::Stderr, 0),
+        ];
+        i.log_bytes_dropped = &lost;
+        let h = health_report(&i);
+        assert!(h.healthy);
+        let reasons = &h.startup_status.degraded_reasons;
+        assert_eq!(reasons.len(), 1);
+        assert_eq!(reasons[0].code, LOG_BYTES_DROPPED);
+        assert!(reasons[0].detail.contains("2700000 bytes"), "{}", reasons[0].detail);
+        assert!(reasons[0].detail.contains("stdout"), "{}", reasons[0].detail);
+        let runtime = h.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
+        assert_eq!(runtime.log_bytes_dropped.get(&LogStream::Stdout), Some(&2_700_000));
+        assert_eq!(runtime.log_bytes_dropped.len(), 1);
+        let sidecar = h.guests.iter().find(|g| g.role == GuestRole::Sidecar).unwrap();
+        assert!(sidecar.log_bytes_dropped.is_empty());
+        i.log_bytes_dropped = &[];
         assert_eq!(h.runtime_pid, Some(42));
         assert_eq!(h.message, None);
 
@@ -179,6 +232,7 @@ mod tests {
             log_dir: "/w/alice/logs",
             guests: &guests,
             sidecar_linked: false,
+            log_bytes_dropped: &[],
         };
         let h = health_report(&i);
         assert!(!h.shell_available && !h.browser_available);

@@ -78,15 +78,13 @@ async fn stdout_and_stderr_interleaved_each_land_exactly() {
     let out_sink = sink(&logs, LogStream::Stdout, limits(MIB, 40));
     let err_sink = sink(&logs, LogStream::Stderr, limits(MIB, 40));
     let mut child = spawn_noise(&args);
-    // Stdout takes the blocking-pool path (every write counts as slow), with
-    // a small buffer for many hand-offs; stderr the default inline path.
-    let offloaded = PumpTuning {
+    // Stdout with a small buffer for many hand-offs to the writer thread;
+    // stderr with the default buffer.
+    let small = PumpTuning {
         buffer: 16 * 1024,
-        slow_write: Duration::ZERO,
-        offload_for: Duration::from_secs(3600),
         ..PumpTuning::default()
     };
-    let out = LogPump::spawn_tuned(boxed(child.stdout.take().unwrap()), &out_sink, offloaded);
+    let out = LogPump::spawn_tuned(boxed(child.stdout.take().unwrap()), &out_sink, small);
     let err = LogPump::spawn(boxed(child.stderr.take().unwrap()), &err_sink);
     let (out, err) = tokio::join!(out.finish(WAIT), err.finish(WAIT));
     let status = tokio::time::timeout(WAIT, child.wait())

@@ -2,8 +2,9 @@
 //! report them.
 
 use crate::envelope::StartupStatus;
-use crate::tier::{GuestRole, SandboxTier};
+use crate::tier::{GuestRole, LogStream, SandboxTier};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Answer to `health_check`: oxydra's fields plus per-guest detail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,11 @@ pub struct GuestStatus {
     pub last_exit: Option<GuestExit>,
     /// Restarts so far in this session.
     pub restarts: u32,
+    /// Bytes of this guest's output that never reached its log in this
+    /// session (write queue full, failed writes), per stream; absent while
+    /// nothing was lost. Each loss is recorded as a gap beside the log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub log_bytes_dropped: BTreeMap<LogStream, u64>,
 }
 
 impl GuestStatus {
@@ -73,6 +79,7 @@ impl GuestStatus {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            log_bytes_dropped: BTreeMap::new(),
         }
     }
 }

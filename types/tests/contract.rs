@@ -230,6 +230,7 @@ fn full_health_status_response() {
                 container_id: Some("abc123".into()),
                 last_exit: None,
                 restarts: 0,
+                log_bytes_dropped: Default::default(),
             },
             GuestStatus {
                 role: GuestRole::Runtime,
@@ -243,6 +244,7 @@ fn full_health_status_response() {
                     oom_killed: true,
                 }),
                 restarts: 2,
+                log_bytes_dropped: Default::default(),
             },
         ],
     };

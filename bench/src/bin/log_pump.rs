@@ -4,7 +4,8 @@
 //! to a file, in the same run. Also the runner's CPU seconds per GiB while
 //! pumping (getrusage of this process: all its threads).
 //!
-//! Variants: default rotation (10 MiB files, 5 kept: ~100 rotations per
+//! The pump only reads and queues; each log's writer thread writes (so
+//! the CPU figure includes that thread). Variants: default rotation (10 MiB files, 5 kept: ~100 rotations per
 //! GiB, what a real chatty guest gets) and one file large enough to never
 //! rotate. Five rounds, the order rotating between rounds, each run after
 //! a `sync`; median and best reported (the machine is shared and noisy, so
@@ -68,7 +69,12 @@ async fn run_pump(dir: &Path, limits: LogLimits) -> (Duration, Duration) {
     let status = child.wait().await.expect("wait head");
     assert!(status.success(), "head failed: {status}");
     assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
-    assert_eq!(report.bytes_written, BYTES);
+    // The write queue drops what it cannot hold rather than stall the
+    // pipe; a run that lost bytes says so (and is slower than it looks).
+    assert_eq!(report.bytes_written + report.bytes_dropped, BYTES);
+    if report.bytes_dropped > 0 {
+        eprintln!("  ({} bytes dropped: the writer fell behind)", report.bytes_dropped);
+    }
     std::fs::remove_dir_all(&logs).expect("remove logs");
     (wall, used)
 }

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Messages: `Start` (answered; launches everything in order), `GuestUpdate`
-//! and `GuestFailed` (from guest actors), `Shutdown` (answered).
+//! and `GuestFailed` (from guest actors), `LogLoss` (from a task watching
+//! each log sink's dropped-bytes count), `Shutdown` (answered).
 //!
 //! Shutdown guarantee, in order and bounded: the control listener stops (no
 //! new work; its socket is removed) → runtime stopped → sidecar stopped (each
@@ -23,6 +24,7 @@ mod handle;
 mod start;
 
 pub use handle::{FORCED_STOP_BOUND, SessionHandle};
+pub use start::LOSS_REPORT_INTERVAL;
 pub(crate) use start::LAUNCH_TIMEOUT;
 pub use start::SessionArgs;
 
@@ -33,7 +35,7 @@ use crate::guest::GuestHandle;
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
-use runner_types::{GuestRole, GuestStatus, HealthStatus};
+use runner_types::{GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,15 @@ pub enum SessionMsg {
         role: GuestRole,
         /// Why.
         reason: String,
+    },
+    /// A guest stream's log lost output: `total` bytes so far.
+    LogLoss {
+        /// Which guest.
+        role: GuestRole,
+        /// Which stream.
+        stream: LogStream,
+        /// Bytes lost so far in this session.
+        total: u64,
     },
     /// Ordered, bounded shutdown within `deadline`; then the actor stops.
     Shutdown {
@@ -66,6 +77,9 @@ pub struct ShutdownReport {
     pub guests: Vec<GuestStatus>,
     /// Streams whose pumps were cut at the drain timeout instead of reaching EOF.
     pub cut_streams: Vec<String>,
+    /// Log files whose writes had not finished when the shutdown gave up on
+    /// them (a stuck disk or mount; their writer threads are abandoned).
+    pub stuck_logs: Vec<std::path::PathBuf>,
     /// How long the shutdown took.
     pub took: Duration,
 }
@@ -80,6 +94,10 @@ pub struct SessionState {
     guests: Vec<GuestHandle>,
     statuses: Vec<GuestStatus>,
     pumps: Vec<LogPumpHandle>,
+    /// Tasks that turn each sink's dropped-bytes count into `LogLoss`.
+    loss_watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Bytes lost per guest stream (only streams that lost any).
+    log_bytes_dropped: Vec<(GuestRole, LogStream, u64)>,
     listener: Option<ControlListenerHandle>,
 }
 
@@ -99,6 +117,8 @@ impl Actor for SessionSupervisor {
             guests: Vec::new(),
             statuses: Vec::new(),
             pumps: Vec::new(),
+            loss_watchers: Vec::new(),
+            log_bytes_dropped: Vec::new(),
             listener: None,
         })
     }
@@ -127,6 +147,11 @@ impl Actor for SessionSupervisor {
             }
             SessionMsg::GuestUpdate(status) => on_guest_update(state, status),
             SessionMsg::GuestFailed { role, reason } => on_guest_failed(state, role, reason),
+            SessionMsg::LogLoss {
+                role,
+                stream,
+                total,
+            } => on_log_loss(state, role, stream, total),
             SessionMsg::Shutdown { deadline, reply } => {
                 let report = on_shutdown(&myself, state, deadline).await;
                 if let Some(reply) = reply
@@ -178,6 +203,24 @@ fn on_guest_update(state: &mut SessionState, status: GuestStatus) {
         None => state.statuses.push(status),
     }
     state.statuses.sort_by_key(|s| s.role != GuestRole::Sidecar);
+    publish_health(state);
+}
+
+fn on_log_loss(state: &mut SessionState, role: GuestRole, stream: LogStream, total: u64) {
+    let lost = &mut state.log_bytes_dropped;
+    match lost.iter_mut().find(|l| l.0 == role && l.1 == stream) {
+        Some(entry) => entry.2 = total,
+        None => lost.push((role, stream, total)),
+    }
+    tracing::warn!(%role, %stream, total, "guest output lost instead of logged");
+    emit(
+        state,
+        SessionEvent::LogBytesDropped {
+            role,
+            stream,
+            total,
+        },
+    );
     publish_health(state);
 }
 
@@ -236,10 +279,16 @@ async fn on_shutdown(
     };
     let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
     let cut_streams = outcomes
-        .into_iter()
+        .iter()
         .zip(&state.pumps)
-        .filter(|(cut, _)| *cut)
+        .filter(|(d, _)| d.cut)
         .map(|(_, p)| p.name().to_owned())
+        .collect::<Vec<_>>();
+    let stuck_logs = outcomes
+        .iter()
+        .zip(&state.pumps)
+        .filter(|(d, _)| d.writes_stuck)
+        .map(|(_, p)| p.sink().path().to_path_buf())
         .collect::<Vec<_>>();
     if !cut_streams.is_empty() {
         tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
@@ -252,12 +301,16 @@ async fn on_shutdown(
         .await;
     state.guests.clear();
     state.pumps.clear();
+    for watcher in state.loss_watchers.drain(..) {
+        watcher.abort();
+    }
     remove_sidecar_socket(state);
     set_phase(state, SessionPhase::Stopped);
     emit(state, SessionEvent::ShutdownComplete);
     let report = ShutdownReport {
         guests: state.statuses.clone(),
         cut_streams,
+        stuck_logs,
         took: started.elapsed(),
     };
     state.args.report_tx.send_replace(Some(report.clone()));
@@ -299,6 +352,7 @@ fn publish_health(state: &SessionState) {
         // status change that goes with it (bridge up before the runtime is
         // reported running, down before its exit is).
         sidecar_linked: a.sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
+        log_bytes_dropped: &state.log_bytes_dropped,
     });
     a.health_tx.send_replace(health);
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
@@ -108,6 +109,9 @@ pub(super) async fn on_start(
                 state.args.config.logs,
             )
             .await?;
+            state
+                .loss_watchers
+                .push(watch_log_loss(myself.clone(), &pump));
             state.pumps.push(pump);
         }
     }
@@ -203,4 +207,30 @@ async fn spawn_guest(
         .await
         .map_err(SessionError::Spawn)?;
     Ok(GuestHandle::new(actor, role))
+}
+
+/// Least time between two `LogLoss` reports of one stream: a disk that
+/// stays full drops output continuously, and health and events need the
+/// count, not every buffer.
+pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reports growth of `pump`'s dropped-bytes count to the supervisor, at
+/// most once per [`LOSS_REPORT_INTERVAL`].
+fn watch_log_loss(supervisor: ActorRef<SessionMsg>, pump: &LogPumpHandle) -> JoinHandle<()> {
+    let mut dropped = pump.sink().watch_dropped();
+    let (role, stream) = (pump.role(), pump.stream());
+    tokio::spawn(async move {
+        while dropped.changed().await.is_ok() {
+            let total = *dropped.borrow_and_update();
+            let loss = SessionMsg::LogLoss {
+                role,
+                stream,
+                total,
+            };
+            if supervisor.cast(loss).is_err() {
+                return;
+            }
+            tokio::time::sleep(LOSS_REPORT_INTERVAL).await;
+        }
+    })
 }

@@ -13,11 +13,16 @@
 //!   they are. Each file is filled exactly to `max_file_bytes` before the
 //!   next byte rotates it, so the concatenation `.log.N` … `.log.1` `.log` is
 //!   the stream's newest bytes (older ones fall off the end).
-//! - A pump keeps reading until EOF whatever the bytes are and whether or
-//!   not writes succeed: failed writes are logged and counted
-//!   ([`SinkStats::bytes_dropped`]), never fatal (a slow disk slows it down,
-//!   as it would any writer). Its owner bounds the drain with
-//!   [`PumpHandle::finish`].
+//! - No file-system call runs on a runtime worker: a pump only reads its
+//!   pipe and hands buffers to the sink's bounded queue (default
+//!   [`DEFAULT_QUEUE_BYTES`], see [`queue`]); each sink's own writer thread
+//!   writes, rotates and indexes. A pump keeps reading until EOF whatever
+//!   the bytes are and whatever the disk does: a buffer the full queue
+//!   cannot take (a stalled disk) and bytes a write loses (ENOSPC, EIO) are
+//!   counted ([`SinkStats::bytes_dropped`], [`LogSink::watch_dropped`]),
+//!   never fatal, and recorded as a gap where readers find it ([`gaps`]);
+//!   writing resumes by itself when the disk does. Its owner bounds the
+//!   drain with [`PumpHandle::finish`].
 //! - Files are created mode 0600, a missing logs directory mode 0700.
 //!   Logs and indexes are opened with
 //!   [`crate::workspace::file::open_regular`]: never through a symlink, and
@@ -31,16 +36,20 @@
 //!   atomic load per chunk while nobody follows.
 
 mod error;
+pub mod gaps;
 pub mod index;
 mod lines;
 mod pump;
+pub mod queue;
 mod reader;
 mod rotate;
 mod sink;
 
 pub use error::LogError;
 pub use lines::LineSplitter;
+pub use gaps::{GapRecord, read_gaps};
 pub use pump::{GuestReader, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE};
+pub use queue::{DEFAULT_QUEUE_BYTES, FULL_WAIT};
 pub use reader::{DEFAULT_MAX_BYTES, LogLines, LogQuery, read_log_files};
 pub use rotate::rotated_path;
 pub use sink::{LogSink, SinkStats};

@@ -2,20 +2,16 @@
 //! for byte, until EOF or until its owner stops it.
 //!
 //! The pump never stops reading because of the bytes (no line parsing, no
-//! UTF-8) or the disk (failed writes are counted as dropped and logged by
-//! the sink's writer). Bytes are written when the buffer is full or its
-//! oldest byte has waited [`PumpTuning::linger`], so a fast producer's many
-//! small pipe writes become few large file writes.
-//!
-//! Writes normally run on the pump task itself: a buffer's page-cache write
-//! takes tens of microseconds, and a hand-off to another thread per buffer
-//! measured twice the CPU per GiB. A write that takes
-//! [`PumpTuning::slow_write`] or more (a throttled or slow disk) moves the
-//! pump's writes to the blocking pool for a while, overlapped with reading,
-//! so a slow disk does not stall a runtime worker.
+//! UTF-8) or the disk: it only reads the pipe and hands full buffers to the
+//! sink's bounded write queue; the sink's writer thread does the file work.
+//! Bytes are handed over when the buffer is full or its oldest byte has
+//! waited [`PumpTuning::linger`], so a fast producer's many small pipe
+//! writes become few large file writes. A buffer the full queue cannot take
+//! (the disk stalls) is dropped and counted after at most
+//! [`super::queue::FULL_WAIT`], never held back by leaving the pipe unread.
 
-use super::rotate::WriteOutcome;
-use super::sink::LogSink;
+use super::queue::{FULL_WAIT, Tally};
+use super::sink::{LogSink, now_ms};
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -27,25 +23,18 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-/// How a pump buffers and where it writes. [`Default`] is what the runner
-/// uses; other values are for benchmarks and for tests that exercise the
-/// blocking-pool path.
+/// How a pump buffers. [`Default`] is what the runner uses; other values
+/// are for benchmarks and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PumpTuning {
-    /// Size of the read buffer (two while a write runs on the blocking
-    /// pool). Default 128 KiB.
+    /// Size of the read buffer handed to the queue when full. Default
+    /// 128 KiB.
     pub buffer: usize,
-    /// Longest a byte waits in the buffer before it is written: short
+    /// Longest a byte waits in the buffer before it is handed over: short
     /// enough for followers to see output at once, long enough that a fast
     /// writer's many small pipe writes become few large file writes.
     /// Default 2 ms.
     pub linger: Duration,
-    /// An inline write that takes this long moves the pump's writes to the
-    /// blocking pool for `offload_for`. Default 20 ms.
-    pub slow_write: Duration,
-    /// How long writes stay on the blocking pool after a slow one. Default
-    /// 2 s.
-    pub offload_for: Duration,
 }
 
 impl Default for PumpTuning {
@@ -53,14 +42,13 @@ impl Default for PumpTuning {
         Self {
             buffer: 128 * 1024,
             linger: Duration::from_millis(2),
-            slow_write: Duration::from_millis(20),
-            offload_for: Duration::from_secs(2),
         }
     }
 }
 
-/// After a pump is told to stop, how long it may take to write what it
-/// already read before it is aborted.
+/// After a pump is told to stop, how long the writer may take to write what
+/// the pump already read before the pump is aborted (its owner's wait ends;
+/// a writer stuck on the disk keeps its thread, never a runtime worker).
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// A guest stream being copied into a [`LogSink`].
@@ -89,6 +77,7 @@ impl LogPump {
                 ..tuning
             },
             progress: progress.clone(),
+            tally: Arc::new(Tally::default()),
         };
         let task = tokio::spawn(pump.run(reader, stop_rx));
         PumpHandle {
@@ -115,7 +104,8 @@ pub struct PumpHandle {
 /// How a pump ended.
 #[derive(Debug)]
 pub enum PumpEnd {
-    /// The stream reached EOF and everything read was handed to the sink.
+    /// The stream reached EOF and the writer handled everything read
+    /// (written, or counted as dropped).
     Eof,
     /// Stopped before EOF (the drain timeout ran out, or the handle was
     /// dropped); everything read was handed to the sink.
@@ -125,8 +115,9 @@ pub enum PumpEnd {
         /// Cause.
         source: io::Error,
     },
-    /// Told to stop, it did not finish its last write within
-    /// [`STOP_GRACE`] and was aborted; counters may miss that write.
+    /// Told to stop, the writer did not handle what the pump read within
+    /// [`STOP_GRACE`] (a stuck disk) and the pump was aborted; counters
+    /// may miss those bytes.
     Abandoned,
     /// The pump task panicked.
     Panicked,
@@ -139,7 +130,7 @@ pub struct PumpReport {
     pub bytes_read: u64,
     /// Bytes that reached a log file.
     pub bytes_written: u64,
-    /// Bytes read but lost to failed writes.
+    /// Bytes read but lost (queue full, failed writes).
     pub bytes_dropped: u64,
     /// How it ended.
     pub end: PumpEnd,
@@ -210,44 +201,34 @@ impl PumpHandle {
     }
 }
 
-/// Where the pump's file writes run.
-#[derive(Debug, Clone, Copy)]
-enum WriteMode {
-    /// On the pump task itself: a page-cache write of one buffer takes tens
-    /// of microseconds, and staying on one thread halves the CPU cost of
-    /// logging compared with a hand-off per buffer.
-    Inline,
-    /// On the blocking pool, overlapped with reading, until `until`: a
-    /// write took [`PumpTuning::slow_write`] or longer (a slow or throttled
-    /// disk), and such writes must not stall a runtime worker.
-    Offloaded { until: Instant },
-}
-
-/// A buffer being written on a blocking task.
-struct InFlight {
-    task: JoinHandle<(Vec<u8>, WriteOutcome)>,
-    len: u64,
-}
-
 /// What the pump task owns besides its stream.
 struct Pump {
     sink: LogSink,
     tuning: PumpTuning,
     progress: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+}
+
+/// Where the pump stands with the sink's queue.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Sequence number of the last item this pump queued.
+    last_seq: u64,
+    /// The queue refused a buffer and has not taken one since.
+    overflowing: bool,
 }
 
 impl Pump {
-    /// The pump task: read into the buffer; write it when full, when its
-    /// oldest byte has waited `linger`, or at the end.
+    /// The pump task: read into the buffer; hand it over when full, when
+    /// its oldest byte has waited `linger`, or at the end; then wait for
+    /// the writer to handle it all.
     async fn run(self, mut reader: GuestReader, mut stop: oneshot::Receiver<()>) -> PumpReport {
         let cap = self.tuning.buffer;
         let mut report = PumpReport::new();
         let mut buf: Vec<u8> = Vec::with_capacity(cap);
-        let mut spare: Option<Vec<u8>> = None;
-        let mut inflight: Option<InFlight> = None;
+        let mut handover = Handover::default();
         let mut end: Option<PumpEnd> = None;
-        let mut mode = WriteMode::Inline;
-        // When the oldest byte in `buf` must be written.
+        // When the oldest byte in `buf` must be handed over.
         let mut flush_by: Option<Instant> = None;
         let mut linger_fired = false;
         let linger = tokio::time::sleep(Duration::ZERO);
@@ -256,45 +237,19 @@ impl Pump {
             let due = flush_by.is_some_and(|t| {
                 end.is_some() || linger_fired || buf.len() >= cap || Instant::now() >= t
             });
-            if inflight.is_none() && due {
+            if due {
                 flush_by = None;
                 linger_fired = false;
-                match mode {
-                    WriteMode::Offloaded { until } if Instant::now() < until => {
-                        let next = spare.take().unwrap_or_else(|| Vec::with_capacity(cap));
-                        let chunk = std::mem::replace(&mut buf, next);
-                        inflight = Some(start_write(&self.sink, chunk));
-                    }
-                    _ => {
-                        // Back inline: the second buffer is not needed.
-                        spare = None;
-                        mode = self.write_inline(&mut buf, &mut report);
-                    }
-                }
+                self.hand_over(&mut buf, &mut handover).await;
             }
             if let Some(reason) = end.take() {
-                // Ending: finish the write in flight (and the buffer behind it).
-                match inflight.take() {
-                    Some(w) => {
-                        let len = w.len;
-                        self.settle(w.task.await, len, &mut report, &mut spare);
-                        end = Some(reason);
-                        continue;
-                    }
-                    None => {
-                        report.end = reason;
-                        break;
-                    }
-                }
+                report.end = reason;
+                break;
             }
             tokio::select! {
                 biased;
                 // A send or a dropped handle both mean stop.
                 _ = &mut stop => end = Some(PumpEnd::Cut),
-                joined = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
-                    let len = inflight.take().expect("guarded").len;
-                    self.settle(joined, len, &mut report, &mut spare);
-                }
                 read = reader.read_buf(&mut buf), if buf.len() < cap => match read {
                     Ok(0) => end = Some(PumpEnd::Eof),
                     Ok(n) => {
@@ -312,9 +267,13 @@ impl Pump {
                         end = Some(PumpEnd::ReadFailed { source });
                     }
                 },
-                () = &mut linger, if inflight.is_none() && flush_by.is_some() => linger_fired = true,
+                () = &mut linger, if flush_by.is_some() => linger_fired = true,
             }
         }
+        // The owner bounds this wait (`PumpHandle::finish`).
+        self.sink.queue().handled(handover.last_seq).await;
+        report.bytes_written = self.tally.written.load(Ordering::Relaxed);
+        report.bytes_dropped = self.tally.dropped.load(Ordering::Relaxed);
         tracing::debug!(
             path = %self.sink.path().display(),
             bytes_read = report.bytes_read,
@@ -325,54 +284,41 @@ impl Pump {
         report
     }
 
-    /// Writes and empties `buf` on this thread; returns the mode for the
-    /// next write.
-    fn write_inline(&self, buf: &mut Vec<u8>, report: &mut PumpReport) -> WriteMode {
-        let started = Instant::now();
-        let out = self.sink.write(buf);
-        let took = started.elapsed();
-        buf.clear();
-        report.bytes_written += out.written;
-        report.bytes_dropped += out.dropped;
-        if took < self.tuning.slow_write {
-            return WriteMode::Inline;
-        }
-        tracing::debug!(path = %self.sink.path().display(), ?took, "Slow log write; writing from the blocking pool for a while");
-        WriteMode::Offloaded {
-            until: Instant::now() + self.tuning.offload_for,
-        }
-    }
-
-    /// Accounts for a write that ran on the blocking pool and keeps its
-    /// buffer for reuse.
-    fn settle(
-        &self,
-        joined: Result<(Vec<u8>, WriteOutcome), JoinError>,
-        len: u64,
-        report: &mut PumpReport,
-        spare: &mut Option<Vec<u8>>,
-    ) {
-        match joined {
-            Ok((mut chunk, out)) => {
-                report.bytes_written += out.written;
-                report.bytes_dropped += out.dropped;
+    /// Hands `buf` to the sink's queue, or drops and counts it if the
+    /// queue stays full; leaves an empty buffer in `buf`.
+    async fn hand_over(&self, buf: &mut Vec<u8>, h: &mut Handover) {
+        let queue = self.sink.queue();
+        let chunk = std::mem::take(buf);
+        let wait = if h.overflowing {
+            Duration::ZERO
+        } else {
+            FULL_WAIT
+        };
+        match queue.push_within(chunk, &self.tally, wait).await {
+            Ok(seq) => {
+                if h.overflowing {
+                    tracing::info!(path = %self.sink.path().display(), "Log write queue has room again");
+                }
+                h.last_seq = seq;
+                h.overflowing = false;
+                *buf = queue
+                    .spare()
+                    .unwrap_or_else(|| Vec::with_capacity(self.tuning.buffer));
+            }
+            Err(mut chunk) => {
+                let n = chunk.len() as u64;
+                if !h.overflowing {
+                    tracing::warn!(path = %self.sink.path().display(), "Log write queue full (the disk is not keeping up); dropping output until it has room");
+                }
+                h.overflowing = true;
+                // Queued before counted: whoever sees the count can rely on
+                // the writer knowing of the gap.
+                h.last_seq = queue.push_dropped(n, now_ms());
+                self.tally.dropped.fetch_add(n, Ordering::Relaxed);
+                self.sink.count_dropped(n);
                 chunk.clear();
-                *spare = Some(chunk);
-            }
-            Err(error) => {
-                tracing::error!(path = %self.sink.path().display(), %error, "Log write task failed; chunk dropped");
-                report.bytes_dropped += len;
+                *buf = chunk;
             }
         }
     }
-}
-
-fn start_write(sink: &LogSink, chunk: Vec<u8>) -> InFlight {
-    let len = chunk.len() as u64;
-    let sink = sink.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let out = sink.write(&chunk);
-        (chunk, out)
-    });
-    InFlight { task, len }
 }

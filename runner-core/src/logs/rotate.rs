@@ -8,17 +8,22 @@
 //! Each file's time index moves with it. With `max_files = 0` the full file
 //! is simply deleted.
 //!
-//! This writer is synchronous; the pump calls it from its own task or from
-//! the blocking pool. It never fails a write back to its caller: a failed
-//! write or rotation drops the rest of the chunk, is logged once per failure
-//! streak, and the next chunk tries again (reopening the file).
+//! This writer is synchronous; only the sink's writer thread calls it. It
+//! never fails a write back to its caller: a failed write or rotation drops
+//! the rest of the chunk, is logged once per failure streak, and the next
+//! chunk tries again (reopening the file). Lost bytes (failed writes, and
+//! chunks the queue refused, see [`RotatingWriter::note_dropped`]) become a
+//! gap record written before the next byte that reaches the file (format
+//! and what readers see: [`super::gaps`]).
 
 use super::LogError;
+use super::gaps::{GapRecord, GapWriter, NEWLINE_INSERTED, gaps_path};
 use super::index::{IndexWriter, index_path};
 use crate::config::LogLimits;
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Path of rotated file number `n` of `base` (`n == 0` is `base` itself).
@@ -59,7 +64,21 @@ pub(crate) struct RotatingWriter {
     /// Bytes in the current file (valid while `file` is open).
     len: u64,
     index: IndexWriter,
+    gaps: GapWriter,
+    /// Output lost since the last byte that reached the file.
+    pending_gap: Option<PendingGap>,
+    /// The last byte written to the stream (any file), if known.
+    last_byte: Option<u8>,
     health: WriterHealth,
+}
+
+/// Lost output not yet recorded in the gap file.
+#[derive(Debug, Clone, Copy)]
+struct PendingGap {
+    bytes: u64,
+    since_ms: u64,
+    /// Offset of a `\n` already written for this gap (its record failed).
+    newline_at: Option<u64>,
 }
 
 impl RotatingWriter {
@@ -70,6 +89,9 @@ impl RotatingWriter {
     pub(crate) fn open(base: PathBuf, limits: LogLimits) -> Result<Self, LogError> {
         let mut writer = Self {
             index: IndexWriter::new(index_path(&base)),
+            gaps: GapWriter::new(gaps_path(&base)),
+            pending_gap: None,
+            last_byte: None,
             base,
             // Validated config has both > 0; a zero cap would never make room.
             max_file_bytes: limits.max_file_bytes.max(1),
@@ -80,17 +102,82 @@ impl RotatingWriter {
         };
         writer.open_file().map_err(log_error)?;
         writer.index.open_existing().map_err(log_error)?;
+        writer.gaps.open_existing().map_err(log_error)?;
+        writer.last_byte = writer.read_last_byte();
         writer.remove_beyond_limit();
         Ok(writer)
     }
 
+    /// The last byte of the current file, if it has one.
+    fn read_last_byte(&self) -> Option<u8> {
+        let file = self.file.as_ref()?;
+        let at = self.len.checked_sub(1)?;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).ok()?;
+        Some(byte[0])
+    }
+
+    /// Records that `bytes` of the stream were lost before reaching this
+    /// writer (the queue was full) at `now_ms`; the gap is written before
+    /// the next byte that reaches the file.
+    pub(crate) fn note_dropped(&mut self, bytes: u64, now_ms: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let gap = self.pending_gap.get_or_insert(PendingGap {
+            bytes: 0,
+            since_ms: now_ms,
+            newline_at: None,
+        });
+        gap.bytes += bytes;
+    }
+
+    /// Writes the pending gap's newline (if the stream is mid-line) and its
+    /// record, at the current end of the current file.
+    fn settle_gap(&mut self) -> io::Result<()> {
+        let Some(mut gap) = self.pending_gap else {
+            return Ok(());
+        };
+        if gap.newline_at.is_none() && self.last_byte.is_some_and(|b| b != b'\n') {
+            let at = self.len;
+            let file = self.file.as_mut().expect("make_room opened the file");
+            file.write_all(b"\n")?;
+            self.len += 1;
+            self.last_byte = Some(b'\n');
+            gap.newline_at = Some(at);
+            self.pending_gap = Some(gap);
+        }
+        let record = GapRecord {
+            unix_ms: gap.since_ms,
+            offset: gap.newline_at.unwrap_or(self.len),
+            bytes: gap.bytes,
+            flags: if gap.newline_at.is_some() {
+                NEWLINE_INSERTED
+            } else {
+                0
+            },
+        };
+        self.gaps.append(record)?;
+        self.pending_gap = None;
+        Ok(())
+    }
+
     /// Appends `data`, rotating as often as needed; `now_ms` goes into the
-    /// time index.
+    /// time index. A pending gap is recorded first (also when `data` is
+    /// empty: that only records it).
     pub(crate) fn write(&mut self, mut data: &[u8], now_ms: u64) -> WriteOutcome {
         let mut out = WriteOutcome::default();
+        if self.pending_gap.is_some() {
+            // The gap first, so its record precedes the bytes after it.
+            let settled = self.make_room(&mut out).and_then(|()| self.settle_gap());
+            if let Err(error) = settled {
+                self.fail(&mut out, data.len(), "record gap", &error, now_ms);
+                return out;
+            }
+        }
         while !data.is_empty() {
             if let Err(error) = self.make_room(&mut out) {
-                self.fail(&mut out, data.len(), "rotate", &error);
+                self.fail(&mut out, data.len(), "rotate", &error, now_ms);
                 return out;
             }
             let room = self.max_file_bytes - self.len;
@@ -100,17 +187,18 @@ impl RotatingWriter {
             match file.write(&data[..take]) {
                 Ok(0) => {
                     let error = io::Error::from(io::ErrorKind::WriteZero);
-                    self.fail(&mut out, data.len(), "write", &error);
+                    self.fail(&mut out, data.len(), "write", &error, now_ms);
                     return out;
                 }
                 Ok(n) => {
+                    self.last_byte = Some(data[n - 1]);
                     self.len += n as u64;
                     out.written += n as u64;
                     data = &data[n..];
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
-                    self.fail(&mut out, data.len(), "write", &error);
+                    self.fail(&mut out, data.len(), "write", &error, now_ms);
                     return out;
                 }
             }
@@ -161,8 +249,15 @@ impl RotatingWriter {
     fn rotate(&mut self) -> io::Result<()> {
         self.file = None;
         self.index.close();
+        self.gaps.close();
+        if let Some(gap) = &mut self.pending_gap {
+            // A newline written for it stays in the rotated file; the
+            // record goes to the new one.
+            gap.newline_at = None;
+        }
         if self.max_files == 0 {
             remove_if_exists(&index_path(&self.base))?;
+            remove_if_exists(&gaps_path(&self.base))?;
             return remove_if_exists(&self.base);
         }
         // Delete the oldest first so that no rename below replaces an
@@ -171,6 +266,7 @@ impl RotatingWriter {
         // rotation.
         let oldest = rotated_path(&self.base, self.max_files);
         remove_if_exists(&index_path(&oldest))?;
+        remove_if_exists(&gaps_path(&oldest))?;
         remove_if_exists(&oldest)?;
         for n in (1..=self.max_files).rev() {
             let from = rotated_path(&self.base, n - 1);
@@ -178,10 +274,12 @@ impl RotatingWriter {
             if !rename_if_exists(&from, &to)? {
                 continue;
             }
-            // The index follows its log; a stale index must not describe
-            // the file that replaced it.
-            remove_if_exists(&index_path(&to))?;
-            rename_if_exists(&index_path(&from), &index_path(&to))?;
+            // The index and gap file follow their log; stale ones must not
+            // describe the file that replaced it.
+            for side in [index_path, gaps_path] {
+                remove_if_exists(&side(&to))?;
+                rename_if_exists(&side(&from), &side(&to))?;
+            }
         }
         Ok(())
     }
@@ -206,6 +304,7 @@ impl RotatingWriter {
             };
             let number = rest
                 .strip_suffix(super::index::INDEX_SUFFIX)
+                .or_else(|| rest.strip_suffix(super::gaps::GAPS_SUFFIX))
                 .unwrap_or(rest);
             if number.parse::<u32>().is_ok_and(|k| k > self.max_files)
                 && let Err(error) = fs::remove_file(entry.path())
@@ -217,9 +316,17 @@ impl RotatingWriter {
 
     /// Drops the rest of a chunk after a failure and closes the file so the
     /// next chunk reopens it.
-    fn fail(&mut self, out: &mut WriteOutcome, lost: usize, op: &str, error: &io::Error) {
+    fn fail(
+        &mut self,
+        out: &mut WriteOutcome,
+        lost: usize,
+        op: &str,
+        error: &io::Error,
+        now_ms: u64,
+    ) {
         self.file = None;
         out.dropped += lost as u64;
+        self.note_dropped(lost as u64, now_ms);
         match &mut self.health {
             WriterHealth::Healthy => {
                 tracing::warn!(path = %self.base.display(), op, %error, "Log write failed; dropping output until it recovers");
@@ -354,8 +461,47 @@ mod tests {
         assert_eq!((out.written, out.dropped), (0, 4));
         fs::remove_dir_all(&blocker).unwrap();
         let out = w.write(b"ijkl", 3);
-        assert_eq!((out.written, out.dropped, out.rotations), (4, 0, 1));
-        assert_eq!(read(&rotated_path(&base, 1)), b"abcd");
-        assert_eq!(read(&base), b"ijkl");
+        assert_eq!((out.written, out.dropped, out.rotations), (4, 0, 2));
+        // The gap was recorded where writing resumed, with a newline so
+        // "abcd" and "ijk" stay separate lines.
+        assert_eq!(read(&rotated_path(&base, 1)), b"\nijk");
+        assert_eq!(read(&base), b"l");
+        let gaps = super::super::gaps::read_gaps(&rotated_path(&base, 1)).unwrap();
+        assert_eq!(
+            gaps,
+            vec![GapRecord {
+                unix_ms: 2,
+                offset: 0,
+                bytes: 4,
+                flags: NEWLINE_INSERTED
+            }]
+        );
+    }
+
+    #[test]
+    fn dropped_bytes_become_one_gap_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("a.stdout.log");
+        let mut w = RotatingWriter::open(base.clone(), limits(100, 1)).unwrap();
+        w.write(b"ab\n", 1);
+        w.note_dropped(3, 5);
+        w.note_dropped(4, 6);
+        w.write(b"cd", 7);
+        // Mid-line now: the next gap gets a newline.
+        w.note_dropped(2, 8);
+        w.write(b"ef\n", 9);
+        assert_eq!(read(&base), b"ab\ncd\nef\n");
+        let gaps = super::super::gaps::read_gaps(&base).unwrap();
+        let got: Vec<_> = gaps
+            .iter()
+            .map(|g| (g.unix_ms, g.offset, g.bytes, g.newline_inserted()))
+            .collect();
+        assert_eq!(got, vec![(5, 3, 7, false), (8, 5, 2, true)]);
+        // Reopening learns the last byte: a gap right away needs no newline.
+        drop(w);
+        let mut w = RotatingWriter::open(base.clone(), limits(100, 1)).unwrap();
+        w.note_dropped(1, 10);
+        w.write(b"g", 11);
+        assert_eq!(super::super::gaps::read_gaps(&base).unwrap()[2].flags, 0);
     }
 }
