@@ -213,6 +213,8 @@ fn on_log_loss(state: &mut SessionState, role: GuestRole, stream: LogStream, tot
         None => lost.push((role, stream, total)),
     }
     tracing::warn!(%role, %stream, total, "guest output lost instead of logged");
+    // Health first: whoever gets the event finds the count in health.
+    publish_health(state);
     emit(
         state,
         SessionEvent::LogBytesDropped {
@@ -221,7 +223,6 @@ fn on_log_loss(state: &mut SessionState, role: GuestRole, stream: LogStream, tot
             total,
         },
     );
-    publish_health(state);
 }
 
 fn on_guest_failed(state: &mut SessionState, role: GuestRole, reason: String) {
