@@ -140,22 +140,108 @@ fn a_premade_user_dir_with_symlinked_lock_and_logs_is_refused() {
     }
 }
 
+/// How a daemon started over a planted FIFO ended.
+enum FifoOutcome {
+    /// It refused to start; its stderr.
+    Refused(String),
+    /// It started, and SIGTERM then ended it (exit status).
+    StoppedBySigterm(std::process::ExitStatus),
+}
+
+/// Starts the daemon for `alice` in `dir`: either it refuses promptly, or
+/// it serves and then SIGTERM must end it within the bound. Either way it
+/// is gone when this returns.
+fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(runner_binary())
+        .args(["--daemon", "--user", "alice"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success(), "exited 0 without serving");
+            return FifoOutcome::Refused(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        if rx
+            .recv_timeout(Duration::from_millis(20))
+            .is_ok_and(|l| l.starts_with("control_socket="))
+        {
+            break;
+        }
+        if start.elapsed() > WAIT {
+            child.kill().unwrap();
+            panic!("daemon neither refused nor served in time (blocked?)");
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return FifoOutcome::StoppedBySigterm(status);
+        }
+        if stopping.elapsed() > WAIT {
+            child.kill().unwrap();
+            panic!("SIGTERM did not end the daemon in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn workspace_with_fifo(root: &Path, name: &str) -> (Workspace, PathBuf) {
+    let user = UserId::new("alice").unwrap();
+    let ws = Workspace::provision(&root.join("workspaces"), &user, &MountOverrides::default())
+        .unwrap();
+    let fifo = ws.logs.join(name);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    (ws, fifo)
+}
+
 #[test]
 fn a_fifo_where_a_log_belongs_is_a_prompt_error() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
-    let user = UserId::new("alice").unwrap();
-    let ws = Workspace::provision(
-        &tmp.path().join("workspaces"),
-        &user,
-        &MountOverrides::default(),
-    )
-    .unwrap();
-    let fifo = ws.logs.join("oxydra-vm.stdout.log");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let err = daemon_refuses(tmp.path());
-    assert!(err.contains("FIFO"), "{err}");
-    assert!(err.contains(&fifo.display().to_string()), "{err}");
+    let (ws, fifo) = workspace_with_fifo(tmp.path(), "oxydra-vm.stdout.log");
+    match daemon_over_fifo(tmp.path()) {
+        FifoOutcome::Refused(err) => {
+            assert!(err.contains("FIFO"), "{err}");
+            assert!(err.contains(&fifo.display().to_string()), "{err}");
+        }
+        FifoOutcome::StoppedBySigterm(status) => {
+            panic!("started over a FIFO log (then stopped: {status})")
+        }
+    }
     // The session lock was released again.
     assert!(!runner_core::lock::SessionLock::is_held(&ws.run));
+}
+
+#[test]
+fn a_fifo_where_a_rotated_log_goes_does_not_keep_sigterm_from_ending_the_daemon() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    // Only rotation touches `.1`, and it renames over it (never opens it):
+    // the daemon starts, and SIGTERM ends it as usual.
+    let (ws, _fifo) = workspace_with_fifo(tmp.path(), "oxydra-vm.stdout.log.1");
+    match daemon_over_fifo(tmp.path()) {
+        FifoOutcome::StoppedBySigterm(status) => assert!(status.success(), "{status}"),
+        FifoOutcome::Refused(err) => panic!("refused: {err}"),
+    }
+    assert!(!runner_core::lock::SessionLock::is_held(&ws.run));
+    assert!(!ws.run.join("runner-control.sock").exists());
 }
