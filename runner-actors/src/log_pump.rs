@@ -103,9 +103,7 @@ async fn on_drain(state: &mut LogPumpState, timeout: Duration) -> Drained {
     let reports = futures::future::join_all(pumps.into_iter().map(|p| p.finish(timeout))).await;
     Drained {
         cut: reports.iter().any(|r| r.was_cut()),
-        writes_stuck: reports
-            .iter()
-            .any(|r| matches!(r.end, PumpEnd::Abandoned)),
+        writes_stuck: reports.iter().any(|r| matches!(r.end, PumpEnd::Abandoned)),
     }
 }
 

@@ -110,7 +110,11 @@ async fn wait_for_log(path: &Path, mut done: impl FnMut(&str) -> bool) -> String
         if done(&text) {
             return text;
         }
-        assert!(start.elapsed() < WAIT, "log {} never got there", path.display());
+        assert!(
+            start.elapsed() < WAIT,
+            "log {} never got there",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -164,7 +168,10 @@ async fn a_full_log_disk_loses_output_visibly_and_recovers() {
         .iter()
         .find(|r| r.code == LOG_BYTES_DROPPED && r.detail.contains("runtime guest's stdout"))
         .unwrap_or_else(|| panic!("no log_bytes_dropped reason: {health:?}"));
-    assert!(reason.detail.contains(&format!("{counted} bytes")), "{reason:?}");
+    assert!(
+        reason.detail.contains(&format!("{counted} bytes")),
+        "{reason:?}"
+    );
     let before = std::fs::read(&log).unwrap().len();
 
     // Free the space: writing resumes by itself, after a gap record.
@@ -186,7 +193,10 @@ async fn a_full_log_disk_loses_output_visibly_and_recovers() {
     let (head, tail) = text.as_bytes().split_at(gap.offset as usize);
     let last_before = *heartbeats(&String::from_utf8_lossy(head)).last().unwrap();
     let first_after = heartbeats(&String::from_utf8_lossy(tail))[0];
-    assert!(first_after > last_before + 1, "{last_before} -> {first_after}");
+    assert!(
+        first_after > last_before + 1,
+        "{last_before} -> {first_after}"
+    );
     assert!(process_alive(runtime.pid.unwrap()));
 
     session.shutdown(WAIT).await.unwrap();

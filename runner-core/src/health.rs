@@ -90,7 +90,9 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
     }
     let mut guests = i.guests.to_vec();
     for &(role, stream, bytes) in i.log_bytes_dropped.iter().filter(|l| l.2 > 0) {
-        startup.degraded_reasons.push(log_bytes_dropped(role, stream, bytes));
+        startup
+            .degraded_reasons
+            .push(log_bytes_dropped(role, stream, bytes));
         if let Some(g) = guests.iter_mut().find(|g| g.role == role) {
             g.log_bytes_dropped.insert(stream, bytes);
         }
@@ -195,12 +197,31 @@ mod tests {
         let reasons = &h.startup_status.degraded_reasons;
         assert_eq!(reasons.len(), 1);
         assert_eq!(reasons[0].code, LOG_BYTES_DROPPED);
-        assert!(reasons[0].detail.contains("2700000 bytes"), "{}", reasons[0].detail);
-        assert!(reasons[0].detail.contains("stdout"), "{}", reasons[0].detail);
-        let runtime = h.guests.iter().find(|g| g.role == GuestRole::Runtime).unwrap();
-        assert_eq!(runtime.log_bytes_dropped.get(&LogStream::Stdout), Some(&2_700_000));
+        assert!(
+            reasons[0].detail.contains("2700000 bytes"),
+            "{}",
+            reasons[0].detail
+        );
+        assert!(
+            reasons[0].detail.contains("stdout"),
+            "{}",
+            reasons[0].detail
+        );
+        let runtime = h
+            .guests
+            .iter()
+            .find(|g| g.role == GuestRole::Runtime)
+            .unwrap();
+        assert_eq!(
+            runtime.log_bytes_dropped.get(&LogStream::Stdout),
+            Some(&2_700_000)
+        );
         assert_eq!(runtime.log_bytes_dropped.len(), 1);
-        let sidecar = h.guests.iter().find(|g| g.role == GuestRole::Sidecar).unwrap();
+        let sidecar = h
+            .guests
+            .iter()
+            .find(|g| g.role == GuestRole::Sidecar)
+            .unwrap();
         assert!(sidecar.log_bytes_dropped.is_empty());
         i.log_bytes_dropped = &[];
         assert_eq!(h.runtime_pid, Some(42));

@@ -8,7 +8,6 @@ mod logs_support;
 use logs_support::*;
 use runner_core::logs::{LogPump, PumpEnd, PumpTuning};
 use runner_types::LogStream;
-use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 

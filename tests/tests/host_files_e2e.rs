@@ -206,8 +206,8 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
 
 fn workspace_with_fifo(root: &Path, name: &str) -> (Workspace, PathBuf) {
     let user = UserId::new("alice").unwrap();
-    let ws = Workspace::provision(&root.join("workspaces"), &user, &MountOverrides::default())
-        .unwrap();
+    let ws =
+        Workspace::provision(&root.join("workspaces"), &user, &MountOverrides::default()).unwrap();
     let fifo = ws.logs.join(name);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     (ws, fifo)

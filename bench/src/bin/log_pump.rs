@@ -73,7 +73,10 @@ async fn run_pump(dir: &Path, limits: LogLimits) -> (Duration, Duration) {
     // pipe; a run that lost bytes says so (and is slower than it looks).
     assert_eq!(report.bytes_written + report.bytes_dropped, BYTES);
     if report.bytes_dropped > 0 {
-        eprintln!("  ({} bytes dropped: the writer fell behind)", report.bytes_dropped);
+        eprintln!(
+            "  ({} bytes dropped: the writer fell behind)",
+            report.bytes_dropped
+        );
     }
     std::fs::remove_dir_all(&logs).expect("remove logs");
     (wall, used)

@@ -24,8 +24,8 @@ mod handle;
 mod start;
 
 pub use handle::{FORCED_STOP_BOUND, SessionHandle};
-pub use start::LOSS_REPORT_INTERVAL;
 pub(crate) use start::LAUNCH_TIMEOUT;
+pub use start::LOSS_REPORT_INTERVAL;
 pub use start::SessionArgs;
 
 use crate::control::ControlListenerHandle;

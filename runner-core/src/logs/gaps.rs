@@ -85,9 +85,8 @@ impl GapRecord {
 
     /// Parses on-disk bytes.
     pub fn decode(bytes: [u8; GAP_RECORD_LEN as usize]) -> Self {
-        let field = |i: usize| {
-            u64::from_be_bytes(bytes[i * 8..(i + 1) * 8].try_into().expect("8 bytes"))
-        };
+        let field =
+            |i: usize| u64::from_be_bytes(bytes[i * 8..(i + 1) * 8].try_into().expect("8 bytes"));
         Self {
             unix_ms: field(0),
             offset: field(1),

@@ -46,8 +46,8 @@ mod rotate;
 mod sink;
 
 pub use error::LogError;
-pub use lines::LineSplitter;
 pub use gaps::{GapRecord, read_gaps};
+pub use lines::LineSplitter;
 pub use pump::{GuestReader, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE};
 pub use queue::{DEFAULT_QUEUE_BYTES, FULL_WAIT};
 pub use reader::{DEFAULT_MAX_BYTES, LogLines, LogQuery, read_log_files};

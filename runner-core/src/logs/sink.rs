@@ -235,7 +235,6 @@ impl LogSink {
             source,
         })?
     }
-
 }
 
 impl Shared {
@@ -275,8 +274,7 @@ impl Shared {
             }
         }
         drop(writer);
-        self.bytes_written
-            .fetch_add(out.written, Ordering::Relaxed);
+        self.bytes_written.fetch_add(out.written, Ordering::Relaxed);
         self.count_dropped(out.dropped);
         self.rotations.fetch_add(out.rotations, Ordering::Relaxed);
         out
@@ -355,7 +353,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(pump.bytes_read(), total);
-        assert!(!pump.is_finished(), "the writer still holds the first buffer");
+        assert!(
+            !pump.is_finished(),
+            "the writer still holds the first buffer"
+        );
 
         release_tx.send(()).unwrap();
         staller.join().unwrap();
@@ -365,7 +366,10 @@ mod tests {
         assert_eq!(report.bytes_written, first);
         assert_eq!(report.bytes_dropped, total - first);
         let stats = sink.stats();
-        assert_eq!((stats.bytes_written, stats.bytes_dropped), (first, total - first));
+        assert_eq!(
+            (stats.bytes_written, stats.bytes_dropped),
+            (first, total - first)
+        );
 
         // The file holds the first buffer, and the gap is recorded at its
         // end (with a newline: the buffer ended mid-line).
@@ -376,7 +380,10 @@ mod tests {
         assert_eq!(&on_disk[first..], b"\n");
         let gaps = read_gaps(sink.path()).unwrap();
         assert_eq!(gaps.len(), 1, "{gaps:?}");
-        assert_eq!((gaps[0].offset, gaps[0].bytes), (first as u64, total - first as u64));
+        assert_eq!(
+            (gaps[0].offset, gaps[0].bytes),
+            (first as u64, total - first as u64)
+        );
         assert!(gaps[0].newline_inserted());
     }
 }
