@@ -1,0 +1,184 @@
+//! `runner-bin --daemon` with its `logs/` on a file system that stops
+//! answering: an ext4 image mounted over `logs/` and frozen with
+//! `fsfreeze` while the guests write, so every log write blocks for good.
+//! SIGTERM must still end the session within grace + drain + the fixed
+//! bounds, and the daemon must say which log writes did not finish and
+//! exit non-zero. Runs as root (it mounts).
+//!
+//! A thread blocked on a frozen file system sleeps uninterruptibly, so the
+//! kernel only lets the process go once the file system thaws: the test
+//! checks that the daemon has finished its shutdown and printed its last
+//! line within the bound, then thaws and checks the exit code.
+
+use runner_core::workspace::MountOverrides;
+use runner_core::{UserId, Workspace};
+use runner_tests::runner_binary;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+const GRACE_MS: u64 = 500;
+const DRAIN_MS: u64 = 500;
+/// The daemon's fixed bounds after grace and drain: the writers' stop
+/// grace (0.5 s), the runtime's shutdown bound (2 s), plus slack for a
+/// loaded machine.
+const FIXED_BOUND: Duration = Duration::from_secs(6);
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().expect("run helper command");
+    assert!(status.success(), "{cmd:?}: {status}");
+}
+
+/// An ext4 image mounted at `path`; thawed and unmounted when dropped,
+/// also when the test fails.
+struct FrozenMount {
+    path: PathBuf,
+}
+
+impl FrozenMount {
+    fn mount(image: &Path, path: &Path) -> Self {
+        run(Command::new("truncate").arg("-s").arg("32M").arg(image));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
+        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(path));
+        let mount = Self {
+            path: path.to_path_buf(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        mount
+    }
+
+    fn freeze(&self) {
+        run(Command::new("fsfreeze").arg("--freeze").arg(&self.path));
+    }
+
+    fn thaw(&self) {
+        // Fails harmlessly when not frozen.
+        let _ = Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+impl Drop for FrozenMount {
+    fn drop(&mut self) {
+        self.thaw();
+        match Command::new("umount").arg("-l").arg(&self.path).status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("cannot unmount {}: {other:?}", self.path.display()),
+        }
+    }
+}
+
+/// Kills the daemon if the test fails before it exits.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+        }
+    }
+}
+
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
+    assert!(nix::unistd::geteuid().is_root(), "this test mounts");
+    let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let root = tmp.path().join("workspaces");
+    let user = UserId::new("frozen").unwrap();
+    let ws = Workspace::provision(&root, &user, &MountOverrides::default()).unwrap();
+    let mount = FrozenMount::mount(&tmp.path().join("logs.img"), &ws.logs);
+
+    let bin = runner_binary();
+    let cfg = tmp.path().join("runner.toml");
+    let guest = |role: &str| {
+        format!(
+            "{{ program = \"{}\", args = [\"demo-guest\", \"--role\", \"{role}\", \"--heartbeat-ms\", \"5\"] }}",
+            bin.display()
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "workspace_root = \"{}\"\n[shutdown]\ngrace_ms = {GRACE_MS}\nlog_drain_ms = {DRAIN_MS}\n[process]\nruntime = {}\nsidecar = {}\n",
+            root.display(),
+            guest("runtime"),
+            guest("sidecar")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(&bin)
+        .args(["--daemon", "--user", "frozen", "--config"])
+        .arg(&cfg)
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let mut daemon = Daemon(child);
+    let line = stdout.recv_timeout(WAIT).expect("control_socket line");
+    assert!(line.starts_with("control_socket="), "{line}");
+
+    // Output reaches the log; then the disk stops answering.
+    let log = ws.logs.join("oxydra-vm.stdout.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("heartbeat")) {
+        assert!(start.elapsed() < WAIT, "no heartbeat in {}", log.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mount.freeze();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    let bound = Duration::from_millis(GRACE_MS + DRAIN_MS) + FIXED_BOUND;
+    let last = loop {
+        let left = bound.saturating_sub(stopping.elapsed());
+        match stderr.recv_timeout(left) {
+            Ok(line) if line.starts_with("error:") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no final error line within {bound:?} of SIGTERM: {e}"),
+        }
+    };
+    assert!(last.contains("log writes to"), "{last}");
+    assert!(last.contains("did not finish"), "{last}");
+    assert!(last.contains(&ws.logs.display().to_string()), "{last}");
+
+    // Once the disk thaws, the blocked writer threads return and the
+    // process is gone, non-zero.
+    mount.thaw();
+    let thawed = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(thawed.elapsed() < WAIT, "daemon still there after the thaw");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
+    drop(mount);
+}
