@@ -43,7 +43,10 @@ impl FrozenMount {
     fn mount(image: &Path, path: &Path) -> Self {
         run(Command::new("truncate").arg("-s").arg("32M").arg(image));
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
-        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(path));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(path));
         let mount = Self {
             path: path.to_path_buf(),
         };

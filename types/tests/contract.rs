@@ -244,7 +244,7 @@ fn full_health_status_response() {
                     oom_killed: true,
                 }),
                 restarts: 2,
-                log_bytes_dropped: Default::default(),
+                log_bytes_dropped: BTreeMap::from([(LogStream::Stdout, 2_700_000)]),
             },
         ],
     };
@@ -279,7 +279,8 @@ fn full_health_status_response() {
                         "at_unix_ms": 1_700_000_000_123u64,
                         "oom_killed": true
                     },
-                    "restarts": 2
+                    "restarts": 2,
+                    "log_bytes_dropped": {"stdout": 2_700_000}
                 }
             ]
         }}),
