@@ -6,8 +6,8 @@
 //! [`DEFAULT_QUEUE_BYTES`]) a pump waits at most [`FULL_WAIT`] for room,
 //! once per overflow; if there is still none the buffer is dropped and
 //! counted, and every further buffer is dropped at once until the writer
-//! has made room again. A disk that keeps up, even slowly, loses nothing;
-//! a stalled one costs the guest at most [`FULL_WAIT`] of pipe time before
+//! has made room again. A disk that completes each buffer's write within
+//! [`FULL_WAIT`] loses nothing, however full the queue; a stalled one costs the guest at most [`FULL_WAIT`] of pipe time before
 //! its output is dropped instead of held back. The writer records each
 //! loss as a gap (see [`super::gaps`]).
 //!
@@ -27,7 +27,7 @@ pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 
 /// Longest a pump waits for room in a full queue before it drops a buffer
 /// (then it drops without waiting until the queue has room again).
-pub const FULL_WAIT: Duration = Duration::from_millis(20);
+pub const FULL_WAIT: Duration = Duration::from_millis(50);
 
 /// Emptied buffers kept for pumps to reuse.
 const SPARE_BUFFERS: usize = 8;
