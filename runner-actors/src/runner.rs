@@ -172,6 +172,7 @@ impl Runner {
             log_dir: &log_dir,
             guests: &[],
             sidecar_linked: sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
+            degraded: &[],
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);

@@ -1,6 +1,8 @@
 //! Building the health report from what the session knows (pure).
 
-use runner_types::{GuestRole, GuestState, GuestStatus, HealthStatus, SandboxTier, StartupStatus};
+use runner_types::{
+    DegradedReason, GuestRole, GuestState, GuestStatus, HealthStatus, SandboxTier, StartupStatus,
+};
 
 /// Phase of a whole session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,10 @@ pub struct HealthInputs<'a> {
     /// `SandboxBackend::sidecar_link`); `true` elsewhere. While `false`,
     /// health claims no sidecar, shell or browser.
     pub sidecar_linked: bool,
+    /// Why the session runs degraded now, beyond what was known at start
+    /// (for example `engine_unreachable`); added to
+    /// `startup_status.degraded_reasons`.
+    pub degraded: &'a [DegradedReason],
 }
 
 /// The `health_status` a session reports.
@@ -73,6 +79,7 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
     };
     let runtime = i.guests.iter().find(|g| g.role == GuestRole::Runtime);
     let mut startup = i.startup.clone();
+    startup.degraded_reasons.extend(i.degraded.iter().cloned());
     if !i.sidecar_linked {
         startup.sidecar_available = false;
         startup.shell_available = false;
@@ -147,6 +154,7 @@ mod tests {
             log_dir: "/w/alice/logs",
             guests: &guests,
             sidecar_linked: true,
+            degraded: &[],
         };
         let h = health_report(&i);
         assert!(h.healthy);
@@ -179,6 +187,7 @@ mod tests {
             log_dir: "/w/alice/logs",
             guests: &guests,
             sidecar_linked: false,
+            degraded: &[],
         };
         let h = health_report(&i);
         assert!(!h.shell_available && !h.browser_available);

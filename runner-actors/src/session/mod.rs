@@ -33,7 +33,7 @@ use crate::guest::GuestHandle;
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
-use runner_types::{GuestRole, GuestStatus, HealthStatus};
+use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,21 @@ pub enum SessionMsg {
         role: GuestRole,
         /// Why.
         reason: String,
+    },
+    /// A guest runs degraded for a reason that may pass (its engine is
+    /// unreachable); health reports it until `Recovered`.
+    Degraded {
+        /// Which guest.
+        role: GuestRole,
+        /// Code and detail.
+        reason: DegradedReason,
+    },
+    /// What `Degraded` reported for `role` with `code` is over.
+    Recovered {
+        /// Which guest.
+        role: GuestRole,
+        /// The code that no longer applies.
+        code: String,
     },
     /// Ordered, bounded shutdown within `deadline`; then the actor stops.
     Shutdown {
@@ -81,6 +96,10 @@ pub struct SessionState {
     statuses: Vec<GuestStatus>,
     pumps: Vec<LogPumpHandle>,
     listener: Option<ControlListenerHandle>,
+    /// Reasons reported by `Degraded` and not yet `Recovered`, per guest.
+    degraded_by: Vec<(GuestRole, DegradedReason)>,
+    /// `degraded_by`'s reasons, as health reports them.
+    degraded: Vec<DegradedReason>,
 }
 
 impl Actor for SessionSupervisor {
@@ -100,6 +119,8 @@ impl Actor for SessionSupervisor {
             statuses: Vec::new(),
             pumps: Vec::new(),
             listener: None,
+            degraded_by: Vec::new(),
+            degraded: Vec::new(),
         })
     }
 
@@ -127,6 +148,8 @@ impl Actor for SessionSupervisor {
             }
             SessionMsg::GuestUpdate(status) => on_guest_update(state, status),
             SessionMsg::GuestFailed { role, reason } => on_guest_failed(state, role, reason),
+            SessionMsg::Degraded { role, reason } => on_degraded(state, role, Some(reason), None),
+            SessionMsg::Recovered { role, code } => on_degraded(state, role, None, Some(code)),
             SessionMsg::Shutdown { deadline, reply } => {
                 let report = on_shutdown(&myself, state, deadline).await;
                 if let Some(reply) = reply
@@ -178,6 +201,47 @@ fn on_guest_update(state: &mut SessionState, status: GuestStatus) {
         None => state.statuses.push(status),
     }
     state.statuses.sort_by_key(|s| s.role != GuestRole::Sidecar);
+    publish_health(state);
+}
+
+/// Adds `add` for `role` (replacing one with the same code), or removes
+/// `role`'s reason with code `remove`; emits the event and republishes
+/// health when something changed.
+fn on_degraded(
+    state: &mut SessionState,
+    role: GuestRole,
+    add: Option<DegradedReason>,
+    remove: Option<String>,
+) {
+    let code = match (&add, &remove) {
+        (Some(r), _) => r.code.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => return,
+    };
+    let before = state.degraded_by.len();
+    state
+        .degraded_by
+        .retain(|(r, reason)| !(*r == role && reason.code == code));
+    let removed = state.degraded_by.len() < before;
+    match add {
+        Some(reason) => {
+            tracing::warn!(%role, code = %reason.code, detail = %reason.detail, "degraded");
+            emit(
+                state,
+                SessionEvent::Degraded {
+                    role,
+                    reason: reason.clone(),
+                },
+            );
+            state.degraded_by.push((role, reason));
+        }
+        None if removed => {
+            tracing::info!(%role, %code, "recovered");
+            emit(state, SessionEvent::Recovered { role, code });
+        }
+        None => return,
+    }
+    state.degraded = state.degraded_by.iter().map(|(_, r)| r.clone()).collect();
     publish_health(state);
 }
 
@@ -299,6 +363,7 @@ fn publish_health(state: &SessionState) {
         // status change that goes with it (bridge up before the runtime is
         // reported running, down before its exit is).
         sidecar_linked: a.sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
+        degraded: &state.degraded,
     });
     a.health_tx.send_replace(health);
 }

@@ -41,7 +41,7 @@ use self::bootstrap_file::BootstrapFile;
 use self::client::Engine;
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
-use self::guest::DockerGuest;
+use self::guest::{DockerGuest, ENGINE_PING_BOUND};
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;
 use crate::backend::{
@@ -395,6 +395,12 @@ impl SandboxBackend for DockerBackend {
 
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError> {
         self.launch_docker(spec).await
+    }
+
+    async fn engine_ready(&self) -> bool {
+        tokio::time::timeout(ENGINE_PING_BOUND, self.engine.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
