@@ -54,6 +54,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         let user_path = resolve_path(&path, base, &key, &registration.config_path)?;
         users.insert(user, load_user_config(&user_path)?);
     }
+    super::identity::distinct_uids(&path, &users)?;
     let mut firecracker = file.firecracker.clone();
     if let Some(binary) = &firecracker.binary {
         let program = resolve_program(&path, base, "firecracker.binary", binary)?;
@@ -74,6 +75,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         restart: restart(&path, file.restart)?,
         docker: file.docker,
         firecracker,
+        guest_identity: super::identity::id_range(&path, file.guest_identity)?,
         source: Some(path),
     })
 }
@@ -108,6 +110,7 @@ pub fn parse_user_config(text: &str, path: &Path) -> Result<UserConfig, ConfigEr
         sandbox_tier: file.behavior.sandbox_tier,
         shell_enabled: file.behavior.shell_enabled.unwrap_or(true),
         browser_enabled: file.behavior.browser_enabled.unwrap_or(false),
+        guest_identity: super::identity::user_choice(&path, file.guest_identity)?,
     })
 }
 

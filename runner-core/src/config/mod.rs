@@ -6,6 +6,7 @@
 //! names the file and the key.
 
 mod error;
+mod identity;
 mod load;
 mod parse;
 
@@ -13,6 +14,7 @@ pub use error::{ConfigError, Location, TomlError};
 pub use load::{load_runner_config, load_user_config, parse_runner_config, parse_user_config};
 
 use crate::UserId;
+use crate::identity::{GuestIdRange, GuestIdentityChoice};
 use crate::workspace::MountOverrides;
 use runner_types::config::{DockerSection, FirecrackerSection, RestartPolicy};
 use runner_types::{ResourceLimits, SandboxTier};
@@ -46,6 +48,8 @@ pub struct RunnerConfig {
     pub docker: DockerSection,
     /// micro_vm tier settings.
     pub firecracker: FirecrackerSection,
+    /// `[guest_identity]`: the range guest uids are allocated from.
+    pub guest_identity: GuestIdRange,
 }
 
 /// `[guest_images]`, validated.
@@ -76,6 +80,8 @@ pub struct UserConfig {
     pub shell_enabled: bool,
     /// Browser tools enabled (default false).
     pub browser_enabled: bool,
+    /// `[guest_identity]`: what this user's guests run as.
+    pub guest_identity: GuestIdentityChoice,
 }
 
 /// Process-tier guest commands.
@@ -193,6 +199,7 @@ impl RunnerConfig {
             restart: RestartConfig::default(),
             docker: DockerSection::default(),
             firecracker: FirecrackerSection::default(),
+            guest_identity: GuestIdRange::default(),
         }
     }
 
