@@ -16,6 +16,7 @@ pub mod control;
 pub mod fake;
 pub mod health;
 pub mod identity;
+pub mod limits;
 pub mod lock;
 pub mod logs;
 pub mod restart;

@@ -27,6 +27,7 @@ mod resolve;
 pub use error::{NotExecutableReason, ProcessLaunchError};
 pub use group::STOP_KILL_WAIT;
 
+use super::clean_start::StartRlimits;
 use super::exit::exit_channel;
 use super::{GuestIdentity, GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::config::GuestCommand;
@@ -66,12 +67,25 @@ pub struct ProcessBackendConfig {
 #[derive(Debug, Clone)]
 pub struct ProcessBackend {
     config: ProcessBackendConfig,
+    start_rlimits: StartRlimits,
 }
 
 impl ProcessBackend {
-    /// A backend running `config`'s commands.
+    /// A backend running `config`'s commands. Guests get back the rlimits
+    /// in force now; an embedding program that raises its own limits passes
+    /// the earlier values with [`Self::with_start_rlimits`].
     pub fn new(config: ProcessBackendConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            start_rlimits: StartRlimits::capture(),
+        }
+    }
+
+    /// Guests start with `rlimits` (the runner's own at its start), plus
+    /// their own limits.
+    pub fn with_start_rlimits(mut self, rlimits: StartRlimits) -> Self {
+        self.start_rlimits = rlimits;
+        self
     }
 
     /// The command configured for `role`, if any.
@@ -127,7 +141,12 @@ impl SandboxBackend for ProcessBackend {
         // Subscribe before spawning so no SIGCHLD can be missed.
         let sigchld = signal(SignalKind::child())
             .map_err(|source| ProcessLaunchError::ExitWatch { role, source })?;
-        let mut child = command::build_command(&program, &args, &env, work_dir)
+        let setup = command::ChildSetup {
+            work_dir,
+            run_as: spec.run_as,
+            rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
+        };
+        let mut child = command::build_command(&program, &args, &env, setup)
             .spawn()
             .map_err(|source| ProcessLaunchError::Spawn {
                 role,
@@ -147,7 +166,8 @@ impl SandboxBackend for ProcessBackend {
             }
         };
         tokio::spawn(write_bootstrap(role, pid, stdin, frame));
-        info!(%role, pid, program = %program.display(), user = %spec.user_id, "guest launched");
+        let uid = spec.run_as.map(|g| g.uid);
+        info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
             outputs: GuestOutput::pair(stdout, stderr),
