@@ -6,6 +6,7 @@ use crate::session::{SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
 use runner_core::bootstrap;
+use runner_core::identity;
 use runner_core::config::RunnerConfig;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::lock::{LockError, SessionLock};
@@ -125,8 +126,20 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        let workspace =
-            Workspace::provision(&self.config.workspace_root, &user, &user_config.mounts)?;
+        // Root runs every guest under its user's own uid (see
+        // runner_core::identity); anyone else runs guests as itself.
+        let identity = identity::resolve_guest_user(
+            &self.config,
+            &user,
+            tier,
+            nix::unistd::geteuid().as_raw(),
+        )?;
+        let workspace = Workspace::provision_for(
+            &self.config.workspace_root,
+            &user,
+            &user_config.mounts,
+            identity.run_as,
+        )?;
         let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
             LockError::Held { .. } => SessionError::AlreadyRunning {
                 user: user.to_string(),
@@ -141,6 +154,9 @@ impl Runner {
         let mut degraded = Vec::new();
         if tier == SandboxTier::Process {
             degraded.push(bootstrap::insecure_process_tier(options.insecure));
+        }
+        if identity.runs_as_root {
+            degraded.push(identity::guest_runs_as_root());
         }
         let startup =
             bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
@@ -166,6 +182,7 @@ impl Runner {
             user_config,
             backend,
             workspace: workspace.clone(),
+            run_as: identity.run_as,
             startup,
             degraded,
             extra_env: options.extra_env,

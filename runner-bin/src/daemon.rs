@@ -4,14 +4,17 @@ use crate::cli::DaemonArgs;
 use crate::{backends, env, paths};
 use anyhow::{Context, bail};
 use runner_actors::{Runner, SessionError, SessionOptions};
+use runner_core::backend::clean_start::StartRlimits;
 use runner_core::health::SessionPhase;
+use runner_core::identity::resolve_guest_user;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::io::Write;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Runs the daemon until SIGINT, SIGTERM or `shutdown_user`.
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+/// Runs the daemon until SIGINT, SIGTERM or `shutdown_user`. Process-tier
+/// guests start with `start_rlimits`, the limits this process started with.
+pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Result<()> {
     let Some(user) = args.user.as_deref() else {
         bail!("--daemon needs --user <id>");
     };
@@ -29,9 +32,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // its containers with the canonical workspace root, which only resolves
     // once the root exists (a first start must label like every later one).
     // The session lock (one live session per user) is taken by start_session.
+    // Guests get their own uid when this runs as root (start_session decides
+    // the same again: the allocation is recorded, so it is stable).
     let user_config = config.user(&user_id);
-    Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
-
     let tier = if args.insecure {
         eprintln!(
             "WARNING: --insecure: guests run as plain host processes with NO isolation (process tier forced)"
@@ -40,11 +43,26 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     } else {
         config.tier_for(&user_id)
     };
+    let identity = resolve_guest_user(&config, &user_id, tier, nix::unistd::geteuid().as_raw())
+        .with_context(|| format!("Cannot decide the host uid of user {user}'s guests"))?;
+    Workspace::provision_for(
+        &config.workspace_root,
+        &user_id,
+        &user_config.mounts,
+        identity.run_as,
+    )?;
+    match identity.run_as {
+        Some(g) => tracing::info!(uid = g.uid, gid = g.gid, "guests run as their own uid"),
+        None if identity.runs_as_root => {
+            tracing::warn!("guest_identity.allow_root: guests run as root")
+        }
+        None => tracing::info!("not root: guests run as the runner's own uid"),
+    }
     if tier == SandboxTier::Process && !args.insecure {
         tracing::warn!("process tier: guests run as host processes without isolation");
     }
 
-    let backends = backends::for_tier(&config, tier)?;
+    let backends = backends::for_tier(&config, tier, start_rlimits)?;
     let runner = Runner::new(config, backends);
     let mut sigint =
         signal(SignalKind::interrupt()).context("Cannot install the SIGINT handler")?;
