@@ -86,6 +86,13 @@ pub enum SessionError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a stale socket is where the control socket goes.
+    #[error("Refusing the control socket path")]
+    ControlSocketPath {
+        /// What is there (names the path).
+        #[source]
+        source: runner_core::workspace::HostFileError,
+    },
     /// An actor could not be spawned.
     #[error("Cannot spawn a session actor")]
     Spawn(#[source] ractor::SpawnErr),

@@ -145,7 +145,7 @@ impl Runner {
                 user: user.to_string(),
                 source,
             },
-            LockError::Io { .. } => SessionError::Lock {
+            LockError::Io { .. } | LockError::Open { .. } => SessionError::Lock {
                 user: user.to_string(),
                 source,
             },

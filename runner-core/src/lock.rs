@@ -4,11 +4,16 @@
 //! `flock` locks belong to an open file description, so the lock excludes a
 //! second session in the same process as well as in another one, and it
 //! dies with the process: a crashed runner never blocks the next.
+//!
+//! The lock file is opened with [`open_regular`]: never through a symlink,
+//! never a FIFO or device. Only [`SessionLock::acquire`] creates or writes
+//! it; the probe [`SessionLock::is_held`] opens it read-only and takes a
+//! shared lock, so `stop` and `status` never change it.
 
+use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -32,7 +37,14 @@ pub enum LockError {
         /// The holder's pid as it wrote it (may be empty).
         holder: String,
     },
-    /// The lock file could not be opened or written.
+    /// The lock file is not a regular file or could not be opened.
+    #[error("Cannot open the session lock")]
+    Open {
+        /// Cause (names the path).
+        #[source]
+        source: HostFileError,
+    },
+    /// The lock file could not be locked or written.
     #[error("Cannot use lock file {path}")]
     Io {
         /// The lock file.
@@ -51,14 +63,8 @@ impl SessionLock {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        let file = open_regular(&path, OpenHow::ReadWrite { mode: 0o600 })
+            .map_err(|source| LockError::Open { source })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 lock.set_len(0).map_err(io)?;
@@ -80,10 +86,28 @@ impl SessionLock {
         }
     }
 
-    /// Whether some live session holds the lock in `run_dir` (a probe that
-    /// takes and drops the lock when it is free).
+    /// Whether some live session holds the lock in `run_dir`. A read-only
+    /// probe: it never creates, truncates or writes the file. A lock file
+    /// that is missing, a symlink or not a regular file is "not held".
     pub fn is_held(run_dir: &Path) -> bool {
-        matches!(Self::acquire(run_dir), Err(LockError::Held { .. }))
+        let path = run_dir.join(LOCK_NAME);
+        let file = match open_regular(&path, OpenHow::Read) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "session lock probe: not a usable lock file");
+                return false;
+            }
+        };
+        // A live session holds it exclusively, so a shared lock fails.
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_probe) => false,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+            Err((_, errno)) => {
+                tracing::warn!(path = %path.display(), %errno, "session lock probe failed");
+                false
+            }
+        }
     }
 }
 
@@ -103,5 +127,12 @@ mod tests {
         drop(first);
         assert!(!SessionLock::is_held(dir.path()));
         SessionLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn probe_never_creates_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!SessionLock::is_held(dir.path()));
+        assert!(!dir.path().join(LOCK_NAME).exists());
     }
 }

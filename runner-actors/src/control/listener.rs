@@ -12,7 +12,9 @@ use super::connection::serve;
 use super::{ControlContext, ControlLimits};
 use crate::error::SessionError;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
-use std::os::unix::fs::PermissionsExt;
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+use runner_core::workspace::file::remove_stale_socket;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,13 +160,20 @@ impl ControlListenerHandle {
             path: path.clone(),
             source,
         };
-        match std::fs::remove_file(&path) {
-            Ok(()) => tracing::info!(path = %path.display(), "removed stale control socket"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
+        // Only a socket is removed as stale; `bind` never follows or
+        // replaces whatever else is there (it fails), and the chmod does
+        // not follow a symlink.
+        if remove_stale_socket(&path).map_err(|source| SessionError::ControlSocketPath { source })? {
+            tracing::info!(path = %path.display(), "removed stale control socket");
         }
         let listener = UnixListener::bind(&path).map_err(err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        fchmodat(
+            AT_FDCWD,
+            &path,
+            Mode::from_bits_truncate(0o600),
+            FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| err(e.into()))?;
         let args = ControlListenerArgs {
             listener,
             path: path.clone(),

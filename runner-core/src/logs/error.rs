@@ -19,6 +19,14 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    /// A log file, its index or the logs directory is not what the runner
+    /// requires (a symlink, a FIFO, a directory open to others, ...).
+    #[error("Refusing to use a log path")]
+    Unsafe {
+        /// What is wrong (names the path).
+        #[source]
+        source: crate::workspace::HostFileError,
+    },
     /// A log or index file could not be opened.
     #[error("Cannot open log file {path}")]
     Open {

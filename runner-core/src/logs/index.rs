@@ -19,9 +19,10 @@
 //! trailing partial record (a torn write) is ignored by readers and cut off
 //! by the writer when it reopens the file.
 
-use std::fs::{File, OpenOptions};
+use crate::workspace::file::{HostFileError, OpenHow, open_regular};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Suffix appended to a log file's name to name its index.
@@ -89,6 +90,19 @@ impl IndexWriter {
         }
     }
 
+    /// Opens the index now if it exists, refusing a symlink, FIFO or other
+    /// non-regular file (a missing one is created on first use).
+    pub(crate) fn open_existing(&mut self) -> Result<(), HostFileError> {
+        match open_for_append(&self.path, OpenHow::AppendExisting) {
+            Ok(file) => {
+                self.file = Some(file);
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Records that a write starting at `offset` happens at `now_ms`, if the
     /// previous record is old enough. Failures are logged, never returned:
     /// a missing record only makes "since" queries less precise.
@@ -132,22 +146,26 @@ impl IndexWriter {
     fn append(&mut self, record: IndexRecord) -> io::Result<()> {
         let file = match &mut self.file {
             Some(file) => file,
-            None => self.file.insert(open_for_append(&self.path)?),
+            None => self.file.insert(
+                open_for_append(&self.path, OpenHow::Append { mode: 0o600 })
+                    .map_err(io::Error::other)?,
+            ),
         };
         file.write_all(&record.encode())
     }
 }
 
-/// Opens an index for appending, cutting off a torn trailing record.
-fn open_for_append(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
-    let len = file.metadata()?.len();
+/// Opens an index for appending (only ever a regular file, see
+/// [`open_regular`]), cutting off a torn trailing record.
+fn open_for_append(path: &Path, how: OpenHow) -> Result<File, HostFileError> {
+    let file = open_regular(path, how)?;
+    let io_err = |source| HostFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(io_err)?.len();
     if len % RECORD_LEN != 0 {
-        file.set_len(len - len % RECORD_LEN)?;
+        file.set_len(len - len % RECORD_LEN).map_err(io_err)?;
     }
     Ok(file)
 }
@@ -241,7 +259,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.idx");
         write_index(&path, &[(5, 0)]);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
         let mut w = IndexWriter::new(path.clone());
         w.note(100, 7);

@@ -9,6 +9,7 @@
 use super::LogError;
 use super::index::{INDEX_INTERVAL_MS, RECORD_LEN, first_offset_after, index_path};
 use super::rotate::rotated_path;
+use crate::workspace::file::{OpenHow, open_regular};
 use runner_types::control::MAX_LOG_TAIL;
 use runner_types::{GuestRole, LogStream};
 use std::fs::File;
@@ -287,10 +288,10 @@ impl Snapshot {
 
 /// Opens one log file and its index; `None` if the log does not exist.
 fn open_snap_file(path: &Path) -> io::Result<Option<SnapFile>> {
-    let file = match File::open(path) {
+    let file = match open_regular(path, OpenHow::Read) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(io::Error::other(e)),
     };
     let meta = file.metadata()?;
     let mtime_ms = meta
@@ -298,13 +299,13 @@ fn open_snap_file(path: &Path) -> io::Result<Option<SnapFile>> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let index = match File::open(index_path(path)) {
+    let index = match open_regular(&index_path(path), OpenHow::Read) {
         Ok(index) => {
             let records = index.metadata()?.len() / RECORD_LEN;
             Some((index, records))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(io::Error::other(e)),
     };
     Ok(Some(SnapFile {
         path: path.to_path_buf(),

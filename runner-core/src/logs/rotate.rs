@@ -16,9 +16,9 @@
 use super::LogError;
 use super::index::{IndexWriter, index_path};
 use crate::config::LogLimits;
-use std::fs::{self, File, OpenOptions};
+use crate::workspace::file::{HostFileError, OpenHow, open_regular};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Path of rotated file number `n` of `base` (`n == 0` is `base` itself).
@@ -65,7 +65,8 @@ pub(crate) struct RotatingWriter {
 impl RotatingWriter {
     /// Opens (or creates, mode 0600) `base` for appending and removes
     /// rotated files numbered beyond `limits.max_files` (left over from a
-    /// run with a larger limit).
+    /// run with a larger limit). The log and an existing index must be
+    /// regular files (see [`open_regular`]).
     pub(crate) fn open(base: PathBuf, limits: LogLimits) -> Result<Self, LogError> {
         let mut writer = Self {
             index: IndexWriter::new(index_path(&base)),
@@ -77,10 +78,8 @@ impl RotatingWriter {
             len: 0,
             health: WriterHealth::Healthy,
         };
-        writer.ensure_open().map_err(|source| LogError::Open {
-            path: writer.base.clone(),
-            source,
-        })?;
+        writer.open_file().map_err(log_error)?;
+        writer.index.open_existing().map_err(log_error)?;
         writer.remove_beyond_limit();
         Ok(writer)
     }
@@ -140,13 +139,19 @@ impl RotatingWriter {
     }
 
     fn ensure_open(&mut self) -> io::Result<()> {
+        self.open_file().map_err(io::Error::other)
+    }
+
+    fn open_file(&mut self) -> Result<(), HostFileError> {
         if self.file.is_none() {
-            let file = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&self.base)?;
-            self.len = file.metadata()?.len();
+            let file = open_regular(&self.base, OpenHow::Append { mode: 0o600 })?;
+            self.len = file
+                .metadata()
+                .map_err(|source| HostFileError::Io {
+                    path: self.base.clone(),
+                    source,
+                })?
+                .len();
             self.file = Some(file);
         }
         Ok(())
@@ -224,6 +229,15 @@ impl RotatingWriter {
             }
             WriterHealth::Failing { dropped } => *dropped += lost as u64,
         }
+    }
+}
+
+/// Plain I/O failures stay [`LogError::Open`]; refusals are
+/// [`LogError::Unsafe`].
+fn log_error(e: HostFileError) -> LogError {
+    match e {
+        HostFileError::Io { path, source } => LogError::Open { path, source },
+        refused => LogError::Unsafe { source: refused },
     }
 }
 

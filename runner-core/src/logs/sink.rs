@@ -5,6 +5,7 @@ use super::LogError;
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
 use crate::config::LogLimits;
+use crate::workspace::file::check_runner_dir;
 use bytes::Bytes;
 use runner_types::{GuestRole, LogStream};
 use std::os::unix::fs::DirBuilderExt;
@@ -62,6 +63,11 @@ impl LogSink {
     /// Opens the log of `role`'s `stream` in `logs_dir` (created mode 0700
     /// if missing), appending to what is there. Files are created mode 0600.
     ///
+    /// `logs_dir` must be a real directory owned by the runner that no one
+    /// else may write (provisioning makes `logs/` 0700); the log file and its index must be
+    /// regular files (never followed if symlinks): anything else is
+    /// [`LogError::Unsafe`], returned at once (a FIFO never blocks).
+    ///
     /// Blocking (a few file-system calls).
     pub fn open(
         logs_dir: &Path,
@@ -77,6 +83,8 @@ impl LogSink {
                 path: logs_dir.to_path_buf(),
                 source,
             })?;
+        check_runner_dir(logs_dir, nix::unistd::geteuid().as_raw())
+            .map_err(|source| LogError::Unsafe { source })?;
         let path = logs_dir.join(stream.file_name(role));
         let writer = RotatingWriter::open(path.clone(), limits)?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);

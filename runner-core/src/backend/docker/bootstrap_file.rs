@@ -27,10 +27,13 @@ impl BootstrapFile {
     /// not the runner's own.
     pub(crate) fn write(path: PathBuf, json: &[u8], owner: Option<(u32, u32)>) -> io::Result<Self> {
         remove_if_present(&path)?;
+        // `create_new` (O_EXCL) never opens an existing file, symlink or
+        // FIFO; O_NOFOLLOW says the same once more.
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o400)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)?;
         file.write_all(json)?;
         if let Some((uid, gid)) = owner {

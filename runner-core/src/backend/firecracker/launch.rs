@@ -278,10 +278,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FirecrackerLaunchError
         source,
     };
     remove_if_present(path).map_err(err)?;
+    // `create_new` (O_EXCL) never opens an existing file, symlink or FIFO;
+    // O_NOFOLLOW says the same once more.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .map_err(err)?;
     file.write_all(bytes).map_err(err)
