@@ -148,15 +148,20 @@ async fn a_setuid_file_from_a_container_guest_gives_other_uids_nothing() {
     assert_ne!(meta.mode() & 0o4000, 0, "the guest set the setuid bit");
     assert_eq!(meta.uid(), guest_user.uid);
 
-    // Another local user tries it.
+    // Another local user tries it. Through a shell: setpriv itself still
+    // holds root's capabilities when it execs (they drop at the exec), so
+    // it would resolve the path past directory permissions no other user
+    // has. The shell runs without them, as the neighbour really would.
     let run = std::process::Command::new("setpriv")
         .args([
             &format!("--reuid={NEIGHBOUR}"),
             &format!("--regid={NEIGHBOUR}"),
             "--clear-groups",
+            "/bin/sh",
+            "-c",
+            "exec \"$0\" whoami",
         ])
         .arg(planted)
-        .arg("whoami")
         .output()
         .expect("setpriv runs");
     let printed = key_values(&run.stdout);
