@@ -123,7 +123,11 @@ fn neighbour_symlinked_user_dir_is_refused_and_its_target_untouched() {
     );
     file.assert_untouched();
     assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o755);
-    assert_eq!(fs::read_dir(&victim).unwrap().count(), 1, "nothing created in the target");
+    assert_eq!(
+        fs::read_dir(&victim).unwrap().count(),
+        1,
+        "nothing created in the target"
+    );
 }
 
 #[test]
@@ -156,7 +160,15 @@ fn neighbour_premade_user_dir_with_symlinked_lock_and_logs_is_refused() {
     assert!(!SessionLock::is_held(&run));
     let err = SessionLock::acquire(&run).unwrap_err();
     assert!(
-        matches!(&err, LockError::Open { source: HostFileError::WrongKind { found: FileKind::Symlink, .. } }),
+        matches!(
+            &err,
+            LockError::Open {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Symlink,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     let err = LogSink::open(
@@ -167,7 +179,12 @@ fn neighbour_premade_user_dir_with_symlinked_lock_and_logs_is_refused() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, LogError::Unsafe { source: HostFileError::Untrusted { uid: NEIGHBOUR, .. } }),
+        matches!(
+            &err,
+            LogError::Unsafe {
+                source: HostFileError::Untrusted { uid: NEIGHBOUR, .. }
+            }
+        ),
         "{err:?}"
     );
     for v in [&lock, &log, &idx] {
@@ -192,13 +209,29 @@ fn symlinks_inside_runner_owned_run_and_logs_are_never_followed() {
     assert!(!SessionLock::is_held(&ws.run));
     let err = SessionLock::acquire(&ws.run).unwrap_err();
     assert!(
-        matches!(&err, LockError::Open { source: HostFileError::WrongKind { found: FileKind::Symlink, .. } }),
+        matches!(
+            &err,
+            LockError::Open {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Symlink,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     let open = || LogSink::open(&ws.logs, GuestRole::Runtime, LogStream::Stdout, limits());
     let err = open().unwrap_err();
     assert!(
-        matches!(&err, LogError::Unsafe { source: HostFileError::WrongKind { found: FileKind::Symlink, .. } }),
+        matches!(
+            &err,
+            LogError::Unsafe {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Symlink,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     // A real log but a symlinked index.
@@ -207,7 +240,15 @@ fn symlinks_inside_runner_owned_run_and_logs_are_never_followed() {
     symlink(&idx.path, ws.logs.join("oxydra-vm.stdout.log.idx")).unwrap();
     let err = open().unwrap_err();
     assert!(
-        matches!(&err, LogError::Unsafe { source: HostFileError::WrongKind { found: FileKind::Symlink, .. } }),
+        matches!(
+            &err,
+            LogError::Unsafe {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Symlink,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     for v in [&lock, &log, &idx] {
@@ -228,7 +269,8 @@ fn a_fifo_where_a_log_or_lock_belongs_is_a_prompt_error() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workspace::provision(tmp.path(), &user(), &MountOverrides::default()).unwrap();
-    let mkfifo = |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mkfifo =
+        |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let log_path = ws.logs.join("oxydra-vm.stdout.log");
     mkfifo(&log_path);
     let logs = ws.logs.clone();
@@ -247,15 +289,36 @@ fn a_fifo_where_a_log_or_lock_belongs_is_a_prompt_error() {
         LogSink::open(&logs, GuestRole::Runtime, LogStream::Stderr, limits()).unwrap_err()
     });
     assert!(
-        matches!(&err, LogError::Unsafe { source: HostFileError::WrongKind { found: FileKind::Fifo, .. } }),
+        matches!(
+            &err,
+            LogError::Unsafe {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Fifo,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     // The lock, both taken and probed.
     mkfifo(&ws.run.join(LOCK_NAME));
     let run = ws.run.clone();
-    let (err, held) = bounded(move || (SessionLock::acquire(&run).unwrap_err(), SessionLock::is_held(&run)));
+    let (err, held) = bounded(move || {
+        (
+            SessionLock::acquire(&run).unwrap_err(),
+            SessionLock::is_held(&run),
+        )
+    });
     assert!(
-        matches!(&err, LockError::Open { source: HostFileError::WrongKind { found: FileKind::Fifo, .. } }),
+        matches!(
+            &err,
+            LockError::Open {
+                source: HostFileError::WrongKind {
+                    found: FileKind::Fifo,
+                    ..
+                }
+            }
+        ),
         "{err:?}"
     );
     assert!(!held);
@@ -282,8 +345,9 @@ fn a_guest_cannot_swap_shared_and_a_swapped_shared_is_refused() {
     // the next start refuses and the target keeps its mode and stays empty.
     fs::remove_dir(&ws.shared).unwrap();
     symlink(target.path(), &ws.shared).unwrap();
-    let err = Workspace::provision_for(tmp.path(), &user(), &MountOverrides::default(), Some(GUEST))
-        .unwrap_err();
+    let err =
+        Workspace::provision_for(tmp.path(), &user(), &MountOverrides::default(), Some(GUEST))
+            .unwrap_err();
     assert!(
         matches!(&err, WorkspaceError::NotADirectory { found: FileKind::Symlink, path } if *path == ws.shared),
         "{err:?}"
@@ -304,7 +368,10 @@ fn other_uids_cannot_read_shared_files() {
     fs::write(&file, b"private").unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
     assert!(!as_uid(NEIGHBOUR, &format!("cat {}", file.display())));
-    assert!(!as_uid(NEIGHBOUR, &format!("ls {}", ws.user_root.display())));
+    assert!(!as_uid(
+        NEIGHBOUR,
+        &format!("ls {}", ws.user_root.display())
+    ));
 
     // Guests under their own uid: the guest can work in shared/, nobody
     // else can read what it writes there, even world-readable files.
@@ -316,9 +383,15 @@ fn other_uids_cannot_read_shared_files() {
     assert!(as_uid(GUEST.uid, &write), "the guest cannot write shared/");
     assert!(as_uid(GUEST.uid, &format!("cat {}", file.display())));
     assert!(!as_uid(NEIGHBOUR, &format!("cat {}", file.display())));
-    assert!(!as_uid(NEIGHBOUR, &format!("ls {}", ws.user_root.display())));
+    assert!(!as_uid(
+        NEIGHBOUR,
+        &format!("ls {}", ws.user_root.display())
+    ));
     // The guest enters its user directory but cannot list it or reach run/.
-    assert!(!as_uid(GUEST.uid, &format!("ls {}", ws.user_root.display())));
+    assert!(!as_uid(
+        GUEST.uid,
+        &format!("ls {}", ws.user_root.display())
+    ));
     assert!(!as_uid(GUEST.uid, &format!("ls {}", ws.run.display())));
 }
 
@@ -327,7 +400,12 @@ fn a_sticky_tmp_override_keeps_its_mode_and_owner() {
     require_root();
     let over = tempfile::tempdir().unwrap();
     fs::set_permissions(over.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-    nix::unistd::chown(over.path(), Some(nix::unistd::Uid::from_raw(NEIGHBOUR)), None).unwrap();
+    nix::unistd::chown(
+        over.path(),
+        Some(nix::unistd::Uid::from_raw(NEIGHBOUR)),
+        None,
+    )
+    .unwrap();
     let mounts = MountOverrides {
         tmp: Some(over.path().to_path_buf()),
         ..MountOverrides::default()
@@ -339,7 +417,10 @@ fn a_sticky_tmp_override_keeps_its_mode_and_owner() {
         let meta = fs::metadata(over.path()).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o1777);
         assert_eq!(meta.uid(), NEIGHBOUR);
-        assert!(!tmp.path().join("alice/tmp").exists(), "default tmp/ created anyway");
+        assert!(
+            !tmp.path().join("alice/tmp").exists(),
+            "default tmp/ created anyway"
+        );
     }
 }
 
@@ -360,10 +441,26 @@ fn a_missing_override_is_created_private_and_bad_ones_are_refused() {
     let root = tmp.path().canonicalize().unwrap();
     fs::create_dir_all(root.join("bob/run")).unwrap();
     let cases = [
-        (MountKey::Shared, root.clone(), MountConflict::ContainsWorkspaceRoot),
-        (MountKey::Tmp, root.join("bob/run"), MountConflict::InsidePrivateDirectory),
-        (MountKey::Vault, root.join("alice/logs/x"), MountConflict::InsidePrivateDirectory),
-        (MountKey::Tmp, root.join("alice"), MountConflict::IsUserDirectory),
+        (
+            MountKey::Shared,
+            root.clone(),
+            MountConflict::ContainsWorkspaceRoot,
+        ),
+        (
+            MountKey::Tmp,
+            root.join("bob/run"),
+            MountConflict::InsidePrivateDirectory,
+        ),
+        (
+            MountKey::Vault,
+            root.join("alice/logs/x"),
+            MountConflict::InsidePrivateDirectory,
+        ),
+        (
+            MountKey::Tmp,
+            root.join("alice"),
+            MountConflict::IsUserDirectory,
+        ),
     ];
     for (key, path, conflict) in cases {
         let mut mounts = MountOverrides::default();
@@ -388,7 +485,14 @@ fn a_missing_override_is_created_private_and_bad_ones_are_refused() {
     };
     let err = Workspace::provision_for(tmp.path(), &user(), &mounts, Some(GUEST)).unwrap_err();
     assert!(
-        matches!(&err, WorkspaceError::MountForbidden { key: MountKey::Shared, conflict: MountConflict::InsidePrivateDirectory, .. }),
+        matches!(
+            &err,
+            WorkspaceError::MountForbidden {
+                key: MountKey::Shared,
+                conflict: MountConflict::InsidePrivateDirectory,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let file = base.path().join("file");
@@ -399,7 +503,14 @@ fn a_missing_override_is_created_private_and_bad_ones_are_refused() {
     };
     let err = Workspace::provision_for(tmp.path(), &user(), &mounts, Some(GUEST)).unwrap_err();
     assert!(
-        matches!(&err, WorkspaceError::MountNotADirectory { key: MountKey::Shared, found: FileKind::Regular, .. }),
+        matches!(
+            &err,
+            WorkspaceError::MountNotADirectory {
+                key: MountKey::Shared,
+                found: FileKind::Regular,
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -411,11 +522,42 @@ fn a_root_below_a_directory_another_uid_owns_is_refused() {
     let theirs = tmp.path().join("theirs");
     fs::create_dir(&theirs).unwrap();
     nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(NEIGHBOUR)), None).unwrap();
-    let err = Workspace::provision(&theirs.join("ws"), &user(), &MountOverrides::default())
-        .unwrap_err();
+    let err =
+        Workspace::provision(&theirs.join("ws"), &user(), &MountOverrides::default()).unwrap_err();
     assert!(
         matches!(&err, WorkspaceError::UnsafeAncestor { path, problem: AncestorProblem::Owner { uid: NEIGHBOUR }, .. } if *path == theirs),
         "{err:?}"
     );
     assert!(!theirs.join("ws").exists());
+}
+
+#[test]
+fn lock_probe_on_a_symlinked_lock_writes_nothing() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    let ws = Workspace::provision(tmp.path(), &user(), &MountOverrides::default()).unwrap();
+    // No lock file: the probe does not create one.
+    assert!(!SessionLock::is_held(&ws.run));
+    assert!(!ws.run.join(LOCK_NAME).exists());
+    let target = Victim::new(victim.path(), "pidfile");
+    let before = fs::metadata(&target.path).unwrap();
+    symlink(&target.path, ws.run.join(LOCK_NAME)).unwrap();
+    for _ in 0..3 {
+        assert!(!SessionLock::is_held(&ws.run));
+    }
+    target.assert_untouched();
+    let after = fs::metadata(&target.path).unwrap();
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec(), after.len()),
+        (before.mtime(), before.mtime_nsec(), before.len())
+    );
+    // A real lock held by a session is seen, and the probe leaves its pid.
+    fs::remove_file(ws.run.join(LOCK_NAME)).unwrap();
+    let held = SessionLock::acquire(&ws.run).unwrap();
+    let pid = fs::read(ws.run.join(LOCK_NAME)).unwrap();
+    assert!(SessionLock::is_held(&ws.run));
+    assert_eq!(fs::read(ws.run.join(LOCK_NAME)).unwrap(), pid);
+    drop(held);
+    assert!(!SessionLock::is_held(&ws.run));
 }

@@ -11,9 +11,9 @@
 use super::connection::serve;
 use super::{ControlContext, ControlLimits};
 use crate::error::SessionError;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use runner_core::workspace::file::remove_stale_socket;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,7 +163,9 @@ impl ControlListenerHandle {
         // Only a socket is removed as stale; `bind` never follows or
         // replaces whatever else is there (it fails), and the chmod does
         // not follow a symlink.
-        if remove_stale_socket(&path).map_err(|source| SessionError::ControlSocketPath { source })? {
+        if remove_stale_socket(&path)
+            .map_err(|source| SessionError::ControlSocketPath { source })?
+        {
             tracing::info!(path = %path.display(), "removed stale control socket");
         }
         let listener = UnixListener::bind(&path).map_err(err)?;

@@ -258,16 +258,16 @@ async fn on_shutdown(
     report
 }
 
-/// The sidecar's Unix socket lives in `ipc/`, which the runner owns: a
-/// stale one would greet the next runtime with a dead endpoint.
+/// The sidecar's Unix socket lives in `ipc/`: a stale one would greet the
+/// next runtime with a dead endpoint. `ipc/` is the guests' directory, so
+/// only a socket is removed (checked with `lstat`), never whatever else a
+/// guest put under that name.
 fn remove_sidecar_socket(state: &SessionState) {
     let path = state.args.workspace.sidecar_socket();
-    match std::fs::remove_file(&path) {
-        Ok(()) => tracing::debug!(path = %path.display(), "removed sidecar socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove sidecar socket")
-        }
+    match runner_core::workspace::file::remove_stale_socket(&path) {
+        Ok(true) => tracing::debug!(path = %path.display(), "removed sidecar socket"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove sidecar socket"),
     }
 }
 

@@ -21,7 +21,7 @@ pub enum LogError {
     },
     /// A log file, its index or the logs directory is not what the runner
     /// requires (a symlink, a FIFO, a directory open to others, ...).
-    #[error("Refusing to use a log path")]
+    #[error("Unsafe log path")]
     Unsafe {
         /// What is wrong (names the path).
         #[source]

@@ -19,6 +19,11 @@
 //!   as it would any writer). Its owner bounds the drain with
 //!   [`PumpHandle::finish`].
 //! - Files are created mode 0600, a missing logs directory mode 0700.
+//!   Logs and indexes are opened with
+//!   [`crate::workspace::file::open_regular`]: never through a symlink, and
+//!   a FIFO, device or directory where one belongs is
+//!   [`LogError::Unsafe`] at once, never a blocked open. The logs
+//!   directory must be the runner's own and writable by no one else.
 //! - The time index (`<log file>.idx`, format in [`index`]) lets readers
 //!   find "lines since T" by seeking; readers ([`LogSink::read`],
 //!   [`read_log_files`]) never load whole files.

@@ -74,8 +74,9 @@ pub(crate) fn open_dir_at(
             found: FileKind::Symlink,
         }),
         Err(Errno::ENOTDIR) => {
-            let found = nix::sys::stat::fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_or(FileKind::Regular, |s| FileKind::from_mode(s.st_mode));
+            let found =
+                nix::sys::stat::fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_or(FileKind::Regular, |s| FileKind::from_mode(s.st_mode));
             Err(WorkspaceError::NotADirectory {
                 path: path.to_path_buf(),
                 found,

@@ -79,13 +79,20 @@ pub enum MountKey {
     Vault,
 }
 
+impl MountKey {
+    /// Name of the default directory the key replaces.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Tmp => "tmp",
+            Self::Vault => "vault",
+        }
+    }
+}
+
 impl fmt::Display for MountKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Shared => "mounts.shared",
-            Self::Tmp => "mounts.tmp",
-            Self::Vault => "mounts.vault",
-        })
+        write!(f, "mounts.{}", self.dir_name())
     }
 }
 
@@ -149,7 +156,9 @@ pub enum WorkspaceError {
         source: std::io::Error,
     },
     /// A path that must be a directory is something else.
-    #[error("Workspace path {path} is a {found}, not a directory; the runner never follows or reuses it. Remove it")]
+    #[error(
+        "Workspace path {path} is a {found}, not a directory; the runner refuses to follow or reuse it. Remove it"
+    )]
     NotADirectory {
         /// The path.
         path: PathBuf,

@@ -101,7 +101,7 @@ impl fmt::Display for FileKind {
 pub enum HostFileError {
     /// The path names the wrong kind of object (a symlink, a FIFO, ...).
     #[error(
-        "{path} is a {found} where the runner expects a {expected}; it never follows or uses it. Remove it"
+        "{path} is a {found}, not a {expected}; the runner refuses to follow or use it. Remove it"
     )]
     WrongKind {
         /// The path.
@@ -295,7 +295,10 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "abc");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let missing = open_regular(&dir.path().join("none"), OpenHow::Read).unwrap_err();
         assert!(missing.is_not_found(), "{missing:?}");
     }
@@ -335,7 +338,13 @@ mod tests {
         let file = dir.path().join("f");
         fs::write(&file, b"x").unwrap();
         let err = remove_stale_socket(&file).unwrap_err();
-        assert!(matches!(err, HostFileError::WrongKind { found: FileKind::Regular, .. }));
+        assert!(matches!(
+            err,
+            HostFileError::WrongKind {
+                found: FileKind::Regular,
+                ..
+            }
+        ));
         assert!(file.exists());
     }
 
@@ -351,6 +360,12 @@ mod tests {
         let link = dir.path().join("l");
         std::os::unix::fs::symlink("/", &link).unwrap();
         let err = check_runner_dir(&link, uid).unwrap_err();
-        assert!(matches!(err, HostFileError::WrongKind { found: FileKind::Symlink, .. }));
+        assert!(matches!(
+            err,
+            HostFileError::WrongKind {
+                found: FileKind::Symlink,
+                ..
+            }
+        ));
     }
 }

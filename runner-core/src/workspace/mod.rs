@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Nothing on disk below `workspace_root` is trusted. Provisioning checks
-//! the root with the StrictModes rule ([`trusted_root`]), then opens the
+//! the root with the StrictModes rule (module `trusted_root`), then opens the
 //! user's directory and everything in it relative to directory fds,
-//! never following a symlink ([`dirs`]); files under `run/` and `logs/`
+//! never following a symlink (module `dirs`); files under `run/` and `logs/`
 //! are opened with [`file::open_regular`]. The user directory gives other
 //! local users nothing.
 //!
@@ -36,15 +36,14 @@ pub mod file;
 mod mounts;
 mod trusted_root;
 
-pub use error::{
-    AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError,
-};
+pub use error::{AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError};
 pub use file::{FileKind, HostFileError, OpenHow};
 
 use crate::identity::GuestUser;
 use crate::user::UserId;
 use dirs::{DirSpec, ModeRule, ensure_dir};
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// File name of the control socket inside `run/`.
@@ -57,15 +56,16 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// Paths of one user's workspace. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
-    /// `<workspace_root>`, absolute.
+    /// `<workspace_root>`, absolute (canonical when provisioned).
     pub workspace_root: PathBuf,
     /// `<workspace_root>/<user_id>`.
     pub user_root: PathBuf,
-    /// Persistent user data.
+    /// Persistent user data (an override is resolved when provisioned).
     pub shared: PathBuf,
-    /// Scratch.
+    /// Scratch (an override is resolved when provisioned).
     pub tmp: PathBuf,
-    /// Credentials (runtime guest only, read-only).
+    /// Credentials (runtime guest only, read-only; an override is resolved
+    /// when provisioned).
     pub vault: PathBuf,
     /// Guest-to-guest sockets.
     pub ipc: PathBuf,
@@ -142,38 +142,18 @@ impl Workspace {
             policy.user_root(),
             runner_uid,
         )?;
-        let private = policy.private();
-        let guest_rw = policy.guest_rw();
-        let defaults = [
-            ("run", private, None),
-            ("logs", private, None),
-            ("ipc", guest_rw, None),
-            ("shared", guest_rw, Some((MountKey::Shared, &mounts.shared))),
-            ("tmp", guest_rw, Some((MountKey::Tmp, &mounts.tmp))),
-            ("vault", policy.vault(), Some((MountKey::Vault, &mounts.vault))),
-        ];
-        for (name, spec, key) in defaults {
-            let path = ws.user_root.join(name);
-            let resolved_path = match key {
-                Some((key, Some(configured))) => mounts::provision_override(
-                    key,
-                    configured,
-                    &ws.workspace_root,
-                    spec,
-                    runner_uid,
-                )?,
-                _ => {
-                    ensure_dir(&user_fd, &path, OsStr::new(name), spec, runner_uid)?;
-                    path
-                }
-            };
-            match name {
-                "shared" => ws.shared = resolved_path,
-                "tmp" => ws.tmp = resolved_path,
-                "vault" => ws.vault = resolved_path,
-                _ => {}
-            }
-        }
+        let user_dir = UserDir {
+            fd: user_fd,
+            path: ws.user_root.clone(),
+            workspace_root: ws.workspace_root.clone(),
+            runner_uid,
+        };
+        user_dir.default_dir("run", policy.private())?;
+        user_dir.default_dir("logs", policy.private())?;
+        user_dir.default_dir("ipc", policy.guest_rw())?;
+        ws.shared = user_dir.mountable(MountKey::Shared, &mounts.shared, policy.guest_rw())?;
+        ws.tmp = user_dir.mountable(MountKey::Tmp, &mounts.tmp, policy.guest_rw())?;
+        ws.vault = user_dir.mountable(MountKey::Vault, &mounts.vault, policy.vault())?;
         Ok(ws)
     }
 
@@ -207,6 +187,39 @@ pub fn check_socket_path(path: &Path) -> Result<(), WorkspaceError> {
         });
     }
     Ok(())
+}
+
+/// The opened user directory, in which the workspace directories are made.
+struct UserDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    workspace_root: PathBuf,
+    runner_uid: u32,
+}
+
+impl UserDir {
+    /// Creates or checks `<user dir>/<name>`; returns its path.
+    fn default_dir(&self, name: &str, spec: DirSpec) -> Result<PathBuf, WorkspaceError> {
+        let path = self.path.join(name);
+        ensure_dir(&self.fd, &path, OsStr::new(name), spec, self.runner_uid)?;
+        Ok(path)
+    }
+
+    /// The directory for `key`: its override if configured (checked, and
+    /// created if missing), else the default one in the user directory.
+    fn mountable(
+        &self,
+        key: MountKey,
+        configured: &Option<PathBuf>,
+        spec: DirSpec,
+    ) -> Result<PathBuf, WorkspaceError> {
+        match configured {
+            Some(path) => {
+                mounts::provision_override(key, path, &self.workspace_root, spec, self.runner_uid)
+            }
+            None => self.default_dir(key.dir_name(), spec),
+        }
+    }
 }
 
 /// Owner and mode of each kind of workspace directory (see the module docs).
@@ -281,7 +294,15 @@ mod tests {
         let b = Workspace::provision(root.path(), &user(), &MountOverrides::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(fs::read(b.shared.join("keep")).unwrap(), b"x");
-        for d in [&b.user_root, &b.run, &b.logs, &b.shared, &b.tmp, &b.vault, &b.ipc] {
+        for d in [
+            &b.user_root,
+            &b.run,
+            &b.logs,
+            &b.shared,
+            &b.tmp,
+            &b.vault,
+            &b.ipc,
+        ] {
             assert_eq!(mode(d), 0o700, "{d:?}");
         }
         assert_eq!(
@@ -313,7 +334,13 @@ mod tests {
         fs::set_permissions(&a.user_root, fs::Permissions::from_mode(0o755)).unwrap();
         let err = Workspace::provision(root.path(), &user(), &MountOverrides::default());
         assert!(
-            matches!(err, Err(WorkspaceError::WrongMode { required: ModeRequirement::NoOtherAccess, .. })),
+            matches!(
+                err,
+                Err(WorkspaceError::WrongMode {
+                    required: ModeRequirement::NoOtherAccess,
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }
@@ -338,7 +365,10 @@ mod tests {
     #[test]
     fn guest_identity_owns_the_guest_directories() {
         let root = tempfile::tempdir().unwrap();
-        let guest = GuestUser { uid: 61000, gid: 61000 };
+        let guest = GuestUser {
+            uid: 61000,
+            gid: 61000,
+        };
         let ws = Workspace::provision_for(
             root.path(),
             &user(),
@@ -365,16 +395,27 @@ mod tests {
         assert_eq!(owner(&ws.logs).2, 0o700);
         assert_eq!((owner(&ws.run).0, owner(&ws.logs).0), (0, 0));
         // Idempotent with the same guest; another guest's start is refused.
-        Workspace::provision_for(root.path(), &user(), &MountOverrides::default(), Some(guest))
-            .unwrap();
-        let other = GuestUser { uid: 61001, gid: 61001 };
+        Workspace::provision_for(
+            root.path(),
+            &user(),
+            &MountOverrides::default(),
+            Some(guest),
+        )
+        .unwrap();
+        let other = GuestUser {
+            uid: 61001,
+            gid: 61001,
+        };
         let err = Workspace::provision_for(
             root.path(),
             &user(),
             &MountOverrides::default(),
             Some(other),
         );
-        assert!(matches!(err, Err(WorkspaceError::WrongOwner { .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(WorkspaceError::WrongOwner { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -402,7 +443,13 @@ mod tests {
         fs::write(&file, b"").unwrap();
         let err = Workspace::provision(&file, &user(), &MountOverrides::default());
         assert!(
-            matches!(err, Err(WorkspaceError::NotADirectory { found: FileKind::Regular, .. })),
+            matches!(
+                err,
+                Err(WorkspaceError::NotADirectory {
+                    found: FileKind::Regular,
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }

@@ -129,8 +129,14 @@ mod tests {
             ("/srv", Some(MountConflict::ContainsWorkspaceRoot)),
             ("/", Some(MountConflict::ContainsWorkspaceRoot)),
             ("/srv/ws/bob", Some(MountConflict::IsUserDirectory)),
-            ("/srv/ws/bob/run", Some(MountConflict::InsidePrivateDirectory)),
-            ("/srv/ws/bob/logs/x", Some(MountConflict::InsidePrivateDirectory)),
+            (
+                "/srv/ws/bob/run",
+                Some(MountConflict::InsidePrivateDirectory),
+            ),
+            (
+                "/srv/ws/bob/logs/x",
+                Some(MountConflict::InsidePrivateDirectory),
+            ),
             ("/srv/ws/bob/shared", None),
             ("/srv/wsx", None),
             ("/data/tmp", None),

@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(r.existing, real);
         assert_eq!(r.missing, vec![OsString::from("a"), OsString::from("b")]);
         let err = resolve(&dir.path().join("a/../b")).unwrap_err();
-        assert!(matches!(err, WorkspaceError::UnresolvableRoot { .. }), "{err:?}");
+        assert!(
+            matches!(err, WorkspaceError::UnresolvableRoot { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -155,7 +158,12 @@ mod tests {
         let root = dir.path().join("ws");
         open(&resolve(&root).unwrap(), uid).unwrap();
         assert!(root.is_dir());
-        for (mode, ok) in [(0o777, false), (0o775, false), (0o1777, true), (0o755, true)] {
+        for (mode, ok) in [
+            (0o777, false),
+            (0o775, false),
+            (0o1777, true),
+            (0o755, true),
+        ] {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
             let got = open(&resolve(&root).unwrap(), uid);
             match got {

@@ -1,0 +1,161 @@
+//! `runner-bin --daemon` against a workspace a neighbour tampered with: it
+//! refuses promptly with a clear error and leaves every target alone.
+//!
+//! Runs as root (as CI does); plants things as uid 61001 with `setpriv`.
+
+use runner_core::workspace::MountOverrides;
+use runner_core::{UserId, Workspace};
+use runner_tests::runner_binary;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NEIGHBOUR: u32 = 61001;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests plant files as other uids and must run as root"
+    );
+}
+
+fn as_neighbour(script: &str) {
+    let ok = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NEIGHBOUR}"),
+            &format!("--regid={NEIGHBOUR}"),
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .status()
+        .expect("run setpriv")
+        .success();
+    assert!(ok, "planting as the neighbour failed: {script}");
+}
+
+/// Starts the daemon for `alice` on built-in defaults in `dir` and waits
+/// (bounded) for it to exit; it must not start.
+fn daemon_refuses(dir: &Path) -> String {
+    let mut child = Command::new(runner_binary())
+        .args(["--daemon", "--user", "alice"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > WAIT {
+            child.kill().unwrap();
+            panic!("daemon did not refuse in time (blocked?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out: Output = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the daemon started");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Victim {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Victim {
+    fn new(dir: &Path, name: &str) -> Self {
+        let path = dir.join(name);
+        let bytes = format!("victim {name}\n").into_bytes();
+        fs::write(&path, &bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Self { path, bytes }
+    }
+
+    fn assert_untouched(&self) {
+        assert_eq!(fs::read(&self.path).unwrap(), self.bytes);
+        assert_eq!(fs::metadata(&self.path).unwrap().mode() & 0o7777, 0o644);
+    }
+}
+
+/// `<tmp>/workspaces` mode 1777 and a root-owned `<tmp>/victim`.
+fn shared_host() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = tmp.path().join("workspaces");
+    fs::create_dir(&ws).unwrap();
+    fs::set_permissions(&ws, fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = tmp.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    (tmp, ws, victim)
+}
+
+#[test]
+fn a_symlinked_user_dir_is_refused() {
+    require_root();
+    let (tmp, ws, victim) = shared_host();
+    let file = Victim::new(&victim, "data");
+    as_neighbour(&format!(
+        "ln -s {} {}/alice",
+        victim.display(),
+        ws.display()
+    ));
+    let err = daemon_refuses(tmp.path());
+    assert!(err.contains("symbolic link"), "{err}");
+    file.assert_untouched();
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 1);
+}
+
+#[test]
+fn a_premade_user_dir_with_symlinked_lock_and_logs_is_refused() {
+    require_root();
+    let (tmp, ws, victim) = shared_host();
+    let lock = Victim::new(&victim, "lock");
+    let log = Victim::new(&victim, "log");
+    let idx = Victim::new(&victim, "idx");
+    as_neighbour(&format!(
+        "set -e; umask 077; a={a}; mkdir -p $a/run $a/logs; \
+         ln -s {lock} $a/run/session.lock; \
+         ln -s {log} $a/logs/oxydra-vm.stdout.log; \
+         ln -s {idx} $a/logs/oxydra-vm.stdout.log.idx",
+        a = ws.join("alice").display(),
+        lock = lock.path.display(),
+        log = log.path.display(),
+        idx = idx.path.display()
+    ));
+    let err = daemon_refuses(tmp.path());
+    assert!(err.contains(&format!("owned by {NEIGHBOUR}:")), "{err}");
+    for v in [&lock, &log, &idx] {
+        v.assert_untouched();
+    }
+}
+
+#[test]
+fn a_fifo_where_a_log_belongs_is_a_prompt_error() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let user = UserId::new("alice").unwrap();
+    let ws = Workspace::provision(
+        &tmp.path().join("workspaces"),
+        &user,
+        &MountOverrides::default(),
+    )
+    .unwrap();
+    let fifo = ws.logs.join("oxydra-vm.stdout.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = daemon_refuses(tmp.path());
+    assert!(err.contains("FIFO"), "{err}");
+    assert!(err.contains(&fifo.display().to_string()), "{err}");
+    // The session lock was released again.
+    assert!(!runner_core::lock::SessionLock::is_held(&ws.run));
+}
