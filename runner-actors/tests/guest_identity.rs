@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use runner_actors::SessionOptions;
+use runner_core::UserId;
 use runner_core::config::UserConfig;
 use runner_core::identity::{GUEST_RUNS_AS_ROOT, GuestIdentityChoice, GuestUser};
-use runner_core::UserId;
 use std::time::Duration;
 
 fn no_socket() -> SessionOptions {

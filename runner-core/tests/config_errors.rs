@@ -443,7 +443,10 @@ fn two_users_with_one_explicit_uid_are_refused() {
             second,
         } => {
             assert_eq!(path, d.path("runner.toml"));
-            assert_eq!((uid, first.as_str(), second.as_str()), (5000, "alice", "bob"));
+            assert_eq!(
+                (uid, first.as_str(), second.as_str()),
+                (5000, "alice", "bob")
+            );
         }
         other => panic!("{other:?}"),
     }

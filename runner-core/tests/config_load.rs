@@ -329,8 +329,14 @@ fn guest_identity_tables_are_read() {
          [users.alice]\nconfig_path = \"alice.toml\"\n\
          [users.bob]\nconfig_path = \"bob.toml\"\n",
     );
-    write(&root.join("alice.toml"), "[guest_identity]\nuid = 4000\ngid = 4001\n");
-    write(&root.join("bob.toml"), "[guest_identity]\nallow_root = true\n");
+    write(
+        &root.join("alice.toml"),
+        "[guest_identity]\nuid = 4000\ngid = 4001\n",
+    );
+    write(
+        &root.join("bob.toml"),
+        "[guest_identity]\nallow_root = true\n",
+    );
     let cfg = RunnerConfig::load(root.join("runner.toml")).unwrap();
     use runner_core::identity::{GuestIdRange, GuestIdentityChoice, GuestUser};
     assert_eq!(

@@ -169,7 +169,8 @@ async fn a_setuid_file_from_a_container_guest_gives_other_uids_nothing() {
         // The exec failed (it cannot even reach the file).
         None => assert!(!run.status.success(), "{run:?}"),
         Some(uids) => assert!(
-            uids.split_whitespace().all(|u| u != guest_user.uid.to_string()),
+            uids.split_whitespace()
+                .all(|u| u != guest_user.uid.to_string()),
             "another uid ran as the guest: {uids}"
         ),
     }

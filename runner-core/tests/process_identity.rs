@@ -10,8 +10,8 @@ mod process_support;
 use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::{Mode, umask};
 use process_support::*;
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::clean_start::StartRlimits;
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
 use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::identity::{GuestUser, resolve_guest_user};
@@ -139,12 +139,7 @@ async fn guest_starts_clean_under_its_own_uid() {
     }
     // What a careless runner would pass on: a descriptor without
     // close-on-exec and a permissive umask.
-    let leaked = nix::fcntl::open(
-        "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY,
-        Mode::empty(),
-    )
-    .unwrap();
+    let leaked = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, Mode::empty()).unwrap();
     let old_umask = umask(Mode::empty());
     let dir = open_root();
     let config = RunnerConfig::defaults(dir.path());
@@ -166,7 +161,11 @@ async fn guest_starts_clean_under_its_own_uid() {
         .map(str::to_owned)
         .collect();
     assert_eq!(uids, [uid.as_str(); 4]);
-    assert!(status_field(pid, "Gid").split_whitespace().all(|g| g == uid));
+    assert!(
+        status_field(pid, "Gid")
+            .split_whitespace()
+            .all(|g| g == uid)
+    );
     assert_eq!(status_field(pid, "Groups"), "");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Umask"), "0077");

@@ -106,8 +106,8 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
     )
     .unwrap();
     let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked) as u32;
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let mut child = KillOnDrop(
         Command::new("/bin/sh")
             .args(["-c", "umask 000; exec \"$@\"", "sh", "prlimit"])
@@ -140,14 +140,21 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
     assert_ne!(limit(daemon, "Max open files").0, START_NOFILE.to_string());
 
     let out = client(tmp.path(), &["status", "--user", "erin", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let health: runner_types::HealthStatus = serde_json::from_slice(&out.stdout).unwrap();
     let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
     assert_eq!(pids.len(), 2, "runtime and sidecar");
     let mut uids = Vec::new();
     for pid in pids {
         let uid = status_field(pid, "Uid");
-        assert!(!uid.split_whitespace().any(|u| u == "0"), "{pid} runs as {uid}");
+        assert!(
+            !uid.split_whitespace().any(|u| u == "0"),
+            "{pid} runs as {uid}"
+        );
         uids.push(uid);
         assert_eq!(status_field(pid, "NoNewPrivs"), "1");
         assert_eq!(status_field(pid, "Umask"), "0077");
@@ -160,6 +167,10 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
     // Both guests of one user share that user's uid.
     assert_eq!(uids[0], uids[1]);
 
-    assert!(client(tmp.path(), &["stop", "--user", "erin"]).status.success());
+    assert!(
+        client(tmp.path(), &["stop", "--user", "erin"])
+            .status
+            .success()
+    );
     assert!(wait_bounded(&mut child.0).success());
 }

@@ -232,7 +232,11 @@ fn a_daemon_started_over_a_stale_socket_works() {
     // directories), then what a SIGKILLed one leaves: a socket file nobody
     // listens on.
     let mut first = start_daemon(tmp.path(), "dave");
-    assert!(client(tmp.path(), &["stop", "--user", "dave"]).status.success());
+    assert!(
+        client(tmp.path(), &["stop", "--user", "dave"])
+            .status
+            .success()
+    );
     assert!(wait_bounded(&mut first.child).success());
     let stale = tmp.path().join("workspaces/dave/run/runner-control.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());

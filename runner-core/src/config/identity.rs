@@ -34,7 +34,9 @@ pub(super) fn user_choice(
     };
     match (f.allow_root, f.uid, f.gid) {
         (true, None, None) => Ok(GuestIdentityChoice::Root),
-        (true, _, _) => Err(keys("`allow_root = true` cannot be combined with `uid` or `gid`")),
+        (true, _, _) => Err(keys(
+            "`allow_root = true` cannot be combined with `uid` or `gid`",
+        )),
         (false, None, None) => Ok(GuestIdentityChoice::Allocated),
         (false, None, Some(_)) => Err(keys("`gid` needs a `uid`")),
         (false, Some(uid), gid) => {
@@ -110,9 +112,21 @@ mod tests {
     #[test]
     fn explicit_root_needs_allow_root() {
         let err = user_choice(p(), file(Some(0), None, false)).unwrap_err();
-        assert!(matches!(err, ConfigError::GuestIdRoot { key: "guest_identity.uid", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::GuestIdRoot {
+                key: "guest_identity.uid",
+                ..
+            }
+        ));
         let err = user_choice(p(), file(Some(5), Some(0), false)).unwrap_err();
-        assert!(matches!(err, ConfigError::GuestIdRoot { key: "guest_identity.gid", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::GuestIdRoot {
+                key: "guest_identity.gid",
+                ..
+            }
+        ));
         assert_eq!(
             user_choice(p(), file(None, None, true)).unwrap(),
             GuestIdentityChoice::Root
@@ -127,7 +141,10 @@ mod tests {
     fn contradictions_are_refused() {
         for f in [file(Some(5), None, true), file(None, Some(5), false)] {
             let err = user_choice(p(), f).unwrap_err();
-            assert!(matches!(err, ConfigError::GuestIdentityKeys { .. }), "{f:?}");
+            assert!(
+                matches!(err, ConfigError::GuestIdentityKeys { .. }),
+                "{f:?}"
+            );
         }
     }
 

@@ -250,7 +250,9 @@ fn account_named(id: u32) -> Result<Option<String>, IdentityError> {
     if let Some(u) = User::from_uid(Uid::from_raw(id)).map_err(err)? {
         return Ok(Some(u.name));
     }
-    Ok(Group::from_gid(Gid::from_raw(id)).map_err(err)?.map(|g| g.name))
+    Ok(Group::from_gid(Gid::from_raw(id))
+        .map_err(err)?
+        .map(|g| g.name))
 }
 
 /// `[docker] user`: `uid[:gid]` (gid defaults to the uid) or an account
@@ -263,10 +265,7 @@ fn docker_user(value: &str) -> Result<GuestUser, IdentityError> {
     let user = match (uid.parse::<u32>(), gid.parse::<u32>()) {
         (Ok(uid), Ok(gid)) => GuestUser { uid, gid },
         _ if !value.contains(':') => {
-            let account = User::from_name(value)
-                .ok()
-                .flatten()
-                .ok_or_else(unknown)?;
+            let account = User::from_name(value).ok().flatten().ok_or_else(unknown)?;
             GuestUser {
                 uid: account.uid.as_raw(),
                 gid: account.gid.as_raw(),

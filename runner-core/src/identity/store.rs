@@ -102,12 +102,11 @@ impl LockedStore {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(io(e)),
             _ => {}
         }
-        let json = serde_json::to_vec_pretty(&self.records).map_err(|source| {
-            IdentityError::Corrupt {
+        let json =
+            serde_json::to_vec_pretty(&self.records).map_err(|source| IdentityError::Corrupt {
                 path: self.path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -130,6 +129,7 @@ fn open_checked(path: &Path, runner_uid: u32) -> Result<File, IdentityError> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .custom_flags(flags.bits())
         .open(path)
@@ -210,7 +210,10 @@ mod tests {
         fs::write(&target, b"keep").unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join(STORE_FILE_NAME)).unwrap();
         let err = LockedStore::open(dir.path()).err().unwrap();
-        assert!(matches!(err, IdentityError::StoreNotRegular { .. }), "{err:?}");
+        assert!(
+            matches!(err, IdentityError::StoreNotRegular { .. }),
+            "{err:?}"
+        );
         assert_eq!(fs::read(&target).unwrap(), b"keep");
 
         let dir = tempfile::tempdir().unwrap();
@@ -220,7 +223,10 @@ mod tests {
         )
         .unwrap();
         let err = LockedStore::open(dir.path()).err().unwrap();
-        assert!(matches!(err, IdentityError::StoreNotRegular { .. }), "{err:?}");
+        assert!(
+            matches!(err, IdentityError::StoreNotRegular { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -231,7 +237,10 @@ mod tests {
         fs::write(&path, b"").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         let err = LockedStore::open(dir.path()).err().unwrap();
-        assert!(matches!(err, IdentityError::StoreNotPrivate { .. }), "{err:?}");
+        assert!(
+            matches!(err, IdentityError::StoreNotPrivate { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -240,7 +249,7 @@ mod tests {
         let path = dir.path().join(STORE_FILE_NAME);
         OpenOptions::new()
             .write(true)
-            .create(true)
+            .create_new(true)
             .mode(0o600)
             .open(&path)
             .unwrap()

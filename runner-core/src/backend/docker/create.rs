@@ -510,6 +510,9 @@ mod tests {
             gid: 1_900_000_004,
         });
         let plan = ContainerPlan::new(&settings(), &s, "img", Path::new("/b"));
-        assert_eq!(plan.create_body().user.as_deref(), Some("1900000003:1900000004"));
+        assert_eq!(
+            plan.create_body().user.as_deref(),
+            Some("1900000003:1900000004")
+        );
     }
 }

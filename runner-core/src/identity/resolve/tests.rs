@@ -58,7 +58,6 @@ fn allocation_is_stable_across_calls_and_reloads() {
     assert!(!decision.runs_as_root);
 }
 
-
 #[test]
 fn two_users_get_two_uids_and_neither_is_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,7 +177,10 @@ fn an_exhausted_range_is_an_error() {
     };
     uid_of(&c, "alice");
     let err = resolve_guest_user(&c, &id("bob"), SandboxTier::Process, ROOT).unwrap_err();
-    assert!(matches!(err, IdentityError::Exhausted { count: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, IdentityError::Exhausted { count: 1, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -187,16 +189,33 @@ fn docker_user_applies_to_the_container_tier_only() {
     let mut c = config(dir.path());
     c.docker.user = Some("4000:4001".into());
     let d = resolve_guest_user(&c, &id("alice"), SandboxTier::Container, ROOT).unwrap();
-    assert_eq!(d.run_as, Some(GuestUser { uid: 4000, gid: 4001 }));
+    assert_eq!(
+        d.run_as,
+        Some(GuestUser {
+            uid: 4000,
+            gid: 4001
+        })
+    );
     let d = resolve_guest_user(&c, &id("alice"), SandboxTier::Process, ROOT).unwrap();
     assert_ne!(d.run_as.unwrap().uid, 4000);
-    for (value, root) in [("0:0", true), ("root", true), ("5:0", true), ("no-such-user-x", false)] {
+    for (value, root) in [
+        ("0:0", true),
+        ("root", true),
+        ("5:0", true),
+        ("no-such-user-x", false),
+    ] {
         c.docker.user = Some(value.into());
         let err = resolve_guest_user(&c, &id("alice"), SandboxTier::Container, ROOT).unwrap_err();
         if root {
-            assert!(matches!(err, IdentityError::DockerUserRoot { .. }), "{value}: {err:?}");
+            assert!(
+                matches!(err, IdentityError::DockerUserRoot { .. }),
+                "{value}: {err:?}"
+            );
         } else {
-            assert!(matches!(err, IdentityError::DockerUserUnknown { .. }), "{value}: {err:?}");
+            assert!(
+                matches!(err, IdentityError::DockerUserUnknown { .. }),
+                "{value}: {err:?}"
+            );
         }
     }
 }
