@@ -24,6 +24,9 @@ pub struct IdentityDecision {
 /// Why no guest identity could be decided.
 #[derive(Debug, Error)]
 pub enum IdentityError {
+    /// The workspace root failed its checks or could not be created.
+    #[error("Cannot use the workspace root for the guest uid record")]
+    Root(#[from] Box<crate::workspace::WorkspaceError>),
     /// The record file could not be read or written.
     #[error("Cannot use the guest uid record {path}")]
     Store {

@@ -10,18 +10,24 @@
 //! file it locked (another runner may have replaced it meanwhile) and
 //! starts over if not.
 //!
-//! Nothing below `workspace_root` is trusted: the file is opened with
-//! `O_NOFOLLOW` (a symlink is refused) and `O_NONBLOCK` (a FIFO cannot hang
-//! the open), and must be a regular file owned by the runner that nobody
-//! else can write.
+//! Nothing below `workspace_root` is trusted: the root is opened after the
+//! workspace's StrictModes check ([`Workspace::open_root`]), and the record
+//! is opened, replaced and re-checked relative to the root's directory fd,
+//! with `O_NOFOLLOW` (a symlink is refused) and `O_NONBLOCK` (a FIFO cannot
+//! hang the open). It must be a regular file owned by the runner that
+//! nobody else can write.
 
 use super::resolve::IdentityError;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use crate::Workspace;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Name of the record file inside the workspace root.
@@ -43,44 +49,40 @@ pub(super) struct Records {
 /// The record, read and locked; dropping it releases the lock.
 pub(super) struct LockedStore {
     _file: Flock<File>,
+    root: OwnedFd,
     path: PathBuf,
     pub(super) records: Records,
 }
 
 impl LockedStore {
     /// Opens (creating it if needed) and locks the record under `root`,
-    /// creating `root` too when it does not exist yet.
+    /// after checking `root` (and creating it when it does not exist yet).
     pub(super) fn open(root: &Path) -> Result<Self, IdentityError> {
+        let (canonical, root_fd) = Workspace::open_root(root).map_err(Box::new)?;
+        let path = canonical.join(STORE_FILE_NAME);
         let runner_uid = nix::unistd::geteuid().as_raw();
-        let path = root.join(STORE_FILE_NAME);
-        let io = |source| IdentityError::Store {
+        let errno = |e: nix::Error| IdentityError::Store {
             path: path.clone(),
-            source,
+            source: e.into(),
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(root)
-            .map_err(io)?;
         for _ in 0..LOCK_ATTEMPTS {
-            let file = open_checked(&path, runner_uid)?;
-            let opened = file.metadata().map_err(io)?;
-            let mut file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-                IdentityError::Store {
-                    path: path.clone(),
-                    source: errno.into(),
-                }
+            let file = open_checked(&root_fd, &path, runner_uid)?;
+            let opened = file.metadata().map_err(|source| IdentityError::Store {
+                path: path.clone(),
+                source,
             })?;
-            match fs::symlink_metadata(&path) {
-                Ok(now) if now.dev() == opened.dev() && now.ino() == opened.ino() => {}
+            let mut file =
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| errno(e))?;
+            match fstatat(&root_fd, STORE_FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(now) if now.st_dev == opened.dev() && now.st_ino == opened.ino() => {}
                 // Replaced (or removed) while this runner waited: retry.
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(e)),
+                Ok(_) | Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(errno(e)),
             }
             let records = read_records(&mut file, &path)?;
             return Ok(Self {
                 _file: file,
+                root: root_fd,
                 path,
                 records,
             });
@@ -90,58 +92,64 @@ impl LockedStore {
 
     /// Writes the records atomically (the lock is still held).
     pub(super) fn save(&self) -> Result<(), IdentityError> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        let tmp = dir.join(format!("{STORE_FILE_NAME}.{}.tmp", std::process::id()));
+        let tmp_name = format!("{STORE_FILE_NAME}.{}.tmp", std::process::id());
+        let tmp = self.path.with_file_name(&tmp_name);
+        let errno = |e: nix::Error| IdentityError::Store {
+            path: tmp.clone(),
+            source: e.into(),
+        };
+        // A leftover of a crashed runner with this pid (unlinkat never
+        // follows a symlink).
+        match unlinkat(&self.root, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        let json = serde_json::to_vec_pretty(&self.records).map_err(|source| {
+            IdentityError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+        let fd = openat(
+            &self.root,
+            tmp_name.as_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        let mut file = File::from(fd);
         let io = |source| IdentityError::Store {
             path: tmp.clone(),
             source,
         };
-        // A leftover of a crashed runner with this pid (remove_file never
-        // follows a symlink).
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(io(e)),
-            _ => {}
-        }
-        let json =
-            serde_json::to_vec_pretty(&self.records).map_err(|source| IdentityError::Corrupt {
-                path: self.path.clone(),
-                source,
-            })?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(&tmp)
-            .map_err(io)?;
         file.write_all(&json).map_err(io)?;
         file.write_all(b"\n").map_err(io)?;
         file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)
+        renameat(&self.root, tmp_name.as_str(), &self.root, STORE_FILE_NAME).map_err(errno)
     }
 }
 
 /// Opens the record without following links or blocking, and checks what
 /// it is: a regular file, the runner's own, writable by nobody else.
-fn open_checked(path: &Path, runner_uid: u32) -> Result<File, IdentityError> {
-    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(flags.bits())
-        .open(path)
-        .map_err(|source| match source.raw_os_error() {
-            Some(code) if code == nix::libc::ELOOP => IdentityError::StoreNotRegular {
-                path: path.to_path_buf(),
-            },
-            _ => IdentityError::Store {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+fn open_checked(root: &OwnedFd, path: &Path, runner_uid: u32) -> Result<File, IdentityError> {
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let fd = openat(
+        root,
+        STORE_FILE_NAME,
+        flags | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => IdentityError::StoreNotRegular {
+            path: path.to_path_buf(),
+        },
+        e => IdentityError::Store {
+            path: path.to_path_buf(),
+            source: e.into(),
+        },
+    })?;
+    let file = File::from(fd);
     let meta = file.metadata().map_err(|source| IdentityError::Store {
         path: path.to_path_buf(),
         source,
@@ -184,6 +192,8 @@ fn read_records(file: &mut File, path: &Path) -> Result<Records, IdentityError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn records_survive_a_reopen_and_the_file_is_private() {
@@ -241,6 +251,16 @@ mod tests {
             matches!(err, IdentityError::StoreNotPrivate { .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_root_others_could_rewrite_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = LockedStore::open(&dir.path().join("ws")).err().unwrap();
+        assert!(matches!(err, IdentityError::Root(_)), "{err:?}");
+        assert!(!dir.path().join("ws").exists());
     }
 
     #[test]
