@@ -1,7 +1,7 @@
 //! Guests start clean: whatever the runner inherited or changed in itself
 //! does not reach a guest it spawns.
 //!
-//! [`arm`] adds one `pre_exec` step to a command. std runs it in the forked
+//! `arm` adds one `pre_exec` step to a command. std runs it in the forked
 //! child after it has dropped to the guest's identity (`Command::uid` /
 //! `gid`: supplementary groups cleared, then gid, then uid) and changed
 //! directory, just before `exec`. In that order it:

@@ -4,8 +4,11 @@
 //! command, the envelope frames, the program resolves to an executable file,
 //! the workspace exists), then starts
 //! `<program> <args...> --user-id <id> --workspace-root <root> --bootstrap-stdin`
-//! in its own process group with a cleared environment (see `command.rs`
-//! for every process attribute and why), writes the bootstrap frame to its
+//! in its own process group with a cleared environment, as
+//! [`LaunchSpec::run_as`] when it is set (the runner is root), and with a
+//! clean start: umask 077, fds 0-2 only, `no_new_privs`, the runner's start
+//! rlimits plus `RLIMIT_NPROC` and `RLIMIT_CORE = 0` (see `command.rs` and
+//! `clean_start.rs` for every process attribute and why), writes the bootstrap frame to its
 //! stdin from a background task bounded by [`BOOTSTRAP_WRITE_TIMEOUT`] and
 //! closes it, and hands back stdout and stderr as the guest's log streams.
 //!

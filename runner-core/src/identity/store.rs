@@ -71,8 +71,7 @@ impl LockedStore {
                 path: path.clone(),
                 source,
             })?;
-            let mut file =
-                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| errno(e))?;
+            let mut file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| errno(e))?;
             match fstatat(&root_fd, STORE_FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(now) if now.st_dev == opened.dev() && now.st_ino == opened.ino() => {}
                 // Replaced (or removed) while this runner waited: retry.
@@ -104,12 +103,11 @@ impl LockedStore {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(errno(e)),
         }
-        let json = serde_json::to_vec_pretty(&self.records).map_err(|source| {
-            IdentityError::Corrupt {
+        let json =
+            serde_json::to_vec_pretty(&self.records).map_err(|source| IdentityError::Corrupt {
                 path: self.path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
         let fd = openat(
             &self.root,
