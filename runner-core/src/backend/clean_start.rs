@@ -32,6 +32,9 @@ use nix::sys::stat::{Mode, umask};
 use nix::unistd::getpid;
 use std::os::unix::process::CommandExt;
 
+/// Upper bound of the descriptor loop used when `close_range` is missing.
+const FALLBACK_FD_CAP: u64 = 1 << 20;
+
 /// Every resource whose limit a guest gets back at its start value.
 const RESOURCES: [Resource; 16] = [
     Resource::RLIMIT_AS,
@@ -94,8 +97,11 @@ impl StartRlimits {
 pub(crate) fn arm(cmd: &mut std::process::Command, rlimits: StartRlimits) {
     let runner = getpid();
     // Descriptors are numbered below the open-file limit in force when they
-    // were opened; the runner's current one bounds the fallback loop.
-    let fd_bound = getrlimit(Resource::RLIMIT_NOFILE).map_or(1 << 20, |(soft, _)| soft);
+    // were opened; the runner's current one bounds the fallback loop, itself
+    // capped at Linux's default `fs.nr_open` (the most a process may open
+    // unless the operator raised that sysctl).
+    let fd_bound = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_or(FALLBACK_FD_CAP, |(soft, _)| soft.min(FALLBACK_FD_CAP));
     let limits = rlimits.limits;
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec, where only
@@ -122,7 +128,7 @@ pub(crate) fn arm(cmd: &mut std::process::Command, rlimits: StartRlimits) {
             );
             if done != 0 {
                 // Kernels before 5.11: no close_range, or no CLOEXEC flag.
-                for fd in first..fd_bound.min(i32::MAX as u64) as i32 {
+                for fd in first..fd_bound as i32 {
                     nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
                 }
             }
