@@ -9,6 +9,7 @@ use runner_core::bootstrap;
 use runner_core::config::RunnerConfig;
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
@@ -142,8 +143,20 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        let workspace =
-            Workspace::provision(&self.config.workspace_root, &user, &user_config.mounts)?;
+        // Root runs every guest under its user's own uid (see
+        // runner_core::identity); anyone else runs guests as itself.
+        let identity = identity::resolve_guest_user(
+            &self.config,
+            &user,
+            tier,
+            nix::unistd::geteuid().as_raw(),
+        )?;
+        let workspace = Workspace::provision_for(
+            &self.config.workspace_root,
+            &user,
+            &user_config.mounts,
+            identity.run_as,
+        )?;
         let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
             LockError::Held { .. } => SessionError::AlreadyRunning {
                 user: user.to_string(),
@@ -160,6 +173,9 @@ impl Runner {
             degraded.push(bootstrap::insecure_process_tier(options.insecure));
         }
         let sidecar_link = backend.sidecar_link(&workspace);
+        if identity.runs_as_root {
+            degraded.push(identity::guest_runs_as_root());
+        }
         let startup =
             bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
         let degraded = startup.degraded_reasons.clone();
@@ -188,6 +204,7 @@ impl Runner {
             user_config,
             backend,
             workspace: workspace.clone(),
+            run_as: identity.run_as,
             startup,
             degraded,
             env,

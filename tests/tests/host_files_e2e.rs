@@ -145,10 +145,20 @@ fn a_fifo_where_a_log_belongs_is_a_prompt_error() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
     let user = UserId::new("alice").unwrap();
-    let ws = Workspace::provision(
-        &tmp.path().join("workspaces"),
+    // Provisioned as the daemon will (for the user's guest uid).
+    let config = runner_core::config::RunnerConfig::defaults(tmp.path());
+    let identity = runner_core::identity::resolve_guest_user(
+        &config,
+        &user,
+        runner_types::SandboxTier::Process,
+        nix::unistd::geteuid().as_raw(),
+    )
+    .unwrap();
+    let ws = Workspace::provision_for(
+        &config.workspace_root,
         &user,
         &MountOverrides::default(),
+        identity.run_as,
     )
     .unwrap();
     let fifo = ws.logs.join("oxydra-vm.stdout.log");

@@ -241,6 +241,7 @@ fn full_health_status_response() {
                     status: ExitStatus::Signal(9),
                     at_unix_ms: 1_700_000_000_123,
                     oom_killed: true,
+                    engine_lost: false,
                 }),
                 restarts: 2,
             },

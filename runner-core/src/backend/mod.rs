@@ -2,6 +2,7 @@
 //! [`LaunchedGuest`] back — its identity, its output streams, an exit watch and
 //! a stop handle. One module per tier implements it.
 
+pub mod clean_start;
 pub mod docker;
 pub mod exit;
 pub mod firecracker;

@@ -114,8 +114,11 @@ pub struct DockerBackend {
     runtime_image: String,
     sidecar_image: Option<String>,
     pull: bool,
-    /// Owner given to envelope files when guests run as another user.
+    /// Owner given to envelope files when guests run as another user and
+    /// the launch names no identity.
     file_owner: Option<(u32, u32)>,
+    /// The runner's own uid and gid, when `runner_user` is numeric.
+    runner_ids: Option<(u32, u32)>,
 }
 
 impl DockerBackend {
@@ -134,7 +137,8 @@ impl DockerBackend {
             .user
             .clone()
             .unwrap_or_else(|| config.runner_user.clone());
-        let file_owner = match (parse_ids(&user), parse_ids(&config.runner_user)) {
+        let runner_ids = parse_ids(&config.runner_user);
+        let file_owner = match (parse_ids(&user), runner_ids) {
             (Some(guest), Some(runner)) if guest != runner => Some(guest),
             _ => None,
         };
@@ -155,6 +159,7 @@ impl DockerBackend {
             sidecar_image: config.sidecar_image,
             pull: config.docker.pull,
             file_owner,
+            runner_ids,
         })
     }
 
@@ -183,6 +188,16 @@ impl DockerBackend {
     ) -> Result<ContainerPlan, LaunchError> {
         let image = self.image_for(spec.role)?;
         Ok(ContainerPlan::new(&self.plan, spec, image, bootstrap_file))
+    }
+
+    /// Who owns a launch's envelope file: the guest's user, when it is not
+    /// the runner (the file is 0400 and the guest must read it).
+    fn envelope_owner(&self, spec: &LaunchSpec) -> Option<(u32, u32)> {
+        match spec.run_as {
+            Some(g) if Some((g.uid, g.gid)) != self.runner_ids => Some((g.uid, g.gid)),
+            Some(_) => None,
+            None => self.file_owner,
+        }
     }
 
     fn image_for(&self, role: GuestRole) -> Result<&str, LaunchError> {
@@ -316,7 +331,7 @@ impl DockerBackend {
             .workspace
             .run
             .join(format!("{}.bootstrap.json", spec.role.label()));
-        let file = BootstrapFile::write(path.clone(), &json, self.file_owner)
+        let file = BootstrapFile::write(path.clone(), &json, self.envelope_owner(&spec))
             .map_err(|source| DockerLaunchError::BootstrapFile { path, source })?;
         let plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
 
