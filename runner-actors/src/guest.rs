@@ -194,8 +194,9 @@ async fn on_launch(
             return Err(e);
         }
         Err(_) => {
-            // Whatever the backend had created is the next session's
-            // prepare_session to reconcile; we cannot reach it from here.
+            // The dropped launch cleans up what it had created (each
+            // backend guards its launch: a container by name and labels,
+            // a process group, a VM process).
             set_state(state, GuestState::Failed);
             return Err(LaunchError::TimedOut { role, after });
         }

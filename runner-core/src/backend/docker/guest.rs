@@ -52,7 +52,7 @@ const KILL_BOUND: Duration = Duration::from_secs(3);
 /// Bound on seeing the exit once stop or kill has returned.
 const EXIT_BOUND: Duration = Duration::from_secs(5);
 /// Bound on `rm -f`.
-const REMOVE_BOUND: Duration = Duration::from_secs(5);
+pub(crate) const REMOVE_BOUND: Duration = Duration::from_secs(5);
 /// The most `stop` can take beyond the (rounded-up) grace period.
 pub const MAX_STOP_OVERRUN: Duration = Duration::from_secs(
     STOP_SLACK.as_secs() + KILL_BOUND.as_secs() + EXIT_BOUND.as_secs() + REMOVE_BOUND.as_secs(),

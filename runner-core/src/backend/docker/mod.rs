@@ -28,6 +28,7 @@ pub mod create;
 mod error;
 mod guest;
 mod image;
+mod launch_guard;
 mod logs;
 mod reconcile;
 mod select;
@@ -42,6 +43,7 @@ use self::client::Engine;
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
 use self::guest::{DockerGuest, ENGINE_PING_BOUND};
+use self::launch_guard::LaunchGuard;
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;
 use crate::backend::{
@@ -335,6 +337,14 @@ impl DockerBackend {
             .map_err(|source| DockerLaunchError::BootstrapFile { path, source })?;
         let plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
 
+        // Armed before the create request: a launch dropped from here on
+        // (timed out, cancelled) still removes its container.
+        let guard = LaunchGuard::new(
+            docker.clone(),
+            plan.name.clone(),
+            self.plan.instance_id.clone(),
+            spec.user_id.clone(),
+        );
         let started = match self.create(&docker, &plan, &spec).await {
             Ok(id) => match self.attach_and_start(&docker, &plan, &id).await {
                 Ok(outputs) => Ok((id, outputs)),
@@ -350,6 +360,8 @@ impl DockerBackend {
         let (id, outputs) = match started {
             Ok(s) => s,
             Err(e) => {
+                // A failed create or start cleaned up after itself.
+                guard.disarm();
                 if let Err(rm) = file.remove() {
                     tracing::warn!(path = %file.path().display(), error = %rm, "Cannot remove bootstrap file");
                 }
@@ -358,6 +370,8 @@ impl DockerBackend {
         };
         tracing::debug!(container = %plan.name, id, "Container started");
         let (control, exit) = DockerGuest::watch(docker, plan.name.clone(), id.clone(), file);
+        // The watcher's own drop guard covers the container from here on.
+        guard.disarm();
         Ok(LaunchedGuest {
             identity: GuestIdentity::Container {
                 name: plan.name,
