@@ -413,4 +413,8 @@ fn a_second_signal_forces_a_long_graceful_stop() {
     assert!(!d.socket.exists());
     assert!(std::fs::symlink_metadata(ws.join("ipc/runner-control.sock")).is_err());
     assert!(!ws.join("ipc/shell-daemon.sock").exists());
+    assert!(
+        !ws.join("run/session.lock").exists(),
+        "session lock left behind"
+    );
 }

@@ -25,6 +25,7 @@
 mod command;
 mod error;
 mod group;
+mod program_fd;
 mod resolve;
 
 pub use error::{NotExecutableReason, ProcessLaunchError};
@@ -149,13 +150,18 @@ impl SandboxBackend for ProcessBackend {
             run_as: spec.run_as,
             rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
         };
-        let mut child = command::build_command(&program, &args, &env, setup)
+        let spawn_err = |source| ProcessLaunchError::Spawn {
+            role,
+            program: program.clone(),
+            source,
+        };
+        // As another uid, the program is opened here and executed by fd.
+        let handle =
+            program_fd::ProgramHandle::open(&program, spec.run_as.is_some()).map_err(spawn_err)?;
+        let mut child = command::build_command(&handle, &args, &env, setup)
             .spawn()
-            .map_err(|source| ProcessLaunchError::Spawn {
-                role,
-                program: program.clone(),
-                source,
-            })?;
+            .map_err(spawn_err)?;
+        drop(handle);
         let pid = child.id();
         let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let group = Arc::new(ProcessGroup::new(role, pid));

@@ -102,13 +102,14 @@ pub(super) struct ChildSetup<'a> {
 
 /// A ready-to-spawn command with every attribute from the module docs.
 pub(super) fn build_command(
-    program: &Path,
+    program: &super::program_fd::ProgramHandle,
     args: &[OsString],
     env: &BTreeMap<String, String>,
     setup: ChildSetup<'_>,
 ) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    let mut cmd = Command::new(program.exec_path());
+    cmd.arg0(program.path())
+        .args(args)
         .env_clear()
         .envs(env)
         .current_dir(setup.work_dir)
