@@ -57,6 +57,9 @@ pub enum SessionError {
     /// The workspace could not be provisioned.
     #[error("Cannot provision the workspace")]
     Workspace(#[from] WorkspaceError),
+    /// No host uid/gid could be decided for the user's guests.
+    #[error("Cannot decide the guests' host identity")]
+    Identity(#[from] runner_core::identity::IdentityError),
     /// The backend's per-session preparation failed.
     #[error("Cannot prepare the session")]
     Prepare(#[source] LaunchError),

@@ -1,6 +1,6 @@
 //! Lifecycle events a session publishes to its subscribers.
 
-use runner_types::{GuestExit, GuestRole, GuestState, LogStream};
+use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, LogStream};
 use std::time::Duration;
 
 /// Something that happened in a session.
@@ -55,6 +55,20 @@ pub enum SessionEvent {
         stream: LogStream,
         /// Bytes lost so far in this session.
         total: u64,
+    },
+    /// The session runs degraded for a reason that may pass.
+    Degraded {
+        /// The guest concerned.
+        role: GuestRole,
+        /// Code (for example `engine_unreachable`) and detail.
+        reason: DegradedReason,
+    },
+    /// A `Degraded` reason no longer applies.
+    Recovered {
+        /// The guest concerned.
+        role: GuestRole,
+        /// The reason's code.
+        code: String,
     },
     /// Ordered shutdown began.
     ShutdownStarted,

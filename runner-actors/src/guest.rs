@@ -1,7 +1,14 @@
 //! `GuestActor`: owns one guest (runtime or sidecar) across its launches.
 //!
 //! Messages: `Launch` (first start, answered), `Exited` (from the waiter
-//! task), `RestartDue` (from the backoff timer), `Stop` (answered).
+//! task), `RestartDue` (from the backoff timer), `EngineCheck` (while the
+//! guest's engine is away), `Stop` (answered).
+//!
+//! An exit caused by the engine going away ([`GuestExit::engine_lost`]) is
+//! not the guest's failure: the guest waits, reported degraded as
+//! `engine_unreachable`, polling the engine with backoff
+//! ([`ENGINE_BACKOFF_INITIAL`] doubling to [`ENGINE_BACKOFF_MAX`]), and is
+//! relaunched when it answers; the restart limit is not touched.
 //! It launches through the backend, hands the guest's output streams to the
 //! log pumps, turns an exit into an event and applies the restart policy
 //! ([`RestartTracker`]); it reports every status change to the supervisor.
@@ -17,13 +24,20 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
 use runner_core::config::RestartConfig;
 use runner_core::restart::{RestartDecision, RestartTracker};
-use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
+use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Degraded-reason code while a guest waits for its engine to come back.
+pub const ENGINE_UNREACHABLE: &str = "engine_unreachable";
+/// First wait before checking a lost engine again.
+pub const ENGINE_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Longest wait between two checks of a lost engine.
+pub const ENGINE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Messages of [`GuestActor`].
 pub enum GuestMsg {
@@ -40,6 +54,14 @@ pub enum GuestMsg {
     RestartDue {
         /// Launch number that exited.
         generation: u64,
+    },
+    /// The engine of launch `generation` went away; check whether it is
+    /// back, and relaunch if so (else check again after twice `delay`).
+    EngineCheck {
+        /// Launch number that exited.
+        generation: u64,
+        /// The delay that led here.
+        delay: Duration,
     },
     /// Stop the guest (grace, then force) and clean up; answers with the
     /// guest's final status.
@@ -130,6 +152,9 @@ impl Actor for GuestActor {
                 on_exited(&myself, state, generation, exit).await
             }
             GuestMsg::RestartDue { generation } => on_restart_due(&myself, state, generation).await,
+            GuestMsg::EngineCheck { generation, delay } => {
+                on_engine_check(&myself, state, generation, delay).await
+            }
             GuestMsg::Stop { grace, reply } => {
                 on_stop(state, grace).await;
                 if reply.send(state.status.clone()).is_err() {
@@ -169,8 +194,9 @@ async fn on_launch(
             return Err(e);
         }
         Err(_) => {
-            // Whatever the backend had created is the next session's
-            // prepare_session to reconcile; we cannot reach it from here.
+            // The dropped launch cleans up what it had created (each
+            // backend guards its launch: a container by name and labels,
+            // a process group, a VM process).
             set_state(state, GuestState::Failed);
             return Err(LaunchError::TimedOut { role, after });
         }
@@ -239,6 +265,10 @@ async fn on_exited(
         set_state(state, GuestState::Stopped);
         return;
     }
+    if exit.engine_lost {
+        wait_for_engine(myself, state, generation);
+        return;
+    }
     let ran_for = running.started.elapsed();
     match state.tracker.on_exit(exit.status, Instant::now(), ran_for) {
         RestartDecision::Restart { after, attempt } => {
@@ -258,6 +288,67 @@ async fn on_exited(
             set_state(state, GuestState::Failed);
             notify_failed(state, format!("{role} guest: {reason}"));
         }
+    }
+}
+
+/// Degraded, waiting for the engine: the first check comes after
+/// [`ENGINE_BACKOFF_INITIAL`].
+fn wait_for_engine(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState, generation: u64) {
+    let role = state.args.spec.role;
+    set_state(state, GuestState::BackingOff);
+    let reason = DegradedReason {
+        code: ENGINE_UNREACHABLE.to_owned(),
+        detail: format!("the {role} guest's engine went away; relaunching when it answers"),
+    };
+    tell_supervisor(state, SessionMsg::Degraded { role, reason });
+    let delay = ENGINE_BACKOFF_INITIAL;
+    myself.send_after(delay, move || GuestMsg::EngineCheck { generation, delay });
+}
+
+async fn on_engine_check(
+    myself: &ActorRef<GuestMsg>,
+    state: &mut GuestActorState,
+    generation: u64,
+    delay: Duration,
+) {
+    if generation != state.generation || state.status.state != GuestState::BackingOff {
+        return;
+    }
+    if state.args.quiescing.load(Ordering::SeqCst) {
+        set_state(state, GuestState::Stopped);
+        return;
+    }
+    let role = state.args.spec.role;
+    if state.args.backend.engine_ready().await {
+        match on_launch(myself, state).await {
+            Ok(_) => {
+                tell_supervisor(
+                    state,
+                    SessionMsg::Recovered {
+                        role,
+                        code: ENGINE_UNREACHABLE.to_owned(),
+                    },
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%role, error = %e, "relaunch after the engine came back failed")
+            }
+        }
+    }
+    // on_launch bumps the generation only on success; keep waiting.
+    let generation = state.generation;
+    set_state(state, GuestState::BackingOff);
+    let next = (delay * 2).min(ENGINE_BACKOFF_MAX);
+    myself.send_after(next, move || GuestMsg::EngineCheck {
+        generation,
+        delay: next,
+    });
+}
+
+fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
+    if state.args.supervisor.cast(msg).is_err() {
+        tracing::debug!("supervisor gone");
     }
 }
 

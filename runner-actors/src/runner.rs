@@ -9,6 +9,7 @@ use runner_core::bootstrap;
 use runner_core::config::RunnerConfig;
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
@@ -142,13 +143,14 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        // Directory checks, creation and the lock file are file-system
-        // calls: they run on the blocking pool, never on a runtime worker.
-        let (workspace, lock) = {
-            let root = self.config.workspace_root.clone();
-            let mounts = user_config.mounts.clone();
+        // The guest identity (root runs every guest under its user's own
+        // uid, see runner_core::identity; anyone else runs guests as
+        // itself), the workspace and the lock file are file-system work:
+        // it runs on the blocking pool, never on a runtime worker.
+        let (identity, workspace, lock) = {
+            let config = self.config.clone();
             let user = user.clone();
-            tokio::task::spawn_blocking(move || provision_and_lock(&root, &user, &mounts))
+            tokio::task::spawn_blocking(move || provision_and_lock(&config, &user, tier))
                 .await
                 .map_err(|source| SessionError::BlockingTask {
                     what: "workspace provisioning",
@@ -161,6 +163,9 @@ impl Runner {
             degraded.push(bootstrap::insecure_process_tier(options.insecure));
         }
         let sidecar_link = backend.sidecar_link(&workspace);
+        if identity.runs_as_root {
+            degraded.push(identity::guest_runs_as_root());
+        }
         let startup =
             bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
         let degraded = startup.degraded_reasons.clone();
@@ -174,6 +179,7 @@ impl Runner {
             guests: &[],
             sidecar_linked: sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
             log_bytes_dropped: &[],
+            degraded: &[],
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
@@ -189,6 +195,7 @@ impl Runner {
             user_config,
             backend,
             workspace: workspace.clone(),
+            run_as: identity.run_as,
             startup,
             degraded,
             env,
@@ -283,13 +290,21 @@ impl Drop for StartGuard {
     }
 }
 
-/// Provisions `user`'s workspace and takes its session lock. Blocking.
+/// Decides `user`'s guest identity, provisions the workspace for it and
+/// takes the session lock. Blocking.
 fn provision_and_lock(
-    root: &std::path::Path,
+    config: &RunnerConfig,
     user: &UserId,
-    mounts: &runner_core::workspace::MountOverrides,
-) -> Result<(Workspace, SessionLock), SessionError> {
-    let workspace = Workspace::provision(root, user, mounts)?;
+    tier: SandboxTier,
+) -> Result<(identity::IdentityDecision, Workspace, SessionLock), SessionError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let identity = identity::resolve_guest_user(config, user, tier, euid)?;
+    let workspace = Workspace::provision_for(
+        &config.workspace_root,
+        user,
+        &config.user(user).mounts,
+        identity.run_as,
+    )?;
     let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
         LockError::Held { .. } => SessionError::AlreadyRunning {
             user: user.to_string(),
@@ -300,5 +315,5 @@ fn provision_and_lock(
             source,
         },
     })?;
-    Ok((workspace, lock))
+    Ok((identity, workspace, lock))
 }

@@ -255,3 +255,74 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
         std::fs::read_to_string(session.workspace().logs.join("oxydra-vm.stdout.log")).unwrap();
     assert_eq!(console.matches("TESTKERNEL exit").count(), 3, "{console}");
 }
+
+/// The documented setup: a root runner, the pinned jailer, and guest uids
+/// from the session's identity. Both VMs boot jailed under the user's own
+/// non-root uid, nothing is reported degraded for the jailer, and a stop
+/// leaves no VM behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jailed_session_runs_its_vms_under_the_users_uid() {
+    if !kvm_or_skip("a_jailed_session_runs_its_vms_under_the_users_uid") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: the jailer needs root");
+        return;
+    }
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let mut cfg = config(dir.path(), "hang", "hang");
+    cfg.firecracker.jailer = Some(runner_tests::jailer_binary().display().to_string());
+    cfg.firecracker.allow_without_jailer = false;
+    let session = runner(cfg.clone())
+        .start_session_with("vmjail", no_socket())
+        .await
+        .unwrap();
+    let logs = session.workspace().logs.clone();
+    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+        let line = console_line(&logs.join(LogStream::Stdout.file_name(role)), "cmdline=").await;
+        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..])
+            .unwrap()
+            .unwrap();
+        assert_eq!(env.user_id, "vmjail");
+    }
+    let health = session.health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    assert!(
+        !health
+            .startup_status
+            .degraded_reasons
+            .iter()
+            .any(|r| r.code == FIRECRACKER_WITHOUT_JAILER),
+        "{health:?}"
+    );
+    let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 2);
+    let owner = std::fs::metadata(&session.workspace().shared).unwrap();
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert!(
+            uids.iter().all(|&u| u != 0),
+            "firecracker {pid} has uid 0: {uids:?}"
+        );
+        assert!(
+            uids.iter()
+                .all(|&u| u == std::os::unix::fs::MetadataExt::uid(&owner)),
+            "firecracker {pid} does not run as the user's guest uid: {uids:?}"
+        );
+    }
+    let report = session
+        .shutdown(session.shutdown_bound())
+        .await
+        .expect("bounded shutdown");
+    assert!(report.guests.iter().all(|g| g.state == GuestState::Stopped));
+    for pid in pids {
+        assert!(!process_alive(pid), "jailed firecracker {pid} survived");
+    }
+}

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use runner_actors::Backends;
+use runner_core::backend::clean_start::StartRlimits;
 use runner_core::backend::docker::{
     BackendKind, DockerBackend, DockerBackendConfig, HostOs, select_backend_for,
 };
@@ -12,8 +13,13 @@ use runner_types::SandboxTier;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The backend for `tier`, built from `config` and this process's environment.
-pub fn for_tier(config: &RunnerConfig, tier: SandboxTier) -> anyhow::Result<Backends> {
+/// The backend for `tier`, built from `config` and this process's
+/// environment; process-tier guests start with `start_rlimits`.
+pub fn for_tier(
+    config: &RunnerConfig,
+    tier: SandboxTier,
+    start_rlimits: StartRlimits,
+) -> anyhow::Result<Backends> {
     let path = std::env::var_os("PATH");
     let backends = Backends::new();
     Ok(match tier {
@@ -22,11 +28,13 @@ pub fn for_tier(config: &RunnerConfig, tier: SandboxTier) -> anyhow::Result<Back
                 Some(p) => p.clone(),
                 None => demo_guests()?,
             };
-            backends.with(Arc::new(ProcessBackend::new(ProcessBackendConfig {
+            let backend = ProcessBackend::new(ProcessBackendConfig {
                 runtime: process.runtime,
                 sidecar: process.sidecar,
                 search_path: path,
-            })))
+            })
+            .with_start_rlimits(start_rlimits);
+            backends.with(Arc::new(backend))
         }
         SandboxTier::MicroVm | SandboxTier::Container => {
             match select_backend_for(tier, host_os()) {

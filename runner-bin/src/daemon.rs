@@ -5,7 +5,10 @@ use crate::signals::StopSignals;
 use crate::{backends, env, paths};
 use anyhow::{Context, bail};
 use runner_actors::{FORCED_STOP_BOUND, Runner, SessionError, SessionHandle, SessionOptions};
+use runner_core::backend::clean_start::StartRlimits;
+use runner_core::config::RunnerConfig;
 use runner_core::health::SessionPhase;
+use runner_core::identity::resolve_guest_user;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::io::Write;
@@ -13,14 +16,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the daemon until SIGINT, SIGTERM, SIGHUP or `shutdown_user`.
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+/// Process-tier guests start with `start_rlimits`, the limits this process
+/// started with.
+pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Result<()> {
     // Installed first: from here on a stop signal is a graceful stop, never
     // the default action (which would leave sockets and guests behind).
     let mut signals = StopSignals::install()?;
     let Some(user) = args.user.clone() else {
         bail!("--daemon needs --user <id>");
     };
-    let (runner, options, tier) = configure(&user, args)?;
+    let (runner, options, tier) = configure(&user, args, start_rlimits)?;
     let Some(session) = start_or_cancel(&runner, &user, options, &mut signals).await? else {
         return Ok(());
     };
@@ -47,6 +52,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 fn configure(
     user: &str,
     args: DaemonArgs,
+    start_rlimits: StartRlimits,
 ) -> anyhow::Result<(Runner, SessionOptions, SandboxTier)> {
     let user_id = UserId::new(user).with_context(|| format!("Invalid --user {user:?}"))?;
     let config = paths::load_config(args.config.as_deref())?;
@@ -60,11 +66,6 @@ fn configure(
         &user_config.channel_secrets,
         |k| std::env::var(k).ok(),
     )?;
-    // Provisioned before the backends are built: the container tier labels
-    // its containers with the canonical workspace root, which only resolves
-    // once the root exists (a first start must label like every later one).
-    // The session lock (one live session per user) is taken by the start.
-    Workspace::provision(&config.workspace_root, &user_id, &user_config.mounts)?;
     let tier = if args.insecure {
         eprintln!(
             "WARNING: --insecure: guests run as plain host processes with NO isolation (process tier forced)"
@@ -73,10 +74,11 @@ fn configure(
     } else {
         config.tier_for(&user_id)
     };
+    provision(&config, &user_id, tier)?;
     if tier == SandboxTier::Process && !args.insecure {
         tracing::warn!("process tier: guests run as host processes without isolation");
     }
-    let backends = backends::for_tier(&config, tier)?;
+    let backends = backends::for_tier(&config, tier, start_rlimits)?;
     let options = SessionOptions {
         serve_control: true,
         insecure: args.insecure,
@@ -84,6 +86,27 @@ fn configure(
         ..SessionOptions::default()
     };
     Ok((Runner::new(config, backends), options, tier))
+}
+
+/// Provisions the workspace for the guests' identity. Done before the
+/// backends are built: the container tier labels its containers with the
+/// canonical workspace root, which only resolves once the root exists (a
+/// first start must label like every later one). The session lock (one
+/// live session per user) is taken by the start, which decides the identity
+/// again: the allocation is recorded, so it is the same.
+fn provision(config: &RunnerConfig, user_id: &UserId, tier: SandboxTier) -> anyhow::Result<()> {
+    let identity = resolve_guest_user(config, user_id, tier, nix::unistd::geteuid().as_raw())
+        .with_context(|| format!("Cannot decide the host uid of user {user_id}'s guests"))?;
+    let mounts = config.user(user_id).mounts;
+    Workspace::provision_for(&config.workspace_root, user_id, &mounts, identity.run_as)?;
+    match identity.run_as {
+        Some(g) => tracing::info!(uid = g.uid, gid = g.gid, "guests run as their own uid"),
+        None if identity.runs_as_root => {
+            tracing::warn!("guest_identity.allow_root: guests run as root")
+        }
+        None => tracing::info!("not root: guests run as the runner's own uid"),
+    }
+    Ok(())
 }
 
 /// Starts the session; a stop signal during the start cancels it and waits

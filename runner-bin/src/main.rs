@@ -14,6 +14,7 @@ mod paths;
 mod signals;
 
 use clap::Parser;
+use runner_core::backend::clean_start::StartRlimits;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
         return runner_examples::demo_guest::run_with(args, &["demo-guest"]);
     }
     let daemon = cli.daemon;
+    // Guests get the limits the runner started with, not the raised ones.
+    let start_rlimits = StartRlimits::capture();
     init_tracing(if daemon { "info" } else { "warn" });
     if daemon {
         raise_fd_limit();
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match (daemon, cli.command) {
-            (true, _) => daemon::run(cli.daemon_args).await,
+            (true, _) => daemon::run(cli.daemon_args, start_rlimits).await,
             (false, Some(cmd)) => client::run(cmd).await,
             (false, None) => Err(anyhow::anyhow!(
                 "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs); see --help"

@@ -57,6 +57,10 @@ pub struct HealthInputs<'a> {
     /// Bytes of output lost instead of logged so far, per guest stream
     /// (entries with 0 are ignored).
     pub log_bytes_dropped: &'a [(GuestRole, LogStream, u64)],
+    /// Why the session runs degraded now, beyond what was known at start
+    /// (for example `engine_unreachable`); added to
+    /// `startup_status.degraded_reasons`.
+    pub degraded: &'a [DegradedReason],
 }
 
 /// The `health_status` a session reports.
@@ -83,6 +87,7 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
     };
     let runtime = i.guests.iter().find(|g| g.role == GuestRole::Runtime);
     let mut startup = i.startup.clone();
+    startup.degraded_reasons.extend(i.degraded.iter().cloned());
     if !i.sidecar_linked {
         startup.sidecar_available = false;
         startup.shell_available = false;
@@ -180,6 +185,7 @@ mod tests {
             guests: &guests,
             sidecar_linked: true,
             log_bytes_dropped: &[],
+            degraded: &[],
         };
         let h = health_report(&i);
         assert!(h.healthy);
@@ -254,6 +260,7 @@ mod tests {
             guests: &guests,
             sidecar_linked: false,
             log_bytes_dropped: &[],
+            degraded: &[],
         };
         let h = health_report(&i);
         assert!(!h.shell_available && !h.browser_available);

@@ -17,6 +17,7 @@ pub mod fake;
 pub mod guest_env;
 pub mod health;
 pub mod identity;
+pub mod limits;
 pub mod lock;
 pub mod logs;
 pub mod restart;

@@ -9,6 +9,12 @@
 //! never a FIFO or device. Only [`SessionLock::acquire`] creates or writes
 //! it; the probe [`SessionLock::is_held`] opens it read-only and takes a
 //! shared lock, so `stop` and `status` never change it.
+//!
+//! The holder removes the file when it lets go (a stopped session leaves no
+//! lock behind), while it still holds the lock, and only if the name still
+//! names its own file. A starter that locked a file just unlinked by the
+//! previous holder notices (the name no longer names the file it locked)
+//! and tries again, so two sessions never hold two different files.
 
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use nix::fcntl::{Flock, FlockArg};
@@ -20,11 +26,17 @@ use thiserror::Error;
 /// File name of the lock inside `run/`.
 pub const LOCK_NAME: &str = "session.lock";
 
-/// Held for as long as the session lives; dropping it releases the lock.
+/// Held for as long as the session lives; dropping it removes the file and
+/// releases the lock.
 #[derive(Debug)]
 pub struct SessionLock {
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
+    path: PathBuf,
 }
+
+/// How often [`SessionLock::acquire`] retries after locking a file that a
+/// releasing holder unlinked at the same moment.
+const ACQUIRE_ATTEMPTS: usize = 5;
 
 /// Why the lock could not be taken.
 #[derive(Debug, Error)]
@@ -59,18 +71,37 @@ impl SessionLock {
     /// Takes the lock in `run_dir` without waiting, writing our pid into it.
     pub fn acquire(run_dir: &Path) -> Result<Self, LockError> {
         let path = run_dir.join(LOCK_NAME);
-        let io = |source| LockError::Io {
+        for _ in 1..ACQUIRE_ATTEMPTS {
+            if let Some(lock) = Self::try_acquire(&path)? {
+                return Ok(lock);
+            }
+        }
+        Self::try_acquire(&path)?.ok_or_else(|| LockError::Io {
             path: path.clone(),
+            source: std::io::Error::other("the lock file kept being replaced"),
+        })
+    }
+
+    /// One attempt; `None` when the file locked was unlinked meanwhile.
+    fn try_acquire(path: &Path) -> Result<Option<Self>, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
             source,
         };
-        let file = open_regular(&path, OpenHow::ReadWrite { mode: 0o600 })
+        let file = open_regular(path, OpenHow::ReadWrite { mode: 0o600 })
             .map_err(|source| LockError::Open { source })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
+                if !names_file(path, &lock) {
+                    return Ok(None);
+                }
                 lock.set_len(0).map_err(io)?;
                 lock.rewind().map_err(io)?;
                 write!(lock, "{}", std::process::id()).map_err(io)?;
-                Ok(Self { _lock: lock })
+                Ok(Some(Self {
+                    lock: Some(lock),
+                    path: path.to_path_buf(),
+                }))
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
@@ -78,7 +109,7 @@ impl SessionLock {
                     tracing::debug!(error = %e, "cannot read the lock holder's pid");
                 }
                 Err(LockError::Held {
-                    path,
+                    path: path.to_path_buf(),
                     holder: holder.trim().to_owned(),
                 })
             }
@@ -111,6 +142,31 @@ impl SessionLock {
     }
 }
 
+/// Whether `path` (not followed) is the file open as `file`.
+fn names_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        // Still holding the lock: nobody else can have taken this file, and
+        // a starter that opened it before the unlink retries (see above).
+        if names_file(&self.path, &lock)
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the session lock");
+        }
+        drop(lock);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +182,23 @@ mod tests {
         assert!(SessionLock::is_held(dir.path()));
         drop(first);
         assert!(!SessionLock::is_held(dir.path()));
+        assert!(
+            !dir.path().join(LOCK_NAME).exists(),
+            "lock file left behind"
+        );
         SessionLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_file_unlinked_under_a_starter_is_not_a_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_NAME);
+        let stale = open_regular(&path, OpenHow::ReadWrite { mode: 0o600 }).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!names_file(&path, &stale));
+        // A fresh file at the name is taken instead.
+        let lock = SessionLock::acquire(dir.path()).unwrap();
+        assert!(names_file(&path, lock.lock.as_ref().unwrap()));
     }
 
     #[test]

@@ -422,3 +422,63 @@ fn a_chroot_base_inside_the_workspace_root_is_refused() {
         Err(ConfigError::EmptyPath { key, .. }) if key == "firecracker.chroot_base"
     ));
 }
+
+#[test]
+fn guest_identity_errors_name_the_file_and_key() {
+    let d = Dir::new();
+    match d.with_user("[guest_identity]\nuid = 0\n") {
+        Err(ConfigError::GuestIdRoot { path, key }) => {
+            assert_eq!(path, d.path("users/alice.toml"));
+            assert_eq!(key, "guest_identity.uid");
+        }
+        other => panic!("{other:?}"),
+    }
+    match d.with_user("[guest_identity]\nallow_root = true\nuid = 5\n") {
+        Err(ConfigError::GuestIdentityKeys { path, .. }) => {
+            assert_eq!(path, d.path("users/alice.toml"))
+        }
+        other => panic!("{other:?}"),
+    }
+    match d.with_user("[guest_identity]\nuid = -1\n") {
+        Err(ConfigError::WrongType { key, .. }) => {
+            assert_eq!(key.as_deref(), Some("guest_identity.uid"))
+        }
+        other => panic!("{other:?}"),
+    }
+    match d.with_user("[guest_identity]\nname = \"x\"\n") {
+        Err(ConfigError::UnknownKey { key, .. }) => assert_eq!(key, "guest_identity.name"),
+        other => panic!("{other:?}"),
+    }
+    match d.runner("[guest_identity]\nuid_base = 2147483000\nuid_count = 1000\n") {
+        Err(ConfigError::GuestIdRange { path, .. }) => assert_eq!(path, d.path("runner.toml")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn two_users_with_one_explicit_uid_are_refused() {
+    let d = Dir::new();
+    d.write("users/alice.toml", "[guest_identity]\nuid = 5000\n");
+    d.write("users/bob.toml", "[guest_identity]\nuid = 5000\n");
+    let err = d
+        .runner(
+            "[users.alice]\nconfig_path = \"users/alice.toml\"\n\
+             [users.bob]\nconfig_path = \"users/bob.toml\"\n",
+        )
+        .unwrap_err();
+    match err {
+        ConfigError::SharedGuestUid {
+            path,
+            uid,
+            first,
+            second,
+        } => {
+            assert_eq!(path, d.path("runner.toml"));
+            assert_eq!(
+                (uid, first.as_str(), second.as_str()),
+                (5000, "alice", "bob")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -324,4 +324,49 @@ fn shipped_example_loads() {
     assert_eq!(cfg.restart, defaults.restart);
     assert_eq!(cfg.guest_images, defaults.guest_images);
     assert_eq!(cfg.default_tier, defaults.default_tier);
+    assert_eq!(cfg.guest_identity, defaults.guest_identity);
+    assert_eq!(
+        alice.guest_identity,
+        runner_core::identity::GuestIdentityChoice::Allocated
+    );
+}
+
+#[test]
+fn guest_identity_tables_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        &root.join("runner.toml"),
+        "[guest_identity]\nuid_base = 3000000\nuid_count = 10\n\
+         [users.alice]\nconfig_path = \"alice.toml\"\n\
+         [users.bob]\nconfig_path = \"bob.toml\"\n",
+    );
+    write(
+        &root.join("alice.toml"),
+        "[guest_identity]\nuid = 4000\ngid = 4001\n",
+    );
+    write(
+        &root.join("bob.toml"),
+        "[guest_identity]\nallow_root = true\n",
+    );
+    let cfg = RunnerConfig::load(root.join("runner.toml")).unwrap();
+    use runner_core::identity::{GuestIdRange, GuestIdentityChoice, GuestUser};
+    assert_eq!(
+        cfg.guest_identity,
+        GuestIdRange {
+            base: 3_000_000,
+            count: 10
+        }
+    );
+    assert_eq!(
+        cfg.user(&user("alice")).guest_identity,
+        GuestIdentityChoice::Explicit(GuestUser {
+            uid: 4000,
+            gid: 4001
+        })
+    );
+    assert_eq!(
+        cfg.user(&user("bob")).guest_identity,
+        GuestIdentityChoice::Root
+    );
 }

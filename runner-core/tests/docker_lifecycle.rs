@@ -392,3 +392,48 @@ async fn a_limit_the_engine_refuses_carries_its_message() {
     }
     assert!(!ws.run.join("oxydra-vm.bootstrap.json").exists());
 }
+
+/// A launch dropped while it runs (its timeout fired, or the start was
+/// cancelled) between create and start leaves no container behind: the
+/// test drops the launch future the moment its container exists.
+#[tokio::test]
+async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let image = h.demo_image(&[]).await;
+    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
+    let (user, ws) = h.user("drop");
+    let name = runner_core::backend::docker::create::container_name(
+        DockerTier::Container,
+        &user,
+        GuestRole::Runtime,
+    );
+    let launch = backend.launch(spec(
+        &backend,
+        GuestRole::Runtime,
+        &user,
+        &ws,
+        Default::default(),
+    ));
+    let created = async {
+        loop {
+            if let Ok(c) = h.docker.inspect_container(&name, None).await {
+                return c.state.and_then(|s| s.status);
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let seen = tokio::select! {
+        biased;
+        state = created => state,
+        done = launch => panic!("the launch finished before its container was seen: {:?}", done.map(|g| g.identity)),
+    };
+    // The launch future is gone here; its guard removes the container.
+    eprintln!("dropped the launch with the container in state {seen:?}");
+    let start = Instant::now();
+    while exists(&h, &name).await {
+        assert!(start.elapsed() < BOUND, "container {name} left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

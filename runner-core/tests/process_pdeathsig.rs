@@ -58,3 +58,76 @@ async fn helper_runner_that_launches_a_guest() {
     let mut exit = guest.exit.clone();
     let _ = tokio::time::timeout(Duration::from_secs(60), exit.wait()).await;
 }
+
+const HELPER_AS_GUEST: &str = "helper_runner_that_launches_a_guest_as_another_uid";
+
+/// The kernel clears the parent-death signal when a process changes its
+/// credentials: it must be armed after the child drops to the guest's uid.
+#[tokio::test]
+async fn guest_running_as_another_uid_dies_with_its_runner() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs this as root");
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let guest_program = runner_tests::guest_binary("demo-guest");
+    let (mut runner, guest_pid) = runner_tests::spawn_reporting_helper(
+        HELPER_AS_GUEST,
+        (HELPER_ENV, guest_program.as_os_str()),
+        "guest_pid=",
+        PROMPT,
+    );
+    let guest_pid: u32 = guest_pid.parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{guest_pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.contains(&GUEST_UID.to_string()), "{uid_line}");
+    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
+    let status = tokio::task::spawn_blocking(move || runner.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        wait_dead(guest_pid, PROMPT).await,
+        "guest {guest_pid} (uid {GUEST_UID}) outlived its runner"
+    );
+}
+
+/// An unprivileged uid for the guest of the helper below.
+const GUEST_UID: u32 = 1_900_061_234;
+
+/// The runner process of [`guest_running_as_another_uid_dies_with_its_runner`].
+#[tokio::test]
+#[ignore = "helper process for guest_running_as_another_uid_dies_with_its_runner"]
+async fn helper_runner_that_launches_a_guest_as_another_uid() {
+    use runner_core::backend::SandboxBackend;
+    use runner_core::identity::GuestUser;
+    let Some(program) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    let guest = GuestUser {
+        uid: GUEST_UID,
+        gid: GUEST_UID,
+    };
+    let mut fx = Fixture::new();
+    let root = fx.dir.path().join("as-guest");
+    fx.workspace = runner_core::Workspace::provision_for(
+        &root,
+        &fx.user,
+        &runner_core::workspace::MountOverrides::default(),
+        Some(guest),
+    )
+    .unwrap();
+    let mut cmd = demo_at(program.into(), &["--heartbeat-ms", "60000"]);
+    cmd.env.clear();
+    let backend = runtime_only(cmd);
+    let mut spec = fx.spec(
+        GuestRole::Runtime,
+        fx.envelope(GuestRole::Runtime, &backend),
+    );
+    spec.run_as = Some(guest);
+    let launched = backend.launch(spec).await.unwrap();
+    println!("guest_pid={}", launched.identity.pid().unwrap());
+    let mut exit = launched.exit.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(60), exit.wait()).await;
+}

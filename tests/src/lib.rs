@@ -166,6 +166,12 @@ pub fn firecracker_binary() -> PathBuf {
         .unwrap_or_else(|why| panic!("cannot get the firecracker binary: {why}"))
 }
 
+/// The pinned jailer, fetched and verified beside firecracker by
+/// `.ci/firecracker.sh`.
+pub fn jailer_binary() -> PathBuf {
+    firecracker_binary().with_file_name("jailer")
+}
+
 /// Path of the test kernel (`tests/fixtures/test-kernel`), built by its
 /// `build.sh` into `.ci/cache/test-kernel` (idempotent, atomic replace, so
 /// concurrent test binaries are safe).

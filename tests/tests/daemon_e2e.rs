@@ -228,14 +228,17 @@ fn a_second_daemon_for_the_same_user_refuses() {
 #[test]
 fn a_daemon_started_over_a_stale_socket_works() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("workspaces/dave/run");
-    // As a daemon creates them: private to the runner (a wider run/ or
-    // user directory is refused).
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(&run)
-        .unwrap();
-    // What a SIGKILLed daemon leaves: a socket file nobody listens on.
-    let stale = run.join("runner-control.sock");
+    // A workspace as a daemon leaves it (with the owners it gives its
+    // directories), then what a SIGKILLed one leaves: a socket file nobody
+    // listens on.
+    let mut first = start_daemon(tmp.path(), "dave");
+    assert!(
+        client(tmp.path(), &["stop", "--user", "dave"])
+            .status
+            .success()
+    );
+    assert!(wait_bounded(&mut first.child).success());
+    let stale = tmp.path().join("workspaces/dave/run/runner-control.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
     let out = client(tmp.path(), &["status", "--user", "dave"]);
@@ -410,4 +413,8 @@ fn a_second_signal_forces_a_long_graceful_stop() {
     assert!(!d.socket.exists());
     assert!(std::fs::symlink_metadata(ws.join("ipc/runner-control.sock")).is_err());
     assert!(!ws.join("ipc/shell-daemon.sock").exists());
+    assert!(
+        !ws.join("run/session.lock").exists(),
+        "session lock left behind"
+    );
 }

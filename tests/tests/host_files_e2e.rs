@@ -206,8 +206,22 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
 
 fn workspace_with_fifo(root: &Path, name: &str) -> (Workspace, PathBuf) {
     let user = UserId::new("alice").unwrap();
-    let ws =
-        Workspace::provision(&root.join("workspaces"), &user, &MountOverrides::default()).unwrap();
+    // Provisioned as the daemon will (for the user's guest uid).
+    let config = runner_core::config::RunnerConfig::defaults(root);
+    let identity = runner_core::identity::resolve_guest_user(
+        &config,
+        &user,
+        runner_types::SandboxTier::Process,
+        nix::unistd::geteuid().as_raw(),
+    )
+    .unwrap();
+    let ws = Workspace::provision_for(
+        &config.workspace_root,
+        &user,
+        &MountOverrides::default(),
+        identity.run_as,
+    )
+    .unwrap();
     let fifo = ws.logs.join(name);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     (ws, fifo)

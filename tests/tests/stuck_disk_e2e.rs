@@ -106,7 +106,18 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let root = tmp.path().join("workspaces");
     let user = UserId::new("frozen").unwrap();
-    let ws = Workspace::provision(&root, &user, &MountOverrides::default()).unwrap();
+    // Provisioned as the daemon will (for the user's guest uid).
+    let config = runner_core::config::RunnerConfig::defaults(tmp.path());
+    assert_eq!(config.workspace_root, root);
+    let identity = runner_core::identity::resolve_guest_user(
+        &config,
+        &user,
+        runner_types::SandboxTier::Process,
+        nix::unistd::geteuid().as_raw(),
+    )
+    .unwrap();
+    let ws = Workspace::provision_for(&root, &user, &MountOverrides::default(), identity.run_as)
+        .unwrap();
     let mount = FrozenMount::mount(&tmp.path().join("logs.img"), &ws.logs);
 
     let bin = runner_binary();

@@ -46,6 +46,9 @@ pub struct RunnerConfigFile {
     /// micro_vm tier settings.
     #[serde(default)]
     pub firecracker: FirecrackerSection,
+    /// The range guest uids are allocated from (when the runner is root).
+    #[serde(default)]
+    pub guest_identity: GuestIdentitySection,
     /// Control socket settings.
     #[serde(default)]
     pub control: ControlSection,
@@ -346,6 +349,9 @@ pub struct UserConfigFile {
     /// Behaviour overrides.
     #[serde(default)]
     pub behavior: BehaviorFile,
+    /// This user's guest uid/gid, instead of an allocated one.
+    #[serde(default)]
+    pub guest_identity: UserGuestIdentityFile,
     /// oxydra's messaging channels (`[channels.telegram]`, ...). The runner
     /// only forwards each `bot_token_env` to the runtime guest.
     #[serde(default)]
@@ -451,4 +457,34 @@ pub struct BehaviorFile {
     /// IANA time zone of the guests (`TZ`); default `UTC`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+}
+
+/// `[guest_identity]` in `runner.toml`: where guest uids come from when the
+/// runner is root. Each user gets one uid from `uid_base .. uid_base +
+/// uid_count` (gid = uid, a private group), recorded under the workspace
+/// root so it never changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestIdentitySection {
+    /// First uid of the range; default `runner_core`'s documented base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_base: Option<u32>,
+    /// Number of uids in the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_count: Option<u32>,
+}
+
+/// `[guest_identity]` in a per-user file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserGuestIdentityFile {
+    /// Host uid this user's guests run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Host gid (default: the uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// UNSAFE: this user's guests run as root when the runner is root.
+    #[serde(default)]
+    pub allow_root: bool,
 }

@@ -114,6 +114,15 @@ pub struct GuestExit {
     /// The kernel's OOM killer ended it (container tier reports this).
     #[serde(default)]
     pub oom_killed: bool,
+    /// The guest ended because its engine went away (the Docker engine
+    /// stopped or restarted): not the guest's failure, so it does not count
+    /// against the restart limit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub engine_lost: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a guest ended.

@@ -242,6 +242,7 @@ fn full_health_status_response() {
                     status: ExitStatus::Signal(9),
                     at_unix_ms: 1_700_000_000_123,
                     oom_killed: true,
+                    engine_lost: false,
                 }),
                 restarts: 2,
                 log_bytes_dropped: BTreeMap::from([(LogStream::Stdout, 2_700_000)]),

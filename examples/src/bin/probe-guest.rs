@@ -14,6 +14,13 @@
 //!                            memory 1 MiB at a time, printing
 //!                            allocated_mib=<n>, until killed; exits 0 if it
 //!                            ever reaches 4 GiB
+//! probe-guest whoami         prints uids=<real effective saved fs> (the Uid
+//!                            line of /proc/self/status), then exits 0
+//! probe-guest setuid-copy <dir>
+//!                            prints uids=... as whoami does, copies its own
+//!                            binary to <dir>/setuid-probe with mode 4755 (a
+//!                            setuid file owned by whoever the guest runs
+//!                            as), prints setuid_file=<path>, then exits 0
 //! probe-guest bytes <seed> <len>
 //!                            writes pattern(seed, len) to stdout and
 //!                            pattern(seed + 1, len) to stderr in interleaved
@@ -38,7 +45,12 @@ fn main() -> ExitCode {
         Some("hardening") => hardening(),
         Some("oom") => oom(&args[1..]),
         Some("bytes") => bytes(&args[1..]),
-        _ => Err("usage: probe-guest hardening | oom [delay-ms] | bytes <seed> <len>".into()),
+        Some("whoami") => whoami().map(|()| ExitCode::SUCCESS),
+        Some("setuid-copy") => setuid_copy(&args[1..]),
+        _ => Err(
+            "usage: probe-guest hardening | oom [delay-ms] | bytes <seed> <len> | whoami | setuid-copy <dir>"
+                .into(),
+        ),
     };
     match outcome {
         Ok(code) => code,
@@ -134,4 +146,26 @@ fn bytes(args: &[String]) -> Result<ExitCode> {
     err.flush()?;
     // Exit at once, without the runtime's usual tidy-up, like a crash.
     std::process::exit(3)
+}
+
+fn whoami() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .ok_or("no Uid line in /proc/self/status")?;
+    let uids: Vec<&str> = uids.split_whitespace().collect();
+    println!("uids={}", uids.join(" "));
+    Ok(())
+}
+
+fn setuid_copy(args: &[String]) -> Result<ExitCode> {
+    use std::os::unix::fs::PermissionsExt;
+    whoami()?;
+    let dir = std::path::Path::new(args.first().ok_or("setuid-copy needs <dir>")?);
+    let path = dir.join("setuid-probe");
+    std::fs::copy("/proc/self/exe", &path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4755))?;
+    println!("setuid_file={}", path.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -109,7 +109,9 @@ fn run(opts: &Options, argv: &[String], exec_prefix: &[&str]) -> Result<ExitCode
         say(format_args!("env={}", serde_json::to_string(&env)?))?;
     }
     if opts.spawn_grandchild {
-        let child = Command::new(std::env::current_exe()?)
+        // `/proc/self/exe`, not the path: a guest running under its own uid
+        // may not be able to walk the directories above its own binary.
+        let child = Command::new("/proc/self/exe")
             .args(exec_prefix)
             .arg("--sleeper")
             .stdin(Stdio::null())

@@ -35,7 +35,7 @@ use crate::guest::GuestHandle;
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
-use runner_types::{GuestRole, GuestStatus, HealthStatus, LogStream};
+use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,21 @@ pub enum SessionMsg {
         stream: LogStream,
         /// Bytes lost so far in this session.
         total: u64,
+    },
+    /// A guest runs degraded for a reason that may pass (its engine is
+    /// unreachable); health reports it until `Recovered`.
+    Degraded {
+        /// Which guest.
+        role: GuestRole,
+        /// Code and detail.
+        reason: DegradedReason,
+    },
+    /// What `Degraded` reported for `role` with `code` is over.
+    Recovered {
+        /// Which guest.
+        role: GuestRole,
+        /// The code that no longer applies.
+        code: String,
     },
     /// Ordered, bounded shutdown within `deadline`; then the actor stops.
     Shutdown {
@@ -99,6 +114,10 @@ pub struct SessionState {
     /// Bytes lost per guest stream (only streams that lost any).
     log_bytes_dropped: Vec<(GuestRole, LogStream, u64)>,
     listener: Option<ControlListenerHandle>,
+    /// Reasons reported by `Degraded` and not yet `Recovered`, per guest.
+    degraded_by: Vec<(GuestRole, DegradedReason)>,
+    /// `degraded_by`'s reasons, as health reports them.
+    degraded: Vec<DegradedReason>,
 }
 
 impl Actor for SessionSupervisor {
@@ -120,6 +139,8 @@ impl Actor for SessionSupervisor {
             loss_watchers: Vec::new(),
             log_bytes_dropped: Vec::new(),
             listener: None,
+            degraded_by: Vec::new(),
+            degraded: Vec::new(),
         })
     }
 
@@ -152,6 +173,8 @@ impl Actor for SessionSupervisor {
                 stream,
                 total,
             } => on_log_loss(state, role, stream, total),
+            SessionMsg::Degraded { role, reason } => on_degraded(state, role, Some(reason), None),
+            SessionMsg::Recovered { role, code } => on_degraded(state, role, None, Some(code)),
             SessionMsg::Shutdown { deadline, reply } => {
                 let report = on_shutdown(&myself, state, deadline).await;
                 if let Some(reply) = reply
@@ -223,6 +246,47 @@ fn on_log_loss(state: &mut SessionState, role: GuestRole, stream: LogStream, tot
             total,
         },
     );
+}
+
+/// Adds `add` for `role` (replacing one with the same code), or removes
+/// `role`'s reason with code `remove`; emits the event and republishes
+/// health when something changed.
+fn on_degraded(
+    state: &mut SessionState,
+    role: GuestRole,
+    add: Option<DegradedReason>,
+    remove: Option<String>,
+) {
+    let code = match (&add, &remove) {
+        (Some(r), _) => r.code.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => return,
+    };
+    let before = state.degraded_by.len();
+    state
+        .degraded_by
+        .retain(|(r, reason)| !(*r == role && reason.code == code));
+    let removed = state.degraded_by.len() < before;
+    match add {
+        Some(reason) => {
+            tracing::warn!(%role, code = %reason.code, detail = %reason.detail, "degraded");
+            emit(
+                state,
+                SessionEvent::Degraded {
+                    role,
+                    reason: reason.clone(),
+                },
+            );
+            state.degraded_by.push((role, reason));
+        }
+        None if removed => {
+            tracing::info!(%role, %code, "recovered");
+            emit(state, SessionEvent::Recovered { role, code });
+        }
+        None => return,
+    }
+    state.degraded = state.degraded_by.iter().map(|(_, r)| r.clone()).collect();
+    publish_health(state);
 }
 
 fn on_guest_failed(state: &mut SessionState, role: GuestRole, reason: String) {
@@ -354,6 +418,7 @@ fn publish_health(state: &SessionState) {
         // reported running, down before its exit is).
         sidecar_linked: a.sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
         log_bytes_dropped: &state.log_bytes_dropped,
+        degraded: &state.degraded,
     });
     a.health_tx.send_replace(health);
 }

@@ -40,6 +40,8 @@ pub struct SessionArgs {
     pub(crate) user_config: UserConfig,
     pub(crate) backend: Arc<dyn SandboxBackend>,
     pub(crate) workspace: Workspace,
+    /// What every guest of the session runs as (`None`: the runner's uid).
+    pub(crate) run_as: Option<runner_core::identity::GuestUser>,
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
     pub(crate) env: GuestEnv,
@@ -176,7 +178,7 @@ async fn spawn_guest(
         degraded_reasons: a.degraded.clone(),
     });
     let spec = LaunchSpec {
-        run_as: None,
+        run_as: a.run_as,
         role,
         user_id: a.user.clone(),
         session_id: a.session_id.clone(),

@@ -68,6 +68,7 @@ pub fn exit_now(status: ExitStatus, oom_killed: bool) -> GuestExit {
         status,
         at_unix_ms,
         oom_killed,
+        engine_lost: false,
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`LaunchedGuest`] back — its identity, its output streams, an exit watch and
 //! a stop handle. One module per tier implements it.
 
+pub mod clean_start;
 pub mod docker;
 pub mod exit;
 pub mod firecracker;
@@ -186,6 +187,14 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Launches one guest.
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError>;
+
+    /// Whether the engine behind this backend answers now (bounded). Only
+    /// tiers driven through an engine (Docker) can lose it; a guest whose
+    /// exit says [`GuestExit::engine_lost`] is relaunched once this is
+    /// true again, without counting against the restart limit.
+    async fn engine_ready(&self) -> bool {
+        true
+    }
 
     /// Whether the runtime guest of `workspace` can reach its sidecar right
     /// now, for tiers where that needs a runner-side link (the micro_vm

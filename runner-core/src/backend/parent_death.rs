@@ -9,7 +9,7 @@
 
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::unistd::{getpid, getppid};
+use nix::unistd::{Pid, getpid, getppid};
 use std::os::unix::process::CommandExt;
 
 /// Arms the parent-death signal in the child `cmd` will spawn.
@@ -22,13 +22,18 @@ pub(crate) fn arm(cmd: &mut std::process::Command) {
     // errno values, which does not allocate. It touches no lock and no
     // state shared with other threads of the runner.
     unsafe {
-        cmd.pre_exec(move || {
-            prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if getppid() != runner {
-                // The runner died before the death signal was armed.
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || arm_in_child(runner));
     }
+}
+
+/// In a forked child (async-signal-safe): arms the death signal, then fails
+/// with `ESRCH` if `runner` is no longer the parent. Call it after any
+/// credential change, which clears the signal.
+pub(crate) fn arm_in_child(runner: Pid) -> std::io::Result<()> {
+    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if getppid() != runner {
+        // The runner died before the death signal was armed.
+        return Err(nix::errno::Errno::ESRCH.into());
+    }
+    Ok(())
 }

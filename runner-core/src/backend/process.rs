@@ -4,8 +4,11 @@
 //! command, the envelope frames, the program resolves to an executable file,
 //! the workspace exists), then starts
 //! `<program> <args...> --user-id <id> --workspace-root <root> --bootstrap-stdin`
-//! in its own process group with a cleared environment (see `command.rs`
-//! for every process attribute and why), writes the bootstrap frame to its
+//! in its own process group with a cleared environment, as
+//! [`LaunchSpec::run_as`] when it is set (the runner is root), and with a
+//! clean start: umask 077, fds 0-2 only, `no_new_privs`, the runner's start
+//! rlimits plus `RLIMIT_NPROC` and `RLIMIT_CORE = 0` (see `command.rs` and
+//! `clean_start.rs` for every process attribute and why), writes the bootstrap frame to its
 //! stdin from a background task bounded by [`BOOTSTRAP_WRITE_TIMEOUT`] and
 //! closes it, and hands back stdout and stderr as the guest's log streams.
 //!
@@ -22,11 +25,13 @@
 mod command;
 mod error;
 mod group;
+mod program_fd;
 mod resolve;
 
 pub use error::{NotExecutableReason, ProcessLaunchError};
 pub use group::STOP_KILL_WAIT;
 
+use super::clean_start::StartRlimits;
 use super::exit::exit_channel;
 use super::{GuestIdentity, GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::config::GuestCommand;
@@ -66,12 +71,25 @@ pub struct ProcessBackendConfig {
 #[derive(Debug, Clone)]
 pub struct ProcessBackend {
     config: ProcessBackendConfig,
+    start_rlimits: StartRlimits,
 }
 
 impl ProcessBackend {
-    /// A backend running `config`'s commands.
+    /// A backend running `config`'s commands. Guests get back the rlimits
+    /// in force now; an embedding program that raises its own limits passes
+    /// the earlier values with [`Self::with_start_rlimits`].
     pub fn new(config: ProcessBackendConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            start_rlimits: StartRlimits::capture(),
+        }
+    }
+
+    /// Guests start with `rlimits` (the runner's own at its start), plus
+    /// their own limits.
+    pub fn with_start_rlimits(mut self, rlimits: StartRlimits) -> Self {
+        self.start_rlimits = rlimits;
+        self
     }
 
     /// The command configured for `role`, if any.
@@ -127,13 +145,23 @@ impl SandboxBackend for ProcessBackend {
         // Subscribe before spawning so no SIGCHLD can be missed.
         let sigchld = signal(SignalKind::child())
             .map_err(|source| ProcessLaunchError::ExitWatch { role, source })?;
-        let mut child = command::build_command(&program, &args, &env, work_dir)
+        let setup = command::ChildSetup {
+            work_dir,
+            run_as: spec.run_as,
+            rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
+        };
+        let spawn_err = |source| ProcessLaunchError::Spawn {
+            role,
+            program: program.clone(),
+            source,
+        };
+        // As another uid, the program is opened here and executed by fd.
+        let handle =
+            program_fd::ProgramHandle::open(&program, spec.run_as.is_some()).map_err(spawn_err)?;
+        let mut child = command::build_command(&handle, &args, &env, setup)
             .spawn()
-            .map_err(|source| ProcessLaunchError::Spawn {
-                role,
-                program: program.clone(),
-                source,
-            })?;
+            .map_err(spawn_err)?;
+        drop(handle);
         let pid = child.id();
         let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let group = Arc::new(ProcessGroup::new(role, pid));
@@ -147,7 +175,8 @@ impl SandboxBackend for ProcessBackend {
             }
         };
         tokio::spawn(write_bootstrap(role, pid, stdin, frame));
-        info!(%role, pid, program = %program.display(), user = %spec.user_id, "guest launched");
+        let uid = spec.run_as.map(|g| g.uid);
+        info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
             outputs: GuestOutput::pair(stdout, stderr),

@@ -222,6 +222,50 @@ pub enum ConfigError {
         /// The resolved workspace root.
         workspace_root: PathBuf,
     },
+    /// `[guest_identity]` of `runner.toml` gives no usable range.
+    #[error(
+        "`guest_identity.uid_base` ({base}) and `guest_identity.uid_count` ({count}) in {path} must give a non-empty range of uids between 1 and 2^31"
+    )]
+    GuestIdRange {
+        /// The file.
+        path: PathBuf,
+        /// `uid_base`.
+        base: u64,
+        /// `uid_count`.
+        count: u64,
+    },
+    /// A per-user guest uid or gid is 0 without `allow_root`.
+    #[error(
+        "`{key}` in {path} is 0 (root); guests run as root only with `guest_identity.allow_root = true`, which is unsafe"
+    )]
+    GuestIdRoot {
+        /// The file.
+        path: PathBuf,
+        /// `guest_identity.uid` or `guest_identity.gid`.
+        key: &'static str,
+    },
+    /// `[guest_identity]` of a per-user file combines keys that contradict.
+    #[error("`guest_identity` in {path}: {conflict}")]
+    GuestIdentityKeys {
+        /// The file.
+        path: PathBuf,
+        /// What contradicts what.
+        conflict: &'static str,
+    },
+    /// Two users' files give the same guest uid.
+    #[error(
+        "Users {first} and {second} registered in {path} both have guest uid {uid}; each user needs its own"
+    )]
+    SharedGuestUid {
+        /// `runner.toml`.
+        path: PathBuf,
+        /// The uid.
+        uid: u32,
+        /// One user.
+        first: String,
+        /// The other.
+        second: String,
+    },
 }
 
 fn at_suffix(at: &Option<Location>) -> String {
@@ -248,7 +292,11 @@ impl ConfigError {
             | Self::InvalidEnvName { path, .. }
             | Self::UnsupportedVersion { path, .. }
             | Self::InvalidTimezone { path, .. }
-            | Self::ChrootBaseInWorkspace { path, .. } => path,
+            | Self::ChrootBaseInWorkspace { path, .. }
+            | Self::GuestIdRange { path, .. }
+            | Self::GuestIdRoot { path, .. }
+            | Self::GuestIdentityKeys { path, .. }
+            | Self::SharedGuestUid { path, .. } => path,
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         let user_path = resolve_path(&path, base, &key, &registration.config_path)?;
         users.insert(user, load_user_config(&user_path)?);
     }
+    super::identity::distinct_uids(&path, &users)?;
     let firecracker = firecracker(&path, base, &file.firecracker, &workspace_root)?;
     Ok(RunnerConfig {
         workspace_root,
@@ -76,6 +77,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         notices: oxydra::web_notice(&path, file.web.as_ref())
             .into_iter()
             .collect(),
+        guest_identity: super::identity::id_range(&path, file.guest_identity)?,
         source: Some(path),
     })
 }
@@ -113,6 +115,7 @@ pub fn parse_user_config(text: &str, path: &Path) -> Result<UserConfig, ConfigEr
         browser_enabled: file.behavior.browser_enabled.unwrap_or(false),
         timezone: oxydra::timezone(&path, file.behavior.timezone.as_deref())?,
         channel_secrets: oxydra::channel_secrets(&path, &file.channels)?,
+        guest_identity: super::identity::user_choice(&path, file.guest_identity)?,
     })
 }
 

@@ -6,6 +6,7 @@
 //! names the file and the key.
 
 mod error;
+mod identity;
 mod load;
 mod oxydra;
 mod parse;
@@ -15,6 +16,7 @@ pub use load::{load_runner_config, load_user_config, parse_runner_config, parse_
 pub use oxydra::{DEFAULT_TIMEZONE, is_env_name};
 
 use crate::UserId;
+use crate::identity::{GuestIdRange, GuestIdentityChoice};
 use crate::workspace::MountOverrides;
 use runner_types::config::{ControlSection, DockerSection, FirecrackerSection, RestartPolicy};
 use runner_types::{ResourceLimits, SandboxTier};
@@ -48,6 +50,8 @@ pub struct RunnerConfig {
     pub docker: DockerSection,
     /// micro_vm tier settings.
     pub firecracker: FirecrackerSection,
+    /// `[guest_identity]`: the range guest uids are allocated from.
+    pub guest_identity: GuestIdRange,
     /// Control socket settings.
     pub control: ControlSection,
     /// Things in the files that load but that the operator should hear
@@ -115,6 +119,8 @@ pub struct UserConfig {
     pub shell_enabled: bool,
     /// Browser tools enabled (default false).
     pub browser_enabled: bool,
+    /// `[guest_identity]`: what this user's guests run as.
+    pub guest_identity: GuestIdentityChoice,
     /// IANA time zone, given to both guests as `TZ` (default `UTC`).
     pub timezone: String,
     /// Bot tokens the runtime guest needs from the runner's environment.
@@ -134,6 +140,7 @@ impl Default for UserConfig {
             browser_enabled: false,
             timezone: DEFAULT_TIMEZONE.to_owned(),
             channel_secrets: Vec::new(),
+            guest_identity: GuestIdentityChoice::default(),
         }
     }
 }
@@ -253,6 +260,7 @@ impl RunnerConfig {
             restart: RestartConfig::default(),
             docker: DockerSection::default(),
             firecracker: FirecrackerSection::default(),
+            guest_identity: GuestIdRange::default(),
             control: ControlSection::default(),
             notices: Vec::new(),
         }

@@ -157,6 +157,21 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// Opens `workspace_root` after the same StrictModes check as
+    /// [`Self::provision_for`] (creating its missing parts), for runner files
+    /// kept at the root itself, such as the guest uid record. Returns the
+    /// canonical root and its directory fd.
+    pub fn open_root(workspace_root: &Path) -> Result<(PathBuf, OwnedFd), WorkspaceError> {
+        if !workspace_root.is_absolute() {
+            return Err(WorkspaceError::RelativeRoot {
+                path: workspace_root.to_path_buf(),
+            });
+        }
+        let resolved = trusted_root::resolve(workspace_root)?;
+        let fd = trusted_root::open(&resolved, nix::unistd::geteuid().as_raw())?;
+        Ok((resolved.path, fd))
+    }
+
     /// `run/runner-control.sock`.
     pub fn control_socket(&self) -> PathBuf {
         self.run.join(CONTROL_SOCKET_NAME)

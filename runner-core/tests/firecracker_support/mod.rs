@@ -160,10 +160,7 @@ impl Fixture {
     }
 }
 
-/// The pinned jailer (fetched beside firecracker by `.ci/firecracker.sh`).
-pub fn jailer_binary() -> PathBuf {
-    runner_tests::firecracker_binary().with_file_name("jailer")
-}
+pub use runner_tests::jailer_binary;
 
 /// A template for the test kernel with these `boot_args`.
 pub fn template_json(boot_args: &str) -> String {

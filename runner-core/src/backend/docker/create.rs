@@ -7,6 +7,14 @@
 //! bollard's create request. Nothing here talks to the engine, so the whole
 //! mapping is unit-tested.
 //!
+//! User: the launch's [`LaunchSpec::run_as`] as `uid:gid` when the runner
+//! set one (as root it always does: the user's own uid, see
+//! [`crate::identity`]); otherwise [`PlanSettings::user`] (`[docker] user`,
+//! else the runner's own uid:gid).
+//!
+//! Limits: `[resources]`, and where a key is missing the defaults of
+//! [`crate::limits`], so every container has a pids and a memory limit.
+//!
 //! Fixed hardening (not configurable): every capability dropped,
 //! `no-new-privileges`, read-only root filesystem, `--init` (so signals are
 //! forwarded and zombies reaped), restart policy `no` (restarts are the
@@ -91,7 +99,8 @@ pub struct PlanSettings {
     pub tier: DockerTier,
     /// Runner instance id (label).
     pub instance_id: String,
-    /// `uid[:gid]` the guest runs as.
+    /// `uid[:gid]` the guest runs as when the launch names no
+    /// [`LaunchSpec::run_as`].
     pub user: String,
     /// Network mode.
     pub network: String,
@@ -185,7 +194,10 @@ impl ContainerPlan {
             env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
             labels,
             mounts,
-            user: settings.user.clone(),
+            user: spec
+                .run_as
+                .map(|g| g.docker_user())
+                .unwrap_or_else(|| settings.user.clone()),
             network: settings.network.clone(),
             resources: spec.resources.clone(),
         }
@@ -213,9 +225,8 @@ impl ContainerPlan {
             })
             .collect();
         let r = &self.resources;
-        let memory = r
-            .max_memory_mib
-            .map(|mib| i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
+        let mib = crate::limits::max_memory_mib(r);
+        let memory = Some(i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
         let host_config = HostConfig {
             mounts: Some(mounts),
             network_mode: Some(self.network.clone()),
@@ -241,7 +252,7 @@ impl ContainerPlan {
             memory,
             // Swap equal to memory: no swap on top, so the limit is the limit.
             memory_swap: memory,
-            pids_limit: r.max_processes.map(i64::from),
+            pids_limit: Some(i64::from(crate::limits::max_processes(r))),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -472,13 +483,36 @@ mod tests {
     }
 
     #[test]
-    fn unset_limits_stay_unset() {
+    fn unset_limits_get_the_defaults_except_cpus() {
         let mut s = spec(GuestRole::Runtime);
         s.resources = ResourceLimits::default();
         let hc = ContainerPlan::new(&settings(), &s, "img", Path::new("/b"))
             .create_body()
             .host_config
             .unwrap();
-        assert_eq!((hc.nano_cpus, hc.memory, hc.pids_limit), (None, None, None));
+        let mib = i64::try_from(crate::limits::DEFAULT_MAX_MEMORY_MIB).unwrap();
+        assert_eq!(hc.nano_cpus, None);
+        assert_eq!(hc.memory, Some(mib * 1024 * 1024));
+        assert_eq!(hc.memory_swap, hc.memory);
+        assert_eq!(
+            hc.pids_limit,
+            Some(i64::from(crate::limits::DEFAULT_MAX_PROCESSES))
+        );
+    }
+
+    #[test]
+    fn the_launch_identity_wins_over_the_configured_user() {
+        let mut s = spec(GuestRole::Sidecar);
+        let plan = ContainerPlan::new(&settings(), &s, "img", Path::new("/b"));
+        assert_eq!(plan.user, "1000:1000");
+        s.run_as = Some(crate::identity::GuestUser {
+            uid: 1_900_000_003,
+            gid: 1_900_000_004,
+        });
+        let plan = ContainerPlan::new(&settings(), &s, "img", Path::new("/b"));
+        assert_eq!(
+            plan.create_body().user.as_deref(),
+            Some("1900000003:1900000004")
+        );
     }
 }

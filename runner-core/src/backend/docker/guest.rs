@@ -13,6 +13,13 @@
 //! altogether — it watches for them only once the container runs — and is
 //! then reported as a plain 137.)
 //!
+//! Engine outages: an exit the runner did not cause is checked against the
+//! engine. When the wait stream broke on the way (the engine went away), or
+//! the engine stops answering within [`ENGINE_SETTLE`] of the exit (a
+//! stopping engine stops its containers first, so they exit 0 just before
+//! it goes), the exit is published with [`GuestExit::engine_lost`] set: the
+//! guest did not fail, its engine did.
+//!
 //! Stop: `docker stop` with the grace period rounded up to whole seconds
 //! (the engine's unit), then, if the engine did not manage, `docker kill`;
 //! then the exit is awaited and the container removed. Every step has its
@@ -45,7 +52,7 @@ const KILL_BOUND: Duration = Duration::from_secs(3);
 /// Bound on seeing the exit once stop or kill has returned.
 const EXIT_BOUND: Duration = Duration::from_secs(5);
 /// Bound on `rm -f`.
-const REMOVE_BOUND: Duration = Duration::from_secs(5);
+pub(crate) const REMOVE_BOUND: Duration = Duration::from_secs(5);
 /// The most `stop` can take beyond the (rounded-up) grace period.
 pub const MAX_STOP_OVERRUN: Duration = Duration::from_secs(
     STOP_SLACK.as_secs() + KILL_BOUND.as_secs() + EXIT_BOUND.as_secs() + REMOVE_BOUND.as_secs(),
@@ -58,6 +65,13 @@ const OOM_EVENT_WAIT: Duration = Duration::from_secs(1);
 /// `since` of the `oom` event query: this much before the watch began (the
 /// container was started just before it).
 const OOM_EVENT_LOOKBACK: Duration = Duration::from_secs(10);
+/// After an exit the runner did not cause, how long the engine must keep
+/// answering for the exit to count as the guest's own.
+pub(crate) const ENGINE_SETTLE: Duration = Duration::from_secs(2);
+/// Interval between the pings of [`ENGINE_SETTLE`].
+const ENGINE_SETTLE_PING_EVERY: Duration = Duration::from_millis(250);
+/// Bound on one engine ping.
+pub(crate) const ENGINE_PING_BOUND: Duration = Duration::from_secs(2);
 /// Exit code of a container whose init was SIGKILLed (the OOM killer's signal).
 const SIGKILL_EXIT: i64 = 128 + 9;
 
@@ -275,11 +289,13 @@ async fn watch_exit(
     oom: OomCheck,
 ) {
     let mut delay = Duration::from_millis(100);
+    let mut broke = false;
     loop {
         let code = match wait_once(&docker, &id).await {
             Waited::Exited(code) => Some(code),
             Waited::Gone => None,
             Waited::Broken(e) => {
+                broke = true;
                 tracing::warn!(container = %name, error = ?e, "Lost the container's wait stream");
                 match docker.inspect_container(&id, None).await {
                     Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(false) => {
@@ -294,8 +310,27 @@ async fn watch_exit(
                 }
             }
         };
-        notifier.notify(finish(&docker, &id, &name, code, &oom).await);
+        let mut exit = finish(&docker, &id, &name, code, &oom).await;
+        if !oom.stopping.load(Ordering::SeqCst) && (broke || !engine_stays_up(&docker).await) {
+            tracing::warn!(container = %name, "The engine went away under the container");
+            exit.engine_lost = true;
+        }
+        notifier.notify(exit);
         return;
+    }
+}
+
+/// Whether the engine keeps answering for [`ENGINE_SETTLE`].
+async fn engine_stays_up(docker: &Docker) -> bool {
+    let until = tokio::time::Instant::now() + ENGINE_SETTLE;
+    loop {
+        if !matches!(timeout(ENGINE_PING_BOUND, docker.ping()).await, Ok(Ok(_))) {
+            return false;
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+        tokio::time::sleep(ENGINE_SETTLE_PING_EVERY).await;
     }
 }
 

@@ -28,6 +28,7 @@ pub mod create;
 mod error;
 mod guest;
 mod image;
+mod launch_guard;
 mod logs;
 mod reconcile;
 mod select;
@@ -41,7 +42,8 @@ use self::bootstrap_file::BootstrapFile;
 use self::client::Engine;
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
-use self::guest::DockerGuest;
+use self::guest::{DockerGuest, ENGINE_PING_BOUND};
+use self::launch_guard::LaunchGuard;
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;
 use crate::backend::{
@@ -114,8 +116,11 @@ pub struct DockerBackend {
     runtime_image: String,
     sidecar_image: Option<String>,
     pull: bool,
-    /// Owner given to envelope files when guests run as another user.
+    /// Owner given to envelope files when guests run as another user and
+    /// the launch names no identity.
     file_owner: Option<(u32, u32)>,
+    /// The runner's own uid and gid, when `runner_user` is numeric.
+    runner_ids: Option<(u32, u32)>,
 }
 
 impl DockerBackend {
@@ -134,7 +139,8 @@ impl DockerBackend {
             .user
             .clone()
             .unwrap_or_else(|| config.runner_user.clone());
-        let file_owner = match (parse_ids(&user), parse_ids(&config.runner_user)) {
+        let runner_ids = parse_ids(&config.runner_user);
+        let file_owner = match (parse_ids(&user), runner_ids) {
             (Some(guest), Some(runner)) if guest != runner => Some(guest),
             _ => None,
         };
@@ -155,6 +161,7 @@ impl DockerBackend {
             sidecar_image: config.sidecar_image,
             pull: config.docker.pull,
             file_owner,
+            runner_ids,
         })
     }
 
@@ -183,6 +190,16 @@ impl DockerBackend {
     ) -> Result<ContainerPlan, LaunchError> {
         let image = self.image_for(spec.role)?;
         Ok(ContainerPlan::new(&self.plan, spec, image, bootstrap_file))
+    }
+
+    /// Who owns a launch's envelope file: the guest's user, when it is not
+    /// the runner (the file is 0400 and the guest must read it).
+    fn envelope_owner(&self, spec: &LaunchSpec) -> Option<(u32, u32)> {
+        match spec.run_as {
+            Some(g) if Some((g.uid, g.gid)) != self.runner_ids => Some((g.uid, g.gid)),
+            Some(_) => None,
+            None => self.file_owner,
+        }
     }
 
     fn image_for(&self, role: GuestRole) -> Result<&str, LaunchError> {
@@ -316,10 +333,18 @@ impl DockerBackend {
             .workspace
             .run
             .join(format!("{}.bootstrap.json", spec.role.label()));
-        let file = BootstrapFile::write(path.clone(), &json, self.file_owner)
+        let file = BootstrapFile::write(path.clone(), &json, self.envelope_owner(&spec))
             .map_err(|source| DockerLaunchError::BootstrapFile { path, source })?;
         let plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
 
+        // Armed before the create request: a launch dropped from here on
+        // (timed out, cancelled) still removes its container.
+        let guard = LaunchGuard::new(
+            docker.clone(),
+            plan.name.clone(),
+            self.plan.instance_id.clone(),
+            spec.user_id.clone(),
+        );
         let started = match self.create(&docker, &plan, &spec).await {
             Ok(id) => match self.attach_and_start(&docker, &plan, &id).await {
                 Ok(outputs) => Ok((id, outputs)),
@@ -335,6 +360,8 @@ impl DockerBackend {
         let (id, outputs) = match started {
             Ok(s) => s,
             Err(e) => {
+                // A failed create or start cleaned up after itself.
+                guard.disarm();
                 if let Err(rm) = file.remove() {
                     tracing::warn!(path = %file.path().display(), error = %rm, "Cannot remove bootstrap file");
                 }
@@ -343,6 +370,8 @@ impl DockerBackend {
         };
         tracing::debug!(container = %plan.name, id, "Container started");
         let (control, exit) = DockerGuest::watch(docker, plan.name.clone(), id.clone(), file);
+        // The watcher's own drop guard covers the container from here on.
+        guard.disarm();
         Ok(LaunchedGuest {
             identity: GuestIdentity::Container {
                 name: plan.name,
@@ -395,6 +424,12 @@ impl SandboxBackend for DockerBackend {
 
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError> {
         self.launch_docker(spec).await
+    }
+
+    async fn engine_ready(&self) -> bool {
+        tokio::time::timeout(ENGINE_PING_BOUND, self.engine.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

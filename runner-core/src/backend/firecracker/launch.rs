@@ -57,8 +57,9 @@ pub struct LaunchPaths {
     pub api_socket: PathBuf,
     /// Host side of the vsock device (`<label>-vsock.sock`).
     pub vsock_socket: PathBuf,
-    /// Firecracker's own log (`<label>-firecracker.log`, mode 0600). Kept
-    /// after the VM exits for diagnosis; truncated by the next launch.
+    /// Firecracker's own log (`<label>-firecracker.log`, mode 0600). Moved
+    /// to `logs/<label>-firecracker.log` after the VM exits, for diagnosis
+    /// (replaced by the next launch's).
     pub vmm_log: PathBuf,
     /// The chroot a jailed Firecracker sees as `/`; `None` when unjailed.
     pub jail_root: Option<PathBuf>,
@@ -358,19 +359,19 @@ impl GuestControl for FirecrackerControl {
     async fn cleanup(&self) -> Result<(), StopError> {
         let removed = self.paths.remove();
         disks::remove_files(&self.resources.private_files);
+        if let Some(keep) = &self.resources.keep_log_at {
+            keep_log(&self.paths.vmm_log, keep);
+        }
         if let Some(jail) = &self.resources.jail {
-            if let Some(keep) = &self.resources.keep_log_at {
-                keep_log(&self.paths.vmm_log, keep);
-            }
             reaper::remove_jail(jail);
         }
         removed
     }
 }
 
-/// Moves a jailed VM's log out of its chroot before the jail is removed,
-/// if it is still a plain file: the chroot belongs to the guest's uid, which
-/// could have replaced it with a link.
+/// Moves the VM's log to `logs/` (out of `run/`, or out of its chroot before
+/// the jail is removed), if it is still a plain file: a chroot belongs to
+/// the guest's uid, which could have replaced it with a link.
 fn keep_log(log: &Path, keep: &Path) {
     let plain = std::fs::symlink_metadata(log)
         .is_ok_and(|m| m.file_type().is_file() && std::os::unix::fs::MetadataExt::nlink(&m) == 1);

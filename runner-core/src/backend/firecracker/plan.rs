@@ -161,9 +161,13 @@ impl Plan {
             } else {
                 private_files.to_vec()
             },
-            keep_log_at: jail
-                .as_ref()
-                .map(|_| LaunchPaths::new(run, spec.role).vmm_log),
+            // Kept beside the guest's own logs once the VM is gone, so a
+            // stopped session leaves nothing in run/.
+            keep_log_at: Some(
+                spec.workspace
+                    .logs
+                    .join(format!("{}-firecracker.log", spec.role.label())),
+            ),
             jail,
             record: Some(reaper::record_path(run, spec.role)),
             bridge: None,

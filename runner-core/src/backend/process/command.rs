@@ -5,10 +5,14 @@
 //! Process attributes, and why:
 //! - **Own process group** (`setpgid(0, 0)`): stop signals the whole group, so
 //!   whatever the guest forks is stopped with it.
+//! - **Guest identity** (`run_as`): when the runner is root, the child drops
+//!   its supplementary groups, then sets the guest's gid and uid, before
+//!   anything else below runs.
 //! - **Parent-death signal** (`PR_SET_PDEATHSIG` = SIGKILL): a guest never
-//!   outlives a runner that died without stopping it. After setting it the
-//!   child re-checks its parent pid: if the runner died between `fork` and
-//!   `prctl`, the child is already orphaned and refuses to exec.
+//!   outlives a runner that died without stopping it. It is set after the
+//!   identity drop (which would clear it), and then the child re-checks its
+//!   parent pid: if the runner died between `fork` and `prctl`, the child is
+//!   already orphaned and refuses to exec.
 //!
 //!   Caveat: Linux fires the signal when the *thread* that forked exits, not
 //!   the process. The launch runs on a Tokio worker thread, which lives as
@@ -24,9 +28,16 @@
 //!   its own workspace and never in the runner's directory.
 //! - **stdin, stdout, stderr piped**: stdin carries the bootstrap frame and is
 //!   then closed; stdout and stderr are the guest's logs.
+//! - **A clean start** (`clean_start.rs`): umask 077, the runner's original
+//!   rlimits plus the guest's own (`RLIMIT_NPROC`, `RLIMIT_CORE = 0`),
+//!   `no_new_privs`, and no descriptor but 0, 1 and 2.
 
 use crate::UserId;
+use crate::backend::clean_start::{self, StartRlimits};
 use crate::config::GuestCommand;
+use crate::identity::GuestUser;
+use nix::sys::resource::Resource;
+use runner_types::ResourceLimits;
 use runner_types::reader::STDIN_FLAG;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -56,23 +67,62 @@ pub(super) fn guest_env(
     env
 }
 
+/// The rlimits a guest starts with: the runner's start values, then
+/// `RLIMIT_CORE = 0`, then `RLIMIT_NPROC` = `max_processes`, or the
+/// documented default when the guest has a uid of its own. A guest running
+/// as the runner's own (unprivileged) uid gets the default only when
+/// `max_processes` is set, since the limit counts every process of that uid,
+/// the runner's included.
+pub(super) fn guest_rlimits(
+    start: &StartRlimits,
+    resources: &ResourceLimits,
+    run_as: Option<GuestUser>,
+) -> StartRlimits {
+    let limits = start.clone().with(Resource::RLIMIT_CORE, 0, 0);
+    let nproc = match (resources.max_processes, run_as) {
+        (Some(n), _) => Some(u64::from(n)),
+        (None, Some(_)) => Some(u64::from(crate::limits::DEFAULT_MAX_PROCESSES)),
+        (None, None) => None,
+    };
+    match nproc {
+        Some(n) => limits.with(Resource::RLIMIT_NPROC, n, n),
+        None => limits,
+    }
+}
+
+/// What the child is started as and with, besides its command line.
+pub(super) struct ChildSetup<'a> {
+    /// The user's workspace directory.
+    pub(super) work_dir: &'a Path,
+    /// Host uid/gid; `None`: the runner's own.
+    pub(super) run_as: Option<GuestUser>,
+    /// Its rlimits ([`guest_rlimits`]).
+    pub(super) rlimits: StartRlimits,
+}
+
 /// A ready-to-spawn command with every attribute from the module docs.
 pub(super) fn build_command(
-    program: &Path,
+    program: &super::program_fd::ProgramHandle,
     args: &[OsString],
     env: &BTreeMap<String, String>,
-    work_dir: &Path,
+    setup: ChildSetup<'_>,
 ) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    let mut cmd = Command::new(program.exec_path());
+    cmd.arg0(program.path())
+        .args(args)
         .env_clear()
         .envs(env)
-        .current_dir(work_dir)
+        .current_dir(setup.work_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    crate::backend::parent_death::arm(&mut cmd);
+    if let Some(guest) = setup.run_as {
+        // std clears the supplementary groups when a uid is set, then sets
+        // the gid, then the uid, before any pre_exec step runs.
+        cmd.gid(guest.gid).uid(guest.uid);
+    }
+    clean_start::arm(&mut cmd, setup.rlimits);
     cmd
 }
 
@@ -105,6 +155,34 @@ mod tests {
         .map(OsString::from)
         .collect();
         assert_eq!(args, want);
+    }
+
+    #[test]
+    fn guests_get_no_core_dumps_and_a_process_limit_for_their_own_uid() {
+        let start = StartRlimits::capture();
+        let none = ResourceLimits::default();
+        let guest = Some(GuestUser { uid: 7, gid: 7 });
+        let default = u64::from(crate::limits::DEFAULT_MAX_PROCESSES);
+        let got = guest_rlimits(&start, &none, guest);
+        assert_eq!(got.get(Resource::RLIMIT_CORE), Some((0, 0)));
+        assert_eq!(got.get(Resource::RLIMIT_NPROC), Some((default, default)));
+        assert_eq!(
+            got.get(Resource::RLIMIT_NOFILE),
+            start.get(Resource::RLIMIT_NOFILE)
+        );
+        let own = guest_rlimits(&start, &none, None);
+        assert_eq!(
+            own.get(Resource::RLIMIT_NPROC),
+            start.get(Resource::RLIMIT_NPROC)
+        );
+        let set = ResourceLimits {
+            max_processes: Some(9),
+            ..ResourceLimits::default()
+        };
+        for run_as in [guest, None] {
+            let got = guest_rlimits(&start, &set, run_as);
+            assert_eq!(got.get(Resource::RLIMIT_NPROC), Some((9, 9)));
+        }
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! Starting a guest program its uid could not reach by path.
+//!
+//! A guest runs under its own uid, which may not be able to walk the path
+//! to its program: the built-in demo guests are `runner-bin` itself, often
+//! below a directory like `/root` that only root can enter. The runner
+//! (root) opens the program before the fork and the child executes it as
+//! `/proc/self/fd/<n>`, the way `fexecve(3)` does: the kernel then checks
+//! only the file's own execute permission, never the directories above it.
+//! The descriptor is close-on-exec, so the guest does not inherit it.
+//!
+//! Only ELF executables go this way: for a `#!` script the kernel would hand
+//! the interpreter a `/proc/self/fd/<n>` that is already closed, so scripts
+//! are executed by path (their directories must be reachable by the guest).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// How the child names the program at exec time. Keep it alive until the
+/// spawn has returned.
+#[derive(Debug)]
+pub(super) struct ProgramHandle {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl ProgramHandle {
+    /// The program to run as another uid (`by_fd`) or as the runner's own.
+    pub(super) fn open(program: &Path, by_fd: bool) -> io::Result<Self> {
+        let path = program.to_path_buf();
+        if !by_fd {
+            return Ok(Self { file: None, path });
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY)
+            .open(program)?;
+        let mut magic = [0u8; 4];
+        let elf = file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"\x7fELF";
+        Ok(Self {
+            file: elf.then_some(file),
+            path,
+        })
+    }
+
+    /// What to pass to `execve`.
+    pub(super) fn exec_path(&self) -> PathBuf {
+        match &self.file {
+            Some(f) => PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The program's real path (for `argv[0]` and messages).
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_goes_by_fd_and_scripts_by_path() {
+        let sh = ProgramHandle::open(Path::new("/bin/sh"), true).unwrap();
+        assert!(sh.exec_path().starts_with("/proc/self/fd/"));
+        assert_eq!(sh.path(), Path::new("/bin/sh"));
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            ProgramHandle::open(&script, true).unwrap().exec_path(),
+            script
+        );
+        assert_eq!(
+            ProgramHandle::open(Path::new("/bin/sh"), false)
+                .unwrap()
+                .exec_path(),
+            Path::new("/bin/sh")
+        );
+        assert!(ProgramHandle::open(&dir.path().join("missing"), true).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! Deciding a session's guest identity (the rules are in the module docs of
+//! [`crate::identity`]).
+
+use super::store::LockedStore;
+use super::{GuestIdRange, GuestIdentityChoice, GuestUser};
+use crate::UserId;
+use crate::config::RunnerConfig;
+use nix::unistd::{Gid, Group, Uid, User};
+use runner_types::SandboxTier;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// What a session's guests run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityDecision {
+    /// The uid/gid for every guest of the session; `None`: the runner's own.
+    pub run_as: Option<GuestUser>,
+    /// The runner is root and the user's guests run as root (`allow_root`):
+    /// report [`super::GUEST_RUNS_AS_ROOT`].
+    pub runs_as_root: bool,
+}
+
+/// Why no guest identity could be decided.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// The workspace root failed its checks or could not be created.
+    #[error("Cannot use the workspace root for the guest uid record")]
+    Root(#[from] Box<crate::workspace::WorkspaceError>),
+    /// The record file could not be read or written.
+    #[error("Cannot use the guest uid record {path}")]
+    Store {
+        /// The file (or its temporary sibling).
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record path is a symlink, FIFO, device or directory.
+    #[error("Guest uid record {path} is not a regular file; remove it")]
+    StoreNotRegular {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The record belongs to someone else or others may write it.
+    #[error(
+        "Guest uid record {path} must be owned by the runner and writable by nobody else (owner {owner}, mode {mode:o})"
+    )]
+    StoreNotPrivate {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The record kept being replaced while this runner waited for its lock.
+    #[error("Guest uid record {path} kept changing while waiting for its lock")]
+    StoreContended {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The record is not what the runner writes.
+    #[error("Guest uid record {path} is corrupt")]
+    Corrupt {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Every uid of the range is taken.
+    #[error(
+        "No free guest uid left in [guest_identity] uid_base = {base}, uid_count = {count}; widen the range"
+    )]
+    Exhausted {
+        /// `uid_base`.
+        base: u32,
+        /// `uid_count`.
+        count: u32,
+    },
+    /// A user's configured or recorded uid belongs to another user.
+    #[error("Guest uid {uid} of user {user} is already user {other}'s guest uid")]
+    UidOfAnotherUser {
+        /// The user starting.
+        user: String,
+        /// The uid.
+        uid: u32,
+        /// Who has it.
+        other: String,
+    },
+    /// A recorded uid became a host account or group after it was allocated.
+    #[error(
+        "Guest uid {uid} recorded for user {user} in {path} is now also the host account or group {account:?}; give the user an explicit [guest_identity] uid or remove its record"
+    )]
+    RecordedUidTaken {
+        /// The user.
+        user: String,
+        /// The uid.
+        uid: u32,
+        /// The account or group name.
+        account: String,
+        /// The record file.
+        path: PathBuf,
+    },
+    /// The account databases could not be read.
+    #[error("Cannot look up uid/gid {id} in the host's account databases")]
+    Accounts {
+        /// The id.
+        id: u32,
+        /// Cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// `[docker] user` names an account that does not exist or is not
+    /// `uid[:gid]`.
+    #[error("[docker] user = {value:?} is neither `uid[:gid]` nor a host account")]
+    DockerUserUnknown {
+        /// The value.
+        value: String,
+    },
+    /// `[docker] user` is root while the runner is root.
+    #[error(
+        "[docker] user = {value:?} runs containers as root; remove it (guests get their own uids) or set allow_root in the per-user file"
+    )]
+    DockerUserRoot {
+        /// The value.
+        value: String,
+    },
+}
+
+/// Decides what `user`'s guests run as, allocating and recording a uid
+/// when needed. `runner_uid` is the runner's effective uid (the caller
+/// passes `geteuid()`): only a root runner switches uids.
+pub fn resolve_guest_user(
+    config: &RunnerConfig,
+    user: &UserId,
+    tier: SandboxTier,
+    runner_uid: u32,
+) -> Result<IdentityDecision, IdentityError> {
+    let decided = |g| IdentityDecision {
+        run_as: Some(g),
+        runs_as_root: false,
+    };
+    if runner_uid != 0 {
+        return Ok(IdentityDecision {
+            run_as: None,
+            runs_as_root: false,
+        });
+    }
+    match config.user(user).guest_identity {
+        GuestIdentityChoice::Root => Ok(IdentityDecision {
+            run_as: None,
+            runs_as_root: true,
+        }),
+        GuestIdentityChoice::Explicit(g) => {
+            let store = LockedStore::open(&config.workspace_root)?;
+            if let Some(other) = holder(&store.records.uids, g.uid, user) {
+                return Err(IdentityError::UidOfAnotherUser {
+                    user: user.to_string(),
+                    uid: g.uid,
+                    other,
+                });
+            }
+            Ok(decided(g))
+        }
+        GuestIdentityChoice::Allocated => {
+            if tier == SandboxTier::Container
+                && let Some(value) = &config.docker.user
+            {
+                return docker_user(value).map(decided);
+            }
+            allocate(config, user).map(decided)
+        }
+    }
+}
+
+/// The user's recorded uid, or a new one recorded now.
+fn allocate(config: &RunnerConfig, user: &UserId) -> Result<GuestUser, IdentityError> {
+    let explicit = explicit_uids(config);
+    let mut store = LockedStore::open(&config.workspace_root)?;
+    let path = config.workspace_root.join(super::STORE_FILE_NAME);
+    if let Some(&uid) = store.records.uids.get(user.as_str()) {
+        if let Some(other) = explicit.get(&uid).filter(|o| *o != user.as_str()) {
+            return Err(IdentityError::UidOfAnotherUser {
+                user: user.to_string(),
+                uid,
+                other: other.clone(),
+            });
+        }
+        if let Some(account) = account_named(uid)? {
+            return Err(IdentityError::RecordedUidTaken {
+                user: user.to_string(),
+                uid,
+                account,
+                path,
+            });
+        }
+        return Ok(GuestUser { uid, gid: uid });
+    }
+    let uid = free_uid(config.guest_identity, &store.records.uids, &explicit)?;
+    store.records.version = 1;
+    store.records.uids.insert(user.to_string(), uid);
+    store.save()?;
+    tracing::info!(user = %user, uid, "allocated a guest uid");
+    Ok(GuestUser { uid, gid: uid })
+}
+
+/// The lowest uid of `range` that nobody has: no record, no explicit
+/// per-user uid, no host account or group.
+fn free_uid(
+    range: GuestIdRange,
+    records: &BTreeMap<String, u32>,
+    explicit: &BTreeMap<u32, String>,
+) -> Result<u32, IdentityError> {
+    for uid in range.uids() {
+        if records.values().any(|&u| u == uid) || explicit.contains_key(&uid) {
+            continue;
+        }
+        if account_named(uid)?.is_none() {
+            return Ok(uid);
+        }
+    }
+    Err(IdentityError::Exhausted {
+        base: range.base,
+        count: range.count,
+    })
+}
+
+/// Explicit per-user uids of the config: uid → user id.
+fn explicit_uids(config: &RunnerConfig) -> BTreeMap<u32, String> {
+    config
+        .users
+        .iter()
+        .filter_map(|(id, u)| match u.guest_identity {
+            GuestIdentityChoice::Explicit(g) => Some((g.uid, id.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Another user recorded with `uid`, if any.
+fn holder(records: &BTreeMap<String, u32>, uid: u32, user: &UserId) -> Option<String> {
+    records
+        .iter()
+        .find(|(id, u)| **u == uid && id.as_str() != user.as_str())
+        .map(|(id, _)| id.clone())
+}
+
+/// The host account with uid `id`, else the group with gid `id`.
+fn account_named(id: u32) -> Result<Option<String>, IdentityError> {
+    let err = |source| IdentityError::Accounts { id, source };
+    if let Some(u) = User::from_uid(Uid::from_raw(id)).map_err(err)? {
+        return Ok(Some(u.name));
+    }
+    Ok(Group::from_gid(Gid::from_raw(id))
+        .map_err(err)?
+        .map(|g| g.name))
+}
+
+/// `[docker] user`: `uid[:gid]` (gid defaults to the uid) or an account
+/// name (its primary group). Root is refused.
+fn docker_user(value: &str) -> Result<GuestUser, IdentityError> {
+    let unknown = || IdentityError::DockerUserUnknown {
+        value: value.to_owned(),
+    };
+    let (uid, gid) = value.split_once(':').unwrap_or((value, value));
+    let user = match (uid.parse::<u32>(), gid.parse::<u32>()) {
+        (Ok(uid), Ok(gid)) => GuestUser { uid, gid },
+        _ if !value.contains(':') => {
+            let account = User::from_name(value).ok().flatten().ok_or_else(unknown)?;
+            GuestUser {
+                uid: account.uid.as_raw(),
+                gid: account.gid.as_raw(),
+            }
+        }
+        _ => return Err(unknown()),
+    };
+    if user.uid == 0 || user.gid == 0 {
+        return Err(IdentityError::DockerUserRoot {
+            value: value.to_owned(),
+        });
+    }
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! `runner-bin --daemon` as root, started the way a careless parent would
+//! start it (an inherited descriptor, umask 000, a low open-file limit that
+//! the daemon then raises): both process-tier guests still start clean,
+//! under their user's own uid.
+
+use runner_tests::runner_binary;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The daemon's soft open-file limit at its start.
+const START_NOFILE: u64 = 256;
+
+fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < WAIT, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn client(dir: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(runner_binary())
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("runner.toml"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(&mut child);
+    child.wait_with_output().unwrap()
+}
+
+/// `key:` of `/proc/<pid>/status`.
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} for {pid}"))
+        .trim()
+        .to_owned()
+}
+
+fn fds(pid: u32) -> Vec<u32> {
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Soft and hard value of a `/proc/<pid>/limits` row.
+fn limit(pid: u32, row: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with(row)).unwrap();
+    let mut v = line[row.len()..].split_whitespace().map(str::to_owned);
+    (v.next().unwrap(), v.next().unwrap())
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs this as root");
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Guests that open nothing themselves, so every descriptor they hold
+    // came from their start.
+    let config = tmp.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        "[process]\n\
+         runtime = { program = \"/bin/sh\", args = [\"-c\", \"exec sleep 1000\"] }\n\
+         sidecar = { program = \"/bin/sh\", args = [\"-c\", \"exec sleep 1000\"] }\n",
+    )
+    .unwrap();
+    // Inherited by the daemon: no close-on-exec.
+    let leaked = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked) as u32;
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let mut child = KillOnDrop(
+        Command::new("/bin/sh")
+            .args(["-c", "umask 000; exec \"$@\"", "sh", "prlimit"])
+            .arg(format!("--nofile={START_NOFILE}:{hard}"))
+            .arg(runner_binary())
+            .args(["--daemon", "--user", "erin", "--config"])
+            .arg(&config)
+            .current_dir(tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    drop(leaked);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = rx.recv_timeout(WAIT).expect("daemon serves");
+    assert!(line.starts_with("control_socket="), "{line}");
+    let daemon = child.0.id();
+    // The daemon really has the extra descriptor, and raised its limit.
+    assert!(fds(daemon).contains(&leaked_fd), "{:?}", fds(daemon));
+    assert_ne!(limit(daemon, "Max open files").0, START_NOFILE.to_string());
+
+    let out = client(tmp.path(), &["status", "--user", "erin", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let health: runner_types::HealthStatus = serde_json::from_slice(&out.stdout).unwrap();
+    let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 2, "runtime and sidecar");
+    let mut uids = Vec::new();
+    for pid in pids {
+        let uid = status_field(pid, "Uid");
+        assert!(
+            !uid.split_whitespace().any(|u| u == "0"),
+            "{pid} runs as {uid}"
+        );
+        uids.push(uid);
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        assert_eq!(status_field(pid, "Umask"), "0077");
+        assert_eq!(status_field(pid, "Groups"), "");
+        assert_eq!(fds(pid), [0, 1, 2], "guest {pid}");
+        assert_eq!(limit(pid, "Max open files").0, START_NOFILE.to_string());
+        assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
+        let nproc = "512".to_owned();
+        assert_eq!(limit(pid, "Max processes"), (nproc.clone(), nproc));
+    }
+    // Both guests of one user share that user's uid.
+    assert_eq!(uids[0], uids[1]);
+
+    assert!(
+        client(tmp.path(), &["stop", "--user", "erin"])
+            .status
+            .success()
+    );
+    assert!(wait_bounded(&mut child.0).success());
+}
