@@ -29,7 +29,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Self {
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
             .arg("tmpfs")
             .arg(path)
             .status()
