@@ -63,6 +63,7 @@ impl FrozenMount {
         let _ = Command::new("fsfreeze")
             .arg("--unfreeze")
             .arg(&self.path)
+            .stderr(Stdio::null())
             .status();
     }
 }
