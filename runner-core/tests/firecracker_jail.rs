@@ -202,8 +202,9 @@ async fn each_users_vm_gets_a_private_drive_and_runs_as_its_guest_uid() {
             "{} left behind",
             vm.instance_dir.display()
         );
-        // Firecracker's own log is kept for diagnosis, outside the jail.
-        let log = fx.workspace.run.join("oxydra-vm-firecracker.log");
+        // Firecracker's own log is kept for diagnosis, in logs/ (run/ is
+        // left empty).
+        let log = fx.workspace.logs.join("oxydra-vm-firecracker.log");
         assert!(log.is_file(), "{} not kept", log.display());
     }
     assert_eq!(
