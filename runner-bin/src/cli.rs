@@ -1,4 +1,4 @@
-//! Command-line interface (DESIGN §9 pins these names).
+//! Command-line interface (these names are pinned: scripts and docs rely on them).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

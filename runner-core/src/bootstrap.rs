@@ -1,4 +1,4 @@
-//! Building each guest's bootstrap envelope (DESIGN §6) from the session's
+//! Building each guest's bootstrap envelope from the session's
 //! facts: user, tier, workspace, role, the user's config, the sidecar's
 //! endpoint and what the runner could not set up.
 //!
@@ -9,7 +9,7 @@
 //! - `runtime_policy.mounts` are the user's `shared/`, `tmp/`, `vault/` as
 //!   the guest sees them ([`GuestPaths`]); `resources` are the user's limits;
 //!   `credential_refs` go to the runtime guest only (the vault and
-//!   credentials are runtime-only, DESIGN §4).
+//!   credentials are runtime-only).
 //! - `sidecar_endpoint` goes to the runtime guest only.
 //! - `startup_status` is [`startup_status`], the same value health reports.
 
@@ -64,7 +64,7 @@ pub enum GuestPaths {
 }
 
 impl GuestPaths {
-    /// The mapping a guest of `role` at `tier` gets (DESIGN §4).
+    /// The mapping a guest of `role` at `tier` gets.
     pub fn for_guest(tier: SandboxTier, role: GuestRole) -> Self {
         match (tier, role) {
             (SandboxTier::Container, GuestRole::Sidecar) => Self::Sidecar,

@@ -1,5 +1,5 @@
 //! Loading valid config files: a full file with every field checked, the
-//! defaults when tables are absent (pinned to DESIGN §9), relative path
+//! defaults when tables are absent (the documented defaults), relative path
 //! resolution, a raw-shape round trip, and the shipped example.
 
 use runner_core::UserId;
@@ -246,7 +246,7 @@ fn empty_file_gives_design_defaults() {
     expected.source = Some(path.clone());
     assert_eq!(cfg, expected);
 
-    // DESIGN §5 and §9, spelled out.
+    // The documented config shapes, spelled out.
     assert_eq!(cfg.workspace_root, dir.path().join("workspaces"));
     assert_eq!(cfg.default_tier, SandboxTier::Process);
     assert_eq!(cfg.process, None);

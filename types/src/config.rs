@@ -1,4 +1,4 @@
-//! Config files as read from disk (DESIGN §5, §9).
+//! Config files as read from disk.
 //!
 //! These are the raw shapes: every table rejects unknown keys, defaults are
 //! filled in, nothing is validated. `runner_core::config` turns them into the

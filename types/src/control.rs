@@ -1,4 +1,4 @@
-//! Control protocol over `run/runner-control.sock` (DESIGN §7).
+//! Control protocol over `run/runner-control.sock`.
 //!
 //! Frames are [`crate::frame`]'s 4-byte big-endian length + JSON, at most
 //! [`crate::frame::MAX_CONTROL_FRAME`] bytes. Requests and responses are

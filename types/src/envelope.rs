@@ -1,4 +1,4 @@
-//! The bootstrap envelope a guest receives at start (DESIGN §6).
+//! The bootstrap envelope a guest receives at start.
 //!
 //! The JSON shape is oxydra-compatible; `tests/contract.rs` pins it.
 

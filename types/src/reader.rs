@@ -1,5 +1,5 @@
 //! Guest-side envelope reader: one call that finds the bootstrap envelope on
-//! whichever transport the runner used (DESIGN §6).
+//! whichever transport the runner used.
 //!
 //! Order: `--bootstrap-stdin` (length-prefixed frame on stdin), then
 //! `--bootstrap-file <path>` or `$OXYDRA_BOOTSTRAP_FILE` (JSON file), then the

@@ -1,4 +1,4 @@
-//! The guest-side envelope reader over all three transports (DESIGN §6):
+//! The guest-side envelope reader over all three transports:
 //! round trips, and every way a transport can carry something unusable.
 
 use base64::Engine as _;

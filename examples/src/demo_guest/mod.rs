@@ -1,5 +1,5 @@
-//! The demo guest: a small program that honours the guest contract (DESIGN
-//! §6) so the runner can be exercised end to end without oxydra's images.
+//! The demo guest: a small program that honours the guest contract (see
+//! `docs/guest-contract.md`) so the runner can be exercised end to end without oxydra's images.
 //!
 //! It reads its bootstrap envelope with `runner_types::reader` (whichever
 //! transport the runner used), then prints one line per event on stdout:

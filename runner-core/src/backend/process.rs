@@ -1,4 +1,4 @@
-//! Process tier (DESIGN §4, §6, §9): each guest is a plain host process.
+//! Process tier: each guest is a plain host process.
 //!
 //! A launch checks everything it can before spawning (the role has a
 //! command, the envelope frames, the program resolves to an executable file,

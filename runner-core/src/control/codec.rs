@@ -1,4 +1,4 @@
-//! Typed framing for the control socket (DESIGN §7): a 4-byte big-endian
+//! Typed framing for the control socket: a 4-byte big-endian
 //! length prefix, then that many bytes of JSON, at most
 //! [`MAX_CONTROL_FRAME`] bytes.
 //!

@@ -1,4 +1,4 @@
-//! Control-socket codec and client (DESIGN §7).
+//! Control-socket codec and client.
 //!
 //! - [`codec`]: length-prefixed JSON framing, typed per direction
 //!   ([`ServerCodec`], [`ClientCodec`]), with frame-level and message-level

@@ -1,4 +1,4 @@
-//! Byte-exact log capture with rotation, and the log reader (DESIGN §8).
+//! Byte-exact log capture with rotation, and the log reader.
 //!
 //! Each captured guest stream has one [`LogSink`]: the file
 //! `<logs dir>/<role label>.<stream>.log` (for example

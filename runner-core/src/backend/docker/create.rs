@@ -137,7 +137,7 @@ impl ContainerPlan {
     /// The plan for `spec`, running `image`, with the envelope at
     /// `bootstrap_file` on the host.
     ///
-    /// Mounts (DESIGN §4): the runtime sees `shared/`, `tmp/`, `ipc/` (rw)
+    /// Mounts: the runtime sees `shared/`, `tmp/`, `ipc/` (rw)
     /// and `vault/` (ro) at their host paths; the sidecar sees `shared/`,
     /// `tmp/`, `ipc/` at `/shared`, `/tmp`, `/ipc` and never the vault. Each
     /// guest gets only its own envelope, as the single read-only file
