@@ -16,6 +16,9 @@ use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::time::Duration;
 
+/// How much longer than a drain's own bound its caller waits for the answer.
+const DRAIN_ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
 /// Messages of [`LogPumpActor`].
 pub enum LogPumpMsg {
     /// Start copying a new launch's stream into the sink.
@@ -181,7 +184,7 @@ impl LogPumpHandle {
     /// Drains to EOF within `timeout` (plus [`STOP_GRACE`] for the writer
     /// to finish what was read).
     pub async fn drain(&self, timeout: Duration) -> Drained {
-        let bound = timeout + STOP_GRACE + Duration::from_secs(1);
+        let bound = timeout + STOP_GRACE + DRAIN_ANSWER_MARGIN;
         crate::guest::call(
             &self.actor,
             |reply| LogPumpMsg::Drain { timeout, reply },

@@ -246,7 +246,9 @@ impl Runner {
             if !handle.wait_stopped(shutdown_bound + LAUNCH_TIMEOUT).await {
                 tracing::warn!(user = %handle.user(), "session still stopping after a failed start");
             }
-            handle.wait_terminated(Duration::from_secs(5)).await;
+            handle
+                .wait_terminated(crate::session::SUPERVISOR_EXIT_BOUND)
+                .await;
             return Err(e);
         }
         guard.disarm();

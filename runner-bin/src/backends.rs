@@ -42,7 +42,8 @@ pub fn for_tier(
                     let fc = FirecrackerBackend::new(FirecrackerBackendConfig::from_runner_config(
                         config,
                         path.as_deref(),
-                    ));
+                    ))
+                    .with_start_rlimits(start_rlimits);
                     fc.check().context("The micro_vm tier is not usable")?;
                     backends.with(Arc::new(fc))
                 }

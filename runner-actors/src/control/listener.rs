@@ -26,6 +26,11 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Pause after a failed `accept` (out of descriptors, say) before the next.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Bound on telling a client over the connection limit that it is refused.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Messages of [`ControlListenerActor`] (it only needs to be stopped).
 pub enum ControlListenerMsg {}
 
@@ -97,7 +102,7 @@ async fn accept_loop(listener: UnixListener, ctx: Arc<ControlContext>, limits: C
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "control accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             }
         };
@@ -137,7 +142,7 @@ async fn refuse_busy(stream: tokio::net::UnixStream, limits: ControlLimits) {
     );
     let resp = super::connection::error(runner_types::ControlErrorCode::Internal, msg);
     let quick = ControlLimits {
-        write_timeout: Duration::from_millis(200),
+        write_timeout: BUSY_WRITE_TIMEOUT,
         ..limits
     };
     super::connection::send(&mut conn, resp, quick).await;

@@ -46,12 +46,19 @@ pub struct ControlLimits {
     pub write_timeout: Duration,
 }
 
+/// Default [`ControlLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default [`ControlLimits::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ControlLimits::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for ControlLimits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
-            read_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(5),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }

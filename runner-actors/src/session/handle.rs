@@ -19,6 +19,12 @@ use tokio_util::sync::CancellationToken;
 /// seconds), the control listener's stop and the children's `post_stop`.
 pub const FORCED_STOP_BOUND: Duration = Duration::from_secs(10);
 
+/// How much longer than its deadline a caller waits for the shutdown's
+/// answer (the reply's own trip through the mailbox).
+const REPLY_MARGIN: Duration = Duration::from_secs(1);
+/// Bound on the supervisor task ending once the session is stopped.
+pub(crate) const SUPERVISOR_EXIT_BOUND: Duration = Duration::from_secs(5);
+
 /// A running session. Cheap to clone; every method is bounded.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -102,7 +108,7 @@ impl SessionHandle {
     /// Ordered shutdown, bounded by `deadline` (the configured grace and drain
     /// timings still apply within it). Returns what was stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, HandleError> {
-        let wait = deadline + Duration::from_secs(1);
+        let wait = deadline + REPLY_MARGIN;
         let asked = call(
             &self.actor,
             |reply| SessionMsg::Shutdown {
@@ -124,7 +130,7 @@ impl SessionHandle {
             }
             Err(e) => return Err(e),
         };
-        self.wait_terminated(Duration::from_secs(5)).await;
+        self.wait_terminated(SUPERVISOR_EXIT_BOUND).await;
         Ok(report)
     }
 

@@ -23,6 +23,7 @@
 mod handle;
 mod start;
 
+pub(crate) use handle::SUPERVISOR_EXIT_BOUND;
 pub use handle::{FORCED_STOP_BOUND, SessionHandle};
 pub(crate) use start::LAUNCH_TIMEOUT;
 pub use start::LOSS_REPORT_INTERVAL;
@@ -38,6 +39,13 @@ use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Bound on stopping the control listener (aborting its tasks, removing
+/// its socket and link) at the start of a shutdown.
+const LISTENER_STOP_BOUND: Duration = Duration::from_secs(2);
+/// Least time the children get to run their `post_stop` at the end of a
+/// shutdown, even when the caller's deadline is spent.
+const CHILDREN_STOP_MIN: Duration = Duration::from_secs(2);
 
 /// Messages of [`SessionSupervisor`].
 pub enum SessionMsg {
@@ -316,7 +324,7 @@ async fn on_shutdown(
 
     // 1. No new control work; the socket file goes away with the listener.
     if let Some(listener) = state.listener.take() {
-        listener.stop(left().min(Duration::from_secs(2))).await;
+        listener.stop(left().min(LISTENER_STOP_BOUND)).await;
     }
     // 2. Runtime, then sidecar. A short deadline shortens the grace, never
     //    the force step: a guest is always killed and reaped, not abandoned.
@@ -360,7 +368,7 @@ async fn on_shutdown(
     }
     // 4. Stop children ourselves so their post_stop runs, and wait for them
     //    (a guest actor's post_stop still stops its guest, bounded).
-    let children_bound = Duration::from_secs(2).max(left()) + overrun;
+    let children_bound = CHILDREN_STOP_MIN.max(left()) + overrun;
     myself
         .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
         .await;

@@ -27,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
 pub(crate) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What a shutdown needs beyond the guests' stops and the log drain: the
+/// control listener's stop and the children's `post_stop`, with room to
+/// spare.
+pub(crate) const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
 /// How much longer than [`LAUNCH_TIMEOUT`] the supervisor waits for a guest
 /// actor's answer before calling the actor unresponsive.
 pub(crate) const LAUNCH_ANSWER_MARGIN: Duration = Duration::from_secs(5);
@@ -71,7 +76,7 @@ impl SessionArgs {
     /// A bound on an ordered shutdown with the configured timings.
     pub fn shutdown_bound(&self) -> Duration {
         let s = self.config.shutdown;
-        2 * (s.grace + self.backend.stop_overrun()) + s.log_drain + Duration::from_secs(5)
+        2 * (s.grace + self.backend.stop_overrun()) + s.log_drain + SHUTDOWN_SLACK
     }
 
     fn has_sidecar(&self) -> bool {

@@ -15,6 +15,7 @@
 //! record removed *before* the exit is published, so whoever reacts to the
 //! exit (health, a relaunch) already sees them gone.
 
+use crate::backend::clean_start::StartRlimits;
 use super::error::FirecrackerLaunchError;
 use super::jail::JailLayout;
 use super::vsock_bridge::VsockBridge;
@@ -201,6 +202,7 @@ pub fn spawn(
     role: GuestRole,
     paths: LaunchPaths,
     mut resources: LaunchResources,
+    rlimits: StartRlimits,
 ) -> Result<LaunchedGuest, FirecrackerLaunchError> {
     let spawn_err = |source| FirecrackerLaunchError::Spawn {
         role,
@@ -215,8 +217,11 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // A VM must not outlive a runner that died (SIGKILL, OOM).
-    crate::backend::parent_death::arm(cmd.as_std_mut());
+    // A clean start, as for process-tier guests: the death signal (a VM
+    // must not outlive a runner that died), umask 077, only fds 0-2, the
+    // runner's start rlimits, no_new_privs (the jailer drops to the guest
+    // uid without exec'ing anything set-uid, so it is not in the way).
+    crate::backend::clean_start::arm(cmd.as_std_mut(), rlimits);
     let mut child = cmd.spawn().map_err(spawn_err)?;
     let pid = child
         .id()

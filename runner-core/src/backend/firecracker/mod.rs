@@ -79,6 +79,7 @@ pub use jail::{Confinement, JailerSettings};
 pub use launch::{FirecrackerControl, LaunchPaths};
 pub use template::{CMDLINE_LIMIT, GeneratedConfig, Template, VsockDevice};
 
+use crate::backend::clean_start::StartRlimits;
 use super::{LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::UserId;
 use crate::config::RunnerConfig;
@@ -173,16 +174,27 @@ pub struct FirecrackerBackend {
     /// up. Clones share it (a launch runs on a clone), so the session sees
     /// what the launch set.
     links: Arc<Mutex<HashMap<PathBuf, watch::Sender<bool>>>>,
+    /// The rlimits VMMs start with (the runner's own at its start).
+    start_rlimits: StartRlimits,
 }
 
 impl FirecrackerBackend {
     /// A backend with these settings; nothing is checked until [`Self::check`]
-    /// (called by `prepare_session`) or a launch.
+    /// (called by `prepare_session`) or a launch. VMMs get back the rlimits
+    /// in force now; an embedding program that raises its own limits passes
+    /// the earlier values with [`Self::with_start_rlimits`].
     pub fn new(config: FirecrackerBackendConfig) -> Self {
         Self {
             config,
             links: Arc::default(),
+            start_rlimits: StartRlimits::capture(),
         }
+    }
+
+    /// VMMs start with `rlimits` (the runner's own at its start).
+    pub fn with_start_rlimits(mut self, rlimits: StartRlimits) -> Self {
+        self.start_rlimits = rlimits;
+        self
     }
 
     /// The settings.
@@ -276,6 +288,7 @@ impl FirecrackerBackend {
             link: bridge_to.as_ref().map(|_| self.link(run)),
             target,
             bridge_to,
+            start_rlimits: self.start_rlimits.clone(),
         };
         plan.prepare(spec, generated)
     }

@@ -4,6 +4,7 @@
 //! VM with a sidecar) and Firecracker, directly or through the jailer
 //! ([`Prepared::start`], on a runtime thread).
 
+use crate::backend::clean_start::StartRlimits;
 use super::disks::{self, Staging};
 use super::error::FirecrackerLaunchError;
 use super::jail::{self, Confinement, JailLayout};
@@ -82,6 +83,8 @@ pub struct Plan {
     pub bridge_to: Option<PathBuf>,
     /// The session's "bridge up" watch.
     pub link: Option<watch::Sender<bool>>,
+    /// The rlimits the VMM (or the jailer) starts with.
+    pub start_rlimits: StartRlimits,
 }
 
 /// A launch whose files are all in place, ready to start.
@@ -189,7 +192,9 @@ impl Prepared {
         let paths = self.plan.target.paths.clone();
         let resources = std::mem::take(&mut self.resources);
         // On error, `resources` (and the bridge in it) are dropped by spawn.
-        launch::spawn(&program, args, self.role, paths, resources).map_err(|e| self.undo(e))
+        let rlimits = self.plan.start_rlimits.clone();
+        launch::spawn(&program, args, self.role, paths, resources, rlimits)
+            .map_err(|e| self.undo(e))
     }
 
     fn bridge(&self) -> Result<Option<VsockBridge>, FirecrackerLaunchError> {
