@@ -311,6 +311,9 @@ async fn a_jailed_session_runs_its_vms_under_the_users_uid() {
             uids.iter().all(|&u| u != 0),
             "firecracker {pid} has uid 0: {uids:?}"
         );
+        // The VMM starts clean, as process-tier guests do.
+        assert!(status.lines().any(|l| l == "Umask:\t0077"), "{status}");
+        assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
         assert!(
             uids.iter()
                 .all(|&u| u == std::os::unix::fs::MetadataExt::uid(&owner)),

@@ -15,11 +15,11 @@
 //! record removed *before* the exit is published, so whoever reacts to the
 //! exit (health, a relaunch) already sees them gone.
 
-use crate::backend::clean_start::StartRlimits;
 use super::error::FirecrackerLaunchError;
 use super::jail::JailLayout;
 use super::vsock_bridge::VsockBridge;
 use super::{api, disks, reaper};
+use crate::backend::clean_start::StartRlimits;
 use crate::backend::exit::{ExitNotifier, exit_channel, exit_now};
 use crate::backend::{
     ExitWatch, GuestControl, GuestIdentity, GuestOutput, LaunchedGuest, StopError,

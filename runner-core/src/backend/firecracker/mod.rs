@@ -79,9 +79,9 @@ pub use jail::{Confinement, JailerSettings};
 pub use launch::{FirecrackerControl, LaunchPaths};
 pub use template::{CMDLINE_LIMIT, GeneratedConfig, Template, VsockDevice};
 
-use crate::backend::clean_start::StartRlimits;
 use super::{LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::UserId;
+use crate::backend::clean_start::StartRlimits;
 use crate::config::RunnerConfig;
 use crate::workspace::Workspace;
 use async_trait::async_trait;

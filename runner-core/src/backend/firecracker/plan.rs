@@ -4,13 +4,13 @@
 //! VM with a sidecar) and Firecracker, directly or through the jailer
 //! ([`Prepared::start`], on a runtime thread).
 
-use crate::backend::clean_start::StartRlimits;
 use super::disks::{self, Staging};
 use super::error::FirecrackerLaunchError;
 use super::jail::{self, Confinement, JailLayout};
 use super::launch::{self, LaunchPaths, LaunchResources};
 use super::vsock_bridge::{BridgeConfig, BridgeLimits, VsockBridge};
 use super::{FirecrackerBackendConfig, GeneratedConfig, SIDECAR_VSOCK_PORT, reaper};
+use crate::backend::clean_start::StartRlimits;
 use crate::backend::{LaunchSpec, LaunchedGuest};
 use crate::identity::GuestUser;
 use crate::workspace::check_socket_path;
