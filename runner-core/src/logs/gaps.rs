@@ -47,9 +47,7 @@ pub const NEWLINE_INSERTED: u64 = 1;
 
 /// Path of the gap file that belongs to `log_path`.
 pub fn gaps_path(log_path: &Path) -> PathBuf {
-    let mut name = log_path.as_os_str().to_owned();
-    name.push(GAPS_SUFFIX);
-    PathBuf::from(name)
+    super::index::with_suffix(log_path, GAPS_SUFFIX)
 }
 
 /// One gap record.

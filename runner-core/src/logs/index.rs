@@ -37,8 +37,14 @@ pub const RECORD_LEN: u64 = 16;
 
 /// Path of the index that belongs to `log_path`.
 pub fn index_path(log_path: &Path) -> PathBuf {
+    with_suffix(log_path, INDEX_SUFFIX)
+}
+
+/// `log_path` with `suffix` appended to its file name (the files that
+/// belong to a log: its index, its gap record).
+pub(super) fn with_suffix(log_path: &Path, suffix: &str) -> PathBuf {
     let mut name = log_path.as_os_str().to_owned();
-    name.push(INDEX_SUFFIX);
+    name.push(suffix);
     PathBuf::from(name)
 }
 
