@@ -17,6 +17,7 @@
 //! up after it; if the actor is stopped without `Stop`, `post_stop` does the
 //! same with the configured grace, so no guest outlives its actor.
 
+use crate::call::call;
 use crate::events::SessionEvent;
 use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
@@ -494,21 +495,5 @@ impl GuestHandle {
             timeout,
         )
         .await
-    }
-}
-
-pub(crate) async fn call<M, T>(
-    actor: &ActorRef<M>,
-    msg: impl FnOnce(RpcReplyPort<T>) -> M,
-    timeout: Duration,
-) -> Result<T, crate::HandleError>
-where
-    M: ractor::Message,
-    T: Send + 'static,
-{
-    match actor.call(msg, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(crate::HandleError::Timeout(timeout)),
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(crate::HandleError::Gone),
     }
 }

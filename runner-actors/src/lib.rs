@@ -28,6 +28,7 @@
 //!
 //! Actors orchestrate only: parsing, policy and IO live in `runner-core`.
 
+mod call;
 pub mod control;
 mod error;
 pub mod events;

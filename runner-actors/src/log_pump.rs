@@ -185,7 +185,7 @@ impl LogPumpHandle {
     /// to finish what was read).
     pub async fn drain(&self, timeout: Duration) -> Drained {
         let bound = timeout + STOP_GRACE + DRAIN_ANSWER_MARGIN;
-        crate::guest::call(
+        crate::call::call(
             &self.actor,
             |reply| LogPumpMsg::Drain { timeout, reply },
             bound,

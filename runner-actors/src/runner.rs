@@ -233,7 +233,7 @@ impl Runner {
         // guard shuts down whatever was started: no session without a handle.
         let guard = StartGuard(Some(actor.clone()), shutdown_bound);
         // Each launch is bounded by the guest actor, so this wait is too.
-        let started = crate::guest::call(&actor, SessionMsg::Start, START_ANSWER_TIMEOUT);
+        let started = crate::call::call(&actor, SessionMsg::Start, START_ANSWER_TIMEOUT);
         let started = tokio::select! {
             r = started => r.map_err(|_| SessionError::Gone)?,
             () = cancel.cancelled() => Err(SessionError::Cancelled),

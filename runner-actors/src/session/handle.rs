@@ -2,8 +2,8 @@
 
 use super::{SessionMsg, ShutdownReport};
 use crate::HandleError;
+use crate::call::call;
 use crate::events::SessionEvent;
-use crate::guest::call;
 use ractor::ActorRef;
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
