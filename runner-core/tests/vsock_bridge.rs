@@ -221,3 +221,40 @@ async fn connections_over_the_limit_are_closed_and_others_keep_working() {
         }
     }
 }
+
+/// A sidecar VMM that swaps its vsock socket for a symlink (to another
+/// user's VM socket, say) gets no connection to the link's target: the
+/// bridge connects only to a socket file it did not reach through a link.
+#[tokio::test]
+async fn a_symlink_in_place_of_the_sidecar_socket_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("another-users-vm.sock");
+    let (answers, answers_rx) = mpsc::unbounded_channel();
+    let mut seen = sidecar_double(&elsewhere, answers_rx);
+    let target = dir.path().join("shell-vm-vsock.sock");
+    std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+    let listen = dir.path().join("oxydra-vm-vsock.sock_1024");
+    let (up_tx, _up) = watch::channel(false);
+    let _bridge = VsockBridge::start(
+        BridgeConfig {
+            listen: listen.clone(),
+            target,
+            port: PORT,
+            owner: None,
+            limits: BridgeLimits::default(),
+        },
+        up_tx,
+    )
+    .unwrap();
+    answers.send(Answer::Accept).unwrap();
+    let mut conn = UnixStream::connect(&listen).await.unwrap();
+    // The runtime's connection is closed without a byte, and the socket
+    // behind the link never sees a CONNECT.
+    assert_eof(&mut conn).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "the bridge followed the symlink"
+    );
+}

@@ -21,7 +21,6 @@
 //! successful bind until then.
 
 use crate::identity::GuestUser;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
@@ -144,7 +143,12 @@ impl VsockBridge {
         // Called before the VM starts, so nothing else writes the directory
         // yet (for a jailed VM it is the guest-owned chroot).
         let secure = || -> std::io::Result<()> {
-            std::fs::set_permissions(&config.listen, std::fs::Permissions::from_mode(0o600))?;
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &config.listen,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )?;
             match config.owner {
                 Some(o) => std::os::unix::fs::lchown(&config.listen, Some(o.uid), Some(o.gid)),
                 None => Ok(()),
@@ -228,6 +232,29 @@ async fn bridge_one(mut inner: UnixStream, config: BridgeConfig) {
     }
 }
 
+/// Connects to the socket file `target` without following a symlink there.
+///
+/// `target` lies in the sidecar VM's chroot, which its (untrusted) VMM's
+/// uid can write: a symlink planted there would otherwise send the runner,
+/// which resolves paths in the host's namespace as root, to any socket on
+/// the host (another user's VM, say). The file is opened `O_PATH |
+/// O_NOFOLLOW`, checked to be a socket, and connected through
+/// `/proc/self/fd`, so what is checked is what is connected to.
+async fn connect_no_follow(target: &Path) -> std::io::Result<UnixStream> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open(target, flags, Mode::empty())?;
+    let kind = SFlag::from_bits_truncate(fstat(&fd)?.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFSOCK {
+        return Err(std::io::Error::other(
+            "not a socket (a symlink or another file was put in its place)",
+        ));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).await
+}
+
 /// Connects to `target` and performs Firecracker's host-initiated vsock
 /// handshake for `port`, all within `limits.handshake_timeout`. The reply
 /// is read byte by byte so that no guest data after it is consumed.
@@ -242,7 +269,7 @@ pub async fn handshake(
             source,
         };
         let mut stream =
-            UnixStream::connect(target)
+            connect_no_follow(target)
                 .await
                 .map_err(|source| HandshakeError::Connect {
                     path: target.to_path_buf(),
