@@ -437,3 +437,61 @@ async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The clean-up of a dropped launch never removes the container of the next
+/// launch of the same guest (same name, same instance and user labels).
+#[tokio::test]
+async fn a_dropped_launchs_clean_up_spares_the_next_launch() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let image = h.demo_image(&[]).await;
+    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
+    let (user, ws) = h.user("next");
+    let name = runner_core::backend::docker::create::container_name(
+        DockerTier::Container,
+        &user,
+        GuestRole::Runtime,
+    );
+    let first = backend.launch(spec(
+        &backend,
+        GuestRole::Runtime,
+        &user,
+        &ws,
+        Default::default(),
+    ));
+    let created = async {
+        while h.docker.inspect_container(&name, None).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        () = created => {}
+        done = first => panic!("the first launch finished too early: {:?}", done.map(|g| g.identity)),
+    }
+    // Relaunch at once, while the first launch's clean-up may still run.
+    let second = backend
+        .launch(spec(
+            &backend,
+            GuestRole::Runtime,
+            &user,
+            &ws,
+            Default::default(),
+        ))
+        .await
+        .expect("relaunch");
+    let id = id_of(&second);
+    for _ in 0..40 {
+        assert!(
+            exists(&h, &id).await,
+            "the next launch's container was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running(&h, &id).await);
+    timeout(BOUND, second.control.stop(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -47,6 +47,10 @@ pub const LABEL_ROLE: &str = "oxydra.runner.role";
 pub const LABEL_TIER: &str = "oxydra.runner.tier";
 /// Label: the session id of the launch.
 pub const LABEL_SESSION: &str = "oxydra.runner.session";
+/// Label naming one launch (unique within a backend): what a dropped
+/// launch's clean-up matches, so it never removes a later launch's
+/// container of the same name.
+pub const LABEL_LAUNCH: &str = "oxydra.runner.launch";
 
 /// Network mode when `[docker] network` is unset.
 pub const DEFAULT_NETWORK: &str = "none";

@@ -7,13 +7,13 @@
 //! disarmed once the launch hands its container to a [`super::guest`]
 //! watcher (whose own drop guard takes over). Dropped while armed, it
 //! removes the container in the background by *name*, since the id may
-//! never have reached us, but only when the container's labels say it is
-//! this instance's and this user's: a same-name container of someone else
-//! is never touched.
+//! never have reached us, but only when the container carries this very
+//! launch's [`LABEL_LAUNCH`]: a same-name container of someone else, or of
+//! a later launch of the same guest, is never touched.
 
+use super::create::LABEL_LAUNCH;
 use super::guest::REMOVE_BOUND;
-use super::reconcile::{NameHolder, classify_holder, force_remove};
-use crate::UserId;
+use super::reconcile::force_remove;
 use bollard::Docker;
 use tokio::time::timeout;
 
@@ -27,19 +27,17 @@ pub(crate) struct LaunchGuard {
 struct Armed {
     docker: Docker,
     name: String,
-    instance_id: String,
-    user: UserId,
+    launch_id: String,
 }
 
 impl LaunchGuard {
-    /// Armed for the container `name` of `user` under `instance_id`.
-    pub(crate) fn new(docker: Docker, name: String, instance_id: String, user: UserId) -> Self {
+    /// Armed for the container `name` created by the launch `launch_id`.
+    pub(crate) fn new(docker: Docker, name: String, launch_id: String) -> Self {
         Self {
             armed: Some(Armed {
                 docker,
                 name,
-                instance_id,
-                user,
+                launch_id,
             }),
         }
     }
@@ -81,10 +79,14 @@ async fn remove_if_ours(a: &Armed) -> Result<(), bollard::errors::Error> {
         Err(e) if super::error::status_of(&e) == Some(404) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let id = c.id.clone().unwrap_or_else(|| a.name.clone());
-    let labels = c.config.as_ref().and_then(|cfg| cfg.labels.as_ref());
-    match classify_holder(id, labels, &a.instance_id, &a.user) {
-        NameHolder::Stale { id } => force_remove(&a.docker, &id).await,
-        NameHolder::Foreign { .. } | NameHolder::Vanished => Ok(()),
+    let ours = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.labels.as_ref())
+        .and_then(|l| l.get(LABEL_LAUNCH))
+        == Some(&a.launch_id);
+    match (ours, c.id) {
+        (true, Some(id)) => force_remove(&a.docker, &id).await,
+        _ => Ok(()),
     }
 }

@@ -121,6 +121,8 @@ pub struct DockerBackend {
     file_owner: Option<(u32, u32)>,
     /// The runner's own uid and gid, when `runner_user` is numeric.
     runner_ids: Option<(u32, u32)>,
+    /// Launches so far: numbers each launch's [`create::LABEL_LAUNCH`].
+    launches: std::sync::atomic::AtomicU64,
 }
 
 impl DockerBackend {
@@ -162,6 +164,7 @@ impl DockerBackend {
             pull: config.docker.pull,
             file_owner,
             runner_ids,
+            launches: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -335,16 +338,17 @@ impl DockerBackend {
             .join(format!("{}.bootstrap.json", spec.role.label()));
         let file = BootstrapFile::write(path.clone(), &json, self.envelope_owner(&spec))
             .map_err(|source| DockerLaunchError::BootstrapFile { path, source })?;
-        let plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
+        let mut plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
+        let n = self
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let launch_id = format!("{}-{n}", spec.session_id);
+        plan.labels
+            .insert(create::LABEL_LAUNCH.to_owned(), launch_id.clone());
 
         // Armed before the create request: a launch dropped from here on
         // (timed out, cancelled) still removes its container.
-        let guard = LaunchGuard::new(
-            docker.clone(),
-            plan.name.clone(),
-            self.plan.instance_id.clone(),
-            spec.user_id.clone(),
-        );
+        let guard = LaunchGuard::new(docker.clone(), plan.name.clone(), launch_id);
         let started = match self.create(&docker, &plan, &spec).await {
             Ok(id) => match self.attach_and_start(&docker, &plan, &id).await {
                 Ok(outputs) => Ok((id, outputs)),

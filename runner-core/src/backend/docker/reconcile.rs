@@ -131,9 +131,34 @@ pub(crate) async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollar
     };
     match docker.remove_container(id, Some(opts)).await {
         Err(e) if status_of(&e) == Some(404) => Ok(()),
+        // Another removal of it is under way (a dropped launch's clean-up,
+        // say): done once the container is gone.
+        Err(e) if status_of(&e) == Some(409) => wait_gone(docker, id, e).await,
         other => other,
     }
 }
+
+/// Polls until `id` no longer exists, at most [`REMOVAL_WAIT`]; `e` if it
+/// still does then.
+async fn wait_gone(
+    docker: &Docker,
+    id: &str,
+    e: bollard::errors::Error,
+) -> Result<(), bollard::errors::Error> {
+    let until = tokio::time::Instant::now() + REMOVAL_WAIT;
+    while tokio::time::Instant::now() < until {
+        match docker.inspect_container(id, None).await {
+            Err(gone) if status_of(&gone) == Some(404) => return Ok(()),
+            _ => tokio::time::sleep(REMOVAL_POLL).await,
+        }
+    }
+    Err(e)
+}
+
+/// How long a removal already in progress is waited for.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Interval between checks while waiting for it.
+const REMOVAL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
