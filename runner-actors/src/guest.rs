@@ -21,11 +21,12 @@ use crate::call::call;
 use crate::events::SessionEvent;
 use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
+use engine::{on_engine_check, wait_for_engine};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
 use runner_core::config::RestartConfig;
 use runner_core::restart::{RestartDecision, RestartTracker};
-use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
+use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,12 +34,9 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Degraded-reason code while a guest waits for its engine to come back.
-pub const ENGINE_UNREACHABLE: &str = "engine_unreachable";
-/// First wait before checking a lost engine again.
-pub const ENGINE_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-/// Longest wait between two checks of a lost engine.
-pub const ENGINE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+mod engine;
+
+pub use engine::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 
 /// Messages of [`GuestActor`].
 pub enum GuestMsg {
@@ -289,67 +287,6 @@ async fn on_exited(
             set_state(state, GuestState::Failed);
             notify_failed(state, format!("{role} guest: {reason}"));
         }
-    }
-}
-
-/// Degraded, waiting for the engine: the first check comes after
-/// [`ENGINE_BACKOFF_INITIAL`].
-fn wait_for_engine(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState, generation: u64) {
-    let role = state.args.spec.role;
-    set_state(state, GuestState::BackingOff);
-    let reason = DegradedReason {
-        code: ENGINE_UNREACHABLE.to_owned(),
-        detail: format!("the {role} guest's engine went away; relaunching when it answers"),
-    };
-    tell_supervisor(state, SessionMsg::Degraded { role, reason });
-    let delay = ENGINE_BACKOFF_INITIAL;
-    myself.send_after(delay, move || GuestMsg::EngineCheck { generation, delay });
-}
-
-async fn on_engine_check(
-    myself: &ActorRef<GuestMsg>,
-    state: &mut GuestActorState,
-    generation: u64,
-    delay: Duration,
-) {
-    if generation != state.generation || state.status.state != GuestState::BackingOff {
-        return;
-    }
-    if state.args.quiescing.load(Ordering::SeqCst) {
-        set_state(state, GuestState::Stopped);
-        return;
-    }
-    let role = state.args.spec.role;
-    if state.args.backend.engine_ready().await {
-        match on_launch(myself, state).await {
-            Ok(_) => {
-                tell_supervisor(
-                    state,
-                    SessionMsg::Recovered {
-                        role,
-                        code: ENGINE_UNREACHABLE.to_owned(),
-                    },
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(%role, error = %e, "relaunch after the engine came back failed")
-            }
-        }
-    }
-    // on_launch bumps the generation only on success; keep waiting.
-    let generation = state.generation;
-    set_state(state, GuestState::BackingOff);
-    let next = (delay * 2).min(ENGINE_BACKOFF_MAX);
-    myself.send_after(next, move || GuestMsg::EngineCheck {
-        generation,
-        delay: next,
-    });
-}
-
-fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
-    if state.args.supervisor.cast(msg).is_err() {
-        tracing::debug!("supervisor gone");
     }
 }
 

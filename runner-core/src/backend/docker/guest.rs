@@ -302,6 +302,12 @@ async fn watch_exit(
                         c.state.and_then(|s| s.exit_code)
                     }
                     Err(e) if status_of(&e) == Some(404) => None,
+                    // Still running (a live-restored engine came back):
+                    // the break is over, a later exit is the guest's own.
+                    Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                        broke = false;
+                        continue;
+                    }
                     _ => {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(MAX_RETRY_DELAY);
