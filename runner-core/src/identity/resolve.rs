@@ -198,7 +198,13 @@ fn allocate(config: &RunnerConfig, user: &UserId) -> Result<GuestUser, IdentityE
         }
         return Ok(GuestUser { uid, gid: uid });
     }
-    let uid = free_uid(config.guest_identity, &store.records.uids, &explicit)?;
+    let owners = workspace_owners(&config.workspace_root);
+    let uid = free_uid(
+        config.guest_identity,
+        &store.records.uids,
+        &explicit,
+        &owners,
+    )?;
     store.records.version = 1;
     store.records.uids.insert(user.to_string(), uid);
     store.save()?;
@@ -207,14 +213,19 @@ fn allocate(config: &RunnerConfig, user: &UserId) -> Result<GuestUser, IdentityE
 }
 
 /// The lowest uid of `range` that nobody has: no record, no explicit
-/// per-user uid, no host account or group.
+/// per-user uid or gid, no owner of an existing user directory, no host
+/// account or group.
 fn free_uid(
     range: GuestIdRange,
     records: &BTreeMap<String, u32>,
     explicit: &BTreeMap<u32, String>,
+    owners: &std::collections::BTreeSet<u32>,
 ) -> Result<u32, IdentityError> {
     for uid in range.uids() {
-        if records.values().any(|&u| u == uid) || explicit.contains_key(&uid) {
+        if records.values().any(|&u| u == uid)
+            || explicit.contains_key(&uid)
+            || owners.contains(&uid)
+        {
             continue;
         }
         if account_named(uid)?.is_none() {
@@ -227,16 +238,41 @@ fn free_uid(
     })
 }
 
-/// Explicit per-user uids of the config: uid → user id.
+/// Explicit per-user uids and gids of the config: id → user id.
 fn explicit_uids(config: &RunnerConfig) -> BTreeMap<u32, String> {
     config
         .users
         .iter()
         .filter_map(|(id, u)| match u.guest_identity {
-            GuestIdentityChoice::Explicit(g) => Some((g.uid, id.to_string())),
+            GuestIdentityChoice::Explicit(g) => {
+                Some([(g.uid, id.to_string()), (g.gid, id.to_string())])
+            }
             _ => None,
         })
+        .flatten()
         .collect()
+}
+
+/// Uids and gids that already own a user directory under `root`, or its
+/// `shared/`: never handed to a new user, even if the record that named
+/// them was lost (they would open that user's files to the new one).
+fn workspace_owners(root: &std::path::Path) -> std::collections::BTreeSet<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut owners = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return owners;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let dir = entry.path();
+        for path in [dir.clone(), dir.join("shared")] {
+            if let Ok(m) = std::fs::symlink_metadata(&path)
+                && m.is_dir()
+            {
+                owners.extend([m.uid(), m.gid()]);
+            }
+        }
+    }
+    owners
 }
 
 /// Another user recorded with `uid`, if any.

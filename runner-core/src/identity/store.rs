@@ -124,7 +124,10 @@ impl LockedStore {
         file.write_all(&json).map_err(io)?;
         file.write_all(b"\n").map_err(io)?;
         file.sync_all().map_err(io)?;
-        renameat(&self.root, tmp_name.as_str(), &self.root, STORE_FILE_NAME).map_err(errno)
+        renameat(&self.root, tmp_name.as_str(), &self.root, STORE_FILE_NAME).map_err(errno)?;
+        // The rename itself must reach the disk too: after a power loss a
+        // lost record would hand this uid to someone else.
+        nix::unistd::fsync(&self.root).map_err(errno)
     }
 }
 

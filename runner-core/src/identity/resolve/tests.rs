@@ -219,3 +219,30 @@ fn docker_user_applies_to_the_container_tier_only() {
         }
     }
 }
+
+#[test]
+fn a_lost_record_never_hands_an_owner_of_existing_directories_to_someone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = uid_of(&config(dir.path()), "alice");
+    // Alice's directory exists, owned by her guest uid; the record is lost.
+    let root = config(dir.path()).workspace_root;
+    let home = root.join("alice");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(0), Some(alice)).unwrap();
+    std::fs::remove_file(root.join(STORE_FILE_NAME)).unwrap();
+    let bob = uid_of(&config(dir.path()), "bob");
+    assert_ne!(bob, alice, "bob was given the uid that owns alice's files");
+}
+
+#[test]
+fn an_explicit_gid_is_never_allocated_as_a_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let mut alice = UserConfig::default();
+    alice.guest_identity = GuestIdentityChoice::Explicit(GuestUser {
+        uid: 5000,
+        gid: DEFAULT_UID_BASE,
+    });
+    cfg.users.insert(id("alice"), alice);
+    assert_ne!(uid_of(&cfg, "bob"), DEFAULT_UID_BASE);
+}
