@@ -90,8 +90,12 @@ pub struct GuestArgs {
     pub events: broadcast::Sender<SessionEvent>,
     /// Set by the supervisor when shutdown begins: exits are then final.
     pub quiescing: Arc<AtomicBool>,
-    /// Cancelled to force a stop in progress: its grace ends at once.
+    /// Cancelled to force a stop in progress: its grace ends at once, and
+    /// a launch in flight is abandoned.
     pub force: CancellationToken,
+    /// Cancelled when the session's start is abandoned: a launch in flight
+    /// is dropped.
+    pub start_cancel: CancellationToken,
     /// Bound on one launch.
     pub launch_timeout: Duration,
 }
@@ -185,8 +189,16 @@ async fn on_launch(
     set_state(state, GuestState::Starting);
     let role = state.args.spec.role;
     let after = state.args.launch_timeout;
-    let launch = state.args.backend.launch(state.args.spec.clone());
-    let launched = match tokio::time::timeout(after, launch).await {
+    let launch = tokio::time::timeout(after, state.args.backend.launch(state.args.spec.clone()));
+    // A cancelled start or a forced stop abandons the launch at once (the
+    // dropped future cleans up after itself, as after a timeout).
+    let (force, cancel) = (state.args.force.clone(), state.args.start_cancel.clone());
+    let launched = tokio::select! {
+        r = launch => r,
+        () = force.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
+        () = cancel.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
+    };
+    let launched = match launched {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             set_state(state, GuestState::Failed);

@@ -208,6 +208,7 @@ async fn spawn_guest(
         events: a.events.clone(),
         quiescing: a.quiescing.clone(),
         force: a.force.clone(),
+        start_cancel: a.start_cancel.clone(),
         launch_timeout: LAUNCH_TIMEOUT,
     };
     let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())

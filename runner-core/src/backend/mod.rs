@@ -232,6 +232,13 @@ pub enum LaunchError {
         /// The bound.
         after: Duration,
     },
+    /// The launch was abandoned: the session start was cancelled or its
+    /// stop forced while it ran.
+    #[error("Launching the {role} guest was cancelled")]
+    Cancelled {
+        /// The role.
+        role: GuestRole,
+    },
     /// The backend has no command/image for this role.
     #[error("No {role} guest is configured for the {tier} tier")]
     NotConfigured {

@@ -238,11 +238,13 @@ fn a_lost_record_never_hands_an_owner_of_existing_directories_to_someone_else() 
 fn an_explicit_gid_is_never_allocated_as_a_uid() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    let mut alice = UserConfig::default();
-    alice.guest_identity = GuestIdentityChoice::Explicit(GuestUser {
-        uid: 5000,
-        gid: DEFAULT_UID_BASE,
-    });
+    let alice = UserConfig {
+        guest_identity: GuestIdentityChoice::Explicit(GuestUser {
+            uid: 5000,
+            gid: DEFAULT_UID_BASE,
+        }),
+        ..UserConfig::default()
+    };
     cfg.users.insert(id("alice"), alice);
     assert_ne!(uid_of(&cfg, "bob"), DEFAULT_UID_BASE);
 }
