@@ -98,6 +98,8 @@ struct Loop {
 struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Everything the daemon wrote on stderr, for failure messages.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Daemon {
@@ -144,9 +146,17 @@ impl Loop {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -156,7 +166,11 @@ impl Loop {
                 }
             }
         });
-        Daemon { child, lines }
+        Daemon {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     /// Waits until `d` prints its control socket (it serves).
@@ -165,8 +179,9 @@ impl Loop {
             Ok(line) => assert!(line.starts_with("control_socket="), "{line}"),
             Err(e) => {
                 let status = d.child.try_wait().unwrap();
+                let stderr = d.stderr.lock().unwrap().join("\n");
                 panic!(
-                    "daemon for {} did not serve ({e}); exit: {status:?}",
+                    "daemon for {} did not serve ({e}); exit: {status:?}; stderr:\n{stderr}",
                     self.user
                 )
             }
