@@ -75,6 +75,21 @@ async fn console_line(path: &Path, prefix: &str) -> String {
     }
 }
 
+/// The envelope `role`'s VM printed on its console (from its command line).
+async fn console_envelope(
+    session: &runner_actors::SessionHandle,
+    role: GuestRole,
+) -> runner_types::BootstrapEnvelope {
+    let log = session
+        .workspace()
+        .logs
+        .join(LogStream::Stdout.file_name(role));
+    let line = console_line(&log, "cmdline=").await;
+    runner_types::reader::parse_cmdline(&line["cmdline=".len()..])
+        .unwrap()
+        .expect("an envelope on the command line")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
     if !kvm_or_skip("each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds") {
@@ -86,12 +101,8 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
         .start_session_with("vm1", no_socket())
         .await
         .unwrap();
-    let logs = session.workspace().logs.clone();
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
-        let line = console_line(&logs.join(LogStream::Stdout.file_name(role)), "cmdline=").await;
-        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..])
-            .unwrap()
-            .unwrap();
+        let env = console_envelope(&session, role).await;
         assert_eq!(env.user_id, "vm1");
         assert_eq!(env.sandbox_tier, SandboxTier::MicroVm);
         // The user's own directory, never the global root.
@@ -277,13 +288,8 @@ async fn a_jailed_session_runs_its_vms_under_the_users_uid() {
         .start_session_with("vmjail", no_socket())
         .await
         .unwrap();
-    let logs = session.workspace().logs.clone();
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
-        let line = console_line(&logs.join(LogStream::Stdout.file_name(role)), "cmdline=").await;
-        let env = runner_types::reader::parse_cmdline(&line["cmdline=".len()..])
-            .unwrap()
-            .unwrap();
-        assert_eq!(env.user_id, "vmjail");
+        assert_eq!(console_envelope(&session, role).await.user_id, "vmjail");
     }
     let health = session.health().await.unwrap();
     assert!(health.healthy, "{health:?}");

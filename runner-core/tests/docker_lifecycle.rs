@@ -393,27 +393,25 @@ async fn a_limit_the_engine_refuses_carries_its_message() {
     assert!(!ws.run.join("oxydra-vm.bootstrap.json").exists());
 }
 
-/// A launch dropped while it runs (its timeout fired, or the start was
-/// cancelled) between create and start leaves no container behind: the
-/// test drops the launch future the moment its container exists.
-#[tokio::test]
-async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
-    let Some(h) = Harness::new().await else {
-        return;
-    };
-    let image = h.demo_image(&[]).await;
-    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
-    let (user, ws) = h.user("drop");
+/// Starts a runtime launch of `user` and drops it the moment its container
+/// exists (between create and start, or during the start); returns the
+/// container's name and the state it was seen in.
+async fn drop_launch_once_created(
+    h: &Harness,
+    backend: &runner_core::backend::docker::DockerBackend,
+    user: &runner_core::UserId,
+    ws: &runner_core::Workspace,
+) -> (String, Option<bollard::models::ContainerStateStatusEnum>) {
     let name = runner_core::backend::docker::create::container_name(
         DockerTier::Container,
-        &user,
+        user,
         GuestRole::Runtime,
     );
     let launch = backend.launch(spec(
-        &backend,
+        backend,
         GuestRole::Runtime,
-        &user,
-        &ws,
+        user,
+        ws,
         Default::default(),
     ));
     let created = async {
@@ -429,6 +427,21 @@ async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
         state = created => state,
         done = launch => panic!("the launch finished before its container was seen: {:?}", done.map(|g| g.identity)),
     };
+    (name, seen)
+}
+
+/// A launch dropped while it runs (its timeout fired, or the start was
+/// cancelled) between create and start leaves no container behind: the
+/// test drops the launch future the moment its container exists.
+#[tokio::test]
+async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let image = h.demo_image(&[]).await;
+    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
+    let (user, ws) = h.user("drop");
+    let (name, seen) = drop_launch_once_created(&h, &backend, &user, &ws).await;
     // The launch future is gone here; its guard removes the container.
     eprintln!("dropped the launch with the container in state {seen:?}");
     let start = Instant::now();
@@ -448,28 +461,7 @@ async fn a_dropped_launchs_clean_up_spares_the_next_launch() {
     let image = h.demo_image(&[]).await;
     let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
     let (user, ws) = h.user("next");
-    let name = runner_core::backend::docker::create::container_name(
-        DockerTier::Container,
-        &user,
-        GuestRole::Runtime,
-    );
-    let first = backend.launch(spec(
-        &backend,
-        GuestRole::Runtime,
-        &user,
-        &ws,
-        Default::default(),
-    ));
-    let created = async {
-        while h.docker.inspect_container(&name, None).await.is_err() {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::select! {
-        biased;
-        () = created => {}
-        done = first => panic!("the first launch finished too early: {:?}", done.map(|g| g.identity)),
-    }
+    drop_launch_once_created(&h, &backend, &user, &ws).await;
     // Relaunch at once, while the first launch's clean-up may still run.
     let second = backend
         .launch(spec(

@@ -14,11 +14,11 @@ use runner_core::workspace::{
     WorkspaceError,
 };
 use runner_core::{UserId, Workspace};
+use runner_tests::sh_as_uid as as_uid;
 use runner_types::{GuestRole, LogStream};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -34,23 +34,6 @@ fn require_root() {
         nix::unistd::geteuid().is_root(),
         "these tests plant files as other uids and must run as root"
     );
-}
-
-/// Runs `script` with `sh -c` as `uid:uid` with no supplementary groups.
-fn as_uid(uid: u32, script: &str) -> bool {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .status()
-        .expect("run setpriv")
-        .success()
 }
 
 fn user() -> UserId {

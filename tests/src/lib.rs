@@ -166,6 +166,25 @@ pub fn firecracker_binary() -> PathBuf {
         .unwrap_or_else(|why| panic!("cannot get the firecracker binary: {why}"))
 }
 
+/// Runs `script` with `sh -c` as `uid:uid` with no supplementary groups
+/// (`setpriv`), as the other local user or the guest of an attacker test
+/// would; whether it succeeded. Needs root.
+pub fn sh_as_uid(uid: u32, script: &str) -> bool {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .status()
+        .expect("run setpriv")
+        .success()
+}
+
 /// The pinned jailer, fetched and verified beside firecracker by
 /// `.ci/firecracker.sh`.
 pub fn jailer_binary() -> PathBuf {

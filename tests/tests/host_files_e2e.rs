@@ -23,19 +23,7 @@ fn require_root() {
 }
 
 fn as_neighbour(script: &str) {
-    let ok = Command::new("setpriv")
-        .args([
-            &format!("--reuid={NEIGHBOUR}"),
-            &format!("--regid={NEIGHBOUR}"),
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .status()
-        .expect("run setpriv")
-        .success();
+    let ok = runner_tests::sh_as_uid(NEIGHBOUR, script);
     assert!(ok, "planting as the neighbour failed: {script}");
 }
 

@@ -31,6 +31,7 @@
 //! A trailing partial record (a torn write) is ignored by readers and cut
 //! off by the writer when it reopens the file.
 
+use super::index::open_for_append;
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -128,7 +129,7 @@ impl GapWriter {
     /// Opens the gap file now if it exists, refusing a symlink, FIFO or
     /// other non-regular file.
     pub(crate) fn open_existing(&mut self) -> Result<(), HostFileError> {
-        match open_for_append(&self.path, OpenHow::AppendExisting) {
+        match open_for_append(&self.path, OpenHow::AppendExisting, GAP_RECORD_LEN) {
             Ok(file) => {
                 self.file = Some(file);
                 Ok(())
@@ -143,7 +144,7 @@ impl GapWriter {
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(
-                open_for_append(&self.path, OpenHow::Append { mode: 0o600 })
+                open_for_append(&self.path, OpenHow::Append { mode: 0o600 }, GAP_RECORD_LEN)
                     .map_err(io::Error::other)?,
             ),
         };
@@ -159,19 +160,6 @@ impl GapWriter {
     pub(crate) fn close(&mut self) {
         self.file = None;
     }
-}
-
-fn open_for_append(path: &Path, how: OpenHow) -> Result<File, HostFileError> {
-    let file = open_regular(path, how)?;
-    let io_err = |source| HostFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = file.metadata().map_err(io_err)?.len();
-    if len % GAP_RECORD_LEN != 0 {
-        file.set_len(len - len % GAP_RECORD_LEN).map_err(io_err)?;
-    }
-    Ok(file)
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ impl IndexWriter {
     /// Opens the index now if it exists, refusing a symlink, FIFO or other
     /// non-regular file (a missing one is created on first use).
     pub(crate) fn open_existing(&mut self) -> Result<(), HostFileError> {
-        match open_for_append(&self.path, OpenHow::AppendExisting) {
+        match open_for_append(&self.path, OpenHow::AppendExisting, RECORD_LEN) {
             Ok(file) => {
                 self.file = Some(file);
                 Ok(())
@@ -153,7 +153,7 @@ impl IndexWriter {
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(
-                open_for_append(&self.path, OpenHow::Append { mode: 0o600 })
+                open_for_append(&self.path, OpenHow::Append { mode: 0o600 }, RECORD_LEN)
                     .map_err(io::Error::other)?,
             ),
         };
@@ -161,17 +161,22 @@ impl IndexWriter {
     }
 }
 
-/// Opens an index for appending (only ever a regular file, see
-/// [`open_regular`]), cutting off a torn trailing record.
-fn open_for_append(path: &Path, how: OpenHow) -> Result<File, HostFileError> {
+/// Opens a file of `record_len`-byte records (an index, a gap file) for
+/// appending (only ever a regular file, see [`open_regular`]), cutting off
+/// a torn trailing record.
+pub(super) fn open_for_append(
+    path: &Path,
+    how: OpenHow,
+    record_len: u64,
+) -> Result<File, HostFileError> {
     let file = open_regular(path, how)?;
     let io_err = |source| HostFileError::Io {
         path: path.to_path_buf(),
         source,
     };
     let len = file.metadata().map_err(io_err)?.len();
-    if len % RECORD_LEN != 0 {
-        file.set_len(len - len % RECORD_LEN).map_err(io_err)?;
+    if len % record_len != 0 {
+        file.set_len(len - len % record_len).map_err(io_err)?;
     }
     Ok(file)
 }
