@@ -12,7 +12,7 @@
 //! a later launch of the same guest, is never touched.
 
 use super::create::LABEL_LAUNCH;
-use super::guest::REMOVE_BOUND;
+use super::control::REMOVE_BOUND;
 use super::reconcile::force_remove;
 use bollard::Docker;
 use tokio::time::timeout;

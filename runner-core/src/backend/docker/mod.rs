@@ -26,23 +26,23 @@ mod bootstrap_file;
 mod client;
 pub mod create;
 mod error;
-mod guest;
+mod control;
 mod image;
 mod launch_guard;
-mod logs;
+mod attach;
 mod reconcile;
 mod select;
 
 pub use client::{DEFAULT_SOCKET, resolve_socket};
 pub use error::{DockerLaunchError, DockerStopError, EngineAction};
-pub use guest::MAX_STOP_OVERRUN;
+pub use control::MAX_STOP_OVERRUN;
 pub use select::{BackendKind, DockerTier, HostOs, select_backend_for};
 
 use self::bootstrap_file::BootstrapFile;
 use self::client::Engine;
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
-use self::guest::{DockerGuest, ENGINE_PING_BOUND};
+use self::control::{DockerControl, ENGINE_PING_BOUND};
 use self::launch_guard::LaunchGuard;
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;
@@ -313,7 +313,7 @@ impl DockerBackend {
             .map_err(|e| self.engine.map_err(e, rejected(EngineAction::Attach)))?;
         // No stdin is attached; the write half is not needed.
         drop(attached.input);
-        let (outputs, _pump) = logs::demux(attached.output, plan.name.clone());
+        let (outputs, _pump) = attach::demux(attached.output, plan.name.clone());
         docker
             .start_container(id, None)
             .await
@@ -373,7 +373,7 @@ impl DockerBackend {
             }
         };
         tracing::debug!(container = %plan.name, id, "Container started");
-        let (control, exit) = DockerGuest::watch(docker, plan.name.clone(), id.clone(), file);
+        let (control, exit) = DockerControl::watch(docker, plan.name.clone(), id.clone(), file);
         // The watcher's own drop guard covers the container from here on.
         guard.disarm();
         Ok(LaunchedGuest {

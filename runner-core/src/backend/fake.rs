@@ -3,7 +3,12 @@
 //! [`FakeBackend`] records every [`LaunchSpec`] and hands the test a
 //! [`FakeGuest`] per launch, through which the test writes guest output,
 //! makes the guest exit, and sees whether it was stopped and cleaned up.
-//! Launch failures are scripted per role. Nothing here runs a process.
+//! Launch failures are scripted per role and are real [`LaunchError`]
+//! variants. Nothing here runs a process.
+//!
+//! It keeps the [`GuestControl`] drop contract as the real tiers do:
+//! dropping the control of a guest that has not exited kills it (its exit
+//! is published as SIGKILL).
 
 use crate::UserId;
 use crate::backend::exit::{exit_channel, exit_now};
@@ -37,7 +42,7 @@ pub enum StopBehavior {
 pub enum LaunchScript {
     /// Launch succeeds.
     Succeed,
-    /// Launch fails with [`LaunchError::Scripted`].
+    /// Launch fails with [`LaunchError::NotConfigured`] for the role.
     Fail,
     /// Launch succeeds after this delay (a slow image check or VM boot).
     SucceedAfter(std::time::Duration),
@@ -170,7 +175,12 @@ impl SandboxBackend for FakeBackend {
             (script, shared.next_pid)
         };
         match script {
-            LaunchScript::Fail => return Err(LaunchError::Scripted { role }),
+            LaunchScript::Fail => {
+                return Err(LaunchError::NotConfigured {
+                    role,
+                    tier: self.tier,
+                });
+            }
             LaunchScript::SucceedAfter(delay) => tokio::time::sleep(delay).await,
             LaunchScript::Succeed => {}
         }
@@ -242,6 +252,13 @@ impl GuestControl for FakeControl {
     async fn cleanup(&self) -> Result<(), StopError> {
         self.counters.cleanups.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+impl Drop for FakeControl {
+    fn drop(&mut self) {
+        // The drop contract: a guest whose control is gone is killed.
+        self.notifier.notify(exit_now(ExitStatus::Signal(9), false));
     }
 }
 
