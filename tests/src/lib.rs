@@ -6,9 +6,21 @@
 //! - [`firecracker_binary`], [`test_kernel`], [`kvm_or_skip`],
 //!   [`pids_with_arg`], [`process_alive`]: the micro_vm tier's fixtures.
 //! - [`docker`]: the container tier's fixtures (engine lookup, static guest
-//!   images, unique ids, clean-up).
+//!   images, unique ids, clean-up) and [`docker::harness`] for its backend.
+//! - [`process`], [`firecracker`], [`logs`]: the other tiers' and the log
+//!   pipeline's fixtures.
+//! - [`envelope`]: envelopes built by the runner's own `bootstrap` code.
+//! - [`contract`]: the one suite every backend must pass.
+//! - [`probe_pattern`]: the bytes `probe-guest bytes` writes.
 
+pub mod contract;
 pub mod docker;
+pub mod envelope;
+pub mod firecracker;
+pub mod logs;
+pub mod process;
+
+pub use runner_examples::probe::pattern as probe_pattern;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,8 +123,9 @@ fn build_package(package: &str) -> Result<PathBuf, String> {
 // micro_vm tier: the pinned Firecracker binary, the test kernel, KVM.
 // ---------------------------------------------------------------------------
 
-/// The repository root (the parent of this crate's directory).
-fn repo_root() -> PathBuf {
+/// The repository root (the parent of this crate's directory; holds
+/// `Cargo.toml` and `.ci/`).
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("runner-tests lives one level below the repository root")

@@ -310,6 +310,12 @@ impl FakeGuest {
         self.notifier.watch().get()
     }
 
+    /// A watch on this guest's exit (however it comes: [`FakeGuest::exit`],
+    /// a stop, or its control dropped).
+    pub fn exit_watch(&self) -> crate::backend::ExitWatch {
+        self.notifier.watch()
+    }
+
     /// How often `stop` was called.
     pub fn stop_calls(&self) -> u32 {
         self.counters.stops.load(Ordering::SeqCst)

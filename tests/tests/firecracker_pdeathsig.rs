@@ -5,9 +5,8 @@
 //! selected: it launches a hanging VM, prints firecracker's pid and waits.
 //! The test then SIGKILLs that runner.
 
-mod firecracker_support;
 
-use firecracker_support::*;
+use runner_tests::firecracker::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;

@@ -1,8 +1,6 @@
 //! Shared fixtures of the `logs_*` tests: the noise guest, reference output
 //! files, and comparing a rotated log with a reference byte for byte.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use runner_core::config::LogLimits;
 use runner_core::logs::{GuestReader, LogSink, rotated_path};
 use runner_types::{GuestRole, LogStream};
@@ -18,7 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Path of the noise guest (built once per test process).
 pub fn noise_guest() -> PathBuf {
-    runner_tests::guest_binary("noise-guest")
+    crate::guest_binary("noise-guest")
 }
 
 /// Log limits.

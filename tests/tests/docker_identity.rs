@@ -3,9 +3,8 @@
 //! without `[resources]`, and a setuid file a guest plants in `shared/`
 //! gives other local users nothing.
 
-mod docker_support;
 
-use docker_support::{Capture, Harness, key_values, spec};
+use runner_tests::docker::harness::{Capture, Harness, key_values, spec};
 use runner_core::backend::docker::DockerTier;
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
 use runner_core::config::RunnerConfig;

@@ -5,11 +5,10 @@
 //! The guests are `/bin/sh` scripts; the test reads their `/proc/<pid>`
 //! files once the script has said `ready`.
 
-mod process_support;
 
 use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::{Mode, umask};
-use process_support::*;
+use runner_tests::process::*;
 use runner_core::backend::clean_start::StartRlimits;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};

@@ -3,9 +3,8 @@
 //! the command-line budget, a root runner without a jailer. None of these
 //! boots a VM.
 
-mod firecracker_support;
 
-use firecracker_support::*;
+use runner_tests::firecracker::*;
 use runner_core::backend::firecracker::{
     FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
     FirecrackerLaunchError, JailerSettings, LaunchPaths,

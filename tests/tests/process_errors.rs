@@ -1,9 +1,8 @@
 //! Process backend, refusals: every problem that can be seen before spawning
 //! is a typed error, and nothing is spawned.
 
-mod process_support;
 
-use process_support::*;
+use runner_tests::process::*;
 use runner_core::backend::process::{
     NotExecutableReason, ProcessBackend, ProcessBackendConfig, ProcessLaunchError,
 };

@@ -1,18 +1,15 @@
-//! Shared fixtures of the `docker_*` integration tests: a harness with a
-//! unique runner instance id (every container it makes is removed when it is
-//! dropped), backends, workspaces and launch specs, and output capture.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! The Docker backend harness: a unique runner instance id (every
+//! container it makes is removed when it is dropped), backends, workspaces
+//! and launch specs, and output capture.
 
 use bollard::Docker;
 use runner_core::UserId;
 use runner_core::backend::docker::create::LABEL_INSTANCE;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
-use runner_core::backend::{GuestOutput, LaunchSpec, SandboxBackend};
-use runner_core::bootstrap::{EnvelopeParams, build_envelope};
-use runner_core::config::UserConfig;
+use runner_core::backend::{GuestOutput, LaunchSpec};
 use runner_core::workspace::{MountOverrides, Workspace};
-use runner_tests::docker::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
+use super::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
+use crate::envelope::{envelope_for, user_config};
 use runner_types::config::DockerSection;
 use runner_types::{GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
@@ -107,21 +104,7 @@ pub fn spec(
     ws: &Workspace,
     resources: ResourceLimits,
 ) -> LaunchSpec {
-    let user_config = UserConfig {
-        resources: resources.clone(),
-        shell_enabled: true,
-        ..UserConfig::default()
-    };
-    let envelope = build_envelope(EnvelopeParams {
-        user,
-        tier: backend.tier(),
-        role,
-        workspace: ws,
-        user_config: &user_config,
-        sidecar_endpoint: Some(backend.sidecar_endpoint(ws)),
-        sidecar_running: backend.has_sidecar(),
-        degraded_reasons: Vec::new(),
-    });
+    let envelope = envelope_for(backend, user, ws, role, &user_config(resources.clone(), &[]));
     LaunchSpec {
         run_as: None,
         role,

@@ -5,11 +5,10 @@
 //! only the ignored helper test selected: it launches a demo guest, prints
 //! the guest's pid, and waits. The test then SIGKILLs that runner.
 
-mod process_support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use process_support::*;
+use runner_tests::process::*;
 use runner_types::GuestRole;
 use std::time::Duration;
 

@@ -3,11 +3,10 @@
 //! errors for an unreachable engine, a missing image, a foreign container
 //! holding our name and a limit the engine refuses. Skips without an engine.
 
-mod docker_support;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
-use docker_support::{BOUND, Capture, Harness, spec};
+use runner_tests::docker::harness::{BOUND, Capture, Harness, spec};
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_USER};
 use runner_core::backend::docker::{
     DockerBackendConfig, DockerLaunchError, DockerTier, EngineAction, MAX_STOP_OVERRUN,

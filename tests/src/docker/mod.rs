@@ -6,6 +6,9 @@
 //! binary. The image tag carries a hash of the binary and its entrypoint,
 //! so an unchanged guest is not rebuilt.
 
+pub mod harness;
+
+pub use crate::repo_root;
 pub use bollard::Docker;
 use bollard::query_parameters::{
     BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
@@ -14,7 +17,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -78,14 +81,6 @@ pub fn docker_host() -> Option<String> {
 fn answers(host: &str) -> bool {
     let path = host.strip_prefix("unix://").unwrap_or(host);
     std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
-/// The workspace root (holds `Cargo.toml` and `.ci/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runner-tests lives in the workspace")
-        .to_path_buf()
 }
 
 /// A client for `host`, its API version negotiated.
@@ -291,25 +286,6 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
-/// The byte pattern `probe-guest bytes <seed> <len>` writes (xorshift64,
-/// last byte `b'$'`); stdout uses `seed`, stderr `seed + 1`. Must match
-/// `examples/src/bin/probe-guest.rs`.
-pub fn probe_pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    if let Some(last) = v.last_mut() {
-        *last = b'$';
-    }
-    v
-}
-
 /// What the engine reports about one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerFacts {
@@ -439,14 +415,5 @@ mod tests {
         copy[148..156].fill(b' ');
         assert_eq!(stored, copy.iter().map(|&b| u32::from(b)).sum::<u32>());
         assert_eq!(&t[512..517], b"hello");
-    }
-
-    #[test]
-    fn probe_pattern_is_deterministic_and_ends_without_newline() {
-        let a = probe_pattern(7, 1000);
-        assert_eq!(a, probe_pattern(7, 1000));
-        assert_ne!(a, probe_pattern(8, 1000));
-        assert_eq!(a.last(), Some(&b'$'));
-        assert!(std::str::from_utf8(&a).is_err());
     }
 }

@@ -7,9 +7,8 @@
 //! directory the test passes, prints firecracker's pid and the workspace
 //! directory, and waits. The test SIGKILLs it, then runs the next start.
 
-mod firecracker_support;
 
-use firecracker_support::*;
+use runner_tests::firecracker::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
