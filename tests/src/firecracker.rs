@@ -3,14 +3,14 @@
 //! mode, the envelopes the runner would send, and bounded readers over a
 //! VM's serial console.
 
+use crate::envelope::{envelope_for, user_config};
+pub use crate::jailer_binary;
 use runner_core::backend::firecracker::{
     FirecrackerBackend, FirecrackerBackendConfig, JailerSettings,
 };
 use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use crate::envelope::{envelope_for, user_config};
-pub use crate::jailer_binary;
 use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -136,7 +136,6 @@ pub fn vm_limits() -> ResourceLimits {
         max_processes: None,
     }
 }
-
 
 /// A template for the test kernel with these `boot_args`.
 pub fn template_json(boot_args: &str) -> String {

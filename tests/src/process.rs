@@ -2,12 +2,12 @@
 //! temp workspace, demo-guest commands, a timed line reader over a guest's
 //! output, and a bounded "is this pid gone" check.
 
+use crate::envelope::{envelope_for, user_config};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
 use runner_core::config::GuestCommand;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use crate::envelope::{envelope_for, user_config};
 use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

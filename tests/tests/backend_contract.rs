@@ -257,7 +257,11 @@ impl Subject for Fake {
     async fn running(&self, identity: &GuestIdentity) -> bool {
         let pid = identity.pid().expect("the fake reports a pid");
         let exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
-        exits.get(&pid).expect("a launched fake guest").get().is_none()
+        exits
+            .get(&pid)
+            .expect("a launched fake guest")
+            .get()
+            .is_none()
     }
 }
 
@@ -347,4 +351,3 @@ contract_tests!(
     the_envelope_arrives,
     output_is_byte_exact,
 );
-

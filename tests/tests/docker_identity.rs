@@ -3,14 +3,13 @@
 //! without `[resources]`, and a setuid file a guest plants in `shared/`
 //! gives other local users nothing.
 
-
-use runner_tests::docker::harness::{Capture, Harness, key_values, spec};
 use runner_core::backend::docker::DockerTier;
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
 use runner_core::config::RunnerConfig;
 use runner_core::identity::{GuestUser, resolve_guest_user};
 use runner_core::workspace::{MountOverrides, Workspace};
 use runner_core::{UserId, limits};
+use runner_tests::docker::harness::{Capture, Harness, key_values, spec};
 use runner_tests::docker::unique_id;
 use runner_types::{GuestRole, ResourceLimits, SandboxTier};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

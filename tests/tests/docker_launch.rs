@@ -2,11 +2,10 @@
 //! (its envelope, byte-exact output, hardening, limits) and the macOS
 //! micro_vm path. Skips without an engine (see `runner_tests::docker`).
 
-
-use runner_tests::docker::harness::{BOUND, Capture, Harness, key_values, runner_user, spec};
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_ROLE, LABEL_TIER, LABEL_USER};
 use runner_core::backend::docker::{BackendKind, DockerTier, HostOs, select_backend_for};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
+use runner_tests::docker::harness::{BOUND, Capture, Harness, key_values, runner_user, spec};
 use runner_tests::probe_pattern;
 use runner_types::{BootstrapEnvelope, ExitStatus, GuestRole, ResourceLimits, SandboxTier};
 use std::path::Path;

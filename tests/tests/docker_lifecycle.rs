@@ -3,15 +3,14 @@
 //! errors for an unreachable engine, a missing image, a foreign container
 //! holding our name and a limit the engine refuses. Skips without an engine.
 
-
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
-use runner_tests::docker::harness::{BOUND, Capture, Harness, spec};
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_USER};
 use runner_core::backend::docker::{
     DockerBackendConfig, DockerLaunchError, DockerTier, EngineAction, MAX_STOP_OVERRUN,
 };
 use runner_core::backend::{GuestIdentity, LaunchError, LaunchedGuest, SandboxBackend};
+use runner_tests::docker::harness::{BOUND, Capture, Harness, spec};
 use runner_tests::docker::unique_id;
 use runner_types::{ExitStatus, GuestRole, ResourceLimits};
 use std::collections::HashMap;

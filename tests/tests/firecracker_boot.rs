@@ -3,10 +3,9 @@
 //! is the one the budget check predicted (also at exactly the limit), and a
 //! guest reset is an exit event with code 0.
 
-
-use runner_tests::firecracker::*;
 use runner_core::backend::firecracker::{CMDLINE_LIMIT, FirecrackerLaunchError};
 use runner_core::backend::{GuestIdentity, LaunchError, SandboxBackend};
+use runner_tests::firecracker::*;
 use runner_types::reader::parse_cmdline;
 use runner_types::{ExitStatus, GuestRole, LogStream};
 use std::collections::BTreeMap;

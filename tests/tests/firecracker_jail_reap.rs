@@ -7,14 +7,13 @@
 //! directory the test passes, prints firecracker's pid and the workspace
 //! directory, and waits. The test SIGKILLs it, then runs the next start.
 
-
-use runner_tests::firecracker::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
 use runner_core::backend::firecracker::{FirecrackerBackend, plan, reaper};
 use runner_core::identity::GuestUser;
 use runner_core::workspace::MountOverrides;
+use runner_tests::firecracker::*;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::{GuestRole, LogStream};
 use std::path::PathBuf;

@@ -5,11 +5,10 @@
 //! selected: it launches a hanging VM, prints firecracker's pid and waits.
 //! The test then SIGKILLs that runner.
 
-
-use runner_tests::firecracker::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
+use runner_tests::firecracker::*;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::GuestRole;
 use std::time::{Duration, Instant};

@@ -3,9 +3,8 @@
 //! restarted guest appends to the same files, and the drain timeout cuts a
 //! stream that never ends.
 
-
-use runner_tests::logs::*;
 use runner_core::logs::{LogPump, LogQuery, PumpEnd, PumpTuning, read_log_files, rotated_path};
+use runner_tests::logs::*;
 use runner_types::{GuestRole, LogStream};
 use std::time::Duration;
 

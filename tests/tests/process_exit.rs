@@ -1,6 +1,5 @@
 //! Process backend, exits: codes and signals are reported as they happened.
 
-
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_tests::process::*;

@@ -5,10 +5,8 @@
 //! The guests are `/bin/sh` scripts; the test reads their `/proc/<pid>`
 //! files once the script has said `ready`.
 
-
 use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::{Mode, umask};
-use runner_tests::process::*;
 use runner_core::backend::clean_start::StartRlimits;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
@@ -16,6 +14,7 @@ use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::identity::{GuestUser, resolve_guest_user};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
+use runner_tests::process::*;
 use runner_types::{GuestRole, ResourceLimits, SandboxTier};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

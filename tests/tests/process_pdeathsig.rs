@@ -5,7 +5,6 @@
 //! only the ignored helper test selected: it launches a demo guest, prints
 //! the guest's pid, and waits. The test then SIGKILLs that runner.
 
-
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_tests::process::*;

@@ -2,14 +2,14 @@
 //! container it makes is removed when it is dropped), backends, workspaces
 //! and launch specs, and output capture.
 
+use super::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
+use crate::envelope::{envelope_for, user_config};
 use bollard::Docker;
 use runner_core::UserId;
 use runner_core::backend::docker::create::LABEL_INSTANCE;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
 use runner_core::backend::{GuestOutput, LaunchSpec};
 use runner_core::workspace::{MountOverrides, Workspace};
-use super::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
-use crate::envelope::{envelope_for, user_config};
 use runner_types::config::DockerSection;
 use runner_types::{GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
@@ -104,7 +104,13 @@ pub fn spec(
     ws: &Workspace,
     resources: ResourceLimits,
 ) -> LaunchSpec {
-    let envelope = envelope_for(backend, user, ws, role, &user_config(resources.clone(), &[]));
+    let envelope = envelope_for(
+        backend,
+        user,
+        ws,
+        role,
+        &user_config(resources.clone(), &[]),
+    );
     LaunchSpec {
         run_as: None,
         role,

@@ -22,27 +22,27 @@
 //! container sees the same directory as `/ipc` and must listen on
 //! `/ipc/shell-daemon.sock`.
 
+mod attach;
 mod bootstrap_file;
 mod client;
+mod control;
 pub mod create;
 mod error;
-mod control;
 mod image;
 mod launch_guard;
-mod attach;
 mod reconcile;
 mod select;
 
 pub use client::{DEFAULT_SOCKET, resolve_socket};
-pub use error::{DockerLaunchError, DockerStopError, EngineAction};
 pub use control::MAX_STOP_OVERRUN;
+pub use error::{DockerLaunchError, DockerStopError, EngineAction};
 pub use select::{BackendKind, DockerTier, HostOs, select_backend_for};
 
 use self::bootstrap_file::BootstrapFile;
 use self::client::Engine;
+use self::control::{DockerControl, ENGINE_PING_BOUND};
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
-use self::control::{DockerControl, ENGINE_PING_BOUND};
 use self::launch_guard::LaunchGuard;
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;

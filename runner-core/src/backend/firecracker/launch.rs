@@ -7,11 +7,11 @@
 //! order), with a cleared environment, stdin from /dev/null and stdout
 //! (serial console) and stderr piped.
 
+use super::control::FirecrackerControl;
 use super::error::FirecrackerLaunchError;
 use super::jail::JailLayout;
-use super::control::FirecrackerControl;
-use super::vsock_bridge::VsockBridge;
 use super::reaper;
+use super::vsock_bridge::VsockBridge;
 use crate::backend::clean_start::StartRlimits;
 use crate::backend::{GuestIdentity, GuestOutput, LaunchedGuest, StopError};
 use crate::identity::GuestUser;

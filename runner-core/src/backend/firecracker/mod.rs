@@ -75,9 +75,9 @@ pub mod reaper;
 pub mod template;
 pub mod vsock_bridge;
 
+pub use control::FirecrackerControl;
 pub use error::FirecrackerLaunchError;
 pub use jail::{Confinement, JailerSettings};
-pub use control::FirecrackerControl;
 pub use launch::LaunchPaths;
 pub use template::{CMDLINE_LIMIT, GeneratedConfig, Template, VsockDevice};
 
