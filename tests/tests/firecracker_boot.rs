@@ -107,7 +107,7 @@ async fn a_command_line_of_exactly_the_limit_boots_and_one_more_byte_is_refused(
     let mut spec = fx.spec(GuestRole::Runtime, &backend);
     // A large but fitting envelope: most of the budget is the envelope.
     if let Some(policy) = spec.envelope.runtime_policy.as_mut() {
-        policy.credential_refs = BTreeMap::from([("pad".to_owned(), "r".repeat(900))]);
+        policy.credential_refs = BTreeMap::from([("pad".to_owned(), "r".repeat(600))]);
     }
     let base = backend.generate(&spec).unwrap().cmdline.len();
     pad_template_to(&fx, base, CMDLINE_LIMIT);
