@@ -54,12 +54,19 @@ pub trait Subject: Send + Sync {
     async fn case(&self, act: Act) -> Case;
 
     /// The exact bytes each checked stream of a [`Act::Print`] guest
-    /// launched from `case` carries, up to EOF.
-    fn printed(&self, case: &Case) -> Vec<(LogStream, Vec<u8>)>;
+    /// launched from `case` carries, up to EOF. By default what
+    /// `probe-guest bytes PRINT_SEED PRINT_LEN` writes.
+    fn printed(&self, case: &Case) -> Vec<(LogStream, Vec<u8>)> {
+        let _ = case;
+        probe_output()
+    }
 
     /// The envelope a [`Act::Hold`] guest reported in `stdout` so far, or
-    /// `None` if its report is not complete yet.
-    fn reported_envelope(&self, stdout: &[u8]) -> Option<BootstrapEnvelope>;
+    /// `None` if its report is not complete yet. By default the
+    /// `envelope=<JSON>` line of the demo guest.
+    fn reported_envelope(&self, stdout: &[u8]) -> Option<BootstrapEnvelope> {
+        demo_envelope(stdout)
+    }
 
     /// Whether the guest named by `identity` still runs, asked of the host
     /// or the engine.
@@ -69,6 +76,37 @@ pub trait Subject: Send + Sync {
     fn bound(&self) -> Duration {
         Duration::from_secs(60)
     }
+}
+
+/// Seed of the pattern a printing probe guest writes on stdout (stderr
+/// uses the next one).
+pub const PRINT_SEED: u64 = 77;
+/// Bytes per stream a printing probe guest writes: several pipe buffers.
+pub const PRINT_LEN: usize = 300_000;
+
+/// What `probe-guest bytes PRINT_SEED PRINT_LEN` writes, per stream.
+pub fn probe_output() -> Vec<(LogStream, Vec<u8>)> {
+    vec![
+        (
+            LogStream::Stdout,
+            crate::probe_pattern(PRINT_SEED, PRINT_LEN),
+        ),
+        (
+            LogStream::Stderr,
+            crate::probe_pattern(PRINT_SEED + 1, PRINT_LEN),
+        ),
+    ]
+}
+
+/// The envelope a demo guest reported (its `envelope=<JSON>` line), once
+/// that line is complete.
+pub fn demo_envelope(stdout: &[u8]) -> Option<BootstrapEnvelope> {
+    stdout
+        .split(|&b| b == b'\n')
+        .rev()
+        .skip(1) // the part after the last newline is not a whole line yet
+        .find_map(|l| l.strip_prefix(b"envelope="))
+        .map(|json| BootstrapEnvelope::from_json(json).expect("envelope JSON"))
 }
 
 /// Grace period the checks stop guests with.

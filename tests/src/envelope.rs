@@ -1,9 +1,9 @@
 //! Envelopes as the runner builds them: through `runner_core::bootstrap`,
 //! with the facts a session would pass (the backend's tier, sidecar and
 //! degraded reasons), so a test never hand-builds one that the runner
-//! could not send.
+//! could not send; and launch specs around them.
 
-use runner_core::backend::SandboxBackend;
+use runner_core::backend::{LaunchSpec, SandboxBackend};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope, insecure_process_tier};
 use runner_core::config::UserConfig;
 use runner_core::{UserId, Workspace};
@@ -49,4 +49,25 @@ pub fn envelope_for(
         sidecar_running: backend.has_sidecar(),
         degraded_reasons: degraded,
     })
+}
+
+/// A launch spec for `role` of `user` carrying `envelope`: session `s1`,
+/// no extra environment, run as the runner's own user.
+pub fn launch_spec(
+    role: GuestRole,
+    user: &UserId,
+    workspace: &Workspace,
+    envelope: BootstrapEnvelope,
+    resources: ResourceLimits,
+) -> LaunchSpec {
+    LaunchSpec {
+        run_as: None,
+        role,
+        user_id: user.clone(),
+        session_id: "s1".into(),
+        workspace: workspace.clone(),
+        envelope,
+        extra_env: BTreeMap::new(),
+        resources,
+    }
 }

@@ -3,7 +3,7 @@
 //! mode, the envelopes the runner would send, and bounded readers over a
 //! VM's serial console.
 
-use crate::envelope::{envelope_for, user_config};
+use crate::envelope::{envelope_for, launch_spec, user_config};
 pub use crate::jailer_binary;
 use runner_core::backend::firecracker::{
     FirecrackerBackend, FirecrackerBackendConfig, JailerSettings,
@@ -12,7 +12,6 @@ use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -115,16 +114,8 @@ impl Fixture {
 
     /// A launch spec for `role` with [`Self::envelope`].
     pub fn spec(&self, role: GuestRole, backend: &FirecrackerBackend) -> LaunchSpec {
-        LaunchSpec {
-            run_as: None,
-            role,
-            user_id: self.user.clone(),
-            session_id: "s1".into(),
-            workspace: self.workspace.clone(),
-            envelope: self.envelope(role, backend),
-            extra_env: BTreeMap::new(),
-            resources: vm_limits(),
-        }
+        let envelope = self.envelope(role, backend);
+        launch_spec(role, &self.user, &self.workspace, envelope, vm_limits())
     }
 }
 
@@ -202,20 +193,22 @@ pub async fn read_until(
 
 /// The `cmdline=` line the test kernel prints.
 pub fn console_cmdline(console: &[u8]) -> String {
-    let text = String::from_utf8_lossy(console);
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdline="))
-        .unwrap_or_else(|| panic!("no cmdline= line in console output: {text:?}"))
-        .to_owned()
+    console_value(console, "cmdline=")
 }
 
 /// The `cmdline_len=` value the test kernel prints.
 pub fn console_cmdline_len(console: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(console);
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdline_len="))
-        .unwrap_or_else(|| panic!("no cmdline_len= line in console output: {text:?}"))
+    console_value(console, "cmdline_len=")
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The rest of the first console line starting with `key`.
+fn console_value(console: &[u8], key: &str) -> String {
+    let text = String::from_utf8_lossy(console);
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} line in console output: {text:?}"))
+        .to_owned()
 }

@@ -99,24 +99,33 @@ fn build_package(package: &str) -> Result<PathBuf, String> {
         .ok_or("runner-tests has no parent directory")?
         .join("Cargo.toml");
     let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let output = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .arg("build")
         .arg("--quiet")
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
-        .args(["--profile", profile, "-p", package, "--bins"])
+        .args(["--profile", profile, "-p", package, "--bins"]);
+    run_ok(&mut build, &format!("{cargo} build"))?;
+    Ok(profile_dir)
+}
+
+/// Runs `cmd` (described as `what`) to completion; its output, or why it
+/// did not run or did not succeed (with its stderr).
+pub fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output, String> {
+    let output = cmd
         .output()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "{cargo} build failed ({}):\n{}",
+            "{what} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(profile_dir)
+    Ok(output)
 }
 
 // ---------------------------------------------------------------------------
@@ -135,19 +144,10 @@ pub fn repo_root() -> PathBuf {
 /// Runs `bash <script> <args...>` and returns the last non-empty stdout line
 /// as a path (both fixture scripts print their artefact's path last).
 fn run_path_script(script: &Path, args: &[&Path]) -> Result<PathBuf, String> {
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    let output = run_ok(
+        Command::new("bash").arg(script).args(args),
+        &script.display().to_string(),
+    )?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout
         .lines()
@@ -258,19 +258,24 @@ pub fn kvm_or_skip(test: &str) -> bool {
 /// argument (read from `/proc/<pid>/cmdline`; zombies have none and are
 /// not listed).
 pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    pids_where(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == needle.as_bytes())
+        })
+    })
+}
+
+/// Pids of the processes in `/proc` for which `keep` holds.
+pub fn pids_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == needle.as_bytes())
-            })
-        })
+        .filter(|pid| keep(*pid))
         .collect()
 }
 

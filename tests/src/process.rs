@@ -2,7 +2,7 @@
 //! temp workspace, demo-guest commands, a timed line reader over a guest's
 //! output, and a bounded "is this pid gone" check.
 
-use crate::envelope::{envelope_for, user_config};
+use crate::envelope::{envelope_for, launch_spec, user_config};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
 use runner_core::config::GuestCommand;
@@ -62,16 +62,8 @@ impl Fixture {
 
     /// A launch spec for `role` carrying `envelope`.
     pub fn spec(&self, role: GuestRole, envelope: BootstrapEnvelope) -> LaunchSpec {
-        LaunchSpec {
-            run_as: None,
-            role,
-            user_id: self.user.clone(),
-            session_id: "s1".into(),
-            workspace: self.workspace.clone(),
-            envelope,
-            extra_env: BTreeMap::new(),
-            resources: ResourceLimits::default(),
-        }
+        let limits = ResourceLimits::default();
+        launch_spec(role, &self.user, &self.workspace, envelope, limits)
     }
 }
 

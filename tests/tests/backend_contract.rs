@@ -9,36 +9,14 @@ use runner_core::UserId;
 use runner_core::backend::docker::DockerTier;
 use runner_core::backend::fake::{FakeBackend, FakeGuest};
 use runner_core::backend::{ExitWatch, GuestIdentity, SandboxBackend};
-use runner_tests::contract::{self, Act, Case, Subject};
+use runner_tests::contract::{self, Act, Case, PRINT_LEN, PRINT_SEED, Subject, probe_output};
 use runner_tests::docker::container_facts;
 use runner_tests::docker::harness::Harness;
-use runner_tests::{probe_pattern, process_alive};
+use runner_tests::process_alive;
 use runner_types::reader::parse_cmdline;
 use runner_types::{BootstrapEnvelope, ExitStatus, GuestRole, LogStream, SandboxTier};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Bytes per stream a printing guest writes: several pipe buffers.
-const PRINT_LEN: usize = 300_000;
-/// Seeds of the printed pattern (stdout; stderr uses the next one).
-const SEED: u64 = 77;
-
-/// The envelope a `demo-guest` reported (`envelope=<JSON>` line).
-fn demo_envelope(stdout: &[u8]) -> Option<BootstrapEnvelope> {
-    stdout
-        .split(|&b| b == b'\n')
-        .rev()
-        .skip(1) // the part after the last newline is not a whole line yet
-        .find_map(|l| l.strip_prefix(b"envelope="))
-        .map(|json| BootstrapEnvelope::from_json(json).expect("envelope JSON"))
-}
-
-fn probe_output() -> Vec<(LogStream, Vec<u8>)> {
-    vec![
-        (LogStream::Stdout, probe_pattern(SEED, PRINT_LEN)),
-        (LogStream::Stderr, probe_pattern(SEED + 1, PRINT_LEN)),
-    ]
-}
 
 // ---------------------------------------------------------------------------
 // process tier
@@ -56,7 +34,7 @@ impl Subject for Process {
             Act::Hold => demo(&["--heartbeat-ms", "60000"]),
             Act::Print => demo_at(
                 runner_tests::guest_binary("probe-guest"),
-                &["bytes", &SEED.to_string(), &PRINT_LEN.to_string()],
+                &["bytes", &PRINT_SEED.to_string(), &PRINT_LEN.to_string()],
             ),
         };
         let backend = runtime_only(command);
@@ -65,14 +43,6 @@ impl Subject for Process {
             spec: self.fx.spec(GuestRole::Runtime, envelope),
             backend: Arc::new(backend),
         }
-    }
-
-    fn printed(&self, _: &Case) -> Vec<(LogStream, Vec<u8>)> {
-        probe_output()
-    }
-
-    fn reported_envelope(&self, stdout: &[u8]) -> Option<BootstrapEnvelope> {
-        demo_envelope(stdout)
     }
 
     async fn running(&self, identity: &GuestIdentity) -> bool {
@@ -102,7 +72,7 @@ impl Subject for Docker {
         let image = match act {
             Act::Hold => self.h.demo_image(&["--heartbeat-ms", "60000"]).await,
             Act::Print => {
-                let (seed, len) = (SEED.to_string(), PRINT_LEN.to_string());
+                let (seed, len) = (PRINT_SEED.to_string(), PRINT_LEN.to_string());
                 runner_tests::docker::guest_image(
                     &self.h.docker,
                     "probe-guest",
@@ -123,14 +93,6 @@ impl Subject for Docker {
             spec,
             backend: Arc::new(backend),
         }
-    }
-
-    fn printed(&self, _: &Case) -> Vec<(LogStream, Vec<u8>)> {
-        probe_output()
-    }
-
-    fn reported_envelope(&self, stdout: &[u8]) -> Option<BootstrapEnvelope> {
-        demo_envelope(stdout)
     }
 
     async fn running(&self, identity: &GuestIdentity) -> bool {
@@ -244,14 +206,6 @@ impl Subject for Fake {
         let mut spec = fx.spec(GuestRole::Runtime, envelope);
         spec.session_id = format!("{act:?}");
         Case { backend, spec }
-    }
-
-    fn printed(&self, _: &Case) -> Vec<(LogStream, Vec<u8>)> {
-        probe_output()
-    }
-
-    fn reported_envelope(&self, stdout: &[u8]) -> Option<BootstrapEnvelope> {
-        demo_envelope(stdout)
     }
 
     async fn running(&self, identity: &GuestIdentity) -> bool {

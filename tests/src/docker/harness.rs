@@ -3,7 +3,7 @@
 //! and launch specs, and output capture.
 
 use super::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
-use crate::envelope::{envelope_for, user_config};
+use crate::envelope::{envelope_for, launch_spec, user_config};
 use bollard::Docker;
 use runner_core::UserId;
 use runner_core::backend::docker::create::LABEL_INSTANCE;
@@ -45,7 +45,11 @@ impl Harness {
             host,
             docker,
             instance,
-            dir: tempfile::tempdir().expect("tempdir"),
+            // Short, so socket paths below it stay far under the OS limit.
+            dir: tempfile::Builder::new()
+                .prefix("h")
+                .tempdir_in("/tmp")
+                .expect("tempdir"),
         })
     }
 
@@ -104,22 +108,12 @@ pub fn spec(
     ws: &Workspace,
     resources: ResourceLimits,
 ) -> LaunchSpec {
-    let envelope = envelope_for(
-        backend,
-        user,
-        ws,
-        role,
-        &user_config(resources.clone(), &[]),
-    );
+    let config = user_config(resources.clone(), &[]);
+    let envelope = envelope_for(backend, user, ws, role, &config);
     LaunchSpec {
-        run_as: None,
-        role,
-        user_id: user.clone(),
         session_id: unique_id("sess"),
-        workspace: ws.clone(),
-        envelope,
         extra_env: BTreeMap::from([("EXTRA_FROM_TEST".to_owned(), "1".to_owned())]),
-        resources,
+        ..launch_spec(role, user, ws, envelope, resources)
     }
 }
 

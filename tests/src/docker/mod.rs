@@ -123,7 +123,8 @@ fn build_static() -> Result<PathBuf, String> {
     let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let target_dir = root.join("target/static");
     let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let output = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args(["build", "--quiet", "-p", "runner-examples", "--bins"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
@@ -133,16 +134,8 @@ fn build_static() -> Result<PathBuf, String> {
         // With an explicit --target, RUSTFLAGS reach the target artifacts
         // only, not build scripts or proc macros.
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "static build failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    crate::run_ok(&mut build, "static build")?;
     Ok(target_dir.join(target).join("debug"))
 }
 

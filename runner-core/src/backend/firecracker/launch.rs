@@ -234,7 +234,8 @@ pub fn spawn(
     })
 }
 
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
+/// Removes `path`; a file that is not there is no error.
+pub(super) fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -266,6 +267,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn args_of(p: &LaunchPaths) -> Vec<String> {
+        p.firecracker_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
     #[test]
     fn per_launch_names_and_arguments() {
         let p = LaunchPaths::new(Path::new("/ws/alice/run"), GuestRole::Sidecar);
@@ -281,11 +289,7 @@ mod tests {
             p.vsock_socket,
             Path::new("/ws/alice/run/shell-vm-vsock.sock")
         );
-        let args: Vec<String> = p
-            .firecracker_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args = args_of(&p);
         assert_eq!(
             args,
             [
@@ -308,11 +312,7 @@ mod tests {
         assert_eq!(p.api_socket, root.join("api.sock"));
         assert_eq!(p.visible(&p.vsock_socket), Path::new("/vsock.sock"));
         assert_eq!(p.vsock_port_socket(1024), root.join("vsock.sock_1024"));
-        let args: Vec<String> = p
-            .firecracker_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args = args_of(&p);
         assert_eq!(
             args,
             [
