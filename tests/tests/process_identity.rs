@@ -81,14 +81,13 @@ async fn launch_as(backend: &ProcessBackend, s: &Session, user: &str) -> Launche
         user_id: fx_user.clone(),
         session_id: "s1".into(),
         workspace: s.workspace.clone(),
-        envelope: runner_types::BootstrapEnvelope {
-            user_id: user.into(),
-            sandbox_tier: SandboxTier::Process,
-            workspace_root: s.workspace.workspace_root.to_string_lossy().into_owned(),
-            sidecar_endpoint: None,
-            runtime_policy: None,
-            startup_status: None,
-        },
+        envelope: runner_tests::envelope::envelope_for(
+            backend,
+            &fx_user,
+            &s.workspace,
+            GuestRole::Runtime,
+            &Default::default(),
+        ),
         extra_env: BTreeMap::new(),
         resources: ResourceLimits::default(),
     };
