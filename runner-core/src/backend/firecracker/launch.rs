@@ -1,6 +1,6 @@
 //! Starting one firecracker process: per-launch file names, the command
 //! line (plain data) and the spawn. The running VM is then owned by
-//! [`super::control`].
+//! [`super::FirecrackerControl`].
 //!
 //! Process handling: firecracker runs in its own process group (so a Ctrl-C
 //! at the runner's terminal reaches the runner, which then stops VMs in
