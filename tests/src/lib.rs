@@ -254,6 +254,21 @@ pub fn kvm_or_skip(test: &str) -> bool {
     false
 }
 
+/// Gate for tests that need root (to switch uids): `true` as root.
+/// Otherwise, with the `CI` environment variable set, panics (CI runs them
+/// as root); else prints `skipping: needs root` and returns `false`.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI runs these tests as root"
+    );
+    eprintln!("{test}: skipping: needs root");
+    false
+}
+
 /// Pids of live processes whose command line contains `needle` as one whole
 /// argument (read from `/proc/<pid>/cmdline`; zombies have none and are
 /// not listed).
@@ -286,6 +301,37 @@ pub fn process_alive(pid: u32) -> bool {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     })
+}
+
+/// Waits up to `within` for `pid` to be gone (see [`process_alive`]).
+/// There is no event for a non-child's death, so this re-checks every
+/// 20 ms until the deadline.
+pub async fn wait_gone(pid: u32, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while process_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// SIGKILLs a helper "runner" started by [`spawn_reporting_helper`] and
+/// reaps it.
+///
+/// # Panics
+///
+/// When it cannot be killed or reaped, or exited successfully anyway.
+pub async fn sigkill_runner(mut runner: std::process::Child) {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(runner.id()).expect("pid fits i32"));
+    kill(pid, Signal::SIGKILL).expect("SIGKILL the runner");
+    let status = tokio::task::spawn_blocking(move || runner.wait())
+        .await
+        .expect("wait task")
+        .expect("reap the runner");
+    assert!(!status.success(), "the killed runner reported success");
 }
 
 /// Re-runs the current test executable with only the ignored test `helper`

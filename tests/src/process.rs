@@ -170,30 +170,10 @@ impl Lines {
     }
 }
 
-/// Whether `pid` no longer runs: no such process, or a zombie (dead, waiting
-/// for whoever inherited it to reap it).
+/// Whether `pid` no longer runs: no such process, or a zombie (dead,
+/// waiting for whoever inherited it to reap it).
 pub fn pid_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/stat"))) {
-        Err(_) => true,
-        // State is the first field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state == 'Z' || state == 'X'),
-    }
+    !crate::process_alive(pid)
 }
 
-/// Waits up to `within` for `pid` to be dead. There is no event for a
-/// non-child's death, so this re-checks every 20 ms until the deadline.
-pub async fn wait_dead(pid: u32, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if pid_dead(pid) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use crate::wait_gone as wait_dead;

@@ -22,18 +22,6 @@ const GRACE: Duration = Duration::from_secs(1);
 /// A uid no account or guest has, for the "other local user".
 const NEIGHBOUR: u32 = 54_321;
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI runs these tests as root"
-    );
-    eprintln!("{test}: skipping: needs root");
-    false
-}
-
 /// A user with its mapped identity and its workspace provisioned for it,
 /// under a root other uids may traverse (as a real workspace root is).
 fn mapped_user(h: &Harness, prefix: &str) -> (UserId, Workspace, GuestUser) {
@@ -61,7 +49,7 @@ fn container_id(g: &LaunchedGuest) -> String {
 
 #[tokio::test]
 async fn a_container_guest_runs_as_its_users_uid_with_default_limits() {
-    if !root_or_skip("a_container_guest_runs_as_its_users_uid_with_default_limits") {
+    if !runner_tests::root_or_skip("a_container_guest_runs_as_its_users_uid_with_default_limits") {
         return;
     }
     let Some(h) = Harness::new().await else {
@@ -105,7 +93,8 @@ async fn a_container_guest_runs_as_its_users_uid_with_default_limits() {
 
 #[tokio::test]
 async fn a_setuid_file_from_a_container_guest_gives_other_uids_nothing() {
-    if !root_or_skip("a_setuid_file_from_a_container_guest_gives_other_uids_nothing") {
+    if !runner_tests::root_or_skip("a_setuid_file_from_a_container_guest_gives_other_uids_nothing")
+    {
         return;
     }
     let Some(h) = Harness::new().await else {

@@ -20,19 +20,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Root is needed to switch uids; without it (outside CI) the tests skip.
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI runs these tests as root"
-    );
-    eprintln!("{test}: skipping: needs root");
-    false
-}
-
 fn sh(script: &str) -> ProcessBackend {
     ProcessBackend::new(ProcessBackendConfig {
         runtime: GuestCommand {
@@ -131,7 +118,7 @@ fn limit(pid: u32, row: &str) -> (String, String) {
 
 #[tokio::test]
 async fn guest_starts_clean_under_its_own_uid() {
-    if !root_or_skip("guest_starts_clean_under_its_own_uid") {
+    if !runner_tests::root_or_skip("guest_starts_clean_under_its_own_uid") {
         return;
     }
     // What a careless runner would pass on: a descriptor without
@@ -183,7 +170,7 @@ async fn guest_starts_clean_under_its_own_uid() {
 
 #[tokio::test]
 async fn guests_without_resources_get_default_limits() {
-    if !root_or_skip("guests_without_resources_get_default_limits") {
+    if !runner_tests::root_or_skip("guests_without_resources_get_default_limits") {
         return;
     }
     let dir = open_root();
@@ -217,7 +204,7 @@ fn writer(shared: &Path, name: &str, other: &Path) -> String {
 
 #[tokio::test]
 async fn two_users_run_under_two_uids_and_keep_their_files_apart() {
-    if !root_or_skip("two_users_run_under_two_uids_and_keep_their_files_apart") {
+    if !runner_tests::root_or_skip("two_users_run_under_two_uids_and_keep_their_files_apart") {
         return;
     }
     let dir = open_root();
