@@ -8,7 +8,7 @@ use bollard::Docker;
 use runner_core::UserId;
 use runner_core::backend::docker::create::LABEL_INSTANCE;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
-use runner_core::backend::{GuestOutput, LaunchSpec};
+use runner_core::backend::{GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::{MountOverrides, Workspace};
 use runner_types::config::DockerSection;
 use runner_types::{GuestRole, LogStream, ResourceLimits};
@@ -115,6 +115,18 @@ pub fn spec(
         extra_env: BTreeMap::from([("EXTRA_FROM_TEST".to_owned(), "1".to_owned())]),
         ..launch_spec(role, user, ws, envelope, resources)
     }
+}
+
+/// Launches `role` from [`spec`] with default resource limits.
+pub async fn launch(
+    backend: &DockerBackend,
+    role: GuestRole,
+    user: &UserId,
+    ws: &Workspace,
+) -> Result<LaunchedGuest, LaunchError> {
+    backend
+        .launch(spec(backend, role, user, ws, ResourceLimits::default()))
+        .await
 }
 
 /// Everything one output stream delivered so far, and whether it ended.
