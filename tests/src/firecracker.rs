@@ -6,9 +6,9 @@
 use crate::envelope::{envelope_for, launch_spec, user_config};
 pub use crate::jailer_binary;
 use runner_core::backend::firecracker::{
-    FirecrackerBackend, FirecrackerBackendConfig, JailerSettings,
+    FirecrackerBackend, FirecrackerBackendConfig, FirecrackerLaunchError, JailerSettings,
 };
-use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
+use runner_core::backend::{GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
@@ -112,10 +112,52 @@ impl Fixture {
         envelope_for(backend, &self.user, &self.workspace, role, &config)
     }
 
+    /// The error `backend`'s session pre-flight refuses this fixture with.
+    ///
+    /// # Panics
+    ///
+    /// When the pre-flight passes or fails with another tier's error.
+    pub async fn preflight_error(&self, backend: &FirecrackerBackend) -> FirecrackerLaunchError {
+        let err = backend
+            .prepare_session(&self.user, &self.workspace)
+            .await
+            .expect_err("the pre-flight refuses");
+        firecracker_error(err)
+    }
+
+    /// The error launching `role` on `backend` fails with.
+    ///
+    /// # Panics
+    ///
+    /// When the launch succeeds or fails with another tier's error.
+    pub async fn launch_error(
+        &self,
+        backend: &FirecrackerBackend,
+        role: GuestRole,
+    ) -> FirecrackerLaunchError {
+        let err = backend
+            .launch(self.spec(role, backend))
+            .await
+            .expect_err("the launch fails");
+        firecracker_error(err)
+    }
+
     /// A launch spec for `role` with [`Self::envelope`].
     pub fn spec(&self, role: GuestRole, backend: &FirecrackerBackend) -> LaunchSpec {
         let envelope = self.envelope(role, backend);
         launch_spec(role, &self.user, &self.workspace, envelope, vm_limits())
+    }
+}
+
+/// The micro_vm tier's own error inside `err`.
+///
+/// # Panics
+///
+/// When `err` is another tier's.
+pub fn firecracker_error(err: LaunchError) -> FirecrackerLaunchError {
+    match err {
+        LaunchError::Firecracker(e) => e,
+        other => panic!("not a firecracker error: {other:?}"),
     }
 }
 
