@@ -3,11 +3,11 @@
 //! the command-line budget, a root runner without a jailer. None of these
 //! boots a VM.
 
+use runner_core::backend::SandboxBackend;
 use runner_core::backend::firecracker::{
     FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
     FirecrackerLaunchError, JailerSettings, LaunchPaths,
 };
-use runner_core::backend::SandboxBackend;
 use runner_core::config::RunnerConfig;
 use runner_tests::firecracker::*;
 use runner_types::GuestRole;
