@@ -12,10 +12,8 @@ use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTie
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::health::SessionPhase;
-use runner_tests::docker::{
-    Docker, RemoveOnDrop, connect, container_facts, containers_labelled, docker_host, guest_image,
-    unique_id,
-};
+use runner_tests::docker::harness::Harness;
+use runner_tests::docker::{container_facts, containers_labelled, guest_image, unique_id};
 use runner_types::config::RestartPolicy;
 use runner_types::{
     BootstrapEnvelope, ExitStatus, GuestRole, GuestState, HealthStatus, LogStream, ResourceLimits,
@@ -29,33 +27,23 @@ use tokio::sync::broadcast;
 /// Bound on anything a container session does in a test.
 const WAIT: Duration = Duration::from_secs(90);
 
-/// One test's engine, runner instance id and workspace root. Every
-/// container carrying the instance label is removed when it is dropped.
-struct Engine {
-    host: String,
-    docker: Docker,
-    instance: String,
-    dir: tempfile::TempDir,
-    _guard: RemoveOnDrop,
+/// One test's engine, runner instance id and workspace root: the shared
+/// Docker harness (every container carrying the instance label is removed
+/// when it is dropped), with this file's runner wiring.
+struct Engine(Harness);
+
+impl std::ops::Deref for Engine {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
 }
 
 impl Engine {
     /// `None` when there is no engine and the test should skip.
     async fn new() -> Option<Self> {
-        let host = docker_host()?;
-        let docker = connect(&host).await;
-        let instance = unique_id("inst");
-        Some(Self {
-            _guard: RemoveOnDrop::new(&host, LABEL_INSTANCE, &instance),
-            host,
-            docker,
-            instance,
-            // Short, so the socket paths stay far below the OS limit.
-            dir: tempfile::Builder::new()
-                .prefix("cs")
-                .tempdir_in("/tmp")
-                .expect("tempdir"),
-        })
+        Harness::new().await.map(Self)
     }
 
     async fn image(&self, binary: &str, args: &[&str]) -> String {

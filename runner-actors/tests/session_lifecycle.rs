@@ -66,7 +66,7 @@ async fn runtime_launch_failure_tears_the_sidecar_down() {
             err,
             SessionError::Launch {
                 role: GuestRole::Runtime,
-                source: LaunchError::Scripted { .. }
+                source: LaunchError::NotConfigured { .. }
             }
         ),
         "{err:?}"

@@ -6,14 +6,13 @@
 //! - [`bootstrap`]: building each guest's envelope.
 //! - [`logs`]: byte-exact log pumps with rotation, and the log reader.
 //! - [`control`]: the control-socket codec and client.
-//! - `fake` (feature `test-util`): a scripted backend for actor tests.
+//! - `backend::fake` (feature `test-util`, also reachable as `fake`): a
+//!   scripted backend for actor tests, beside the trait it fakes.
 
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod control;
-#[cfg(feature = "test-util")]
-pub mod fake;
 pub mod guest_env;
 pub mod health;
 pub mod identity;
@@ -24,5 +23,7 @@ pub mod restart;
 pub mod user;
 pub mod workspace;
 
+#[cfg(feature = "test-util")]
+pub use backend::fake;
 pub use user::UserId;
 pub use workspace::Workspace;

@@ -6,9 +6,21 @@
 //! - [`firecracker_binary`], [`test_kernel`], [`kvm_or_skip`],
 //!   [`pids_with_arg`], [`process_alive`]: the micro_vm tier's fixtures.
 //! - [`docker`]: the container tier's fixtures (engine lookup, static guest
-//!   images, unique ids, clean-up).
+//!   images, unique ids, clean-up) and [`docker::harness`] for its backend.
+//! - [`process`], [`firecracker`], [`logs`]: the other tiers' and the log
+//!   pipeline's fixtures.
+//! - [`envelope`]: envelopes built by the runner's own `bootstrap` code.
+//! - [`contract`]: the one suite every backend must pass.
+//! - [`probe_pattern`]: the bytes `probe-guest bytes` writes.
 
+pub mod contract;
 pub mod docker;
+pub mod envelope;
+pub mod firecracker;
+pub mod logs;
+pub mod process;
+
+pub use runner_examples::probe::pattern as probe_pattern;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,32 +99,42 @@ fn build_package(package: &str) -> Result<PathBuf, String> {
         .ok_or("runner-tests has no parent directory")?
         .join("Cargo.toml");
     let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let output = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .arg("build")
         .arg("--quiet")
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
-        .args(["--profile", profile, "-p", package, "--bins"])
+        .args(["--profile", profile, "-p", package, "--bins"]);
+    run_ok(&mut build, &format!("{cargo} build"))?;
+    Ok(profile_dir)
+}
+
+/// Runs `cmd` (described as `what`) to completion; its output, or why it
+/// did not run or did not succeed (with its stderr).
+pub fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output, String> {
+    let output = cmd
         .output()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "{cargo} build failed ({}):\n{}",
+            "{what} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(profile_dir)
+    Ok(output)
 }
 
 // ---------------------------------------------------------------------------
 // micro_vm tier: the pinned Firecracker binary, the test kernel, KVM.
 // ---------------------------------------------------------------------------
 
-/// The repository root (the parent of this crate's directory).
-fn repo_root() -> PathBuf {
+/// The repository root (the parent of this crate's directory; holds
+/// `Cargo.toml` and `.ci/`).
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("runner-tests lives one level below the repository root")
@@ -122,19 +144,10 @@ fn repo_root() -> PathBuf {
 /// Runs `bash <script> <args...>` and returns the last non-empty stdout line
 /// as a path (both fixture scripts print their artefact's path last).
 fn run_path_script(script: &Path, args: &[&Path]) -> Result<PathBuf, String> {
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    let output = run_ok(
+        Command::new("bash").arg(script).args(args),
+        &script.display().to_string(),
+    )?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout
         .lines()
@@ -241,23 +254,43 @@ pub fn kvm_or_skip(test: &str) -> bool {
     false
 }
 
+/// Gate for tests that need root (to switch uids): `true` as root.
+/// Otherwise, with the `CI` environment variable set, panics (CI runs them
+/// as root); else prints `skipping: needs root` and returns `false`.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI runs these tests as root"
+    );
+    eprintln!("{test}: skipping: needs root");
+    false
+}
+
 /// Pids of live processes whose command line contains `needle` as one whole
 /// argument (read from `/proc/<pid>/cmdline`; zombies have none and are
 /// not listed).
 pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    pids_where(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == needle.as_bytes())
+        })
+    })
+}
+
+/// Pids of the processes in `/proc` for which `keep` holds.
+pub fn pids_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == needle.as_bytes())
-            })
-        })
+        .filter(|pid| keep(*pid))
         .collect()
 }
 
@@ -268,6 +301,37 @@ pub fn process_alive(pid: u32) -> bool {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     })
+}
+
+/// Waits up to `within` for `pid` to be gone (see [`process_alive`]).
+/// There is no event for a non-child's death, so this re-checks every
+/// 20 ms until the deadline.
+pub async fn wait_gone(pid: u32, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while process_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// SIGKILLs a helper "runner" started by [`spawn_reporting_helper`] and
+/// reaps it.
+///
+/// # Panics
+///
+/// When it cannot be killed or reaped, or exited successfully anyway.
+pub async fn sigkill_runner(mut runner: std::process::Child) {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(runner.id()).expect("pid fits i32"));
+    kill(pid, Signal::SIGKILL).expect("SIGKILL the runner");
+    let status = tokio::task::spawn_blocking(move || runner.wait())
+        .await
+        .expect("wait task")
+        .expect("reap the runner");
+    assert!(!status.success(), "the killed runner reported success");
 }
 
 /// Re-runs the current test executable with only the ignored test `helper`

@@ -361,25 +361,17 @@ fn is_empty_dir(path: &Path) -> bool {
 /// their command line names the directory.
 fn vm_pids(user_dir: &Path) -> Vec<u32> {
     let dir = user_dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "firecracker")
-        })
-        .filter(|pid| {
-            let root = std::fs::read_link(format!("/proc/{pid}/root"))
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            root.starts_with(&dir) || String::from_utf8_lossy(&cmdline).contains(&dir)
-        })
-        .filter(|pid| process_alive(*pid))
-        .collect()
+    runner_tests::pids_where(|pid| {
+        let firecracker = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "firecracker");
+        let root = std::fs::read_link(format!("/proc/{pid}/root"))
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        firecracker
+            && (root.starts_with(&dir) || String::from_utf8_lossy(&cmdline).contains(&dir))
+            && process_alive(pid)
+    })
 }
 
 fn demo_guests_toml() -> String {

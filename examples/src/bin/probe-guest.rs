@@ -1,5 +1,5 @@
 //! A tiny test guest that reports on the sandbox it runs in, for the
-//! container-tier tests. Depends on std and runner-types only, so it links
+//! container-tier tests. Depends on std and this crate only, so it links
 //! statically into a `FROM scratch` image.
 //!
 //! ```text
@@ -29,11 +29,12 @@
 //! ```
 //!
 //! `pattern` is xorshift64 from the seed, one byte per step, with the last
-//! byte forced to `b'$'` (never a newline). runner-tests' `probe_pattern`
-//! computes the same sequence.
+//! byte forced to `b'$'` (never a newline): `runner_examples::probe::pattern`,
+//! which the tests use to check the output.
 //!
 //! Any arguments after those (the runner's `--user-id ...`) are ignored.
 
+use runner_examples::probe::pattern;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -103,23 +104,6 @@ fn oom(args: &[String]) -> Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// xorshift64 bytes; the last is `b'$'`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    if let Some(last) = v.last_mut() {
-        *last = b'$';
-    }
-    v
 }
 
 fn bytes(args: &[String]) -> Result<ExitCode> {

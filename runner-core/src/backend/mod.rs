@@ -5,6 +5,8 @@
 pub mod clean_start;
 pub mod docker;
 pub mod exit;
+#[cfg(feature = "test-util")]
+pub mod fake;
 pub mod firecracker;
 mod parent_death;
 pub mod process;
@@ -138,10 +140,23 @@ pub struct LaunchedGuest {
     pub control: Box<dyn GuestControl>,
 }
 
-/// Stop and clean-up of one launched guest.
+/// Stop and clean-up of one launched guest: each tier's `<Tier>Control`
+/// (in its `control.rs`).
 ///
-/// Implementations must be bounded: `stop` returns within `grace` plus a
-/// small, fixed kill allowance, whatever the guest does.
+/// What every implementation must do (checked for every tier by one
+/// contract suite in the `runner-tests` crate):
+///
+/// - **Bounded:** `stop` returns within `grace` plus a small, fixed kill
+///   allowance ([`SandboxBackend::stop_overrun`]), whatever the guest does.
+/// - **Idempotent:** `stop` on an exited guest returns the exit it already
+///   published; `cleanup` a second time finds nothing left and succeeds.
+/// - **One exit:** the [`ExitWatch`] of the launch resolves once, to the
+///   same value every watcher and every `stop` sees.
+/// - **Drop kills:** dropping the control of a guest that is still running
+///   kills it (process group, container, VM) without an `await`. This, not
+///   an actor's `post_stop`, is what guarantees no guest outlives its owner:
+///   an actor that panics or is killed never runs `post_stop`, but its state,
+///   and with it the control, is still dropped.
 #[async_trait]
 pub trait GuestControl: Send + Sync + std::fmt::Debug {
     /// Asks the guest to stop (SIGTERM, `docker stop`, Ctrl-Alt-Del), waits up
@@ -150,7 +165,7 @@ pub trait GuestControl: Send + Sync + std::fmt::Debug {
     async fn stop(&self, grace: Duration) -> Result<GuestExit, StopError>;
 
     /// Removes per-launch resources (container, API socket, generated files).
-    /// Called once after the guest has exited.
+    /// Called after the guest has exited; calling it again is harmless.
     async fn cleanup(&self) -> Result<(), StopError>;
 }
 
@@ -246,13 +261,6 @@ pub enum LaunchError {
         role: GuestRole,
         /// The tier.
         tier: SandboxTier,
-    },
-    /// A scripted failure from the fake backend.
-    #[cfg(feature = "test-util")]
-    #[error("Scripted launch failure for {role}")]
-    Scripted {
-        /// The role.
-        role: GuestRole,
     },
 }
 

@@ -11,8 +11,8 @@
 //! launch's [`LABEL_LAUNCH`]: a same-name container of someone else, or of
 //! a later launch of the same guest, is never touched.
 
+use super::control::REMOVE_BOUND;
 use super::create::LABEL_LAUNCH;
-use super::guest::REMOVE_BOUND;
 use super::reconcile::force_remove;
 use bollard::Docker;
 use tokio::time::timeout;

@@ -22,27 +22,27 @@
 //! container sees the same directory as `/ipc` and must listen on
 //! `/ipc/shell-daemon.sock`.
 
+mod attach;
 mod bootstrap_file;
 mod client;
+mod control;
 pub mod create;
 mod error;
-mod guest;
 mod image;
 mod launch_guard;
-mod logs;
 mod reconcile;
 mod select;
 
 pub use client::{DEFAULT_SOCKET, resolve_socket};
+pub use control::MAX_STOP_OVERRUN;
 pub use error::{DockerLaunchError, DockerStopError, EngineAction};
-pub use guest::MAX_STOP_OVERRUN;
 pub use select::{BackendKind, DockerTier, HostOs, select_backend_for};
 
 use self::bootstrap_file::BootstrapFile;
 use self::client::Engine;
+use self::control::{DockerControl, ENGINE_PING_BOUND};
 use self::create::{ContainerPlan, DEFAULT_NETWORK, PlanSettings};
 use self::error::status_of;
-use self::guest::{DockerGuest, ENGINE_PING_BOUND};
 use self::launch_guard::LaunchGuard;
 use self::reconcile::{NameHolder, force_remove, name_holder, remove_orphans};
 use crate::UserId;
@@ -243,31 +243,7 @@ impl DockerBackend {
             };
             match status_of(&err) {
                 Some(409) if !name_cleared => {
-                    let holder = name_holder(
-                        &self.engine,
-                        &plan.name,
-                        &self.plan.instance_id,
-                        &spec.user_id,
-                    )
-                    .await?;
-                    match holder {
-                        NameHolder::Vanished => {}
-                        NameHolder::Stale { id } => {
-                            tracing::info!(container = %plan.name, "Removing stale container");
-                            force_remove(docker, &id).await.map_err(|source| {
-                                DockerLaunchError::RemoveLeftover {
-                                    name: plan.name.clone(),
-                                    source,
-                                }
-                            })?;
-                        }
-                        NameHolder::Foreign { owner } => {
-                            return Err(DockerLaunchError::NameConflict {
-                                name: plan.name.clone(),
-                                owner,
-                            });
-                        }
-                    }
+                    self.clear_name(docker, plan, spec).await?;
                     name_cleared = true;
                 }
                 // 404 from create: the image, or something else it names
@@ -285,6 +261,77 @@ impl DockerBackend {
                 _ => return Err(self.engine.map_err(err, rejected)),
             }
         }
+    }
+
+    /// Frees `plan.name` after a create conflict: nothing to do if the
+    /// holder vanished, removes a stale container of this instance and
+    /// user, refuses a container that is not ours.
+    async fn clear_name(
+        &self,
+        docker: &Docker,
+        plan: &ContainerPlan,
+        spec: &LaunchSpec,
+    ) -> Result<(), DockerLaunchError> {
+        let holder = name_holder(
+            &self.engine,
+            &plan.name,
+            &self.plan.instance_id,
+            &spec.user_id,
+        )
+        .await?;
+        match holder {
+            NameHolder::Vanished => Ok(()),
+            NameHolder::Stale { id } => {
+                tracing::info!(container = %plan.name, "Removing stale container");
+                force_remove(docker, &id).await.map_err(|source| {
+                    DockerLaunchError::RemoveLeftover {
+                        name: plan.name.clone(),
+                        source,
+                    }
+                })
+            }
+            NameHolder::Foreign { owner } => Err(DockerLaunchError::NameConflict {
+                name: plan.name.clone(),
+                owner,
+            }),
+        }
+    }
+
+    /// Creates, attaches to and starts the container; a container created
+    /// but not started is removed again. Returns its id and its streams.
+    async fn create_and_start(
+        &self,
+        docker: &Docker,
+        plan: &ContainerPlan,
+        spec: &LaunchSpec,
+    ) -> Result<(String, Vec<GuestOutput>), DockerLaunchError> {
+        let id = self.create(docker, plan, spec).await?;
+        match self.attach_and_start(docker, plan, &id).await {
+            Ok(outputs) => Ok((id, outputs)),
+            Err(e) => {
+                if let Err(rm) = force_remove(docker, &id).await {
+                    tracing::warn!(container = %plan.name, error = %rm, "Cannot remove container that failed to start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `spec`'s envelope to the bootstrap file the container mounts.
+    fn write_bootstrap(&self, spec: &LaunchSpec) -> Result<BootstrapFile, DockerLaunchError> {
+        let json = spec
+            .envelope
+            .to_json()
+            .map_err(|source| DockerLaunchError::Envelope {
+                role: spec.role,
+                source,
+            })?;
+        let path = spec
+            .workspace
+            .run
+            .join(format!("{}.bootstrap.json", spec.role.label()));
+        BootstrapFile::write(path.clone(), &json, self.envelope_owner(spec))
+            .map_err(|source| DockerLaunchError::BootstrapFile { path, source })
     }
 
     /// Attaches to the created container `id` and starts it.
@@ -313,7 +360,7 @@ impl DockerBackend {
             .map_err(|e| self.engine.map_err(e, rejected(EngineAction::Attach)))?;
         // No stdin is attached; the write half is not needed.
         drop(attached.input);
-        let (outputs, _pump) = logs::demux(attached.output, plan.name.clone());
+        let (outputs, _pump) = attach::demux(attached.output, plan.name.clone());
         docker
             .start_container(id, None)
             .await
@@ -325,19 +372,7 @@ impl DockerBackend {
         let image = self.image_for(spec.role)?.to_owned();
         // Connect first: nothing is written for an engine that is not there.
         let docker = self.engine.docker().await?.clone();
-        let json = spec
-            .envelope
-            .to_json()
-            .map_err(|source| DockerLaunchError::Envelope {
-                role: spec.role,
-                source,
-            })?;
-        let path = spec
-            .workspace
-            .run
-            .join(format!("{}.bootstrap.json", spec.role.label()));
-        let file = BootstrapFile::write(path.clone(), &json, self.envelope_owner(&spec))
-            .map_err(|source| DockerLaunchError::BootstrapFile { path, source })?;
+        let file = self.write_bootstrap(&spec)?;
         let mut plan = ContainerPlan::new(&self.plan, &spec, &image, file.path());
         let n = self
             .launches
@@ -349,18 +384,7 @@ impl DockerBackend {
         // Armed before the create request: a launch dropped from here on
         // (timed out, cancelled) still removes its container.
         let guard = LaunchGuard::new(docker.clone(), plan.name.clone(), launch_id);
-        let started = match self.create(&docker, &plan, &spec).await {
-            Ok(id) => match self.attach_and_start(&docker, &plan, &id).await {
-                Ok(outputs) => Ok((id, outputs)),
-                Err(e) => {
-                    if let Err(rm) = force_remove(&docker, &id).await {
-                        tracing::warn!(container = %plan.name, error = %rm, "Cannot remove container that failed to start");
-                    }
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        };
+        let started = self.create_and_start(&docker, &plan, &spec).await;
         let (id, outputs) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -373,7 +397,7 @@ impl DockerBackend {
             }
         };
         tracing::debug!(container = %plan.name, id, "Container started");
-        let (control, exit) = DockerGuest::watch(docker, plan.name.clone(), id.clone(), file);
+        let (control, exit) = DockerControl::watch(docker, plan.name.clone(), id.clone(), file);
         // The watcher's own drop guard covers the container from here on.
         guard.disarm();
         Ok(LaunchedGuest {

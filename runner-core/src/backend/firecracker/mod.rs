@@ -65,6 +65,7 @@
 
 pub mod api;
 pub mod check;
+mod control;
 pub mod disks;
 mod error;
 pub mod jail;
@@ -74,9 +75,10 @@ pub mod reaper;
 pub mod template;
 pub mod vsock_bridge;
 
+pub use control::FirecrackerControl;
 pub use error::FirecrackerLaunchError;
 pub use jail::{Confinement, JailerSettings};
-pub use launch::{FirecrackerControl, LaunchPaths};
+pub use launch::LaunchPaths;
 pub use template::{CMDLINE_LIMIT, GeneratedConfig, Template, VsockDevice};
 
 use super::{LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};

@@ -15,6 +15,7 @@
 //! removes the record, the cgroup directories and the jail directory.
 
 use super::jail::JailLayout;
+use super::launch::remove_if_present;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_types::GuestRole;
@@ -159,13 +160,6 @@ fn is_running(pid: u32) -> bool {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     })
-}
-
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! and publishes `false` on the "up" watch. The watch is `true` from a
 //! successful bind until then.
 
+use super::launch::remove_if_present;
 use crate::identity::GuestUser;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -313,13 +314,6 @@ fn is_ok_reply(reply: &[u8]) -> bool {
         .and_then(|r| r.strip_suffix(b"\n"))
         .and_then(|p| std::str::from_utf8(p).ok())
         .is_some_and(|p| p.parse::<u32>().is_ok())
-}
-
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,12 @@
 //! [`FakeBackend`] records every [`LaunchSpec`] and hands the test a
 //! [`FakeGuest`] per launch, through which the test writes guest output,
 //! makes the guest exit, and sees whether it was stopped and cleaned up.
-//! Launch failures are scripted per role. Nothing here runs a process.
+//! Launch failures are scripted per role and are real [`LaunchError`]
+//! variants. Nothing here runs a process.
+//!
+//! It keeps the [`GuestControl`] drop contract as the real tiers do:
+//! dropping the control of a guest that has not exited kills it (its exit
+//! is published as SIGKILL).
 
 use crate::UserId;
 use crate::backend::exit::{exit_channel, exit_now};
@@ -37,7 +42,7 @@ pub enum StopBehavior {
 pub enum LaunchScript {
     /// Launch succeeds.
     Succeed,
-    /// Launch fails with [`LaunchError::Scripted`].
+    /// Launch fails with [`LaunchError::NotConfigured`] for the role.
     Fail,
     /// Launch succeeds after this delay (a slow image check or VM boot).
     SucceedAfter(std::time::Duration),
@@ -170,7 +175,12 @@ impl SandboxBackend for FakeBackend {
             (script, shared.next_pid)
         };
         match script {
-            LaunchScript::Fail => return Err(LaunchError::Scripted { role }),
+            LaunchScript::Fail => {
+                return Err(LaunchError::NotConfigured {
+                    role,
+                    tier: self.tier,
+                });
+            }
             LaunchScript::SucceedAfter(delay) => tokio::time::sleep(delay).await,
             LaunchScript::Succeed => {}
         }
@@ -245,6 +255,13 @@ impl GuestControl for FakeControl {
     }
 }
 
+impl Drop for FakeControl {
+    fn drop(&mut self) {
+        // The drop contract: a guest whose control is gone is killed.
+        self.notifier.notify(exit_now(ExitStatus::Signal(9), false));
+    }
+}
+
 /// The test's side of one launched fake guest.
 #[derive(Debug)]
 pub struct FakeGuest {
@@ -291,6 +308,12 @@ impl FakeGuest {
     /// The exit, if any.
     pub fn exited(&self) -> Option<GuestExit> {
         self.notifier.watch().get()
+    }
+
+    /// A watch on this guest's exit (however it comes: [`FakeGuest::exit`],
+    /// a stop, or its control dropped).
+    pub fn exit_watch(&self) -> crate::backend::ExitWatch {
+        self.notifier.watch()
     }
 
     /// How often `stop` was called.

@@ -2,19 +2,15 @@
 //! temp workspace, demo-guest commands, a timed line reader over a guest's
 //! output, and a bounded "is this pid gone" check.
 
-#![allow(dead_code)] // each test file uses a different subset
-
+use crate::envelope::{envelope_for, launch_spec, user_config};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest};
 use runner_core::config::GuestCommand;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use runner_types::{
-    BootstrapEnvelope, GuestRole, LogStream, ResolvedMounts, ResourceLimits, RuntimePolicy,
-    SandboxTier, StartupStatus,
-};
+use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -24,12 +20,22 @@ pub const PROMPT: Duration = Duration::from_secs(10);
 
 /// A provisioned workspace in a temp dir.
 pub struct Fixture {
+    /// Holds the workspace.
     pub dir: tempfile::TempDir,
+    /// The user (`alice`).
     pub user: UserId,
+    /// Its provisioned workspace.
     pub workspace: Workspace,
 }
 
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Fixture {
+    /// A fresh workspace for `alice`.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let user = UserId::new("alice").unwrap();
@@ -42,60 +48,28 @@ impl Fixture {
         }
     }
 
-    /// The kind of envelope the runner builds for a guest of `role`.
+    /// The envelope the runner builds for a guest of `role` (2 vCPUs,
+    /// 512 MiB, one credential).
     pub fn envelope(&self, role: GuestRole, backend: &ProcessBackend) -> BootstrapEnvelope {
-        use runner_core::backend::SandboxBackend;
-        let ws = &self.workspace;
-        let s = |p: &Path| p.to_string_lossy().into_owned();
-        BootstrapEnvelope {
-            user_id: self.user.to_string(),
-            sandbox_tier: SandboxTier::Process,
-            workspace_root: s(&ws.user_root),
-            sidecar_endpoint: (role == GuestRole::Runtime && backend.has_sidecar())
-                .then(|| backend.sidecar_endpoint(ws)),
-            runtime_policy: Some(RuntimePolicy {
-                mounts: ResolvedMounts {
-                    shared: s(&ws.shared),
-                    tmp: s(&ws.tmp),
-                    vault: s(&ws.vault),
-                },
-                resources: ResourceLimits {
-                    max_vcpus: Some(2),
-                    max_memory_mib: Some(512),
-                    max_processes: None,
-                },
-                credential_refs: BTreeMap::from([("github".into(), "vault:gh".into())]),
-            }),
-            startup_status: Some(StartupStatus {
-                sandbox_tier: SandboxTier::Process,
-                sidecar_available: backend.has_sidecar(),
-                shell_available: true,
-                browser_available: false,
-                degraded_reasons: vec![runner_types::DegradedReason {
-                    code: "insecure_process_tier".into(),
-                    detail: "process tier: no isolation".into(),
-                }],
-            }),
-        }
+        let limits = ResourceLimits {
+            max_vcpus: Some(2),
+            max_memory_mib: Some(512),
+            max_processes: None,
+        };
+        let config = user_config(limits, &[("github", "vault:gh")]);
+        envelope_for(backend, &self.user, &self.workspace, role, &config)
     }
 
+    /// A launch spec for `role` carrying `envelope`.
     pub fn spec(&self, role: GuestRole, envelope: BootstrapEnvelope) -> LaunchSpec {
-        LaunchSpec {
-            run_as: None,
-            role,
-            user_id: self.user.clone(),
-            session_id: "s1".into(),
-            workspace: self.workspace.clone(),
-            envelope,
-            extra_env: BTreeMap::new(),
-            resources: ResourceLimits::default(),
-        }
+        let limits = ResourceLimits::default();
+        launch_spec(role, &self.user, &self.workspace, envelope, limits)
     }
 }
 
 /// The demo guest with `args`.
 pub fn demo(args: &[&str]) -> GuestCommand {
-    demo_at(runner_tests::guest_binary("demo-guest"), args)
+    demo_at(crate::guest_binary("demo-guest"), args)
 }
 
 /// The demo guest at `program` with `args`.
@@ -196,30 +170,10 @@ impl Lines {
     }
 }
 
-/// Whether `pid` no longer runs: no such process, or a zombie (dead, waiting
-/// for whoever inherited it to reap it).
+/// Whether `pid` no longer runs: no such process, or a zombie (dead,
+/// waiting for whoever inherited it to reap it).
 pub fn pid_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/stat"))) {
-        Err(_) => true,
-        // State is the first field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state == 'Z' || state == 'X'),
-    }
+    !crate::process_alive(pid)
 }
 
-/// Waits up to `within` for `pid` to be dead. There is no event for a
-/// non-child's death, so this re-checks every 20 ms until the deadline.
-pub async fn wait_dead(pid: u32, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if pid_dead(pid) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use crate::wait_gone as wait_dead;

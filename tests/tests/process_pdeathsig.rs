@@ -5,11 +5,7 @@
 //! only the ignored helper test selected: it launches a demo guest, prints
 //! the guest's pid, and waits. The test then SIGKILLs that runner.
 
-mod process_support;
-
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use process_support::*;
+use runner_tests::process::*;
 use runner_types::GuestRole;
 use std::time::Duration;
 
@@ -20,7 +16,7 @@ const HELPER_ENV: &str = "PROCESS_PDEATHSIG_HELPER";
 async fn guest_dies_with_its_runner() {
     // Build the guest here: the helper must not race the build.
     let guest_program = runner_tests::guest_binary("demo-guest");
-    let (mut runner, guest_pid) = runner_tests::spawn_reporting_helper(
+    let (runner, guest_pid) = runner_tests::spawn_reporting_helper(
         HELPER,
         (HELPER_ENV, guest_program.as_os_str()),
         "guest_pid=",
@@ -28,12 +24,7 @@ async fn guest_dies_with_its_runner() {
     );
     let guest_pid: u32 = guest_pid.parse().unwrap();
     assert!(!pid_dead(guest_pid), "guest runs while its runner does");
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    let status = tokio::task::spawn_blocking(move || runner.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success());
+    runner_tests::sigkill_runner(runner).await;
     assert!(
         wait_dead(guest_pid, PROMPT).await,
         "guest {guest_pid} outlived its runner"
@@ -71,7 +62,7 @@ async fn guest_running_as_another_uid_dies_with_its_runner() {
         return;
     }
     let guest_program = runner_tests::guest_binary("demo-guest");
-    let (mut runner, guest_pid) = runner_tests::spawn_reporting_helper(
+    let (runner, guest_pid) = runner_tests::spawn_reporting_helper(
         HELPER_AS_GUEST,
         (HELPER_ENV, guest_program.as_os_str()),
         "guest_pid=",
@@ -81,12 +72,7 @@ async fn guest_running_as_another_uid_dies_with_its_runner() {
     let status = std::fs::read_to_string(format!("/proc/{guest_pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(uid_line.contains(&GUEST_UID.to_string()), "{uid_line}");
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    let status = tokio::task::spawn_blocking(move || runner.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success());
+    runner_tests::sigkill_runner(runner).await;
     assert!(
         wait_dead(guest_pid, PROMPT).await,
         "guest {guest_pid} (uid {GUEST_UID}) outlived its runner"

@@ -3,11 +3,9 @@
 //! is the one the budget check predicted (also at exactly the limit), and a
 //! guest reset is an exit event with code 0.
 
-mod firecracker_support;
-
-use firecracker_support::*;
 use runner_core::backend::firecracker::{CMDLINE_LIMIT, FirecrackerLaunchError};
 use runner_core::backend::{GuestIdentity, LaunchError, SandboxBackend};
+use runner_tests::firecracker::*;
 use runner_types::reader::parse_cmdline;
 use runner_types::{ExitStatus, GuestRole, LogStream};
 use std::collections::BTreeMap;
@@ -109,7 +107,7 @@ async fn a_command_line_of_exactly_the_limit_boots_and_one_more_byte_is_refused(
     let mut spec = fx.spec(GuestRole::Runtime, &backend);
     // A large but fitting envelope: most of the budget is the envelope.
     if let Some(policy) = spec.envelope.runtime_policy.as_mut() {
-        policy.credential_refs = BTreeMap::from([("pad".to_owned(), "r".repeat(900))]);
+        policy.credential_refs = BTreeMap::from([("pad".to_owned(), "r".repeat(600))]);
     }
     let base = backend.generate(&spec).unwrap().cmdline.len();
     pad_template_to(&fx, base, CMDLINE_LIMIT);

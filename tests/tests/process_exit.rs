@@ -1,10 +1,8 @@
 //! Process backend, exits: codes and signals are reported as they happened.
 
-mod process_support;
-
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use process_support::*;
+use runner_tests::process::*;
 use runner_types::{ExitStatus, GuestRole};
 
 #[tokio::test]

@@ -2,13 +2,13 @@
 //! (its envelope, byte-exact output, hardening, limits) and the macOS
 //! micro_vm path. Skips without an engine (see `runner_tests::docker`).
 
-mod docker_support;
-
-use docker_support::{BOUND, Capture, Harness, key_values, runner_user, spec};
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_ROLE, LABEL_TIER, LABEL_USER};
 use runner_core::backend::docker::{BackendKind, DockerTier, HostOs, select_backend_for};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
-use runner_tests::docker::probe_pattern;
+use runner_tests::docker::harness::{
+    BOUND, Capture, Harness, key_values, launch, runner_user, spec,
+};
+use runner_tests::probe_pattern;
 use runner_types::{BootstrapEnvelope, ExitStatus, GuestRole, ResourceLimits, SandboxTier};
 use std::path::Path;
 use std::time::Duration;
@@ -101,14 +101,7 @@ async fn output_is_byte_exact_with_invalid_utf8_and_no_final_newline() {
     config.docker.command = Some(vec!["bytes".into(), "41".into(), len.to_string()]);
     let backend = h.backend(config);
     let (user, ws) = h.user("bytes");
-    let mut guest = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let mut guest = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .expect("launch");
     let mut out = Capture::all(guest.outputs.drain(..).collect());

@@ -3,25 +3,16 @@
 //! the command-line budget, a root runner without a jailer. None of these
 //! boots a VM.
 
-mod firecracker_support;
-
-use firecracker_support::*;
+use runner_core::backend::SandboxBackend;
 use runner_core::backend::firecracker::{
     FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
     FirecrackerLaunchError, JailerSettings, LaunchPaths,
 };
-use runner_core::backend::{LaunchError, SandboxBackend};
 use runner_core::config::RunnerConfig;
+use runner_tests::firecracker::*;
 use runner_types::GuestRole;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-fn fc_err(err: LaunchError) -> FirecrackerLaunchError {
-    match err {
-        LaunchError::Firecracker(e) => e,
-        other => panic!("not a firecracker error: {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn missing_template_keys_are_named() {
@@ -40,12 +31,7 @@ async fn missing_template_keys_are_named() {
     );
 
     let backend = FirecrackerBackend::new(config.clone());
-    let err = fc_err(
-        backend
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&backend).await;
     assert!(
         matches!(
             err,
@@ -66,12 +52,7 @@ async fn missing_template_keys_are_named() {
         Some(bin_dir.as_os_str()),
     ));
     assert!(!backend.has_sidecar());
-    let err = fc_err(
-        backend
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&backend).await;
     assert!(
         matches!(
             err,
@@ -83,12 +64,7 @@ async fn missing_template_keys_are_named() {
     );
     // Launching the role without a template fails the same way, and
     // leaves nothing in run/.
-    let err = fc_err(
-        backend
-            .launch(fx.spec(GuestRole::Sidecar, &backend))
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.launch_error(&backend, GuestRole::Sidecar).await;
     assert!(
         matches!(err, FirecrackerLaunchError::MissingTemplate { .. }),
         "{err:?}"
@@ -100,23 +76,13 @@ async fn missing_template_keys_are_named() {
 async fn bad_templates_fail_the_preflight_naming_the_file() {
     let fx = Fixture::new("exit", "exit");
     std::fs::write(&fx.sidecar_template, b"{\"drives\": []}").unwrap();
-    let err = fc_err(
-        fx.backend()
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&fx.backend()).await;
     assert!(
         matches!(&err, FirecrackerLaunchError::NoBootSource { path } if *path == fx.sidecar_template),
         "{err:?}"
     );
     std::fs::remove_file(&fx.sidecar_template).unwrap();
-    let err = fc_err(
-        fx.backend()
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&fx.backend()).await;
     assert!(
         matches!(&err, FirecrackerLaunchError::ReadTemplate { path, .. } if *path == fx.sidecar_template),
         "{err:?}"
@@ -132,23 +98,13 @@ async fn missing_binary_and_unusable_kvm_are_reported_before_launch() {
         binary: fx.dir.path().join("no-such-firecracker"),
         ..good.clone()
     });
-    let err = fc_err(
-        missing
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&missing).await;
     assert!(
         matches!(err, FirecrackerLaunchError::BinaryMissing { .. }),
         "{err:?}"
     );
     // Launched anyway, the spawn fails and no generated file stays behind.
-    let err = fc_err(
-        missing
-            .launch(fx.spec(GuestRole::Runtime, &missing))
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.launch_error(&missing, GuestRole::Runtime).await;
     assert!(
         matches!(err, FirecrackerLaunchError::Spawn { .. }),
         "{err:?}"
@@ -159,12 +115,7 @@ async fn missing_binary_and_unusable_kvm_are_reported_before_launch() {
         binary: PathBuf::from("firecracker"),
         ..good.clone()
     });
-    let err = fc_err(
-        unresolved
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&unresolved).await;
     assert!(
         matches!(err, FirecrackerLaunchError::BinaryNotOnPath { .. }),
         "{err:?}"
@@ -174,12 +125,7 @@ async fn missing_binary_and_unusable_kvm_are_reported_before_launch() {
         kvm_device: PathBuf::from("/nonexistent/kvm"),
         ..good
     });
-    let err = fc_err(
-        no_kvm
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&no_kvm).await;
     assert!(
         matches!(&err, FirecrackerLaunchError::KvmUnusable { path, .. } if path == std::path::Path::new("/nonexistent/kvm")),
         "{err:?}"
@@ -195,7 +141,7 @@ async fn an_envelope_over_the_budget_launches_nothing() {
         policy.credential_refs = BTreeMap::from([("big".to_owned(), "x".repeat(1600))]);
     }
     let paths = LaunchPaths::new(&fx.workspace.run, GuestRole::Runtime);
-    let err = fc_err(backend.launch(spec).await.unwrap_err());
+    let err = firecracker_error(backend.launch(spec).await.unwrap_err());
     let FirecrackerLaunchError::CmdlineTooLong {
         needed,
         limit,
@@ -230,12 +176,7 @@ async fn root_without_a_jailer_is_refused_unless_explicitly_allowed() {
         runner_is_root: true,
     };
     let refused = FirecrackerBackend::new(config.clone());
-    let err = fc_err(
-        refused
-            .prepare_session(&fx.user, &fx.workspace)
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.preflight_error(&refused).await;
     let FirecrackerLaunchError::JailerRequired { jailer, source } = &err else {
         panic!("{err:?}");
     };
@@ -246,12 +187,7 @@ async fn root_without_a_jailer_is_refused_unless_explicitly_allowed() {
     );
     assert!(err.to_string().contains("allow_without_jailer"), "{err}");
     // A launch is refused the same way, before anything is written.
-    let err = fc_err(
-        refused
-            .launch(fx.spec(GuestRole::Runtime, &refused))
-            .await
-            .unwrap_err(),
-    );
+    let err = fx.launch_error(&refused, GuestRole::Runtime).await;
     assert!(
         matches!(err, FirecrackerLaunchError::JailerRequired { .. }),
         "{err:?}"

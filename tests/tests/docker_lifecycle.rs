@@ -3,16 +3,14 @@
 //! errors for an unreachable engine, a missing image, a foreign container
 //! holding our name and a limit the engine refuses. Skips without an engine.
 
-mod docker_support;
-
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
-use docker_support::{BOUND, Capture, Harness, spec};
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_USER};
 use runner_core::backend::docker::{
     DockerBackendConfig, DockerLaunchError, DockerTier, EngineAction, MAX_STOP_OVERRUN,
 };
 use runner_core::backend::{GuestIdentity, LaunchError, LaunchedGuest, SandboxBackend};
+use runner_tests::docker::harness::{BOUND, Capture, Harness, launch, spec};
 use runner_tests::docker::unique_id;
 use runner_types::{ExitStatus, GuestRole, ResourceLimits};
 use std::collections::HashMap;
@@ -77,10 +75,7 @@ async fn prepare_session_removes_only_this_instances_containers_for_that_user() 
         ),
         ("bob-ours", &crashed, &bob, &bob_ws, GuestRole::Runtime),
     ] {
-        let g = backend
-            .launch(spec(backend, role, user, ws, Default::default()))
-            .await
-            .expect("launch");
+        let g = launch(backend, role, user, ws).await.expect("launch");
         ids.insert(who, id_of(&g));
         std::mem::forget(g); // the "crash": nobody stops or cleans up
     }
@@ -89,14 +84,7 @@ async fn prepare_session_removes_only_this_instances_containers_for_that_user() 
     let mut other_cfg = long_running(&h, &image, &other_instance, &[]);
     other_cfg.sidecar_image = Some(image.clone());
     let other = h.backend(other_cfg);
-    let g = other
-        .launch(spec(
-            &other,
-            GuestRole::Sidecar,
-            &alice,
-            &alice_ws,
-            Default::default(),
-        ))
+    let g = launch(&other, GuestRole::Sidecar, &alice, &alice_ws)
         .await
         .expect("launch other instance");
     ids.insert("alice-other", id_of(&g));
@@ -142,14 +130,7 @@ async fn stop_of_a_guest_ignoring_sigterm_is_bounded_and_removes_it() {
         ],
     ));
     let (user, ws) = h.user("stop");
-    let mut guest = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let mut guest = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .expect("launch");
     let id = id_of(&guest);
@@ -196,14 +177,7 @@ async fn exit_code_is_reported_and_a_relaunch_replaces_the_container() {
         ],
     ));
     let (user, ws) = h.user("exit");
-    let mut first = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let mut first = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .expect("launch");
     let mut out = Capture::all(first.outputs.drain(..).collect());
@@ -220,14 +194,7 @@ async fn exit_code_is_reported_and_a_relaunch_replaces_the_container() {
 
     // A relaunch before cleanup finds its own stale container under the
     // fixed name and replaces it.
-    let mut second = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let mut second = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .expect("relaunch replaces the stale container");
     assert!(!exists(&h, &first_id).await);
@@ -258,14 +225,7 @@ async fn an_unreachable_engine_names_its_socket_and_nothing_is_written() {
         }
         other => panic!("{other:?}"),
     }
-    let err = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let err = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .unwrap_err();
     assert!(
@@ -283,14 +243,7 @@ async fn a_missing_image_is_named_and_nothing_is_left() {
     let image = format!("runner-test-missing:{}", unique_id("x"));
     let backend = h.backend(h.config(DockerTier::Container, &image));
     let (user, ws) = h.user("noimg");
-    let err = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let err = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .unwrap_err();
     match err {
@@ -334,14 +287,7 @@ async fn a_foreign_container_holding_our_name_is_a_conflict_and_untouched() {
         .await
         .expect("create foreign container")
         .id;
-    let err = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let err = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .unwrap_err();
     match err {
@@ -463,14 +409,7 @@ async fn a_dropped_launchs_clean_up_spares_the_next_launch() {
     let (user, ws) = h.user("next");
     drop_launch_once_created(&h, &backend, &user, &ws).await;
     // Relaunch at once, while the first launch's clean-up may still run.
-    let second = backend
-        .launch(spec(
-            &backend,
-            GuestRole::Runtime,
-            &user,
-            &ws,
-            Default::default(),
-        ))
+    let second = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
         .expect("relaunch");
     let id = id_of(&second);

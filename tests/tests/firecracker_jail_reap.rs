@@ -7,15 +7,11 @@
 //! directory the test passes, prints firecracker's pid and the workspace
 //! directory, and waits. The test SIGKILLs it, then runs the next start.
 
-mod firecracker_support;
-
-use firecracker_support::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
 use runner_core::backend::firecracker::{FirecrackerBackend, plan, reaper};
 use runner_core::identity::GuestUser;
 use runner_core::workspace::MountOverrides;
+use runner_tests::firecracker::*;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::{GuestRole, LogStream};
 use std::path::PathBuf;
@@ -40,7 +36,7 @@ async fn the_next_start_ends_a_jailed_vm_left_by_a_killed_runner() {
     runner_tests::firecracker_binary();
     runner_tests::test_kernel();
     let parent = tempfile::tempdir().unwrap();
-    let (mut runner, report) = runner_tests::spawn_reporting_helper(
+    let (runner, report) = runner_tests::spawn_reporting_helper(
         HELPER,
         (HELPER_ENV, parent.path().as_os_str()),
         "jailed_vm=",
@@ -54,12 +50,7 @@ async fn the_next_start_ends_a_jailed_vm_left_by_a_killed_runner() {
         "VM not running while its runner does"
     );
 
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    let status = tokio::task::spawn_blocking(move || runner.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success());
+    runner_tests::sigkill_runner(runner).await;
     // The point of the reaper: the jailed VM did not die with its runner.
     assert!(
         process_alive(vm_pid),

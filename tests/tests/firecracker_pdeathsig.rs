@@ -5,15 +5,11 @@
 //! selected: it launches a hanging VM, prints firecracker's pid and waits.
 //! The test then SIGKILLs that runner.
 
-mod firecracker_support;
-
-use firecracker_support::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use runner_core::backend::SandboxBackend;
+use runner_tests::firecracker::*;
 use runner_tests::{kvm_or_skip, process_alive};
 use runner_types::GuestRole;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HELPER: &str = "helper_runner_that_launches_a_vm";
 const HELPER_ENV: &str = "FIRECRACKER_PDEATHSIG_HELPER";
@@ -26,7 +22,7 @@ async fn vm_dies_with_its_runner() {
     // Fetch the binary and build the kernel here, not in the helper.
     runner_tests::firecracker_binary();
     runner_tests::test_kernel();
-    let (mut runner, vm_pid) = runner_tests::spawn_reporting_helper(
+    let (runner, vm_pid) = runner_tests::spawn_reporting_helper(
         HELPER,
         (HELPER_ENV, std::ffi::OsStr::new("1")),
         "vm_pid=",
@@ -37,20 +33,11 @@ async fn vm_dies_with_its_runner() {
         process_alive(vm_pid),
         "VM not running while its runner does"
     );
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    let status = tokio::task::spawn_blocking(move || runner.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success());
-    let start = Instant::now();
-    while process_alive(vm_pid) {
-        assert!(
-            start.elapsed() < PROMPT,
-            "firecracker {vm_pid} outlived its runner"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    runner_tests::sigkill_runner(runner).await;
+    assert!(
+        runner_tests::wait_gone(vm_pid, PROMPT).await,
+        "firecracker {vm_pid} outlived its runner"
+    );
 }
 
 /// The runner process of [`vm_dies_with_its_runner`]; does nothing unless

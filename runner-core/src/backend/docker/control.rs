@@ -77,7 +77,7 @@ const SIGKILL_EXIT: i64 = 128 + 9;
 
 /// Stop and cleanup of one container.
 #[derive(Debug)]
-pub(crate) struct DockerGuest {
+pub(crate) struct DockerControl {
     docker: Docker,
     name: String,
     id: String,
@@ -88,7 +88,7 @@ pub(crate) struct DockerGuest {
     stopping: Arc<AtomicBool>,
 }
 
-impl DockerGuest {
+impl DockerControl {
     /// Starts watching `id` for its exit and returns the control together
     /// with the exit watch.
     pub(crate) fn watch(
@@ -186,7 +186,7 @@ impl DockerGuest {
     }
 }
 
-impl Drop for DockerGuest {
+impl Drop for DockerControl {
     fn drop(&mut self) {
         self.waiter.abort();
         if self.exit.get().is_some() {
@@ -211,7 +211,7 @@ impl Drop for DockerGuest {
 }
 
 #[async_trait]
-impl GuestControl for DockerGuest {
+impl GuestControl for DockerControl {
     async fn stop(&self, grace: Duration) -> Result<GuestExit, StopError> {
         if let Some(exit) = self.exit.get() {
             return Ok(exit);

@@ -3,20 +3,16 @@
 //! mode, the envelopes the runner would send, and bounded readers over a
 //! VM's serial console.
 
-#![allow(dead_code)] // each test file uses a different subset
-
+use crate::envelope::{envelope_for, launch_spec, user_config};
+pub use crate::jailer_binary;
 use runner_core::backend::firecracker::{
-    FirecrackerBackend, FirecrackerBackendConfig, JailerSettings,
+    FirecrackerBackend, FirecrackerBackendConfig, FirecrackerLaunchError, JailerSettings,
 };
-use runner_core::backend::{GuestOutput, LaunchSpec, LaunchedGuest, SandboxBackend};
+use runner_core::backend::{GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use runner_types::{
-    BootstrapEnvelope, GuestRole, LogStream, ResolvedMounts, ResourceLimits, RuntimePolicy,
-    SandboxTier, StartupStatus,
-};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use runner_types::{BootstrapEnvelope, GuestRole, LogStream, ResourceLimits};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -27,10 +23,15 @@ pub const PROMPT: Duration = Duration::from_secs(20);
 
 /// A provisioned workspace plus a template per role.
 pub struct Fixture {
+    /// Holds the workspace and the templates.
     pub dir: tempfile::TempDir,
+    /// The user.
     pub user: UserId,
+    /// Its provisioned workspace.
     pub workspace: Workspace,
+    /// The runtime VM's template.
     pub runtime_template: PathBuf,
+    /// The sidecar VM's template.
     pub sidecar_template: PathBuf,
 }
 
@@ -79,7 +80,7 @@ impl Fixture {
     /// root, with `allow_without_jailer`).
     pub fn backend(&self) -> FirecrackerBackend {
         FirecrackerBackend::new(FirecrackerBackendConfig {
-            binary: runner_tests::firecracker_binary(),
+            binary: crate::firecracker_binary(),
             runtime_template: Some(self.runtime_template.clone()),
             sidecar_template: Some(self.sidecar_template.clone()),
             kvm_device: PathBuf::from("/dev/kvm"),
@@ -104,69 +105,76 @@ impl Fixture {
         FirecrackerBackend::new(config)
     }
 
-    /// The kind of envelope the runner builds for a guest of `role`.
+    /// The envelope the runner builds for a guest of `role` (1 vCPU,
+    /// 64 MiB, one credential).
     pub fn envelope(&self, role: GuestRole, backend: &FirecrackerBackend) -> BootstrapEnvelope {
-        let ws = &self.workspace;
-        let s = |p: &Path| p.to_string_lossy().into_owned();
-        let runtime = role == GuestRole::Runtime;
-        BootstrapEnvelope {
-            user_id: self.user.to_string(),
-            sandbox_tier: SandboxTier::MicroVm,
-            workspace_root: s(&ws.user_root),
-            sidecar_endpoint: runtime.then(|| backend.sidecar_endpoint(ws)),
-            runtime_policy: Some(RuntimePolicy {
-                mounts: ResolvedMounts {
-                    shared: s(&ws.shared),
-                    tmp: s(&ws.tmp),
-                    vault: s(&ws.vault),
-                },
-                resources: ResourceLimits {
-                    max_vcpus: Some(1),
-                    max_memory_mib: Some(64),
-                    max_processes: None,
-                },
-                credential_refs: if runtime {
-                    BTreeMap::from([("openai".to_owned(), "vault:openai-key".to_owned())])
-                } else {
-                    BTreeMap::new()
-                },
-            }),
-            startup_status: Some(StartupStatus {
-                sandbox_tier: SandboxTier::MicroVm,
-                sidecar_available: true,
-                shell_available: true,
-                browser_available: false,
-                degraded_reasons: Vec::new(),
-            }),
-        }
+        let config = user_config(vm_limits(), &[("openai", "vault:openai-key")]);
+        envelope_for(backend, &self.user, &self.workspace, role, &config)
+    }
+
+    /// The error `backend`'s session pre-flight refuses this fixture with.
+    ///
+    /// # Panics
+    ///
+    /// When the pre-flight passes or fails with another tier's error.
+    pub async fn preflight_error(&self, backend: &FirecrackerBackend) -> FirecrackerLaunchError {
+        let err = backend
+            .prepare_session(&self.user, &self.workspace)
+            .await
+            .expect_err("the pre-flight refuses");
+        firecracker_error(err)
+    }
+
+    /// The error launching `role` on `backend` fails with.
+    ///
+    /// # Panics
+    ///
+    /// When the launch succeeds or fails with another tier's error.
+    pub async fn launch_error(
+        &self,
+        backend: &FirecrackerBackend,
+        role: GuestRole,
+    ) -> FirecrackerLaunchError {
+        let err = backend
+            .launch(self.spec(role, backend))
+            .await
+            .expect_err("the launch fails");
+        firecracker_error(err)
     }
 
     /// A launch spec for `role` with [`Self::envelope`].
     pub fn spec(&self, role: GuestRole, backend: &FirecrackerBackend) -> LaunchSpec {
-        LaunchSpec {
-            run_as: None,
-            role,
-            user_id: self.user.clone(),
-            session_id: "s1".into(),
-            workspace: self.workspace.clone(),
-            envelope: self.envelope(role, backend),
-            extra_env: BTreeMap::new(),
-            resources: ResourceLimits {
-                max_vcpus: Some(1),
-                max_memory_mib: Some(64),
-                max_processes: None,
-            },
-        }
+        let envelope = self.envelope(role, backend);
+        launch_spec(role, &self.user, &self.workspace, envelope, vm_limits())
     }
 }
 
-pub use runner_tests::jailer_binary;
+/// The micro_vm tier's own error inside `err`.
+///
+/// # Panics
+///
+/// When `err` is another tier's.
+pub fn firecracker_error(err: LaunchError) -> FirecrackerLaunchError {
+    match err {
+        LaunchError::Firecracker(e) => e,
+        other => panic!("not a firecracker error: {other:?}"),
+    }
+}
+
+/// The limits the fixture's VMs get: 1 vCPU, 64 MiB.
+pub fn vm_limits() -> ResourceLimits {
+    ResourceLimits {
+        max_vcpus: Some(1),
+        max_memory_mib: Some(64),
+        max_processes: None,
+    }
+}
 
 /// A template for the test kernel with these `boot_args`.
 pub fn template_json(boot_args: &str) -> String {
     serde_json::json!({
         "boot-source": {
-            "kernel_image_path": runner_tests::test_kernel(),
+            "kernel_image_path": crate::test_kernel(),
             "boot_args": boot_args,
         },
         "drives": [],
@@ -227,20 +235,22 @@ pub async fn read_until(
 
 /// The `cmdline=` line the test kernel prints.
 pub fn console_cmdline(console: &[u8]) -> String {
-    let text = String::from_utf8_lossy(console);
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdline="))
-        .unwrap_or_else(|| panic!("no cmdline= line in console output: {text:?}"))
-        .to_owned()
+    console_value(console, "cmdline=")
 }
 
 /// The `cmdline_len=` value the test kernel prints.
 pub fn console_cmdline_len(console: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(console);
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdline_len="))
-        .unwrap_or_else(|| panic!("no cmdline_len= line in console output: {text:?}"))
+    console_value(console, "cmdline_len=")
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The rest of the first console line starting with `key`.
+fn console_value(console: &[u8], key: &str) -> String {
+    let text = String::from_utf8_lossy(console);
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} line in console output: {text:?}"))
+        .to_owned()
 }

@@ -1,8 +1,6 @@
 //! Shared fixtures of the `logs_*` tests: the noise guest, reference output
 //! files, and comparing a rotated log with a reference byte for byte.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use runner_core::config::LogLimits;
 use runner_core::logs::{GuestReader, LogSink, rotated_path};
 use runner_types::{GuestRole, LogStream};
@@ -18,7 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Path of the noise guest (built once per test process).
 pub fn noise_guest() -> PathBuf {
-    runner_tests::guest_binary("noise-guest")
+    crate::guest_binary("noise-guest")
 }
 
 /// Log limits.
@@ -57,23 +55,22 @@ pub fn reference_output(args: &[&str], dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Starts the noise guest with piped stdout and stderr.
 pub fn spawn_noise(args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(noise_guest())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let mut cmd = tokio::process::Command::new(noise_guest());
+    cmd.args(args).stderr(Stdio::piped());
+    spawn_piped(cmd)
 }
 
 /// Starts `sh -c script` with piped stdout (stderr discarded).
 pub fn spawn_sh(script: &str) -> tokio::process::Child {
-    tokio::process::Command::new("sh")
-        .args(["-c", script])
-        .stdin(Stdio::null())
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", script]).stderr(Stdio::null());
+    spawn_piped(cmd)
+}
+
+/// Spawns `cmd` with no stdin and piped stdout, killed when dropped.
+fn spawn_piped(mut cmd: tokio::process::Command) -> tokio::process::Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap()

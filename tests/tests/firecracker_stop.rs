@@ -2,11 +2,9 @@
 //! is bounded by grace plus the kill allowance, the exit is SIGKILL, no
 //! firecracker process remains, and cleanup removes the per-launch files.
 
-mod firecracker_support;
-
-use firecracker_support::*;
 use runner_core::backend::firecracker::LaunchPaths;
 use runner_core::backend::{GuestIdentity, SandboxBackend};
+use runner_tests::firecracker::*;
 use runner_types::{ExitStatus, GuestRole, LogStream};
 use std::time::Duration;
 

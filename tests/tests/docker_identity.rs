@@ -3,15 +3,13 @@
 //! without `[resources]`, and a setuid file a guest plants in `shared/`
 //! gives other local users nothing.
 
-mod docker_support;
-
-use docker_support::{Capture, Harness, key_values, spec};
 use runner_core::backend::docker::DockerTier;
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
 use runner_core::config::RunnerConfig;
 use runner_core::identity::{GuestUser, resolve_guest_user};
 use runner_core::workspace::{MountOverrides, Workspace};
 use runner_core::{UserId, limits};
+use runner_tests::docker::harness::{Capture, Harness, key_values, spec};
 use runner_tests::docker::unique_id;
 use runner_types::{GuestRole, ResourceLimits, SandboxTier};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,18 +21,6 @@ const GRACE: Duration = Duration::from_secs(1);
 
 /// A uid no account or guest has, for the "other local user".
 const NEIGHBOUR: u32 = 54_321;
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI runs these tests as root"
-    );
-    eprintln!("{test}: skipping: needs root");
-    false
-}
 
 /// A user with its mapped identity and its workspace provisioned for it,
 /// under a root other uids may traverse (as a real workspace root is).
@@ -63,7 +49,7 @@ fn container_id(g: &LaunchedGuest) -> String {
 
 #[tokio::test]
 async fn a_container_guest_runs_as_its_users_uid_with_default_limits() {
-    if !root_or_skip("a_container_guest_runs_as_its_users_uid_with_default_limits") {
+    if !runner_tests::root_or_skip("a_container_guest_runs_as_its_users_uid_with_default_limits") {
         return;
     }
     let Some(h) = Harness::new().await else {
@@ -107,7 +93,8 @@ async fn a_container_guest_runs_as_its_users_uid_with_default_limits() {
 
 #[tokio::test]
 async fn a_setuid_file_from_a_container_guest_gives_other_uids_nothing() {
-    if !root_or_skip("a_setuid_file_from_a_container_guest_gives_other_uids_nothing") {
+    if !runner_tests::root_or_skip("a_setuid_file_from_a_container_guest_gives_other_uids_nothing")
+    {
         return;
     }
     let Some(h) = Harness::new().await else {

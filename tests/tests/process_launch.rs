@@ -2,11 +2,9 @@
 //! runner built, a cleared environment, and can reach its sidecar; a guest
 //! that dies or never reads does not break launch.
 
-mod process_support;
-
-use process_support::*;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestIdentity, SandboxBackend};
+use runner_tests::process::*;
 use runner_types::{BootstrapEnvelope, ExitStatus, GuestRole};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,10 +3,8 @@
 //! rotated log files unchanged and in order, whether the pump writes inline
 //! or from the blocking pool.
 
-mod logs_support;
-
-use logs_support::*;
 use runner_core::logs::{LogPump, PumpEnd, PumpTuning};
+use runner_tests::logs::*;
 use runner_types::LogStream;
 
 const MIB: u64 = 1 << 20;

@@ -3,10 +3,8 @@
 //! restarted guest appends to the same files, and the drain timeout cuts a
 //! stream that never ends.
 
-mod logs_support;
-
-use logs_support::*;
 use runner_core::logs::{LogPump, LogQuery, PumpEnd, PumpTuning, read_log_files, rotated_path};
+use runner_tests::logs::*;
 use runner_types::{GuestRole, LogStream};
 use std::time::Duration;
 
@@ -135,7 +133,7 @@ async fn second_pump_appends_to_the_same_files() {
 
     // A sink reopened later (a restarted runner) appends as well.
     drop(sink);
-    let reopened = logs_support::sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+    let reopened = runner_tests::logs::sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
     let mut third = spawn_sh("printf '!\\n'");
     let r3 = LogPump::spawn(boxed(third.stdout.take().unwrap()), &reopened)
         .finish(WAIT)

@@ -1,14 +1,12 @@
 //! Process backend, refusals: every problem that can be seen before spawning
 //! is a typed error, and nothing is spawned.
 
-mod process_support;
-
-use process_support::*;
 use runner_core::backend::process::{
     NotExecutableReason, ProcessBackend, ProcessBackendConfig, ProcessLaunchError,
 };
 use runner_core::backend::{LaunchError, LaunchedGuest, SandboxBackend};
 use runner_core::config::GuestCommand;
+use runner_tests::process::*;
 use runner_types::{GuestRole, SandboxTier};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

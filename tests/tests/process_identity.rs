@@ -5,11 +5,8 @@
 //! The guests are `/bin/sh` scripts; the test reads their `/proc/<pid>`
 //! files once the script has said `ready`.
 
-mod process_support;
-
 use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::{Mode, umask};
-use process_support::*;
 use runner_core::backend::clean_start::StartRlimits;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
@@ -17,23 +14,11 @@ use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::identity::{GuestUser, resolve_guest_user};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
+use runner_tests::process::*;
 use runner_types::{GuestRole, ResourceLimits, SandboxTier};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-
-/// Root is needed to switch uids; without it (outside CI) the tests skip.
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI runs these tests as root"
-    );
-    eprintln!("{test}: skipping: needs root");
-    false
-}
 
 fn sh(script: &str) -> ProcessBackend {
     ProcessBackend::new(ProcessBackendConfig {
@@ -83,14 +68,13 @@ async fn launch_as(backend: &ProcessBackend, s: &Session, user: &str) -> Launche
         user_id: fx_user.clone(),
         session_id: "s1".into(),
         workspace: s.workspace.clone(),
-        envelope: runner_types::BootstrapEnvelope {
-            user_id: user.into(),
-            sandbox_tier: SandboxTier::Process,
-            workspace_root: s.workspace.workspace_root.to_string_lossy().into_owned(),
-            sidecar_endpoint: None,
-            runtime_policy: None,
-            startup_status: None,
-        },
+        envelope: runner_tests::envelope::envelope_for(
+            backend,
+            &fx_user,
+            &s.workspace,
+            GuestRole::Runtime,
+            &Default::default(),
+        ),
         extra_env: BTreeMap::new(),
         resources: ResourceLimits::default(),
     };
@@ -134,7 +118,7 @@ fn limit(pid: u32, row: &str) -> (String, String) {
 
 #[tokio::test]
 async fn guest_starts_clean_under_its_own_uid() {
-    if !root_or_skip("guest_starts_clean_under_its_own_uid") {
+    if !runner_tests::root_or_skip("guest_starts_clean_under_its_own_uid") {
         return;
     }
     // What a careless runner would pass on: a descriptor without
@@ -186,7 +170,7 @@ async fn guest_starts_clean_under_its_own_uid() {
 
 #[tokio::test]
 async fn guests_without_resources_get_default_limits() {
-    if !root_or_skip("guests_without_resources_get_default_limits") {
+    if !runner_tests::root_or_skip("guests_without_resources_get_default_limits") {
         return;
     }
     let dir = open_root();
@@ -220,7 +204,7 @@ fn writer(shared: &Path, name: &str, other: &Path) -> String {
 
 #[tokio::test]
 async fn two_users_run_under_two_uids_and_keep_their_files_apart() {
-    if !root_or_skip("two_users_run_under_two_uids_and_keep_their_files_apart") {
+    if !runner_tests::root_or_skip("two_users_run_under_two_uids_and_keep_their_files_apart") {
         return;
     }
     let dir = open_root();

@@ -2,10 +2,8 @@
 //! bytes written after them; a follower that stops reading lags and never
 //! slows the pump.
 
-mod logs_support;
-
-use logs_support::*;
 use runner_core::logs::{LineSplitter, LogPump, LogQuery, PumpEnd};
+use runner_tests::logs::*;
 use runner_types::LogStream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast::Receiver;

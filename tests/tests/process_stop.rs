@@ -2,10 +2,8 @@
 //! the whole process group; nothing of the guest's tree survives, and its
 //! output pipes reach EOF.
 
-mod process_support;
-
-use process_support::*;
 use runner_core::backend::process::STOP_KILL_WAIT;
+use runner_tests::process::*;
 use runner_types::{ExitStatus, GuestRole};
 use std::time::Duration;
 

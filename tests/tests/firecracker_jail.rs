@@ -2,12 +2,10 @@
 //! every launch gets a private copy of each writable drive. Real
 //! Firecracker and jailer on /dev/kvm.
 
-mod firecracker_support;
-
-use firecracker_support::*;
 use runner_core::backend::firecracker::{FirecrackerBackend, plan};
 use runner_core::backend::{LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::identity::GuestUser;
+use runner_tests::firecracker::*;
 use runner_types::{GuestRole, LogStream};
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -6,6 +6,9 @@
 //! binary. The image tag carries a hash of the binary and its entrypoint,
 //! so an unchanged guest is not rebuilt.
 
+pub mod harness;
+
+pub use crate::repo_root;
 pub use bollard::Docker;
 use bollard::query_parameters::{
     BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
@@ -14,7 +17,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,14 +83,6 @@ fn answers(host: &str) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
-/// The workspace root (holds `Cargo.toml` and `.ci/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runner-tests lives in the workspace")
-        .to_path_buf()
-}
-
 /// A client for `host`, its API version negotiated.
 ///
 /// # Panics
@@ -128,7 +123,8 @@ fn build_static() -> Result<PathBuf, String> {
     let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let target_dir = root.join("target/static");
     let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let output = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args(["build", "--quiet", "-p", "runner-examples", "--bins"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
@@ -138,16 +134,8 @@ fn build_static() -> Result<PathBuf, String> {
         // With an explicit --target, RUSTFLAGS reach the target artifacts
         // only, not build scripts or proc macros.
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "static build failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    crate::run_ok(&mut build, "static build")?;
     Ok(target_dir.join(target).join("debug"))
 }
 
@@ -291,25 +279,6 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
-/// The byte pattern `probe-guest bytes <seed> <len>` writes (xorshift64,
-/// last byte `b'$'`); stdout uses `seed`, stderr `seed + 1`. Must match
-/// `examples/src/bin/probe-guest.rs`.
-pub fn probe_pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    if let Some(last) = v.last_mut() {
-        *last = b'$';
-    }
-    v
-}
-
 /// What the engine reports about one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerFacts {
@@ -439,14 +408,5 @@ mod tests {
         copy[148..156].fill(b' ');
         assert_eq!(stored, copy.iter().map(|&b| u32::from(b)).sum::<u32>());
         assert_eq!(&t[512..517], b"hello");
-    }
-
-    #[test]
-    fn probe_pattern_is_deterministic_and_ends_without_newline() {
-        let a = probe_pattern(7, 1000);
-        assert_eq!(a, probe_pattern(7, 1000));
-        assert_ne!(a, probe_pattern(8, 1000));
-        assert_eq!(a.last(), Some(&b'$'));
-        assert!(std::str::from_utf8(&a).is_err());
     }
 }

@@ -1,18 +1,15 @@
-//! Shared fixtures of the `docker_*` integration tests: a harness with a
-//! unique runner instance id (every container it makes is removed when it is
-//! dropped), backends, workspaces and launch specs, and output capture.
+//! The Docker backend harness: a unique runner instance id (every
+//! container it makes is removed when it is dropped), backends, workspaces
+//! and launch specs, and output capture.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
+use super::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
+use crate::envelope::{envelope_for, launch_spec, user_config};
 use bollard::Docker;
 use runner_core::UserId;
 use runner_core::backend::docker::create::LABEL_INSTANCE;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
-use runner_core::backend::{GuestOutput, LaunchSpec, SandboxBackend};
-use runner_core::bootstrap::{EnvelopeParams, build_envelope};
-use runner_core::config::UserConfig;
+use runner_core::backend::{GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::workspace::{MountOverrides, Workspace};
-use runner_tests::docker::{RemoveOnDrop, connect, docker_host, guest_image, unique_id};
 use runner_types::config::DockerSection;
 use runner_types::{GuestRole, LogStream, ResourceLimits};
 use std::collections::BTreeMap;
@@ -48,7 +45,11 @@ impl Harness {
             host,
             docker,
             instance,
-            dir: tempfile::tempdir().expect("tempdir"),
+            // Short, so socket paths below it stay far under the OS limit.
+            dir: tempfile::Builder::new()
+                .prefix("h")
+                .tempdir_in("/tmp")
+                .expect("tempdir"),
         })
     }
 
@@ -107,31 +108,25 @@ pub fn spec(
     ws: &Workspace,
     resources: ResourceLimits,
 ) -> LaunchSpec {
-    let user_config = UserConfig {
-        resources: resources.clone(),
-        shell_enabled: true,
-        ..UserConfig::default()
-    };
-    let envelope = build_envelope(EnvelopeParams {
-        user,
-        tier: backend.tier(),
-        role,
-        workspace: ws,
-        user_config: &user_config,
-        sidecar_endpoint: Some(backend.sidecar_endpoint(ws)),
-        sidecar_running: backend.has_sidecar(),
-        degraded_reasons: Vec::new(),
-    });
+    let config = user_config(resources.clone(), &[]);
+    let envelope = envelope_for(backend, user, ws, role, &config);
     LaunchSpec {
-        run_as: None,
-        role,
-        user_id: user.clone(),
         session_id: unique_id("sess"),
-        workspace: ws.clone(),
-        envelope,
         extra_env: BTreeMap::from([("EXTRA_FROM_TEST".to_owned(), "1".to_owned())]),
-        resources,
+        ..launch_spec(role, user, ws, envelope, resources)
     }
+}
+
+/// Launches `role` from [`spec`] with default resource limits.
+pub async fn launch(
+    backend: &DockerBackend,
+    role: GuestRole,
+    user: &UserId,
+    ws: &Workspace,
+) -> Result<LaunchedGuest, LaunchError> {
+    backend
+        .launch(spec(backend, role, user, ws, ResourceLimits::default()))
+        .await
 }
 
 /// Everything one output stream delivered so far, and whether it ended.
