@@ -25,6 +25,7 @@ use engine::{on_engine_check, wait_for_engine};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
 use runner_core::config::RestartConfig;
+use runner_core::failure::FailureReason;
 use runner_core::restart::{RestartDecision, RestartTracker};
 use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
@@ -130,7 +131,7 @@ impl Actor for GuestActor {
     ) -> Result<GuestActorState, ActorProcessingErr> {
         let status = GuestStatus::starting(args.spec.role);
         Ok(GuestActorState {
-            tracker: RestartTracker::new(args.restart),
+            tracker: RestartTracker::new(args.spec.role, args.restart),
             args,
             generation: 0,
             current: None,
@@ -297,7 +298,7 @@ async fn on_exited(
         RestartDecision::Done => set_state(state, GuestState::Exited),
         RestartDecision::GiveUp { reason } => {
             set_state(state, GuestState::Failed);
-            notify_failed(state, format!("{role} guest: {reason}"));
+            notify_failed(state, reason);
         }
     }
 }
@@ -314,7 +315,7 @@ async fn on_restart_due(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState
     if let Err(e) = on_launch(myself, state).await {
         let role = state.args.spec.role;
         tracing::error!(%role, error = %e, "relaunch failed");
-        notify_failed(state, format!("{role} guest could not be relaunched: {e}"));
+        notify_failed(state, relaunch_failed(role, e));
     }
 }
 
@@ -371,11 +372,15 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     exit
 }
 
-fn notify_failed(state: &GuestActorState, reason: String) {
-    let msg = SessionMsg::GuestFailed {
-        role: state.args.spec.role,
-        reason,
-    };
+fn relaunch_failed(role: GuestRole, source: LaunchError) -> FailureReason {
+    FailureReason::RelaunchFailed {
+        role,
+        source: Arc::new(source),
+    }
+}
+
+fn notify_failed(state: &GuestActorState, reason: FailureReason) {
+    let msg = SessionMsg::GuestFailed { reason };
     if state.args.supervisor.cast(msg).is_err() {
         tracing::debug!("supervisor gone; failure not reported");
     }

@@ -154,6 +154,11 @@ impl LogPumpHandle {
         })
     }
 
+    /// The pump actor's id.
+    pub(crate) fn id(&self) -> ractor::ActorId {
+        self.actor.get_id()
+    }
+
     /// Which guest.
     pub fn role(&self) -> GuestRole {
         self.role

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use runner_actors::{SessionError, SessionEvent, SessionOptions};
 use runner_core::backend::LaunchError;
+use runner_core::failure::FailureReason;
 use runner_core::fake::{LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
@@ -156,7 +157,19 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
     let SessionEvent::SessionFailed { reason } = e else {
         unreachable!()
     };
-    assert!(reason.contains("runtime"), "{reason}");
+    assert!(
+        matches!(
+            reason,
+            FailureReason::RestartLimit {
+                role: GuestRole::Runtime,
+                restarts: 3,
+                limit: 3,
+                last: ExitStatus::Signal(11),
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
     let h = session.health().await.unwrap();
     assert!(!h.healthy);
     assert!(
@@ -174,6 +187,44 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
         launches.next(Duration::from_millis(300)).await.is_none(),
         "relaunched after giving up"
     );
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_relaunch_fails_the_session_naming_the_guest() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    fake.script(
+        GuestRole::Runtime,
+        [LaunchScript::Succeed, LaunchScript::Fail],
+    );
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("frank", no_socket())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let runtime = launches.next(WAIT).await.unwrap();
+    runtime.exit(ExitStatus::Code(3));
+    let e = wait_event(&mut events, |e| {
+        matches!(e, SessionEvent::SessionFailed { .. })
+    })
+    .await;
+    let SessionEvent::SessionFailed { reason } = e else {
+        unreachable!()
+    };
+    assert!(
+        matches!(
+            reason,
+            FailureReason::RelaunchFailed {
+                role: GuestRole::Runtime,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    assert_eq!(session.phase(), SessionPhase::Failed { reason });
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 

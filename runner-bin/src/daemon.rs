@@ -42,7 +42,7 @@ pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Resul
         None => tracing::info!("stopped by shutdown_user"),
     }
     if let SessionPhase::Failed { reason } = session.phase() {
-        tracing::warn!(%reason, "session had failed before shutdown");
+        tracing::warn!(reason = %reason.to_text(), "session had failed before shutdown");
     }
     Ok(())
 }

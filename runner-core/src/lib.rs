@@ -6,12 +6,14 @@
 //! - [`bootstrap`]: building each guest's envelope.
 //! - [`logs`]: byte-exact log pumps with rotation, and the log reader.
 //! - [`control`]: the control-socket codec and client.
+//! - [`failure`]: why a session failed, as a typed reason.
 //! - `fake` (feature `test-util`): a scripted backend for actor tests.
 
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod control;
+pub mod failure;
 #[cfg(feature = "test-util")]
 pub mod fake;
 pub mod guest_env;

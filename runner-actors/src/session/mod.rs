@@ -35,6 +35,7 @@ use crate::events::SessionEvent;
 use crate::guest::GuestHandle;
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use runner_core::failure::{FailureReason, SessionChild};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
@@ -55,10 +56,8 @@ pub enum SessionMsg {
     GuestUpdate(GuestStatus),
     /// A guest gave up (restart limit, relaunch failure).
     GuestFailed {
-        /// Which guest.
-        role: GuestRole,
-        /// Why.
-        reason: String,
+        /// Why (names the guest).
+        reason: FailureReason,
     },
     /// A guest stream's log lost output: `total` bytes so far.
     LogLoss {
@@ -175,7 +174,7 @@ impl Actor for SessionSupervisor {
                 }
             }
             SessionMsg::GuestUpdate(status) => on_guest_update(state, status),
-            SessionMsg::GuestFailed { role, reason } => on_guest_failed(state, role, reason),
+            SessionMsg::GuestFailed { reason } => on_failed(state, reason),
             SessionMsg::LogLoss {
                 role,
                 stream,
@@ -206,11 +205,11 @@ impl Actor for SessionSupervisor {
         // child exits. Guest exits are events handled by the guest actors; a
         // child *actor* failing is a bug, and the session reports it.
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let reason = format!("actor {:?} failed: {err}", cell.get_id());
-            tracing::error!(%reason);
-            if !state.phase.is_shutdown() {
-                set_phase(state, SessionPhase::Failed { reason });
-            }
+            let reason = FailureReason::ChildFailed {
+                child: which_child(state, cell.get_id()),
+                error: err.to_string(),
+            };
+            on_failed(state, reason);
         }
         Ok(())
     }
@@ -297,8 +296,23 @@ fn on_degraded(
     publish_health(state);
 }
 
-fn on_guest_failed(state: &mut SessionState, role: GuestRole, reason: String) {
-    tracing::error!(%role, %reason, "session failed");
+/// The child with actor id `id`: a guest, a log pump, or else the only
+/// other child a supervisor has, its control listener.
+fn which_child(state: &SessionState, id: ractor::ActorId) -> SessionChild {
+    if let Some(g) = state.guests.iter().find(|g| g.actor().get_id() == id) {
+        return SessionChild::Guest(g.role());
+    }
+    match state.pumps.iter().find(|p| p.id() == id) {
+        Some(p) => SessionChild::LogPump {
+            role: p.role(),
+            stream: p.stream(),
+        },
+        None => SessionChild::ControlListener,
+    }
+}
+
+fn on_failed(state: &mut SessionState, reason: FailureReason) {
+    tracing::error!(reason = %reason.to_text(), "session failed");
     if !state.phase.is_shutdown() {
         emit(
             state,
