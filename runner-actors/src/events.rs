@@ -49,7 +49,7 @@ pub enum SessionEvent {
     },
     /// Output of a guest stream was lost instead of logged (write queue
     /// full, failed writes); sent when the count grows, at most once per
-    /// [`crate::session::LOSS_REPORT_INTERVAL`] per stream.
+    /// [`crate::LOSS_REPORT_INTERVAL`] per stream.
     LogBytesDropped {
         /// Which guest.
         role: GuestRole,

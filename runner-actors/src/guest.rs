@@ -23,7 +23,9 @@ use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use engine::{on_engine_check, wait_for_engine};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
+use runner_core::backend::{
+    GuestControl, GuestIdentity, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend,
+};
 use runner_core::config::RestartConfig;
 use runner_core::failure::FailureReason;
 use runner_core::restart::{RestartDecision, RestartTracker};
@@ -188,31 +190,37 @@ async fn on_launch(
     state: &mut GuestActorState,
 ) -> Result<GuestIdentity, LaunchError> {
     set_state(state, GuestState::Starting);
-    let role = state.args.spec.role;
-    let after = state.args.launch_timeout;
-    let launch = tokio::time::timeout(after, state.args.backend.launch(state.args.spec.clone()));
-    // A cancelled start or a forced stop abandons the launch at once (the
-    // dropped future cleans up after itself, as after a timeout).
-    let (force, cancel) = (state.args.force.clone(), state.args.start_cancel.clone());
-    let launched = tokio::select! {
-        r = launch => r,
-        () = force.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
-        () = cancel.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
-    };
-    let launched = match launched {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
+    match launch_bounded(&state.args).await {
+        Ok(launched) => Ok(adopt(myself, state, launched)),
+        Err(e) => {
             set_state(state, GuestState::Failed);
-            return Err(e);
+            Err(e)
         }
-        Err(_) => {
-            // The dropped launch cleans up what it had created (each
-            // backend guards its launch: a container by name and labels,
-            // a process group, a VM process).
-            set_state(state, GuestState::Failed);
-            return Err(LaunchError::TimedOut { role, after });
-        }
-    };
+    }
+}
+
+/// The backend's launch, bounded by the launch timeout; a cancelled start
+/// or a forced stop abandons it at once. A launch dropped half-way cleans
+/// up what it had created (each backend guards its launch: a container by
+/// name and labels, a process group, a VM process).
+async fn launch_bounded(args: &GuestArgs) -> Result<LaunchedGuest, LaunchError> {
+    let role = args.spec.role;
+    let after = args.launch_timeout;
+    let launch = tokio::time::timeout(after, args.backend.launch(args.spec.clone()));
+    tokio::select! {
+        r = launch => r.unwrap_or(Err(LaunchError::TimedOut { role, after })),
+        () = args.force.cancelled() => Err(LaunchError::Cancelled { role }),
+        () = args.start_cancel.cancelled() => Err(LaunchError::Cancelled { role }),
+    }
+}
+
+/// Takes a launched guest over: its streams go to the pumps, a waiter task
+/// reports its exit, and the guest is announced running.
+fn adopt(
+    myself: &ActorRef<GuestMsg>,
+    state: &mut GuestActorState,
+    launched: LaunchedGuest,
+) -> GuestIdentity {
     state.generation += 1;
     let generation = state.generation;
     for output in launched.outputs {
@@ -253,7 +261,7 @@ async fn on_launch(
         },
     );
     set_state(state, GuestState::Running);
-    Ok(identity)
+    identity
 }
 
 async fn on_exited(
@@ -333,28 +341,7 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     };
     set_state(state, GuestState::Stopping);
     let role = state.args.spec.role;
-    let force = state.args.force.clone();
-    let grace = if force.is_cancelled() {
-        Duration::ZERO
-    } else {
-        grace
-    };
-    // A forced stop abandons the graceful wait (which only waits for the
-    // exit) and stops again without grace: SIGKILL, kill, docker kill.
-    let stopped = tokio::select! {
-        r = running.control.stop(grace) => r,
-        () = force.cancelled() => {
-            tracing::warn!(%role, "forced stop: no more grace");
-            running.control.stop(Duration::ZERO).await
-        }
-    };
-    let exit = match stopped {
-        Ok(exit) => Some(exit),
-        Err(e) => {
-            tracing::error!(%role, error = %e, "stop failed");
-            None
-        }
-    };
+    let exit = stop_guest(&*running.control, role, grace, &state.args.force).await;
     running.waiter.abort();
     if let Err(e) = running.control.cleanup().await {
         tracing::warn!(%role, error = %e, "cleanup after stop failed");
@@ -370,6 +357,37 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     };
     set_state(state, final_state);
     exit
+}
+
+/// Stops a running guest within `grace` (none once `force` is cancelled);
+/// `None` if the stop failed.
+async fn stop_guest(
+    control: &dyn GuestControl,
+    role: GuestRole,
+    grace: Duration,
+    force: &CancellationToken,
+) -> Option<GuestExit> {
+    let grace = if force.is_cancelled() {
+        Duration::ZERO
+    } else {
+        grace
+    };
+    // A forced stop abandons the graceful wait (which only waits for the
+    // exit) and stops again without grace: SIGKILL, kill, docker kill.
+    let stopped = tokio::select! {
+        r = control.stop(grace) => r,
+        () = force.cancelled() => {
+            tracing::warn!(%role, "forced stop: no more grace");
+            control.stop(Duration::ZERO).await
+        }
+    };
+    match stopped {
+        Ok(exit) => Some(exit),
+        Err(e) => {
+            tracing::error!(%role, error = %e, "stop failed");
+            None
+        }
+    }
 }
 
 fn relaunch_failed(role: GuestRole, source: LaunchError) -> FailureReason {

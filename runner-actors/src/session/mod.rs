@@ -340,23 +340,8 @@ async fn on_shutdown(
     if let Some(listener) = state.listener.take() {
         listener.stop(left().min(LISTENER_STOP_BOUND)).await;
     }
-    // 2. Runtime, then sidecar. A short deadline shortens the grace, never
-    //    the force step: a guest is always killed and reaped, not abandoned.
-    let overrun = state.args.backend.stop_overrun();
-    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
-        if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
-            let grace = state
-                .args
-                .config
-                .shutdown
-                .grace
-                .min(left().saturating_sub(overrun));
-            match g.stop(grace, grace + overrun).await {
-                Ok(status) => on_guest_update(state, status),
-                Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
-            }
-        }
-    }
+    // 2. Runtime, then sidecar.
+    stop_guests(state, deadline.saturating_sub(started.elapsed())).await;
     // 3. Drain every pump to EOF, all at once, bounded by log_drain (not at
     //    all when forced: what is left is cut).
     let drain = if state.args.force.is_cancelled() {
@@ -364,24 +349,10 @@ async fn on_shutdown(
     } else {
         state.args.config.shutdown.log_drain.min(left())
     };
-    let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
-    let cut_streams = outcomes
-        .iter()
-        .zip(&state.pumps)
-        .filter(|(d, _)| d.cut)
-        .map(|(_, p)| p.name().to_owned())
-        .collect::<Vec<_>>();
-    let stuck_logs = outcomes
-        .iter()
-        .zip(&state.pumps)
-        .filter(|(d, _)| d.writes_stuck)
-        .map(|(_, p)| p.sink().path().to_path_buf())
-        .collect::<Vec<_>>();
-    if !cut_streams.is_empty() {
-        tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
-    }
+    let (cut_streams, stuck_logs) = drain_pumps(&state.pumps, drain).await;
     // 4. Stop children ourselves so their post_stop runs, and wait for them
     //    (a guest actor's post_stop still stops its guest, bounded).
+    let overrun = state.args.backend.stop_overrun();
     let children_bound = CHILDREN_STOP_MIN.max(left()) + overrun;
     myself
         .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
@@ -402,6 +373,54 @@ async fn on_shutdown(
     };
     state.args.report_tx.send_replace(Some(report.clone()));
     report
+}
+
+/// Stops the runtime, then the sidecar, within `left`. A short deadline
+/// shortens the grace, never the force step: a guest is always killed and
+/// reaped, not abandoned.
+async fn stop_guests(state: &mut SessionState, left: Duration) {
+    let started = Instant::now();
+    let overrun = state.args.backend.stop_overrun();
+    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+        if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
+            let remaining = left.saturating_sub(started.elapsed());
+            let grace = state
+                .args
+                .config
+                .shutdown
+                .grace
+                .min(remaining.saturating_sub(overrun));
+            match g.stop(grace, grace + overrun).await {
+                Ok(status) => on_guest_update(state, status),
+                Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
+            }
+        }
+    }
+}
+
+/// Drains every pump at once within `drain`; returns the streams cut
+/// before their EOF and the logs whose writes did not finish.
+async fn drain_pumps(
+    pumps: &[LogPumpHandle],
+    drain: Duration,
+) -> (Vec<String>, Vec<std::path::PathBuf>) {
+    let outcomes = futures::future::join_all(pumps.iter().map(|p| p.drain(drain))).await;
+    let cut_streams = outcomes
+        .iter()
+        .zip(pumps)
+        .filter(|(d, _)| d.cut)
+        .map(|(_, p)| p.name().to_owned())
+        .collect::<Vec<_>>();
+    let stuck_logs = outcomes
+        .iter()
+        .zip(pumps)
+        .filter(|(d, _)| d.writes_stuck)
+        .map(|(_, p)| p.sink().path().to_path_buf())
+        .collect::<Vec<_>>();
+    if !cut_streams.is_empty() {
+        tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
+    }
+    (cut_streams, stuck_logs)
 }
 
 /// The sidecar's Unix socket lives in `ipc/`: a stale one would greet the

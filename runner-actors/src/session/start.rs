@@ -105,8 +105,21 @@ pub(super) async fn on_start(
         .prepare_session(&state.args.user, &state.args.workspace)
         .await
         .map_err(SessionError::Prepare)?;
+    spawn_pumps(myself, state, &roles).await?;
+    launch_guests(myself, state, roles).await?;
+    if state.args.serve_control {
+        serve_control(myself, state).await?;
+    }
+    Ok(())
+}
 
-    for role in &roles {
+/// One log pump per guest stream, each with a task reporting its loss.
+async fn spawn_pumps(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    roles: &[GuestRole],
+) -> Result<(), SessionError> {
+    for role in roles {
         for stream in LogStream::ALL {
             let pump = LogPumpHandle::spawn(
                 myself.get_cell(),
@@ -122,7 +135,16 @@ pub(super) async fn on_start(
             state.pumps.push(pump);
         }
     }
+    Ok(())
+}
 
+/// Launches the guests in `roles`' order, the runtime with the sidecar's
+/// endpoint in its envelope.
+async fn launch_guests(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    roles: Vec<GuestRole>,
+) -> Result<(), SessionError> {
     let sidecar_endpoint = state
         .args
         .has_sidecar()
@@ -146,22 +168,27 @@ pub(super) async fn on_start(
         let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
         launched.map_err(|source| SessionError::Launch { role, source })?;
     }
+    Ok(())
+}
 
-    if state.args.serve_control {
-        let ctx = ControlContext {
-            user: state.args.user.clone(),
-            workspace: state.args.workspace.clone(),
-            health: state.args.health_tx.subscribe(),
-            supervisor: myself.clone(),
-            pumps: state.pumps.clone(),
-            shutdown_deadline: state.args.shutdown_bound(),
-            ipc_link: state.args.config.control.ipc_socket_link,
-        };
-        let listener =
-            ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
-                .await?;
-        state.listener = Some(listener);
-    }
+/// Starts the control listener on `run/runner-control.sock`.
+async fn serve_control(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+) -> Result<(), SessionError> {
+    let ctx = ControlContext {
+        user: state.args.user.clone(),
+        workspace: state.args.workspace.clone(),
+        health: state.args.health_tx.subscribe(),
+        supervisor: myself.clone(),
+        pumps: state.pumps.clone(),
+        shutdown_deadline: state.args.shutdown_bound(),
+        ipc_link: state.args.config.control.ipc_socket_link,
+    };
+    let listener =
+        ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
+            .await?;
+    state.listener = Some(listener);
     Ok(())
 }
 
