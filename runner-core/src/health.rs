@@ -156,6 +156,7 @@ mod tests {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            ready: None,
             log_bytes_dropped: Default::default(),
         }
     }

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod limits;
 pub mod lock;
 pub mod logs;
+pub mod readiness;
 pub mod restart;
 pub mod user;
 pub mod workspace;
