@@ -23,13 +23,15 @@ use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use engine::{on_engine_check, wait_for_engine};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ready::{on_not_ready, on_ready, start_readiness};
 use runner_core::backend::{
     GuestControl, GuestIdentity, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend,
 };
 use runner_core::config::RestartConfig;
 use runner_core::failure::FailureReason;
+use runner_core::readiness::ReadinessCheck;
 use runner_core::restart::{RestartDecision, RestartTracker};
-use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
+use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod engine;
+mod ready;
 
 pub use engine::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 
@@ -64,6 +67,19 @@ pub enum GuestMsg {
         generation: u64,
         /// The delay that led here.
         delay: Duration,
+    },
+    /// The readiness check of launch `generation` passed.
+    Ready {
+        /// Launch number.
+        generation: u64,
+    },
+    /// The readiness check of launch `generation` missed its timeout (it
+    /// goes on).
+    NotReady {
+        /// Launch number.
+        generation: u64,
+        /// The `not_ready` reason for health.
+        reason: DegradedReason,
     },
     /// Stop the guest (grace, then force) and clean up; answers with the
     /// guest's final status.
@@ -101,6 +117,8 @@ pub struct GuestArgs {
     pub start_cancel: CancellationToken,
     /// Bound on one launch.
     pub launch_timeout: Duration,
+    /// The guest's readiness check, run after every launch.
+    pub readiness: Option<ReadinessCheck>,
 }
 
 /// Per-guest actor. See the module docs.
@@ -113,12 +131,26 @@ pub struct GuestActorState {
     generation: u64,
     current: Option<Running>,
     status: GuestStatus,
+    /// A `not_ready` reason is reported to the supervisor.
+    not_ready_reported: bool,
 }
 
 struct Running {
     control: Box<dyn GuestControl>,
     waiter: JoinHandle<()>,
+    /// The readiness check of this launch, while it runs.
+    readiness: Option<JoinHandle<()>>,
     started: Instant,
+}
+
+impl Running {
+    /// Ends the tasks that watch this launch.
+    fn abort_watchers(&self) {
+        self.waiter.abort();
+        if let Some(r) = &self.readiness {
+            r.abort();
+        }
+    }
 }
 
 impl Actor for GuestActor {
@@ -138,6 +170,7 @@ impl Actor for GuestActor {
             generation: 0,
             current: None,
             status,
+            not_ready_reported: false,
         })
     }
 
@@ -161,6 +194,8 @@ impl Actor for GuestActor {
             GuestMsg::EngineCheck { generation, delay } => {
                 on_engine_check(&myself, state, generation, delay).await
             }
+            GuestMsg::Ready { generation } => on_ready(state, generation),
+            GuestMsg::NotReady { generation, reason } => on_not_ready(state, generation, reason),
             GuestMsg::Stop { grace, reply } => {
                 on_stop(state, grace).await;
                 if reply.send(state.status.clone()).is_err() {
@@ -239,6 +274,7 @@ fn adopt(
             tracing::debug!("guest actor gone before exit could be reported");
         }
     });
+    let readiness = start_readiness(myself, state, generation);
     let identity = launched.identity;
     state.status.pid = identity.pid();
     state.status.container_name = identity.container_name().map(str::to_owned);
@@ -249,6 +285,7 @@ fn adopt(
     state.current = Some(Running {
         control: launched.control,
         waiter,
+        readiness,
         started: Instant::now(),
     });
     emit(
@@ -275,6 +312,8 @@ async fn on_exited(
     }
     let role = state.args.spec.role;
     let running = state.current.take().expect("checked above");
+    running.abort_watchers();
+    state.status.ready = state.args.readiness.as_ref().map(|_| false);
     if let Err(e) = running.control.cleanup().await {
         tracing::warn!(%role, error = %e, "cleanup after exit failed");
     }
@@ -342,7 +381,7 @@ async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestEx
     set_state(state, GuestState::Stopping);
     let role = state.args.spec.role;
     let exit = stop_guest(&*running.control, role, grace, &state.args.force).await;
-    running.waiter.abort();
+    running.abort_watchers();
     if let Err(e) = running.control.cleanup().await {
         tracing::warn!(%role, error = %e, "cleanup after stop failed");
     }
@@ -408,6 +447,11 @@ fn set_state(state: &mut GuestActorState, new: GuestState) {
     state.status.state = new;
     let role = state.args.spec.role;
     emit(state, SessionEvent::GuestState { role, state: new });
+    report_status(state);
+}
+
+/// Sends the guest's status to the supervisor (which republishes health).
+fn report_status(state: &GuestActorState) {
     if state
         .args
         .supervisor

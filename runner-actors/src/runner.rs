@@ -206,6 +206,7 @@ impl Runner {
             startup,
             degraded,
             env,
+            readiness: self.config.readiness_for(&user),
             sidecar_link,
             serve_control: options.serve_control,
             control_limits: options.control_limits,

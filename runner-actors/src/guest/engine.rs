@@ -90,7 +90,7 @@ pub(super) async fn on_engine_check(
     });
 }
 
-fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
+pub(super) fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
     if state.args.supervisor.cast(msg).is_err() {
         tracing::debug!("supervisor gone");
     }

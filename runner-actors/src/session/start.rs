@@ -50,6 +50,8 @@ pub struct SessionArgs {
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
     pub(crate) env: GuestEnv,
+    /// The guests' readiness checks.
+    pub(crate) readiness: runner_core::readiness::ReadinessChecks,
     /// Whether the runtime can reach the sidecar, on tiers where the runner
     /// links them (`None`: always).
     pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
@@ -237,6 +239,7 @@ async fn spawn_guest(
         force: a.force.clone(),
         start_cancel: a.start_cancel.clone(),
         launch_timeout: LAUNCH_TIMEOUT,
+        readiness: a.readiness.for_role(role).cloned(),
     };
     let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())
         .await
