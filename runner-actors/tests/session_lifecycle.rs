@@ -9,6 +9,7 @@ use runner_core::backend::LaunchError;
 use runner_core::failure::FailureReason;
 use runner_core::fake::{LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
+use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
 use std::time::Duration;
 
@@ -494,4 +495,54 @@ async fn force_shutdown_cuts_the_grace_of_a_stop_in_progress() {
     for g in &guests {
         assert!(g.exited().is_some(), "{:?} not stopped", g.spec.role);
     }
+}
+
+#[tokio::test]
+async fn a_guest_not_ready_in_time_is_degraded_until_its_check_passes() {
+    let mut s = setup();
+    s.config.readiness.runtime = Some(ReadinessCheck {
+        probe: Probe::File("ipc/up".into()),
+        timeout: Duration::from_millis(50),
+    });
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("nina", no_socket())
+        .await
+        .unwrap();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let _runtime = launches.next(WAIT).await.unwrap();
+    let ready = |h: &runner_types::HealthStatus, role| {
+        h.guests
+            .iter()
+            .find(|g| g.role == role)
+            .and_then(|g| g.ready)
+    };
+    let not_ready = |h: &runner_types::HealthStatus| {
+        h.startup_status
+            .degraded_reasons
+            .iter()
+            .any(|r| r.code == NOT_READY)
+    };
+    let mut health = session.watch_health();
+    let h = tokio::time::timeout(WAIT, health.wait_for(|h| not_ready(h)))
+        .await
+        .expect("not_ready within the bound")
+        .unwrap()
+        .clone();
+    assert_eq!(ready(&h, GuestRole::Runtime), Some(false), "{h:?}");
+    assert_eq!(ready(&h, GuestRole::Sidecar), None, "{h:?}");
+    assert!(h.healthy, "not ready is degraded, not failed: {h:?}");
+
+    std::fs::write(session.workspace().ipc.join("up"), "").unwrap();
+    let h = tokio::time::timeout(
+        WAIT,
+        health.wait_for(|h| ready(h, GuestRole::Runtime) == Some(true) && !not_ready(h)),
+    )
+    .await
+    .expect("ready within the bound")
+    .unwrap()
+    .clone();
+    assert!(h.healthy, "{h:?}");
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
