@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 mod engine;
 mod ready;
@@ -241,7 +242,11 @@ async fn on_launch(
 async fn launch_bounded(args: &GuestArgs) -> Result<LaunchedGuest, LaunchError> {
     let role = args.spec.role;
     let after = args.launch_timeout;
-    let launch = tokio::time::timeout(after, args.backend.launch(args.spec.clone()));
+    let launch = args
+        .backend
+        .launch(args.spec.clone())
+        .instrument(tracing::debug_span!("guest.backend_launch", %role));
+    let launch = tokio::time::timeout(after, launch);
     tokio::select! {
         r = launch => r.unwrap_or(Err(LaunchError::TimedOut { role, after })),
         () = args.force.cancelled() => Err(LaunchError::Cancelled { role }),

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The backends a runner may use, one per tier. Inject fakes in tests.
 #[derive(Clone, Default)]
@@ -147,6 +148,7 @@ impl Runner {
         let provisioned = self.provision(&user, tier).await?;
         let (args, handle) = self.session_args(user, tier, backend, provisioned, options, &cancel);
         let (actor, join) = Actor::spawn(None, SessionSupervisor, args)
+            .instrument(tracing::debug_span!("session.spawn_supervisor"))
             .await
             .map_err(SessionError::Spawn)?;
         let handle = handle.attach(actor, join);
@@ -164,7 +166,8 @@ impl Runner {
     ) -> Result<Provisioned, SessionError> {
         let config = self.config.clone();
         let user = user.clone();
-        tokio::task::spawn_blocking(move || provision_and_lock(&config, &user, tier))
+        let span = tracing::debug_span!("session.provision");
+        tokio::task::spawn_blocking(move || span.in_scope(|| provision_and_lock(&config, &user, tier)))
             .await
             .map_err(|source| SessionError::BlockingTask {
                 what: "workspace provisioning",
@@ -392,14 +395,18 @@ fn provision_and_lock(
     tier: SandboxTier,
 ) -> Result<Provisioned, SessionError> {
     let euid = nix::unistd::geteuid().as_raw();
-    let identity = identity::resolve_guest_user(config, user, tier, euid)?;
-    let workspace = Workspace::provision_for(
-        &config.workspace_root,
-        user,
-        &config.user(user).mounts,
-        identity.run_as,
-    )?;
-    let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
+    let identity = tracing::debug_span!("session.identity")
+        .in_scope(|| identity::resolve_guest_user(config, user, tier, euid))?;
+    let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
+        Workspace::provision_for(
+            &config.workspace_root,
+            user,
+            &config.user(user).mounts,
+            identity.run_as,
+        )
+    })?;
+    let lock = tracing::debug_span!("session.lock").in_scope(|| SessionLock::acquire(&workspace.run));
+    let lock = lock.map_err(|source| match source {
         LockError::Held { .. } => SessionError::AlreadyRunning {
             user: user.to_string(),
             source,

@@ -18,7 +18,12 @@
 //! stdout pipes; then SIGTERM to both and wait for both. `ROUNDS` samples
 //! each, interleaved, after one warm-up of each.
 //!
-//! Run: `cargo run --release -p runner-bench --bin session_start`.
+//! With `--spans`, a tracing layer also records how long each of the
+//! session's debug spans took (provisioning, lock, log files, actors,
+//! launches, control socket, and each shutdown step) and prints their
+//! medians: where the time goes.
+//!
+//! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
 use futures::future::join;
 use runner_actors::{Backends, Runner};
@@ -30,15 +35,21 @@ use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::GuestRole;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 
 const ROUNDS: usize = 20;
 const BOUND: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() {
+    let spans = std::env::args()
+        .any(|a| a == "--spans")
+        .then(SpanTimes::install);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
     let runner = Runner::new(
@@ -76,6 +87,82 @@ async fn main() {
         &mut ours_s.stopped,
         &mut bare_s.stopped,
     );
+    if let Some(spans) = spans {
+        spans.print();
+    }
+}
+
+/// Wall time of every closed span of the runner's crates, by name (and
+/// role, where the span has one).
+#[derive(Clone, Default)]
+struct SpanTimes(Arc<Mutex<BTreeMap<String, Vec<Duration>>>>);
+
+/// When a span was created, and its key.
+struct Opened(Instant, String);
+
+impl SpanTimes {
+    fn install() -> Self {
+        let times = Self::default();
+        let subscriber = tracing_subscriber::registry().with(times.clone());
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        times
+    }
+
+    fn print(&self) {
+        let mut times = self.0.lock().expect("span times");
+        println!();
+        println!("| span (all sessions, warm-up included) | count | median | p90 |");
+        println!("| --- | --- | --- | --- |");
+        for (name, samples) in times.iter_mut() {
+            let count = samples.len();
+            println!(
+                "| `{name}` | {count} | {} | {} |",
+                ms(median(samples)),
+                ms(percentile(samples, 90.0))
+            );
+        }
+    }
+}
+
+/// Appends the `role` field to a span's key.
+struct RoleField<'a>(&'a mut String);
+
+impl tracing::field::Visit for RoleField<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "role" {
+            self.0.push_str(&format!(" {value:?}"));
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanTimes
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+        meta.is_span() && meta.target().starts_with("runner_")
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut key = attrs.metadata().name().to_owned();
+        attrs.record(&mut RoleField(&mut key));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Opened(Instant::now(), key));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        if let Some(Opened(at, key)) = span.extensions().get::<Opened>() {
+            let mut times = self.0.lock().expect("span times");
+            times.entry(key.clone()).or_default().push(at.elapsed());
+        }
+    }
 }
 
 /// One sample of each phase, measured from the start of its phase.

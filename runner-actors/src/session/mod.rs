@@ -40,6 +40,7 @@ use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Bound on stopping the control listener (aborting its tasks, removing
 /// its socket and link) at the start of a shutdown.
@@ -338,10 +339,15 @@ async fn on_shutdown(
 
     // 1. No new control work; the socket file goes away with the listener.
     if let Some(listener) = state.listener.take() {
-        listener.stop(left().min(LISTENER_STOP_BOUND)).await;
+        listener
+            .stop(left().min(LISTENER_STOP_BOUND))
+            .instrument(tracing::debug_span!("shutdown.listener"))
+            .await;
     }
     // 2. Runtime, then sidecar.
-    stop_guests(state, deadline.saturating_sub(started.elapsed())).await;
+    stop_guests(state, deadline.saturating_sub(started.elapsed()))
+        .instrument(tracing::debug_span!("shutdown.guests"))
+        .await;
     // 3. Drain every pump to EOF, all at once, bounded by log_drain (not at
     //    all when forced: what is left is cut).
     let drain = if state.args.force.is_cancelled() {
@@ -349,13 +355,16 @@ async fn on_shutdown(
     } else {
         state.args.config.shutdown.log_drain.min(left())
     };
-    let (cut_streams, stuck_logs) = drain_pumps(&state.pumps, drain).await;
+    let (cut_streams, stuck_logs) = drain_pumps(&state.pumps, drain)
+        .instrument(tracing::debug_span!("shutdown.drain"))
+        .await;
     // 4. Stop children ourselves so their post_stop runs, and wait for them
     //    (a guest actor's post_stop still stops its guest, bounded).
     let overrun = state.args.backend.stop_overrun();
     let children_bound = CHILDREN_STOP_MIN.max(left()) + overrun;
     myself
         .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
+        .instrument(tracing::debug_span!("shutdown.children"))
         .await;
     state.guests.clear();
     state.pumps.clear();
@@ -390,7 +399,10 @@ async fn stop_guests(state: &mut SessionState, left: Duration) {
                 .shutdown
                 .grace
                 .min(remaining.saturating_sub(overrun));
-            match g.stop(grace, grace + overrun).await {
+            let stop = g
+                .stop(grace, grace + overrun)
+                .instrument(tracing::debug_span!("shutdown.stop_guest", %role));
+            match stop.await {
                 Ok(status) => on_guest_update(state, status),
                 Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
             }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
 pub(crate) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -105,12 +106,17 @@ pub(super) async fn on_start(
         .args
         .backend
         .prepare_session(&state.args.user, &state.args.workspace)
+        .instrument(tracing::debug_span!("session.prepare"))
         .await
         .map_err(SessionError::Prepare)?;
-    spawn_pumps(myself, state, &roles).await?;
+    spawn_pumps(myself, state, &roles)
+        .instrument(tracing::debug_span!("session.log_pumps"))
+        .await?;
     launch_guests(myself, state, roles).await?;
     if state.args.serve_control {
-        serve_control(myself, state).await?;
+        serve_control(myself, state)
+            .instrument(tracing::debug_span!("session.control_socket"))
+            .await?;
     }
     Ok(())
 }
@@ -156,15 +162,20 @@ async fn launch_guests(
             GuestRole::Runtime => sidecar_endpoint.clone(),
             GuestRole::Sidecar => None,
         };
-        let guest = spawn_guest(myself, state, role, endpoint).await?;
+        let guest = spawn_guest(myself, state, role, endpoint)
+            .instrument(tracing::debug_span!("session.spawn_guest_actor"))
+            .await?;
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
         state.guests.push(guest.clone());
         // The guest actor bounds the launch itself; this is a backstop. A
         // cancelled start stops waiting: the shutdown that follows stops the
         // guest once its (bounded) launch is over.
+        let launch = guest
+            .launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN)
+            .instrument(tracing::debug_span!("session.launch", %role));
         let launched = tokio::select! {
-            r = guest.launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN) => r,
+            r = launch => r,
             () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
         };
         let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
