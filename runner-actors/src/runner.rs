@@ -167,12 +167,14 @@ impl Runner {
         let config = self.config.clone();
         let user = user.clone();
         let span = tracing::debug_span!("session.provision");
-        tokio::task::spawn_blocking(move || span.in_scope(|| provision_and_lock(&config, &user, tier)))
-            .await
-            .map_err(|source| SessionError::BlockingTask {
-                what: "workspace provisioning",
-                source,
-            })?
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| provision_and_lock(&config, &user, tier))
+        })
+        .await
+        .map_err(|source| SessionError::BlockingTask {
+            what: "workspace provisioning",
+            source,
+        })?
     }
 
     /// The supervisor's arguments, and the parts of its handle that exist
@@ -405,7 +407,8 @@ fn provision_and_lock(
             identity.run_as,
         )
     })?;
-    let lock = tracing::debug_span!("session.lock").in_scope(|| SessionLock::acquire(&workspace.run));
+    let lock =
+        tracing::debug_span!("session.lock").in_scope(|| SessionLock::acquire(&workspace.run));
     let lock = lock.map_err(|source| match source {
         LockError::Held { .. } => SessionError::AlreadyRunning {
             user: user.to_string(),

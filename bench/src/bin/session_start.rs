@@ -12,6 +12,11 @@
 //!   runtime then sidecar SIGTERMed and reaped, pumps drained to EOF,
 //!   actors stopped).
 //!
+//! Sessions are measured for a known user (its workspace and guest uid
+//! exist: every session after the user's first) and, in one more row, for
+//! a new user each round (provisioning creates the directories and the
+//! guest uid is allocated and recorded durably, two fsyncs).
+//!
 //! Baseline: the same two guests spawned directly with `tokio::process`
 //! (workspace provisioned beforehand, outside the clock), the same envelope
 //! frames written to their stdin, `envelope=` read straight from their
@@ -58,12 +63,16 @@ async fn main() {
     );
     let bare_root = dir.path().join("bare");
 
-    ours(&runner, "warm").await;
+    // The warm-up also makes "known" a user whose workspace and guest uid
+    // already exist, as for every session after a user's first.
+    ours(&runner, "known").await;
     bare(&guest, &bare_root, "warm").await;
-    let (mut ours_s, mut bare_s) = (Samples::default(), Samples::default());
+    let (mut known, mut new, mut base) =
+        (Samples::default(), Samples::default(), Samples::default());
     for i in 0..ROUNDS {
-        ours_s.push(ours(&runner, &format!("s{i}")).await);
-        bare_s.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+        known.push(ours(&runner, "known").await);
+        base.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+        new.push(ours(&runner, &format!("s{i}")).await);
     }
 
     println!(
@@ -74,18 +83,23 @@ async fn main() {
     println!("| --- | --- | --- | --- | --- | --- |");
     row(
         "start call returned (baseline: both spawned, frames written)",
-        &mut ours_s.returned,
-        &mut bare_s.returned,
+        &mut known.returned,
+        &mut base.returned,
     );
     row(
         "session start -> both envelopes read",
-        &mut ours_s.ready,
-        &mut bare_s.ready,
+        &mut known.ready,
+        &mut base.ready,
     );
     row(
         "session stop (shutdown until done)",
-        &mut ours_s.stopped,
-        &mut bare_s.stopped,
+        &mut known.stopped,
+        &mut base.stopped,
+    );
+    row(
+        "first session of a new user: start -> both envelopes read",
+        &mut new.ready,
+        &mut base.ready,
     );
     if let Some(spans) = spans {
         spans.print();

@@ -127,21 +127,22 @@ async fn spawn_pumps(
     state: &mut SessionState,
     roles: &[GuestRole],
 ) -> Result<(), SessionError> {
-    for role in roles {
-        for stream in LogStream::ALL {
-            let pump = LogPumpHandle::spawn(
-                myself.get_cell(),
-                &state.args.workspace.logs,
-                *role,
-                stream,
-                state.args.config.logs,
-            )
-            .await?;
-            state
-                .loss_watchers
-                .push(watch_log_loss(myself.clone(), &pump));
-            state.pumps.push(pump);
-        }
+    let streams = roles
+        .iter()
+        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
+        .collect();
+    let pumps = LogPumpHandle::spawn_all(
+        myself.get_cell(),
+        &state.args.workspace.logs,
+        streams,
+        state.args.config.logs,
+    )
+    .await?;
+    for pump in pumps {
+        state
+            .loss_watchers
+            .push(watch_log_loss(myself.clone(), &pump));
+        state.pumps.push(pump);
     }
     Ok(())
 }
