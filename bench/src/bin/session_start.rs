@@ -215,6 +215,14 @@ fn row(name: &str, ours: &mut [Duration], base: &mut [Duration]) {
 
 /// One session: start call, until both envelopes are in the logs, shutdown.
 async fn ours(runner: &Runner, user: &str) -> Sample {
+    // A known user's logs hold the last session's `envelope=` lines: start
+    // from empty logs, outside the clock, so only this session's count.
+    let logs = runner.config().workspace_root.join(user).join("logs");
+    if let Ok(entries) = std::fs::read_dir(&logs) {
+        for entry in entries {
+            std::fs::remove_file(entry.expect("log dir entry").path()).expect("old log removed");
+        }
+    }
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
