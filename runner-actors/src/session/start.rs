@@ -112,31 +112,12 @@ pub(super) async fn on_start(
     spawn_pumps(myself, state, &roles)
         .instrument(tracing::debug_span!("session.log_pumps"))
         .await?;
-    // The control socket is set up while the guests launch (each launch
-    // mostly waits for its spawn): a request before they run is answered
-    // with a health that says so.
-    let SessionState {
-        args,
-        guests,
-        pumps,
-        listener,
-        ..
-    } = state;
-    let serve = async {
-        match args.serve_control {
-            true => Some(serve_control(myself, args, pumps).await),
-            false => None,
-        }
-    };
-    let serve = serve.instrument(tracing::debug_span!("session.control_socket"));
-    let (launched, served) = tokio::join!(launch_guests(myself, args, pumps, guests, roles), serve);
-    let served = served.transpose();
-    // Kept even when a launch failed, so the shutdown that follows stops it.
-    if let Ok(Some(l)) = &served {
-        *listener = Some(l.clone());
+    launch_guests(myself, state, roles).await?;
+    if state.args.serve_control {
+        serve_control(myself, state)
+            .instrument(tracing::debug_span!("session.control_socket"))
+            .await?;
     }
-    launched?;
-    served?;
     Ok(())
 }
 
@@ -170,25 +151,24 @@ async fn spawn_pumps(
 /// endpoint in its envelope.
 async fn launch_guests(
     myself: &ActorRef<SessionMsg>,
-    args: &SessionArgs,
-    pumps: &[LogPumpHandle],
-    guests: &mut Vec<GuestHandle>,
+    state: &mut SessionState,
     roles: Vec<GuestRole>,
 ) -> Result<(), SessionError> {
-    let sidecar_endpoint = args
+    let sidecar_endpoint = state
+        .args
         .has_sidecar()
-        .then(|| args.backend.sidecar_endpoint(&args.workspace));
+        .then(|| state.args.backend.sidecar_endpoint(&state.args.workspace));
     for role in roles {
         let endpoint = match role {
             GuestRole::Runtime => sidecar_endpoint.clone(),
             GuestRole::Sidecar => None,
         };
-        let guest = spawn_guest(myself, args, pumps, role, endpoint)
+        let guest = spawn_guest(myself, state, role, endpoint)
             .instrument(tracing::debug_span!("session.spawn_guest_actor"))
             .await?;
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
-        guests.push(guest.clone());
+        state.guests.push(guest.clone());
         // The guest actor bounds the launch itself; this is a backstop. A
         // cancelled start stops waiting: the shutdown that follows stops the
         // guest once its (bounded) launch is over.
@@ -197,7 +177,7 @@ async fn launch_guests(
             .instrument(tracing::debug_span!("session.launch", %role));
         let launched = tokio::select! {
             r = launch => r,
-            () = args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
+            () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
         };
         let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
         launched.map_err(|source| SessionError::Launch { role, source })?;
@@ -208,28 +188,31 @@ async fn launch_guests(
 /// Starts the control listener on `run/runner-control.sock`.
 async fn serve_control(
     myself: &ActorRef<SessionMsg>,
-    args: &SessionArgs,
-    pumps: &[LogPumpHandle],
-) -> Result<ControlListenerHandle, SessionError> {
+    state: &mut SessionState,
+) -> Result<(), SessionError> {
     let ctx = ControlContext {
-        user: args.user.clone(),
-        workspace: args.workspace.clone(),
-        health: args.health_tx.subscribe(),
+        user: state.args.user.clone(),
+        workspace: state.args.workspace.clone(),
+        health: state.args.health_tx.subscribe(),
         supervisor: myself.clone(),
-        pumps: pumps.to_vec(),
-        shutdown_deadline: args.shutdown_bound(),
-        ipc_link: args.config.control.ipc_socket_link,
+        pumps: state.pumps.clone(),
+        shutdown_deadline: state.args.shutdown_bound(),
+        ipc_link: state.args.config.control.ipc_socket_link,
     };
-    ControlListenerHandle::spawn_with(myself.get_cell(), ctx, args.control_limits).await
+    let listener =
+        ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
+            .await?;
+    state.listener = Some(listener);
+    Ok(())
 }
 
 async fn spawn_guest(
     myself: &ActorRef<SessionMsg>,
-    a: &SessionArgs,
-    pumps: &[LogPumpHandle],
+    state: &SessionState,
     role: GuestRole,
     sidecar_endpoint: Option<runner_types::SidecarEndpoint>,
 ) -> Result<GuestHandle, SessionError> {
+    let a = &state.args;
     let envelope = build_envelope(EnvelopeParams {
         user: &a.user,
         tier: a.tier,
@@ -250,7 +233,8 @@ async fn spawn_guest(
         extra_env: a.env.for_role(role).clone(),
         resources: a.user_config.resources.clone(),
     };
-    let pumps = pumps
+    let pumps = state
+        .pumps
         .iter()
         .filter(|p| p.role() == role)
         .map(|p| (p.stream(), p.clone()))
