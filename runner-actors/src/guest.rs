@@ -35,6 +35,7 @@ use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, GuestStatus
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use stop::on_stop;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,7 @@ use tracing::Instrument;
 
 mod engine;
 mod ready;
+mod stop;
 
 pub use engine::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 
@@ -368,69 +370,6 @@ async fn on_restart_due(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState
         let role = state.args.spec.role;
         tracing::error!(%role, error = %e, "relaunch failed");
         notify_failed(state, relaunch_failed(role, e));
-    }
-}
-
-async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestExit> {
-    // Bump the generation so a pending restart timer or exit report is ignored.
-    state.generation += 1;
-    let Some(running) = state.current.take() else {
-        if matches!(
-            state.status.state,
-            GuestState::BackingOff | GuestState::Starting
-        ) {
-            set_state(state, GuestState::Stopped);
-        }
-        return None;
-    };
-    set_state(state, GuestState::Stopping);
-    let role = state.args.spec.role;
-    let exit = stop_guest(&*running.control, role, grace, &state.args.force).await;
-    running.abort_watchers();
-    if let Err(e) = running.control.cleanup().await {
-        tracing::warn!(%role, error = %e, "cleanup after stop failed");
-    }
-    if exit.is_some() {
-        state.status.last_exit = exit;
-    }
-    // A stop that failed leaves a guest that may still run: say so.
-    let final_state = if exit.is_some() {
-        GuestState::Stopped
-    } else {
-        GuestState::Failed
-    };
-    set_state(state, final_state);
-    exit
-}
-
-/// Stops a running guest within `grace` (none once `force` is cancelled);
-/// `None` if the stop failed.
-async fn stop_guest(
-    control: &dyn GuestControl,
-    role: GuestRole,
-    grace: Duration,
-    force: &CancellationToken,
-) -> Option<GuestExit> {
-    let grace = if force.is_cancelled() {
-        Duration::ZERO
-    } else {
-        grace
-    };
-    // A forced stop abandons the graceful wait (which only waits for the
-    // exit) and stops again without grace: SIGKILL, kill, docker kill.
-    let stopped = tokio::select! {
-        r = control.stop(grace) => r,
-        () = force.cancelled() => {
-            tracing::warn!(%role, "forced stop: no more grace");
-            control.stop(Duration::ZERO).await
-        }
-    };
-    match stopped {
-        Ok(exit) => Some(exit),
-        Err(e) => {
-            tracing::error!(%role, error = %e, "stop failed");
-            None
-        }
     }
 }
 
