@@ -124,12 +124,3 @@ pub enum HandleError {
     #[error("The session did not answer within {0:?}")]
     Timeout(std::time::Duration),
 }
-
-impl<T> From<ractor::RactorErr<T>> for HandleError {
-    fn from(e: ractor::RactorErr<T>) -> Self {
-        match e {
-            ractor::RactorErr::Timeout => Self::Timeout(std::time::Duration::ZERO),
-            _ => Self::Gone,
-        }
-    }
-}

@@ -1,5 +1,6 @@
 //! Lifecycle events a session publishes to its subscribers.
 
+use runner_core::failure::FailureReason;
 use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, LogStream};
 use std::time::Duration;
 
@@ -40,14 +41,15 @@ pub enum SessionEvent {
         /// Backoff before the relaunch.
         after: Duration,
     },
-    /// The session is failed (restart limit exceeded or relaunch failed).
+    /// The session is failed (restart limit exceeded, relaunch failed, or
+    /// one of its actors failed).
     SessionFailed {
         /// Why.
-        reason: String,
+        reason: FailureReason,
     },
     /// Output of a guest stream was lost instead of logged (write queue
     /// full, failed writes); sent when the count grows, at most once per
-    /// [`crate::session::LOSS_REPORT_INTERVAL`] per stream.
+    /// [`crate::LOSS_REPORT_INTERVAL`] per stream.
     LogBytesDropped {
         /// Which guest.
         role: GuestRole,

@@ -23,18 +23,27 @@ use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use engine::{on_engine_check, wait_for_engine};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use runner_core::backend::{GuestControl, GuestIdentity, LaunchError, LaunchSpec, SandboxBackend};
+use ready::{on_not_ready, on_ready, start_readiness};
+use runner_core::backend::{
+    GuestControl, GuestIdentity, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend,
+};
 use runner_core::config::RestartConfig;
+use runner_core::failure::FailureReason;
+use runner_core::readiness::ReadinessCheck;
 use runner_core::restart::{RestartDecision, RestartTracker};
-use runner_types::{GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
+use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, GuestStatus, LogStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use stop::on_stop;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 mod engine;
+mod ready;
+mod stop;
 
 pub use engine::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 
@@ -61,6 +70,19 @@ pub enum GuestMsg {
         generation: u64,
         /// The delay that led here.
         delay: Duration,
+    },
+    /// The readiness check of launch `generation` passed.
+    Ready {
+        /// Launch number.
+        generation: u64,
+    },
+    /// The readiness check of launch `generation` missed its timeout (it
+    /// goes on).
+    NotReady {
+        /// Launch number.
+        generation: u64,
+        /// The `not_ready` reason for health.
+        reason: DegradedReason,
     },
     /// Stop the guest (grace, then force) and clean up; answers with the
     /// guest's final status.
@@ -98,6 +120,8 @@ pub struct GuestArgs {
     pub start_cancel: CancellationToken,
     /// Bound on one launch.
     pub launch_timeout: Duration,
+    /// The guest's readiness check, run after every launch.
+    pub readiness: Option<ReadinessCheck>,
 }
 
 /// Per-guest actor. See the module docs.
@@ -110,12 +134,26 @@ pub struct GuestActorState {
     generation: u64,
     current: Option<Running>,
     status: GuestStatus,
+    /// A `not_ready` reason is reported to the supervisor.
+    not_ready_reported: bool,
 }
 
 struct Running {
     control: Box<dyn GuestControl>,
     waiter: JoinHandle<()>,
+    /// The readiness check of this launch, while it runs.
+    readiness: Option<JoinHandle<()>>,
     started: Instant,
+}
+
+impl Running {
+    /// Ends the tasks that watch this launch.
+    fn abort_watchers(&self) {
+        self.waiter.abort();
+        if let Some(r) = &self.readiness {
+            r.abort();
+        }
+    }
 }
 
 impl Actor for GuestActor {
@@ -130,11 +168,12 @@ impl Actor for GuestActor {
     ) -> Result<GuestActorState, ActorProcessingErr> {
         let status = GuestStatus::starting(args.spec.role);
         Ok(GuestActorState {
-            tracker: RestartTracker::new(args.restart),
+            tracker: RestartTracker::new(args.spec.role, args.restart),
             args,
             generation: 0,
             current: None,
             status,
+            not_ready_reported: false,
         })
     }
 
@@ -158,6 +197,8 @@ impl Actor for GuestActor {
             GuestMsg::EngineCheck { generation, delay } => {
                 on_engine_check(&myself, state, generation, delay).await
             }
+            GuestMsg::Ready { generation } => on_ready(state, generation),
+            GuestMsg::NotReady { generation, reason } => on_not_ready(state, generation, reason),
             GuestMsg::Stop { grace, reply } => {
                 on_stop(state, grace).await;
                 if reply.send(state.status.clone()).is_err() {
@@ -187,31 +228,41 @@ async fn on_launch(
     state: &mut GuestActorState,
 ) -> Result<GuestIdentity, LaunchError> {
     set_state(state, GuestState::Starting);
-    let role = state.args.spec.role;
-    let after = state.args.launch_timeout;
-    let launch = tokio::time::timeout(after, state.args.backend.launch(state.args.spec.clone()));
-    // A cancelled start or a forced stop abandons the launch at once (the
-    // dropped future cleans up after itself, as after a timeout).
-    let (force, cancel) = (state.args.force.clone(), state.args.start_cancel.clone());
-    let launched = tokio::select! {
-        r = launch => r,
-        () = force.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
-        () = cancel.cancelled() => Ok(Err(LaunchError::Cancelled { role })),
-    };
-    let launched = match launched {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
+    match launch_bounded(&state.args).await {
+        Ok(launched) => Ok(adopt(myself, state, launched)),
+        Err(e) => {
             set_state(state, GuestState::Failed);
-            return Err(e);
+            Err(e)
         }
-        Err(_) => {
-            // The dropped launch cleans up what it had created (each
-            // backend guards its launch: a container by name and labels,
-            // a process group, a VM process).
-            set_state(state, GuestState::Failed);
-            return Err(LaunchError::TimedOut { role, after });
-        }
-    };
+    }
+}
+
+/// The backend's launch, bounded by the launch timeout; a cancelled start
+/// or a forced stop abandons it at once. A launch dropped half-way cleans
+/// up what it had created (each backend guards its launch: a container by
+/// name and labels, a process group, a VM process).
+async fn launch_bounded(args: &GuestArgs) -> Result<LaunchedGuest, LaunchError> {
+    let role = args.spec.role;
+    let after = args.launch_timeout;
+    let launch = args
+        .backend
+        .launch(args.spec.clone())
+        .instrument(tracing::debug_span!("guest.backend_launch", %role));
+    let launch = tokio::time::timeout(after, launch);
+    tokio::select! {
+        r = launch => r.unwrap_or(Err(LaunchError::TimedOut { role, after })),
+        () = args.force.cancelled() => Err(LaunchError::Cancelled { role }),
+        () = args.start_cancel.cancelled() => Err(LaunchError::Cancelled { role }),
+    }
+}
+
+/// Takes a launched guest over: its streams go to the pumps, a waiter task
+/// reports its exit, and the guest is announced running.
+fn adopt(
+    myself: &ActorRef<GuestMsg>,
+    state: &mut GuestActorState,
+    launched: LaunchedGuest,
+) -> GuestIdentity {
     state.generation += 1;
     let generation = state.generation;
     for output in launched.outputs {
@@ -230,6 +281,7 @@ async fn on_launch(
             tracing::debug!("guest actor gone before exit could be reported");
         }
     });
+    let readiness = start_readiness(myself, state, generation);
     let identity = launched.identity;
     state.status.pid = identity.pid();
     state.status.container_name = identity.container_name().map(str::to_owned);
@@ -240,6 +292,7 @@ async fn on_launch(
     state.current = Some(Running {
         control: launched.control,
         waiter,
+        readiness,
         started: Instant::now(),
     });
     emit(
@@ -252,7 +305,7 @@ async fn on_launch(
         },
     );
     set_state(state, GuestState::Running);
-    Ok(identity)
+    identity
 }
 
 async fn on_exited(
@@ -266,6 +319,8 @@ async fn on_exited(
     }
     let role = state.args.spec.role;
     let running = state.current.take().expect("checked above");
+    running.abort_watchers();
+    state.status.ready = state.args.readiness.as_ref().map(|_| false);
     if let Err(e) = running.control.cleanup().await {
         tracing::warn!(%role, error = %e, "cleanup after exit failed");
     }
@@ -297,7 +352,7 @@ async fn on_exited(
         RestartDecision::Done => set_state(state, GuestState::Exited),
         RestartDecision::GiveUp { reason } => {
             set_state(state, GuestState::Failed);
-            notify_failed(state, format!("{role} guest: {reason}"));
+            notify_failed(state, reason);
         }
     }
 }
@@ -314,68 +369,19 @@ async fn on_restart_due(myself: &ActorRef<GuestMsg>, state: &mut GuestActorState
     if let Err(e) = on_launch(myself, state).await {
         let role = state.args.spec.role;
         tracing::error!(%role, error = %e, "relaunch failed");
-        notify_failed(state, format!("{role} guest could not be relaunched: {e}"));
+        notify_failed(state, relaunch_failed(role, e));
     }
 }
 
-async fn on_stop(state: &mut GuestActorState, grace: Duration) -> Option<GuestExit> {
-    // Bump the generation so a pending restart timer or exit report is ignored.
-    state.generation += 1;
-    let Some(running) = state.current.take() else {
-        if matches!(
-            state.status.state,
-            GuestState::BackingOff | GuestState::Starting
-        ) {
-            set_state(state, GuestState::Stopped);
-        }
-        return None;
-    };
-    set_state(state, GuestState::Stopping);
-    let role = state.args.spec.role;
-    let force = state.args.force.clone();
-    let grace = if force.is_cancelled() {
-        Duration::ZERO
-    } else {
-        grace
-    };
-    // A forced stop abandons the graceful wait (which only waits for the
-    // exit) and stops again without grace: SIGKILL, kill, docker kill.
-    let stopped = tokio::select! {
-        r = running.control.stop(grace) => r,
-        () = force.cancelled() => {
-            tracing::warn!(%role, "forced stop: no more grace");
-            running.control.stop(Duration::ZERO).await
-        }
-    };
-    let exit = match stopped {
-        Ok(exit) => Some(exit),
-        Err(e) => {
-            tracing::error!(%role, error = %e, "stop failed");
-            None
-        }
-    };
-    running.waiter.abort();
-    if let Err(e) = running.control.cleanup().await {
-        tracing::warn!(%role, error = %e, "cleanup after stop failed");
+fn relaunch_failed(role: GuestRole, source: LaunchError) -> FailureReason {
+    FailureReason::RelaunchFailed {
+        role,
+        source: Arc::new(source),
     }
-    if exit.is_some() {
-        state.status.last_exit = exit;
-    }
-    // A stop that failed leaves a guest that may still run: say so.
-    let final_state = if exit.is_some() {
-        GuestState::Stopped
-    } else {
-        GuestState::Failed
-    };
-    set_state(state, final_state);
-    exit
 }
 
-fn notify_failed(state: &GuestActorState, reason: String) {
-    let msg = SessionMsg::GuestFailed {
-        role: state.args.spec.role,
-        reason,
-    };
+fn notify_failed(state: &GuestActorState, reason: FailureReason) {
+    let msg = SessionMsg::GuestFailed { reason };
     if state.args.supervisor.cast(msg).is_err() {
         tracing::debug!("supervisor gone; failure not reported");
     }
@@ -385,6 +391,11 @@ fn set_state(state: &mut GuestActorState, new: GuestState) {
     state.status.state = new;
     let role = state.args.spec.role;
     emit(state, SessionEvent::GuestState { role, state: new });
+    report_status(state);
+}
+
+/// Sends the guest's status to the supervisor (which republishes health).
+fn report_status(state: &GuestActorState) {
     if state
         .args
         .supervisor

@@ -31,13 +31,15 @@
 mod call;
 pub mod control;
 mod error;
-pub mod events;
-pub mod guest;
-pub mod log_pump;
+mod events;
+mod guest;
+mod log_pump;
 mod runner;
-pub mod session;
+mod session;
 
 pub use error::{HandleError, SessionError};
 pub use events::SessionEvent;
+pub use guest::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 pub use runner::{Backends, Runner, SessionOptions};
-pub use session::{FORCED_STOP_BOUND, SessionHandle, ShutdownReport};
+pub use runner_core::failure::{FailureReason, SessionChild};
+pub use session::{FORCED_STOP_BOUND, LOSS_REPORT_INTERVAL, SessionHandle, ShutdownReport};

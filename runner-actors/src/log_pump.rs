@@ -121,27 +121,50 @@ pub struct LogPumpHandle {
 }
 
 impl LogPumpHandle {
-    /// Opens the sink for (`role`, `stream`) under `logs_dir` and spawns the
-    /// actor linked to `supervisor`.
-    pub async fn spawn(
+    /// Opens the sink of every (`role`, `stream`) of `streams` under
+    /// `logs_dir` (in one trip to the blocking pool: opening checks and
+    /// creates files) and spawns one actor per sink, linked to
+    /// `supervisor`, all at once.
+    pub async fn spawn_all(
         supervisor: ActorCell,
         logs_dir: &Path,
+        streams: Vec<(GuestRole, LogStream)>,
+        limits: LogLimits,
+    ) -> Result<Vec<Self>, SessionError> {
+        let dir = logs_dir.to_path_buf();
+        let sinks = tokio::task::spawn_blocking(move || {
+            streams
+                .into_iter()
+                .map(|(role, stream)| {
+                    LogSink::open(&dir, role, stream, limits)
+                        .map(|sink| (role, stream, sink))
+                        .map_err(|e| SessionError::Logs {
+                            path: dir.join(stream.file_name(role)),
+                            source: e,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|source| SessionError::BlockingTask {
+            what: "opening a log",
+            source,
+        })??;
+        let spawns = sinks
+            .into_iter()
+            .map(|(role, stream, sink)| Self::spawn_for(supervisor.clone(), role, stream, sink));
+        futures::future::join_all(spawns)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn spawn_for(
+        supervisor: ActorCell,
         role: GuestRole,
         stream: LogStream,
-        limits: LogLimits,
+        sink: LogSink,
     ) -> Result<Self, SessionError> {
-        // Opening checks and creates files: on the blocking pool.
-        let dir = logs_dir.to_path_buf();
-        let sink = tokio::task::spawn_blocking(move || LogSink::open(&dir, role, stream, limits))
-            .await
-            .map_err(|source| SessionError::BlockingTask {
-                what: "opening a log",
-                source,
-            })?
-            .map_err(|e| SessionError::Logs {
-                path: logs_dir.join(stream.file_name(role)),
-                source: e,
-            })?;
         let (actor, _join) = Actor::spawn_linked(None, LogPumpActor, sink.clone(), supervisor)
             .await
             .map_err(SessionError::Spawn)?;
@@ -152,6 +175,11 @@ impl LogPumpHandle {
             sink,
             name: format!("{}.{}", role.label(), stream),
         })
+    }
+
+    /// The pump actor's id.
+    pub(crate) fn id(&self) -> ractor::ActorId {
+        self.actor.get_id()
     }
 
     /// Which guest.

@@ -2,6 +2,7 @@
 
 use crate::control::ControlLimits;
 use crate::error::SessionError;
+use crate::events::SessionEvent;
 use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
@@ -12,13 +13,15 @@ use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
 use runner_core::{UserId, Workspace};
-use runner_types::SandboxTier;
+use runner_types::{HealthStatus, SandboxTier};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The backends a runner may use, one per tier. Inject fakes in tests.
 #[derive(Clone, Default)]
@@ -133,7 +136,6 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<SessionHandle, SessionError> {
         let user = UserId::new(user)?;
-        let user_config = self.config.user(&user);
         let tier = if options.insecure {
             SandboxTier::Process
         } else {
@@ -143,48 +145,58 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        // The guest identity (root runs every guest under its user's own
-        // uid, see runner_core::identity; anyone else runs guests as
-        // itself), the workspace and the lock file are file-system work:
-        // it runs on the blocking pool, never on a runtime worker.
-        let (identity, workspace, lock) = {
-            let config = self.config.clone();
-            let user = user.clone();
-            tokio::task::spawn_blocking(move || provision_and_lock(&config, &user, tier))
-                .await
-                .map_err(|source| SessionError::BlockingTask {
-                    what: "workspace provisioning",
-                    source,
-                })??
-        };
+        let provisioned = self.provision(&user, tier).await?;
+        let (args, handle) = self.session_args(user, tier, backend, provisioned, options, &cancel);
+        let (actor, join) = Actor::spawn(None, SessionSupervisor, args)
+            .instrument(tracing::debug_span!("session.spawn_supervisor"))
+            .await
+            .map_err(SessionError::Spawn)?;
+        let handle = handle.attach(actor, join);
+        start_or_shut_down(handle, cancel).await
+    }
 
-        let mut degraded = backend.degraded_reasons();
-        if tier == SandboxTier::Process {
-            degraded.push(bootstrap::insecure_process_tier(options.insecure));
-        }
-        let sidecar_link = backend.sidecar_link(&workspace);
-        if identity.runs_as_root {
-            degraded.push(identity::guest_runs_as_root());
-        }
-        let startup =
-            bootstrap::startup_status(tier, &user_config, backend.has_sidecar(), degraded);
+    /// The guest identity (root runs every guest under its user's own uid,
+    /// see runner_core::identity; anyone else runs guests as itself), the
+    /// workspace and the lock file: file-system work, so it runs on the
+    /// blocking pool, never on a runtime worker.
+    async fn provision(
+        &self,
+        user: &UserId,
+        tier: SandboxTier,
+    ) -> Result<Provisioned, SessionError> {
+        let config = self.config.clone();
+        let user = user.clone();
+        let span = tracing::debug_span!("session.provision");
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| provision_and_lock(&config, &user, tier))
+        })
+        .await
+        .map_err(|source| SessionError::BlockingTask {
+            what: "workspace provisioning",
+            source,
+        })?
+    }
+
+    /// The supervisor's arguments, and the parts of its handle that exist
+    /// before the supervisor does.
+    fn session_args(
+        &self,
+        user: UserId,
+        tier: SandboxTier,
+        backend: Arc<dyn SandboxBackend>,
+        (identity, workspace, lock): Provisioned,
+        options: SessionOptions,
+        cancel: &CancellationToken,
+    ) -> (SessionArgs, HandleParts) {
+        let user_config = self.config.user(&user);
+        let startup = startup_status(tier, &user_config, &*backend, &identity, options.insecure);
         let degraded = startup.degraded_reasons.clone();
-        let log_dir = workspace.logs.display().to_string();
-        let initial = health_report(&HealthInputs {
-            user_id: user.as_str(),
-            tier,
-            startup: &startup,
-            phase: &SessionPhase::Starting,
-            log_dir: &log_dir,
-            guests: &[],
-            sidecar_linked: sidecar_link.as_ref().is_none_or(|l| *l.borrow()),
-            log_bytes_dropped: &[],
-            degraded: &[],
-        });
-        let (health_tx, health_rx) = watch::channel(initial);
-        let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
+        let sidecar_link = backend.sidecar_link(&workspace);
+        let initial = initial_health(&user, tier, &startup, &workspace, sidecar_link.as_ref());
+        let (health_tx, health) = watch::channel(initial);
+        let (phase_tx, phase) = watch::channel(SessionPhase::Starting);
         let (events, first_events) = broadcast::channel(256);
-        let (report_tx, report_rx) = watch::channel(None);
+        let (report_tx, report) = watch::channel(None);
         let env = options.env.with_timezone(&user_config.timezone);
         let force = CancellationToken::new();
         let args = SessionArgs {
@@ -199,6 +211,7 @@ impl Runner {
             startup,
             degraded,
             env,
+            readiness: self.config.readiness_for(&user),
             sidecar_link,
             serve_control: options.serve_control,
             control_limits: options.control_limits,
@@ -211,48 +224,19 @@ impl Runner {
             report_tx,
             _lock: lock,
         };
-        let shutdown_bound = args.shutdown_bound();
-        let (actor, join) = Actor::spawn(None, SessionSupervisor, args)
-            .await
-            .map_err(SessionError::Spawn)?;
-        let handle = SessionHandle {
-            actor: actor.clone(),
+        let parts = HandleParts {
             user,
             workspace,
             serves_control: options.serve_control,
-            health: health_rx,
-            phase: phase_rx,
+            health,
+            phase,
             events,
-            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
-            report: report_rx,
-            join: Arc::new(tokio::sync::Mutex::new(Some(join))),
-            shutdown_bound,
+            first_events,
+            report,
+            shutdown_bound: args.shutdown_bound(),
             force,
         };
-        // If this future is dropped, or the start fails or times out, the
-        // guard shuts down whatever was started: no session without a handle.
-        let guard = StartGuard(Some(actor.clone()), shutdown_bound);
-        // Each launch is bounded by the guest actor, so this wait is too.
-        let started = crate::call::call(&actor, SessionMsg::Start, START_ANSWER_TIMEOUT);
-        let started = tokio::select! {
-            r = started => r.map_err(|_| SessionError::Gone)?,
-            () = cancel.cancelled() => Err(SessionError::Cancelled),
-        };
-        if let Err(e) = started {
-            // The supervisor shuts itself down after a failed start; make
-            // sure it does after a cancelled one too, and wait for the end
-            // (bounded), so the caller gets control back with nothing left.
-            drop(guard);
-            if !handle.wait_stopped(shutdown_bound + LAUNCH_TIMEOUT).await {
-                tracing::warn!(user = %handle.user(), "session still stopping after a failed start");
-            }
-            handle
-                .wait_terminated(crate::session::SUPERVISOR_EXIT_BOUND)
-                .await;
-            return Err(e);
-        }
-        guard.disarm();
-        Ok(handle)
+        (args, parts)
     }
 
     fn next_session_id(&self) -> String {
@@ -268,6 +252,119 @@ impl Runner {
 /// How long a start may go unanswered: both guests' launches (each bounded
 /// by the guest actor) and the listener, with room to spare.
 const START_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What provisioning yields: the guests' identity, the workspace and the
+/// session lock.
+type Provisioned = (identity::IdentityDecision, Workspace, SessionLock);
+
+/// A [`SessionHandle`] without its supervisor.
+struct HandleParts {
+    user: UserId,
+    workspace: Workspace,
+    serves_control: bool,
+    health: watch::Receiver<HealthStatus>,
+    phase: watch::Receiver<SessionPhase>,
+    events: broadcast::Sender<SessionEvent>,
+    first_events: broadcast::Receiver<SessionEvent>,
+    report: watch::Receiver<Option<crate::ShutdownReport>>,
+    shutdown_bound: Duration,
+    force: CancellationToken,
+}
+
+impl HandleParts {
+    fn attach(self, actor: ActorRef<SessionMsg>, join: JoinHandle<()>) -> SessionHandle {
+        SessionHandle {
+            actor,
+            user: self.user,
+            workspace: self.workspace,
+            serves_control: self.serves_control,
+            health: self.health,
+            phase: self.phase,
+            events: self.events,
+            first_events: Arc::new(std::sync::Mutex::new(Some(self.first_events))),
+            report: self.report,
+            join: Arc::new(tokio::sync::Mutex::new(Some(join))),
+            shutdown_bound: self.shutdown_bound,
+            force: self.force,
+        }
+    }
+}
+
+/// What the guests are told about the session's setup, with every reason
+/// known before the start to run degraded.
+fn startup_status(
+    tier: SandboxTier,
+    user_config: &runner_core::config::UserConfig,
+    backend: &dyn SandboxBackend,
+    identity: &identity::IdentityDecision,
+    insecure: bool,
+) -> runner_types::StartupStatus {
+    let mut degraded = backend.degraded_reasons();
+    if tier == SandboxTier::Process {
+        degraded.push(bootstrap::insecure_process_tier(insecure));
+    }
+    if identity.runs_as_root {
+        degraded.push(identity::guest_runs_as_root());
+    }
+    bootstrap::startup_status(tier, user_config, backend.has_sidecar(), degraded)
+}
+
+/// Health before the supervisor publishes its first report.
+fn initial_health(
+    user: &UserId,
+    tier: SandboxTier,
+    startup: &runner_types::StartupStatus,
+    workspace: &Workspace,
+    sidecar_link: Option<&watch::Receiver<bool>>,
+) -> HealthStatus {
+    let log_dir = workspace.logs.display().to_string();
+    health_report(&HealthInputs {
+        user_id: user.as_str(),
+        tier,
+        startup,
+        phase: &SessionPhase::Starting,
+        log_dir: &log_dir,
+        guests: &[],
+        sidecar_linked: sidecar_link.is_none_or(|l| *l.borrow()),
+        log_bytes_dropped: &[],
+        degraded: &[],
+    })
+}
+
+/// Asks the supervisor to start and waits for it. If this future is
+/// dropped, or the start fails or is cancelled, a guard shuts down
+/// whatever was started: no session without a handle.
+async fn start_or_shut_down(
+    handle: SessionHandle,
+    cancel: CancellationToken,
+) -> Result<SessionHandle, SessionError> {
+    let actor = handle.actor.clone();
+    let guard = StartGuard(Some(actor.clone()), handle.shutdown_bound);
+    // Each launch is bounded by the guest actor, so this wait is too.
+    let started = crate::call::call(&actor, SessionMsg::Start, START_ANSWER_TIMEOUT);
+    let started = tokio::select! {
+        r = started => r.map_err(|_| SessionError::Gone)?,
+        () = cancel.cancelled() => Err(SessionError::Cancelled),
+    };
+    if let Err(e) = started {
+        // The supervisor shuts itself down after a failed start; make
+        // sure it does after a cancelled one too, and wait for the end
+        // (bounded), so the caller gets control back with nothing left.
+        drop(guard);
+        if !handle
+            .wait_stopped(handle.shutdown_bound + LAUNCH_TIMEOUT)
+            .await
+        {
+            tracing::warn!(user = %handle.user(), "session still stopping after a failed start");
+        }
+        handle
+            .wait_terminated(crate::session::SUPERVISOR_EXIT_BOUND)
+            .await;
+        return Err(e);
+    }
+    guard.disarm();
+    Ok(handle)
+}
 
 /// Shuts a half-started session down unless disarmed.
 struct StartGuard(Option<ActorRef<SessionMsg>>, Duration);
@@ -298,16 +395,21 @@ fn provision_and_lock(
     config: &RunnerConfig,
     user: &UserId,
     tier: SandboxTier,
-) -> Result<(identity::IdentityDecision, Workspace, SessionLock), SessionError> {
+) -> Result<Provisioned, SessionError> {
     let euid = nix::unistd::geteuid().as_raw();
-    let identity = identity::resolve_guest_user(config, user, tier, euid)?;
-    let workspace = Workspace::provision_for(
-        &config.workspace_root,
-        user,
-        &config.user(user).mounts,
-        identity.run_as,
-    )?;
-    let lock = SessionLock::acquire(&workspace.run).map_err(|source| match source {
+    let identity = tracing::debug_span!("session.identity")
+        .in_scope(|| identity::resolve_guest_user(config, user, tier, euid))?;
+    let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
+        Workspace::provision_for(
+            &config.workspace_root,
+            user,
+            &config.user(user).mounts,
+            identity.run_as,
+        )
+    })?;
+    let lock =
+        tracing::debug_span!("session.lock").in_scope(|| SessionLock::acquire(&workspace.run));
+    let lock = lock.map_err(|source| match source {
         LockError::Held { .. } => SessionError::AlreadyRunning {
             user: user.to_string(),
             source,

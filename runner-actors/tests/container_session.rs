@@ -11,6 +11,7 @@ use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_USER, container
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
+use runner_core::failure::FailureReason;
 use runner_core::health::SessionPhase;
 use runner_tests::docker::harness::Harness;
 use runner_tests::docker::{container_facts, containers_labelled, guest_image, unique_id};
@@ -375,9 +376,15 @@ async fn a_memory_limit_oom_kills_the_runtime_until_the_session_fails() {
     assert!(exits.len() >= 2, "{seen:?}");
     assert!(exits.iter().all(|x| x.oom_killed), "{exits:?}");
     assert!(
-        seen.iter().any(
-            |ev| matches!(ev, SessionEvent::SessionFailed { reason } if reason.contains("runtime"))
-        ),
+        seen.iter().any(|ev| matches!(
+            ev,
+            SessionEvent::SessionFailed {
+                reason: FailureReason::RestartLimit {
+                    role: GuestRole::Runtime,
+                    ..
+                }
+            }
+        )),
         "{seen:?}"
     );
     assert!(

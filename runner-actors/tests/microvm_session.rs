@@ -7,6 +7,7 @@ use runner_core::backend::firecracker::{
     FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
 };
 use runner_core::config::RunnerConfig;
+use runner_core::failure::FailureReason;
 use runner_tests::{firecracker_binary, kvm_or_skip, process_alive, test_kernel};
 use runner_types::config::RestartPolicy;
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SandboxTier};
@@ -247,7 +248,16 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
     })
     .await
     .expect("the session did not fail");
-    assert!(failed.contains("runtime"), "{failed}");
+    assert!(
+        matches!(
+            failed,
+            FailureReason::RestartLimit {
+                role: GuestRole::Runtime,
+                ..
+            }
+        ),
+        "{failed:?}"
+    );
     // The first exit may happen before we subscribed; at least the two
     // restarted runs were seen.
     assert!(exits >= 2, "{exits} exits seen");

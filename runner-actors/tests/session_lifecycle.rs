@@ -6,8 +6,10 @@ mod common;
 use common::*;
 use runner_actors::{SessionError, SessionEvent, SessionOptions};
 use runner_core::backend::LaunchError;
+use runner_core::failure::FailureReason;
 use runner_core::fake::{LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
+use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
 use std::time::Duration;
 
@@ -156,7 +158,19 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
     let SessionEvent::SessionFailed { reason } = e else {
         unreachable!()
     };
-    assert!(reason.contains("runtime"), "{reason}");
+    assert!(
+        matches!(
+            reason,
+            FailureReason::RestartLimit {
+                role: GuestRole::Runtime,
+                restarts: 3,
+                limit: 3,
+                last: ExitStatus::Signal(11),
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
     let h = session.health().await.unwrap();
     assert!(!h.healthy);
     assert!(
@@ -174,6 +188,44 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
         launches.next(Duration::from_millis(300)).await.is_none(),
         "relaunched after giving up"
     );
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_relaunch_fails_the_session_naming_the_guest() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    fake.script(
+        GuestRole::Runtime,
+        [LaunchScript::Succeed, LaunchScript::Fail],
+    );
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("frank", no_socket())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let runtime = launches.next(WAIT).await.unwrap();
+    runtime.exit(ExitStatus::Code(3));
+    let e = wait_event(&mut events, |e| {
+        matches!(e, SessionEvent::SessionFailed { .. })
+    })
+    .await;
+    let SessionEvent::SessionFailed { reason } = e else {
+        unreachable!()
+    };
+    assert!(
+        matches!(
+            reason,
+            FailureReason::RelaunchFailed {
+                role: GuestRole::Runtime,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    assert_eq!(session.phase(), SessionPhase::Failed { reason });
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -443,4 +495,54 @@ async fn force_shutdown_cuts_the_grace_of_a_stop_in_progress() {
     for g in &guests {
         assert!(g.exited().is_some(), "{:?} not stopped", g.spec.role);
     }
+}
+
+#[tokio::test]
+async fn a_guest_not_ready_in_time_is_degraded_until_its_check_passes() {
+    let mut s = setup();
+    s.config.readiness.runtime = Some(ReadinessCheck {
+        probe: Probe::File("ipc/up".into()),
+        timeout: Duration::from_millis(50),
+    });
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("nina", no_socket())
+        .await
+        .unwrap();
+    let _sidecar = launches.next(WAIT).await.unwrap();
+    let _runtime = launches.next(WAIT).await.unwrap();
+    let ready = |h: &runner_types::HealthStatus, role| {
+        h.guests
+            .iter()
+            .find(|g| g.role == role)
+            .and_then(|g| g.ready)
+    };
+    let not_ready = |h: &runner_types::HealthStatus| {
+        h.startup_status
+            .degraded_reasons
+            .iter()
+            .any(|r| r.code == NOT_READY)
+    };
+    let mut health = session.watch_health();
+    let h = tokio::time::timeout(WAIT, health.wait_for(|h| not_ready(h)))
+        .await
+        .expect("not_ready within the bound")
+        .unwrap()
+        .clone();
+    assert_eq!(ready(&h, GuestRole::Runtime), Some(false), "{h:?}");
+    assert_eq!(ready(&h, GuestRole::Sidecar), None, "{h:?}");
+    assert!(h.healthy, "not ready is degraded, not failed: {h:?}");
+
+    std::fs::write(session.workspace().ipc.join("up"), "").unwrap();
+    let h = tokio::time::timeout(
+        WAIT,
+        health.wait_for(|h| ready(h, GuestRole::Runtime) == Some(true) && !not_ready(h)),
+    )
+    .await
+    .expect("ready within the bound")
+    .unwrap()
+    .clone();
+    assert!(h.healthy, "{h:?}");
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! `runner-bin --daemon`: one user's session in the foreground.
 
 use crate::cli::DaemonArgs;
+use crate::notify::{Notifier, ServiceNotify};
 use crate::signals::StopSignals;
 use crate::{backends, env, paths};
 use anyhow::{Context, bail};
@@ -22,6 +23,7 @@ pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Resul
     // Installed first: from here on a stop signal is a graceful stop, never
     // the default action (which would leave sockets and guests behind).
     let mut signals = StopSignals::install()?;
+    let mut service = ServiceNotify::new(Notifier::from_env()?);
     let Some(user) = args.user.clone() else {
         bail!("--daemon needs --user <id>");
     };
@@ -37,12 +39,14 @@ pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Resul
         .flush()
         .context("Cannot write to stdout")?;
     tracing::info!(user, tier = %tier, socket = %socket.display(), "serving");
-    match serve_until_signal(&session, &mut signals).await {
+    let signal = serve_until_signal(&session, &mut signals, &mut service).await;
+    service.stopping();
+    match signal {
         Some(name) => stop(&session, name, &mut signals).await?,
         None => tracing::info!("stopped by shutdown_user"),
     }
     if let SessionPhase::Failed { reason } = session.phase() {
-        tracing::warn!(%reason, "session had failed before shutdown");
+        tracing::warn!(reason = %reason.to_text(), "session had failed before shutdown");
     }
     Ok(())
 }
@@ -142,12 +146,17 @@ async fn start_or_cancel(
 }
 
 /// Serves until a stop signal (its name) or until the session stops by
-/// itself (`shutdown_user`: `None`).
+/// itself (`shutdown_user`: `None`), telling the service manager what
+/// health says on the way.
 async fn serve_until_signal(
     session: &SessionHandle,
     signals: &mut StopSignals,
+    service: &mut ServiceNotify,
 ) -> Option<&'static str> {
     let mut events = session.events();
+    let mut health = session.watch_health();
+    service.on_health(&health.borrow_and_update());
+    let mut health_open = true;
     loop {
         tokio::select! {
             name = signals.next() => return Some(name),
@@ -158,6 +167,11 @@ async fn serve_until_signal(
                 if let Ok(e) = event {
                     tracing::info!(event = ?e, "session event");
                 }
+            }
+            changed = health.changed(), if health_open => match changed {
+                Ok(()) => service.on_health(&health.borrow_and_update()),
+                // The session is gone: wait_stopped answers next.
+                Err(_) => health_open = false,
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `runner-bin`: the sandbox runner's daemon and its clients.
 //!
 //! This is the only place that reads the process environment (`PATH`,
-//! `DOCKER_HOST`, `RUST_LOG`) and installs signal handlers; everything else
+//! `DOCKER_HOST`, `RUST_LOG`, `NOTIFY_SOCKET`) and installs signal handlers; everything else
 //! takes what it needs as arguments.
 
 mod backends;
@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod daemon;
 mod env;
+mod notify;
 mod output;
 mod paths;
 mod signals;

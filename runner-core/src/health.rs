@@ -1,5 +1,6 @@
 //! Building the health report from what the session knows (pure).
 
+use crate::failure::FailureReason;
 use runner_types::{
     DegradedReason, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream, SandboxTier,
     StartupStatus,
@@ -19,7 +20,7 @@ pub enum SessionPhase {
     /// A guest exceeded its restart limit or could not be relaunched.
     Failed {
         /// Why.
-        reason: String,
+        reason: FailureReason,
     },
     /// Ordered shutdown in progress.
     ShuttingDown,
@@ -71,7 +72,7 @@ pub fn health_report(i: &HealthInputs<'_>) -> HealthStatus {
     let all_running = i.guests.iter().all(|g| g.state == GuestState::Running);
     let healthy = matches!(i.phase, SessionPhase::Running) && all_running;
     let message = match i.phase {
-        SessionPhase::Failed { reason } => Some(format!("session failed: {reason}")),
+        SessionPhase::Failed { reason } => Some(format!("session failed: {}", reason.to_text())),
         SessionPhase::Starting => Some("starting".to_owned()),
         SessionPhase::ShuttingDown => Some("shutting down".to_owned()),
         SessionPhase::Stopped => Some("stopped".to_owned()),
@@ -155,6 +156,7 @@ mod tests {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            ready: None,
             log_bytes_dropped: Default::default(),
         }
     }
@@ -234,12 +236,23 @@ mod tests {
         assert_eq!(h.message, None);
 
         let failed = SessionPhase::Failed {
-            reason: "too many restarts".into(),
+            reason: FailureReason::RestartLimit {
+                role: GuestRole::Runtime,
+                restarts: 5,
+                limit: 5,
+                window: std::time::Duration::from_secs(60),
+                last: runner_types::ExitStatus::Code(1),
+            },
         };
         i.phase = &failed;
         let h = health_report(&i);
         assert!(!h.healthy);
-        assert!(h.message.unwrap().contains("too many restarts"));
+        assert_eq!(
+            h.message.as_deref(),
+            Some(
+                "session failed: the runtime guest hit its restart limit: 5 restarts within 60s (limit 5); last exit code 1"
+            )
+        );
 
         let backing = [guest(GuestRole::Runtime, GuestState::BackingOff)];
         i.phase = &SessionPhase::Running;

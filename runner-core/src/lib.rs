@@ -6,6 +6,7 @@
 //! - [`bootstrap`]: building each guest's envelope.
 //! - [`logs`]: byte-exact log pumps with rotation, and the log reader.
 //! - [`control`]: the control-socket codec and client.
+//! - [`failure`]: why a session failed, as a typed reason.
 //! - `backend::fake` (feature `test-util`, also reachable as `fake`): a
 //!   scripted backend for actor tests, beside the trait it fakes.
 
@@ -13,12 +14,14 @@ pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod control;
+pub mod failure;
 pub mod guest_env;
 pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod lock;
 pub mod logs;
+pub mod readiness;
 pub mod restart;
 pub mod user;
 pub mod workspace;

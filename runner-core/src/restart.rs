@@ -2,8 +2,9 @@
 //! guest actor feeds it exits with their time and does what it answers.
 
 use crate::config::RestartConfig;
-use runner_types::ExitStatus;
+use crate::failure::FailureReason;
 use runner_types::config::RestartPolicy;
+use runner_types::{ExitStatus, GuestRole};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -21,14 +22,15 @@ pub enum RestartDecision {
     Done,
     /// Too many restarts within the window: the session is failed.
     GiveUp {
-        /// Human-readable reason for health and events.
-        reason: String,
+        /// Why ([`FailureReason::RestartLimit`]).
+        reason: FailureReason,
     },
 }
 
 /// Tracks restarts of one guest.
 #[derive(Debug, Clone)]
 pub struct RestartTracker {
+    role: GuestRole,
     config: RestartConfig,
     recent: VecDeque<Instant>,
     consecutive: u32,
@@ -36,9 +38,10 @@ pub struct RestartTracker {
 }
 
 impl RestartTracker {
-    /// A tracker with no history.
-    pub fn new(config: RestartConfig) -> Self {
+    /// A tracker of `role`'s restarts with no history.
+    pub fn new(role: GuestRole, config: RestartConfig) -> Self {
         Self {
+            role,
             config,
             recent: VecDeque::new(),
             consecutive: 0,
@@ -81,13 +84,13 @@ impl RestartTracker {
         }
         if self.recent.len() as u32 >= self.config.max_restarts {
             return RestartDecision::GiveUp {
-                reason: format!(
-                    "{} restarts within {}s (limit {}); last {}",
-                    self.recent.len(),
-                    self.config.window.as_secs(),
-                    self.config.max_restarts,
-                    status
-                ),
+                reason: FailureReason::RestartLimit {
+                    role: self.role,
+                    restarts: self.recent.len() as u32,
+                    limit: self.config.max_restarts,
+                    window: self.config.window,
+                    last: status,
+                },
             };
         }
         let after = self.backoff(self.consecutive);
@@ -126,7 +129,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_then_gives_up() {
-        let mut t = RestartTracker::new(cfg(RestartPolicy::OnFailure));
+        let mut t = RestartTracker::new(GuestRole::Runtime, cfg(RestartPolicy::OnFailure));
         let now = Instant::now();
         let fail = ExitStatus::Code(1);
         let short = Duration::from_millis(5);
@@ -146,16 +149,24 @@ mod tests {
             after(t.on_exit(fail, now, short)),
             Duration::from_millis(350)
         );
-        assert!(matches!(
+        assert_eq!(
             t.on_exit(fail, now, short),
-            RestartDecision::GiveUp { .. }
-        ));
+            RestartDecision::GiveUp {
+                reason: FailureReason::RestartLimit {
+                    role: GuestRole::Runtime,
+                    restarts: 3,
+                    limit: 3,
+                    window: Duration::from_secs(60),
+                    last: fail,
+                }
+            }
+        );
         assert_eq!(t.total(), 3);
     }
 
     #[test]
     fn window_slides() {
-        let mut t = RestartTracker::new(cfg(RestartPolicy::Always));
+        let mut t = RestartTracker::new(GuestRole::Runtime, cfg(RestartPolicy::Always));
         let start = Instant::now();
         let short = Duration::from_millis(5);
         for _ in 0..3 {
@@ -175,12 +186,12 @@ mod tests {
     fn policies() {
         let now = Instant::now();
         let d = Duration::ZERO;
-        let mut never = RestartTracker::new(cfg(RestartPolicy::Never));
+        let mut never = RestartTracker::new(GuestRole::Runtime, cfg(RestartPolicy::Never));
         assert_eq!(
             never.on_exit(ExitStatus::Signal(9), now, d),
             RestartDecision::Done
         );
-        let mut on_failure = RestartTracker::new(cfg(RestartPolicy::OnFailure));
+        let mut on_failure = RestartTracker::new(GuestRole::Runtime, cfg(RestartPolicy::OnFailure));
         assert_eq!(
             on_failure.on_exit(ExitStatus::Code(0), now, d),
             RestartDecision::Done
@@ -193,7 +204,7 @@ mod tests {
 
     #[test]
     fn long_run_resets_backoff() {
-        let mut t = RestartTracker::new(cfg(RestartPolicy::Always));
+        let mut t = RestartTracker::new(GuestRole::Runtime, cfg(RestartPolicy::Always));
         let now = Instant::now();
         t.on_exit(ExitStatus::Code(1), now, Duration::ZERO);
         t.on_exit(ExitStatus::Code(1), now, Duration::ZERO);

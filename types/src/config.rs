@@ -52,6 +52,10 @@ pub struct RunnerConfigFile {
     /// Control socket settings.
     #[serde(default)]
     pub control: ControlSection,
+    /// Per-guest readiness checks (a per-user file's own replace these,
+    /// guest by guest).
+    #[serde(default)]
+    pub readiness: ReadinessSection,
     /// oxydra's web UI settings: accepted for compatibility, not served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebSection>,
@@ -356,6 +360,41 @@ pub struct UserConfigFile {
     /// only forwards each `bot_token_env` to the runtime guest.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelFile>,
+    /// This user's readiness checks; a guest named here replaces the
+    /// global file's check for that guest.
+    #[serde(default)]
+    pub readiness: ReadinessSection,
+}
+
+/// `[readiness]`: how the runner tells that a guest is ready, per guest
+/// (`[readiness.runtime]`, `[readiness.sidecar]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessSection {
+    /// The runtime guest's check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<ReadinessCheckFile>,
+    /// The sidecar guest's check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<ReadinessCheckFile>,
+}
+
+/// One guest's readiness check: exactly one of `file` and `socket`, a path
+/// relative to the user's directory (for example oxydra's
+/// `ipc/gateway-endpoint`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessCheckFile {
+    /// A regular file that must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A Unix socket that must accept a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// How long after each launch the check may take before the guest is
+    /// reported `not_ready`, in ms; default 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[channels.<name>]`.

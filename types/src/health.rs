@@ -61,6 +61,10 @@ pub struct GuestStatus {
     pub last_exit: Option<GuestExit>,
     /// Restarts so far in this session.
     pub restarts: u32,
+    /// Whether the guest's `[readiness]` check has passed for its current
+    /// launch; absent when no check is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
     /// Bytes of this guest's output that never reached its log in this
     /// session (write queue full, failed writes), per stream; absent while
     /// nothing was lost. Each loss is recorded as a gap beside the log.
@@ -79,6 +83,7 @@ impl GuestStatus {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            ready: None,
             log_bytes_dropped: BTreeMap::new(),
         }
     }

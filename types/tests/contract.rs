@@ -230,6 +230,7 @@ fn full_health_status_response() {
                 container_id: Some("abc123".into()),
                 last_exit: None,
                 restarts: 0,
+                ready: None,
                 log_bytes_dropped: Default::default(),
             },
             GuestStatus {
@@ -245,6 +246,7 @@ fn full_health_status_response() {
                     engine_lost: false,
                 }),
                 restarts: 2,
+                ready: None,
                 log_bytes_dropped: BTreeMap::from([(LogStream::Stdout, 2_700_000)]),
             },
         ],

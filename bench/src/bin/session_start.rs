@@ -12,13 +12,23 @@
 //!   runtime then sidecar SIGTERMed and reaped, pumps drained to EOF,
 //!   actors stopped).
 //!
+//! Sessions are measured for a known user (its workspace and guest uid
+//! exist: every session after the user's first) and, in one more row, for
+//! a new user each round (provisioning creates the directories and the
+//! guest uid is allocated and recorded durably, two fsyncs).
+//!
 //! Baseline: the same two guests spawned directly with `tokio::process`
 //! (workspace provisioned beforehand, outside the clock), the same envelope
 //! frames written to their stdin, `envelope=` read straight from their
 //! stdout pipes; then SIGTERM to both and wait for both. `ROUNDS` samples
 //! each, interleaved, after one warm-up of each.
 //!
-//! Run: `cargo run --release -p runner-bench --bin session_start`.
+//! With `--spans`, a tracing layer also records how long each of the
+//! session's debug spans took (provisioning, lock, log files, actors,
+//! launches, control socket, and each shutdown step) and prints their
+//! medians: where the time goes.
+//!
+//! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
 use futures::future::join;
 use runner_actors::{Backends, Runner};
@@ -30,15 +40,21 @@ use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::GuestRole;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 
 const ROUNDS: usize = 20;
 const BOUND: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() {
+    let spans = std::env::args()
+        .any(|a| a == "--spans")
+        .then(SpanTimes::install);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
     let runner = Runner::new(
@@ -47,12 +63,16 @@ async fn main() {
     );
     let bare_root = dir.path().join("bare");
 
-    ours(&runner, "warm").await;
+    // The warm-up also makes "known" a user whose workspace and guest uid
+    // already exist, as for every session after a user's first.
+    ours(&runner, "known").await;
     bare(&guest, &bare_root, "warm").await;
-    let (mut ours_s, mut bare_s) = (Samples::default(), Samples::default());
+    let (mut known, mut new, mut base) =
+        (Samples::default(), Samples::default(), Samples::default());
     for i in 0..ROUNDS {
-        ours_s.push(ours(&runner, &format!("s{i}")).await);
-        bare_s.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+        known.push(ours(&runner, "known").await);
+        base.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+        new.push(ours(&runner, &format!("s{i}")).await);
     }
 
     println!(
@@ -63,19 +83,100 @@ async fn main() {
     println!("| --- | --- | --- | --- | --- | --- |");
     row(
         "start call returned (baseline: both spawned, frames written)",
-        &mut ours_s.returned,
-        &mut bare_s.returned,
+        &mut known.returned,
+        &mut base.returned,
     );
     row(
         "session start -> both envelopes read",
-        &mut ours_s.ready,
-        &mut bare_s.ready,
+        &mut known.ready,
+        &mut base.ready,
     );
     row(
         "session stop (shutdown until done)",
-        &mut ours_s.stopped,
-        &mut bare_s.stopped,
+        &mut known.stopped,
+        &mut base.stopped,
     );
+    row(
+        "first session of a new user: start -> both envelopes read",
+        &mut new.ready,
+        &mut base.ready,
+    );
+    if let Some(spans) = spans {
+        spans.print();
+    }
+}
+
+/// Wall time of every closed span of the runner's crates, by name (and
+/// role, where the span has one).
+#[derive(Clone, Default)]
+struct SpanTimes(Arc<Mutex<BTreeMap<String, Vec<Duration>>>>);
+
+/// When a span was created, and its key.
+struct Opened(Instant, String);
+
+impl SpanTimes {
+    fn install() -> Self {
+        let times = Self::default();
+        let subscriber = tracing_subscriber::registry().with(times.clone());
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        times
+    }
+
+    fn print(&self) {
+        let mut times = self.0.lock().expect("span times");
+        println!();
+        println!("| span (all sessions, warm-up included) | count | median | p90 |");
+        println!("| --- | --- | --- | --- |");
+        for (name, samples) in times.iter_mut() {
+            let count = samples.len();
+            println!(
+                "| `{name}` | {count} | {} | {} |",
+                ms(median(samples)),
+                ms(percentile(samples, 90.0))
+            );
+        }
+    }
+}
+
+/// Appends the `role` field to a span's key.
+struct RoleField<'a>(&'a mut String);
+
+impl tracing::field::Visit for RoleField<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "role" {
+            self.0.push_str(&format!(" {value:?}"));
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanTimes
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+        meta.is_span() && meta.target().starts_with("runner_")
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut key = attrs.metadata().name().to_owned();
+        attrs.record(&mut RoleField(&mut key));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Opened(Instant::now(), key));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        if let Some(Opened(at, key)) = span.extensions().get::<Opened>() {
+            let mut times = self.0.lock().expect("span times");
+            times.entry(key.clone()).or_default().push(at.elapsed());
+        }
+    }
 }
 
 /// One sample of each phase, measured from the start of its phase.
@@ -114,6 +215,14 @@ fn row(name: &str, ours: &mut [Duration], base: &mut [Duration]) {
 
 /// One session: start call, until both envelopes are in the logs, shutdown.
 async fn ours(runner: &Runner, user: &str) -> Sample {
+    // A known user's logs hold the last session's `envelope=` lines: start
+    // from empty logs, outside the clock, so only this session's count.
+    let logs = runner.config().workspace_root.join(user).join("logs");
+    if let Ok(entries) = std::fs::read_dir(&logs) {
+        for entry in entries {
+            std::fs::remove_file(entry.expect("log dir entry").path()).expect("old log removed");
+        }
+    }
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();

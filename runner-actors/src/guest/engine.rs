@@ -2,7 +2,7 @@
 //! reported degraded as [`ENGINE_UNREACHABLE`], polled with backoff, and
 //! relaunched when the engine answers, outside the restart limit.
 
-use super::{GuestActorState, GuestMsg, notify_failed, on_launch, set_state};
+use super::{GuestActorState, GuestMsg, notify_failed, on_launch, relaunch_failed, set_state};
 use crate::session::SessionMsg;
 use ractor::ActorRef;
 use runner_types::{DegradedReason, GuestState};
@@ -72,7 +72,7 @@ pub(super) async fn on_engine_check(
                         code: ENGINE_UNREACHABLE.to_owned(),
                     },
                 );
-                notify_failed(state, format!("{role} guest could not be relaunched: {e}"));
+                notify_failed(state, relaunch_failed(role, e));
                 return;
             }
             Err(e) => {
@@ -90,7 +90,7 @@ pub(super) async fn on_engine_check(
     });
 }
 
-fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
+pub(super) fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
     if state.args.supervisor.cast(msg).is_err() {
         tracing::debug!("supervisor gone");
     }

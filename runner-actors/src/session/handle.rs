@@ -80,6 +80,12 @@ impl SessionHandle {
         Ok(self.health.borrow().clone())
     }
 
+    /// Every health snapshot the session publishes, to wait for a change
+    /// (`changed()`) instead of polling [`SessionHandle::health`].
+    pub fn watch_health(&self) -> watch::Receiver<HealthStatus> {
+        self.health.clone()
+    }
+
     /// A deadline within which an ordered shutdown with the configured
     /// grace and drain timings always finishes.
     pub fn shutdown_bound(&self) -> Duration {

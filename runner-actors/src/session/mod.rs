@@ -35,10 +35,12 @@ use crate::events::SessionEvent;
 use crate::guest::GuestHandle;
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use runner_core::failure::{FailureReason, SessionChild};
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_types::{DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Bound on stopping the control listener (aborting its tasks, removing
 /// its socket and link) at the start of a shutdown.
@@ -55,10 +57,8 @@ pub enum SessionMsg {
     GuestUpdate(GuestStatus),
     /// A guest gave up (restart limit, relaunch failure).
     GuestFailed {
-        /// Which guest.
-        role: GuestRole,
-        /// Why.
-        reason: String,
+        /// Why (names the guest).
+        reason: FailureReason,
     },
     /// A guest stream's log lost output: `total` bytes so far.
     LogLoss {
@@ -175,7 +175,7 @@ impl Actor for SessionSupervisor {
                 }
             }
             SessionMsg::GuestUpdate(status) => on_guest_update(state, status),
-            SessionMsg::GuestFailed { role, reason } => on_guest_failed(state, role, reason),
+            SessionMsg::GuestFailed { reason } => on_failed(state, reason),
             SessionMsg::LogLoss {
                 role,
                 stream,
@@ -206,11 +206,11 @@ impl Actor for SessionSupervisor {
         // child exits. Guest exits are events handled by the guest actors; a
         // child *actor* failing is a bug, and the session reports it.
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let reason = format!("actor {:?} failed: {err}", cell.get_id());
-            tracing::error!(%reason);
-            if !state.phase.is_shutdown() {
-                set_phase(state, SessionPhase::Failed { reason });
-            }
+            let reason = FailureReason::ChildFailed {
+                child: which_child(state, cell.get_id()),
+                error: err.to_string(),
+            };
+            on_failed(state, reason);
         }
         Ok(())
     }
@@ -297,8 +297,23 @@ fn on_degraded(
     publish_health(state);
 }
 
-fn on_guest_failed(state: &mut SessionState, role: GuestRole, reason: String) {
-    tracing::error!(%role, %reason, "session failed");
+/// The child with actor id `id`: a guest, a log pump, or else the only
+/// other child a supervisor has, its control listener.
+fn which_child(state: &SessionState, id: ractor::ActorId) -> SessionChild {
+    if let Some(g) = state.guests.iter().find(|g| g.actor().get_id() == id) {
+        return SessionChild::Guest(g.role());
+    }
+    match state.pumps.iter().find(|p| p.id() == id) {
+        Some(p) => SessionChild::LogPump {
+            role: p.role(),
+            stream: p.stream(),
+        },
+        None => SessionChild::ControlListener,
+    }
+}
+
+fn on_failed(state: &mut SessionState, reason: FailureReason) {
+    tracing::error!(reason = %reason.to_text(), "session failed");
     if !state.phase.is_shutdown() {
         emit(
             state,
@@ -324,25 +339,15 @@ async fn on_shutdown(
 
     // 1. No new control work; the socket file goes away with the listener.
     if let Some(listener) = state.listener.take() {
-        listener.stop(left().min(LISTENER_STOP_BOUND)).await;
+        listener
+            .stop(left().min(LISTENER_STOP_BOUND))
+            .instrument(tracing::debug_span!("shutdown.listener"))
+            .await;
     }
-    // 2. Runtime, then sidecar. A short deadline shortens the grace, never
-    //    the force step: a guest is always killed and reaped, not abandoned.
-    let overrun = state.args.backend.stop_overrun();
-    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
-        if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
-            let grace = state
-                .args
-                .config
-                .shutdown
-                .grace
-                .min(left().saturating_sub(overrun));
-            match g.stop(grace, grace + overrun).await {
-                Ok(status) => on_guest_update(state, status),
-                Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
-            }
-        }
-    }
+    // 2. Runtime, then sidecar.
+    stop_guests(state, deadline.saturating_sub(started.elapsed()))
+        .instrument(tracing::debug_span!("shutdown.guests"))
+        .await;
     // 3. Drain every pump to EOF, all at once, bounded by log_drain (not at
     //    all when forced: what is left is cut).
     let drain = if state.args.force.is_cancelled() {
@@ -350,27 +355,16 @@ async fn on_shutdown(
     } else {
         state.args.config.shutdown.log_drain.min(left())
     };
-    let outcomes = futures::future::join_all(state.pumps.iter().map(|p| p.drain(drain))).await;
-    let cut_streams = outcomes
-        .iter()
-        .zip(&state.pumps)
-        .filter(|(d, _)| d.cut)
-        .map(|(_, p)| p.name().to_owned())
-        .collect::<Vec<_>>();
-    let stuck_logs = outcomes
-        .iter()
-        .zip(&state.pumps)
-        .filter(|(d, _)| d.writes_stuck)
-        .map(|(_, p)| p.sink().path().to_path_buf())
-        .collect::<Vec<_>>();
-    if !cut_streams.is_empty() {
-        tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
-    }
+    let (cut_streams, stuck_logs) = drain_pumps(&state.pumps, drain)
+        .instrument(tracing::debug_span!("shutdown.drain"))
+        .await;
     // 4. Stop children ourselves so their post_stop runs, and wait for them
     //    (a guest actor's post_stop still stops its guest, bounded).
+    let overrun = state.args.backend.stop_overrun();
     let children_bound = CHILDREN_STOP_MIN.max(left()) + overrun;
     myself
         .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
+        .instrument(tracing::debug_span!("shutdown.children"))
         .await;
     state.guests.clear();
     state.pumps.clear();
@@ -388,6 +382,57 @@ async fn on_shutdown(
     };
     state.args.report_tx.send_replace(Some(report.clone()));
     report
+}
+
+/// Stops the runtime, then the sidecar, within `left`. A short deadline
+/// shortens the grace, never the force step: a guest is always killed and
+/// reaped, not abandoned.
+async fn stop_guests(state: &mut SessionState, left: Duration) {
+    let started = Instant::now();
+    let overrun = state.args.backend.stop_overrun();
+    for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+        if let Some(g) = state.guests.iter().find(|g| g.role() == role) {
+            let remaining = left.saturating_sub(started.elapsed());
+            let grace = state
+                .args
+                .config
+                .shutdown
+                .grace
+                .min(remaining.saturating_sub(overrun));
+            let stop = g
+                .stop(grace, grace + overrun)
+                .instrument(tracing::debug_span!("shutdown.stop_guest", %role));
+            match stop.await {
+                Ok(status) => on_guest_update(state, status),
+                Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
+            }
+        }
+    }
+}
+
+/// Drains every pump at once within `drain`; returns the streams cut
+/// before their EOF and the logs whose writes did not finish.
+async fn drain_pumps(
+    pumps: &[LogPumpHandle],
+    drain: Duration,
+) -> (Vec<String>, Vec<std::path::PathBuf>) {
+    let outcomes = futures::future::join_all(pumps.iter().map(|p| p.drain(drain))).await;
+    let cut_streams = outcomes
+        .iter()
+        .zip(pumps)
+        .filter(|(d, _)| d.cut)
+        .map(|(_, p)| p.name().to_owned())
+        .collect::<Vec<_>>();
+    let stuck_logs = outcomes
+        .iter()
+        .zip(pumps)
+        .filter(|(d, _)| d.writes_stuck)
+        .map(|(_, p)| p.sink().path().to_path_buf())
+        .collect::<Vec<_>>();
+    if !cut_streams.is_empty() {
+        tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");
+    }
+    (cut_streams, stuck_logs)
 }
 
 /// The sidecar's Unix socket lives in `ipc/`: a stale one would greet the

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Upper bound on one guest's launch (image checks, VM boot, ...).
 pub(crate) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,6 +51,8 @@ pub struct SessionArgs {
     pub(crate) startup: StartupStatus,
     pub(crate) degraded: Vec<DegradedReason>,
     pub(crate) env: GuestEnv,
+    /// The guests' readiness checks.
+    pub(crate) readiness: runner_core::readiness::ReadinessChecks,
     /// Whether the runtime can reach the sidecar, on tiers where the runner
     /// links them (`None`: always).
     pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
@@ -103,26 +106,54 @@ pub(super) async fn on_start(
         .args
         .backend
         .prepare_session(&state.args.user, &state.args.workspace)
+        .instrument(tracing::debug_span!("session.prepare"))
         .await
         .map_err(SessionError::Prepare)?;
-
-    for role in &roles {
-        for stream in LogStream::ALL {
-            let pump = LogPumpHandle::spawn(
-                myself.get_cell(),
-                &state.args.workspace.logs,
-                *role,
-                stream,
-                state.args.config.logs,
-            )
+    spawn_pumps(myself, state, &roles)
+        .instrument(tracing::debug_span!("session.log_pumps"))
+        .await?;
+    launch_guests(myself, state, roles).await?;
+    if state.args.serve_control {
+        serve_control(myself, state)
+            .instrument(tracing::debug_span!("session.control_socket"))
             .await?;
-            state
-                .loss_watchers
-                .push(watch_log_loss(myself.clone(), &pump));
-            state.pumps.push(pump);
-        }
     }
+    Ok(())
+}
 
+/// One log pump per guest stream, each with a task reporting its loss.
+async fn spawn_pumps(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    roles: &[GuestRole],
+) -> Result<(), SessionError> {
+    let streams = roles
+        .iter()
+        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
+        .collect();
+    let pumps = LogPumpHandle::spawn_all(
+        myself.get_cell(),
+        &state.args.workspace.logs,
+        streams,
+        state.args.config.logs,
+    )
+    .await?;
+    for pump in pumps {
+        state
+            .loss_watchers
+            .push(watch_log_loss(myself.clone(), &pump));
+        state.pumps.push(pump);
+    }
+    Ok(())
+}
+
+/// Launches the guests in `roles`' order, the runtime with the sidecar's
+/// endpoint in its envelope.
+async fn launch_guests(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    roles: Vec<GuestRole>,
+) -> Result<(), SessionError> {
     let sidecar_endpoint = state
         .args
         .has_sidecar()
@@ -132,36 +163,46 @@ pub(super) async fn on_start(
             GuestRole::Runtime => sidecar_endpoint.clone(),
             GuestRole::Sidecar => None,
         };
-        let guest = spawn_guest(myself, state, role, endpoint).await?;
+        let guest = spawn_guest(myself, state, role, endpoint)
+            .instrument(tracing::debug_span!("session.spawn_guest_actor"))
+            .await?;
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
         state.guests.push(guest.clone());
         // The guest actor bounds the launch itself; this is a backstop. A
         // cancelled start stops waiting: the shutdown that follows stops the
         // guest once its (bounded) launch is over.
+        let launch = guest
+            .launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN)
+            .instrument(tracing::debug_span!("session.launch", %role));
         let launched = tokio::select! {
-            r = guest.launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN) => r,
+            r = launch => r,
             () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
         };
         let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
         launched.map_err(|source| SessionError::Launch { role, source })?;
     }
+    Ok(())
+}
 
-    if state.args.serve_control {
-        let ctx = ControlContext {
-            user: state.args.user.clone(),
-            workspace: state.args.workspace.clone(),
-            health: state.args.health_tx.subscribe(),
-            supervisor: myself.clone(),
-            pumps: state.pumps.clone(),
-            shutdown_deadline: state.args.shutdown_bound(),
-            ipc_link: state.args.config.control.ipc_socket_link,
-        };
-        let listener =
-            ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
-                .await?;
-        state.listener = Some(listener);
-    }
+/// Starts the control listener on `run/runner-control.sock`.
+async fn serve_control(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+) -> Result<(), SessionError> {
+    let ctx = ControlContext {
+        user: state.args.user.clone(),
+        workspace: state.args.workspace.clone(),
+        health: state.args.health_tx.subscribe(),
+        supervisor: myself.clone(),
+        pumps: state.pumps.clone(),
+        shutdown_deadline: state.args.shutdown_bound(),
+        ipc_link: state.args.config.control.ipc_socket_link,
+    };
+    let listener =
+        ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
+            .await?;
+    state.listener = Some(listener);
     Ok(())
 }
 
@@ -210,6 +251,7 @@ async fn spawn_guest(
         force: a.force.clone(),
         start_cancel: a.start_cancel.clone(),
         launch_timeout: LAUNCH_TIMEOUT,
+        readiness: a.readiness.for_role(role).cloned(),
     };
     let (actor, _join) = Actor::spawn_linked(None, GuestActor, args, myself.get_cell())
         .await

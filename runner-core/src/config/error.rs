@@ -266,6 +266,36 @@ pub enum ConfigError {
         /// The other.
         second: String,
     },
+    /// A `[readiness.<guest>]` table names neither or both of `file` and
+    /// `socket`.
+    #[error("`readiness.{role}` in {path} needs exactly one of `file` and `socket`")]
+    ReadinessProbe {
+        /// The file.
+        path: PathBuf,
+        /// The guest (`runtime` or `sidecar`).
+        role: runner_types::GuestRole,
+    },
+    /// A readiness path is not a plain relative path below the user's
+    /// directory.
+    #[error(
+        "`{key}` in {path} must be a relative path below the user's directory without `..`, got {value:?}"
+    )]
+    ReadinessPath {
+        /// The file.
+        path: PathBuf,
+        /// For example `readiness.runtime.file`.
+        key: String,
+        /// The value as written.
+        value: String,
+    },
+    /// A readiness timeout is zero.
+    #[error("`readiness.{role}.timeout_ms` in {path} must be greater than zero")]
+    ReadinessTimeout {
+        /// The file.
+        path: PathBuf,
+        /// The guest.
+        role: runner_types::GuestRole,
+    },
 }
 
 fn at_suffix(at: &Option<Location>) -> String {
@@ -296,7 +326,10 @@ impl ConfigError {
             | Self::GuestIdRange { path, .. }
             | Self::GuestIdRoot { path, .. }
             | Self::GuestIdentityKeys { path, .. }
-            | Self::SharedGuestUid { path, .. } => path,
+            | Self::SharedGuestUid { path, .. }
+            | Self::ReadinessProbe { path, .. }
+            | Self::ReadinessPath { path, .. }
+            | Self::ReadinessTimeout { path, .. } => path,
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn parse_runner_config(text: &str, path: &Path) -> Result<RunnerConfig, Conf
         docker: file.docker,
         firecracker,
         control: file.control,
+        readiness: super::readiness::checks(&path, &file.readiness)?,
         notices: oxydra::web_notice(&path, file.web.as_ref())
             .into_iter()
             .collect(),
@@ -116,6 +117,7 @@ pub fn parse_user_config(text: &str, path: &Path) -> Result<UserConfig, ConfigEr
         timezone: oxydra::timezone(&path, file.behavior.timezone.as_deref())?,
         channel_secrets: oxydra::channel_secrets(&path, &file.channels)?,
         guest_identity: super::identity::user_choice(&path, file.guest_identity)?,
+        readiness: super::readiness::checks(&path, &file.readiness)?,
     })
 }
 

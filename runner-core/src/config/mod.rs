@@ -10,6 +10,7 @@ mod identity;
 mod load;
 mod oxydra;
 mod parse;
+mod readiness;
 
 pub use error::{ConfigError, Location, TomlError};
 pub use load::{load_runner_config, load_user_config, parse_runner_config, parse_user_config};
@@ -17,6 +18,7 @@ pub use oxydra::{DEFAULT_TIMEZONE, is_env_name};
 
 use crate::UserId;
 use crate::identity::{GuestIdRange, GuestIdentityChoice};
+use crate::readiness::ReadinessChecks;
 use crate::workspace::MountOverrides;
 use runner_types::config::{ControlSection, DockerSection, FirecrackerSection, RestartPolicy};
 use runner_types::{ResourceLimits, SandboxTier};
@@ -54,6 +56,9 @@ pub struct RunnerConfig {
     pub guest_identity: GuestIdRange,
     /// Control socket settings.
     pub control: ControlSection,
+    /// `[readiness]`: the guests' readiness checks, unless a user's file
+    /// names its own (see [`RunnerConfig::readiness_for`]).
+    pub readiness: ReadinessChecks,
     /// Things in the files that load but that the operator should hear
     /// about (the binary logs each once).
     pub notices: Vec<ConfigNotice>,
@@ -125,6 +130,9 @@ pub struct UserConfig {
     pub timezone: String,
     /// Bot tokens the runtime guest needs from the runner's environment.
     pub channel_secrets: Vec<ChannelSecret>,
+    /// This user's `[readiness]` checks (each replaces the global one for
+    /// its guest).
+    pub readiness: ReadinessChecks,
 }
 
 impl Default for UserConfig {
@@ -141,6 +149,7 @@ impl Default for UserConfig {
             timezone: DEFAULT_TIMEZONE.to_owned(),
             channel_secrets: Vec::new(),
             guest_identity: GuestIdentityChoice::default(),
+            readiness: ReadinessChecks::default(),
         }
     }
 }
@@ -262,6 +271,7 @@ impl RunnerConfig {
             firecracker: FirecrackerSection::default(),
             guest_identity: GuestIdRange::default(),
             control: ControlSection::default(),
+            readiness: ReadinessChecks::default(),
             notices: Vec::new(),
         }
     }
@@ -269,6 +279,15 @@ impl RunnerConfig {
     /// Settings for `user`: its registered file, or defaults.
     pub fn user(&self, user: &UserId) -> UserConfig {
         self.users.get(user).cloned().unwrap_or_default()
+    }
+
+    /// The readiness checks of `user`'s guests: the user's own, else the
+    /// global file's, guest by guest.
+    pub fn readiness_for(&self, user: &UserId) -> ReadinessChecks {
+        match self.users.get(user) {
+            Some(u) => self.readiness.overridden_by(&u.readiness),
+            None => self.readiness.clone(),
+        }
     }
 
     /// The tier `user` runs at.
