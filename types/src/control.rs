@@ -243,4 +243,7 @@ pub enum ControlErrorCode {
     UnknownUser,
     /// The runner failed while answering.
     Internal,
+    /// Every control connection slot is taken; try again shortly. Sent
+    /// once, then the connection is closed (this runner's addition).
+    Busy,
 }

@@ -565,6 +565,7 @@ fn error_response_with_each_code() {
         (ControlErrorCode::InvalidRequest, "invalid_request"),
         (ControlErrorCode::UnknownUser, "unknown_user"),
         (ControlErrorCode::Internal, "internal"),
+        (ControlErrorCode::Busy, "busy"),
     ] {
         pinned(
             &ControlResponse::Error(ControlError {
