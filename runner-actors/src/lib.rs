@@ -38,6 +38,6 @@ mod runner;
 pub mod session;
 
 pub use error::{HandleError, SessionError};
-pub use events::SessionEvent;
+pub use events::{EventBus, SessionEvent};
 pub use runner::{Backends, Runner, SessionOptions};
 pub use session::{FORCED_STOP_BOUND, SessionHandle, ShutdownReport};

@@ -2,6 +2,7 @@
 
 use crate::control::ControlLimits;
 use crate::error::SessionError;
+use crate::events::EventBus;
 use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The backends a runner may use, one per tier. Inject fakes in tests.
@@ -183,7 +184,8 @@ impl Runner {
         });
         let (health_tx, health_rx) = watch::channel(initial);
         let (phase_tx, phase_rx) = watch::channel(SessionPhase::Starting);
-        let (events, first_events) = broadcast::channel(256);
+        let events = EventBus::new();
+        let first_events = events.subscribe();
         let (report_tx, report_rx) = watch::channel(None);
         let env = options.env.with_timezone(&user_config.timezone);
         let force = CancellationToken::new();

@@ -84,6 +84,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the session's lifecycle events (starts, exits, restarts,
+    /// failures, stop), oldest first.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events after this sequence number (a previous run's last).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// Print raw response frames as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the built-in demo guest (what the default config launches).
     #[command(hide = true)]
     DemoGuest {

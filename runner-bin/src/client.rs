@@ -1,4 +1,4 @@
-//! Client subcommands: `status`, `stop`, `logs`.
+//! Client subcommands: `status`, `stop`, `logs` (and `events`, in its own module).
 
 use crate::cli::{Command, RoleArg, Since, StreamArg, Target};
 use crate::{output, paths};
@@ -9,6 +9,7 @@ use runner_core::control::{ControlClient, ControlClientError};
 use runner_core::lock::SessionLock;
 use runner_core::{UserId, Workspace};
 use runner_types::control::{LogsRequest, LogsResponse, RoleSelector, StreamSelector};
+use runner_types::events::EventsRequest;
 use runner_types::{ControlRequest, ControlResponse, HealthStatus};
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,12 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             };
             logs(&target, req, json).await
         }
+        Command::Events {
+            target,
+            follow,
+            after,
+            json,
+        } => crate::events::run(&target, EventsRequest { follow, after }, json).await,
         Command::DemoGuest { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -64,7 +71,7 @@ fn socket_of(target: &Target) -> anyhow::Result<(String, PathBuf)> {
     Ok((user.to_string(), ws.control_socket()))
 }
 
-async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
     let (user, path) = socket_of(target)?;
     match ControlClient::connect(&path, TIMEOUT).await {
         Ok(c) => Ok((user, c)),
@@ -78,7 +85,10 @@ async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
     }
 }
 
-async fn ask(client: &mut ControlClient, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
+pub(crate) async fn ask(
+    client: &mut ControlClient,
+    req: &ControlRequest,
+) -> anyhow::Result<ControlResponse> {
     match client.request(req, TIMEOUT).await? {
         ControlResponse::Error(e) => bail!(
             "The daemon refused the request ({:?}): {}",
@@ -187,7 +197,7 @@ async fn logs(target: &Target, req: LogsRequest, json: bool) -> anyhow::Result<(
 }
 
 /// `logs | head` closing the pipe is a normal way to stop reading.
-fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod daemon;
 mod env;
+mod events;
 mod output;
 mod paths;
 mod signals;

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod control;
+pub mod events;
 #[cfg(feature = "test-util")]
 pub mod fake;
 pub mod guest_env;

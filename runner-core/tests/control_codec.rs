@@ -191,6 +191,7 @@ async fn connection(
             ControlRequest::Logs(_) => {
                 framed.send(ControlResponse::Logs(chunk(0))).await.unwrap();
             }
+            ControlRequest::Events(_) => return,
         }
     }
 }

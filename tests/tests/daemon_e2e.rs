@@ -418,3 +418,55 @@ fn a_second_signal_forces_a_long_graceful_stop() {
         "session lock left behind"
     );
 }
+
+#[test]
+fn events_lists_the_start_and_a_follower_sees_the_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(tmp.path(), "erin");
+    let out = client(&d.dir, &["events", "--user", "erin"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = text(&out);
+    assert!(t.contains("sidecar started (pid "), "{t}");
+    assert!(t.contains("runtime started (pid "), "{t}");
+    assert!(t.contains("session started"), "{t}");
+    let last: u64 = t
+        .lines()
+        .last()
+        .and_then(|l| l.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence number first");
+
+    // Follow from the last seen event, as JSON frames: the stop arrives,
+    // then the daemon closes the stream and the client exits by itself.
+    let mut follow = Command::new(runner_binary())
+        .args(["events", "--user", "erin", "-f", "--json", "--after"])
+        .arg(last.to_string())
+        .current_dir(&d.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first: runner_types::events::EventsResponse =
+        serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!((first.gap, first.cursor), (None, last));
+    let out = client(&d.dir, &["stop", "--user", "erin"]);
+    assert!(out.status.success());
+    let rest: Vec<runner_types::events::EventsResponse> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let events: Vec<_> = rest.iter().flat_map(|f| &f.events).collect();
+    assert_eq!(
+        events.last().map(|e| &e.kind),
+        Some(&runner_types::events::EventKind::Stopping),
+        "{events:?}"
+    );
+    assert_eq!(events[0].seq, last + 1);
+    assert!(wait_bounded(&mut follow).success());
+    let mut d = d;
+    assert!(wait_bounded(&mut d.child).success());
+}

@@ -4,6 +4,7 @@
 //! [`crate::frame::MAX_CONTROL_FRAME`] bytes. Requests and responses are
 //! adjacently tagged: `{"op": "...", "payload": ...}`.
 
+use crate::events::{EventsRequest, EventsResponse};
 use crate::health::HealthStatus;
 use crate::tier::{GuestRole, LogStream, SandboxTier};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub enum ControlRequest {
     },
     /// Read guest logs.
     Logs(LogsRequest),
+    /// Read (or follow) the session's lifecycle events (this runner's
+    /// addition).
+    Events(EventsRequest),
 }
 
 /// Parameters of a `logs` request. oxydra's client sends `role`, `stream`,
@@ -135,6 +139,8 @@ pub enum ControlResponse {
     ShutdownStatus(ShutdownStatus),
     /// Answer to `logs` (one frame, or a stream of them with `follow`).
     Logs(LogsResponse),
+    /// Answer to `events` (one frame, or a stream of them with `follow`).
+    Events(EventsResponse),
     /// The request failed.
     Error(ControlError),
 }

@@ -15,6 +15,7 @@ use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use ractor::ActorRef;
 use runner_core::control::server::{ServerContext, SessionControl};
+use runner_core::events::EventHistory;
 use runner_core::{UserId, Workspace};
 use runner_types::HealthStatus;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct ControlContext {
     pub supervisor: ActorRef<SessionMsg>,
     /// Log sinks, for `logs` and `logs` with `follow`.
     pub pumps: Vec<LogPumpHandle>,
+    /// The session's kept events, for `events`.
+    pub events: EventHistory,
     /// Deadline passed with a `shutdown_user` request.
     pub shutdown_deadline: Duration,
     /// Keep `ipc/runner-control.sock` linked to the socket while serving.
@@ -47,6 +50,7 @@ impl ControlContext {
             user: self.user.clone(),
             health: self.health.clone(),
             logs: self.pumps.iter().map(|p| p.sink().clone()).collect(),
+            events: self.events.clone(),
             session: Arc::new(Supervisor(self.supervisor.clone())),
             shutdown_deadline: self.shutdown_deadline,
         }

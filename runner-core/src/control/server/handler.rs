@@ -8,7 +8,7 @@
 //! Cancelling the server's token ends an idle connection with a clean
 //! close; followers select on it too and flush before they close.
 
-use super::{ControlLimits, ServerContext, logs};
+use super::{ControlLimits, ServerContext, events, logs};
 use crate::control::{ControlCodecError, ServerCodec};
 use futures::{SinkExt, StreamExt};
 use runner_types::control::{ControlError, ShutdownStatus};
@@ -82,6 +82,7 @@ impl Handler {
             }
             ControlRequest::ShutdownUser { user_id } => self.on_shutdown_user(user_id).await,
             ControlRequest::Logs(req) => logs::answer(self, req).await,
+            ControlRequest::Events(req) => events::answer(self, req).await,
         }
     }
 

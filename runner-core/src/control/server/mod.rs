@@ -15,13 +15,16 @@
 //! a slow, silent or hostile client never blocks another.
 
 mod accept;
+mod events;
 mod handler;
 pub mod log_lines;
 mod logs;
 
 pub use accept::serve;
+pub use events::FRAME_EVENTS;
 
 use crate::UserId;
+use crate::events::EventHistory;
 use crate::logs::LogSink;
 use runner_types::HealthStatus;
 use std::sync::Arc;
@@ -45,6 +48,8 @@ pub struct ServerContext {
     pub health: watch::Receiver<HealthStatus>,
     /// Every captured stream's sink, for `logs` (selected by role and stream).
     pub logs: Vec<LogSink>,
+    /// The session's lifecycle events, for `events`.
+    pub events: EventHistory,
     /// Asks the session to shut down.
     pub session: Arc<dyn SessionControl>,
     /// Deadline passed with a `shutdown_user` request.
