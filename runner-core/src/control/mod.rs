@@ -17,4 +17,4 @@ pub mod server;
 pub mod since;
 
 pub use client::{ControlClient, ControlClientError};
-pub use codec::{ClientCodec, ControlCodec, ControlCodecError, ServerCodec};
+pub use codec::{ClientCodec, ControlCodec, ControlCodecError, EncodedJson, ServerCodec};

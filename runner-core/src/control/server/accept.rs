@@ -50,7 +50,7 @@ pub async fn serve(
         }
         // Accept first, then check capacity: a full house answers "busy"
         // at once instead of leaving new clients hanging in the backlog.
-        let handler = Handler::new(stream, ctx.clone(), limits, stop.clone());
+        let handler = Handler::new(stream, ctx.clone(), limits, &stop);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 conns.spawn(async move {

@@ -38,7 +38,7 @@ async fn follow(h: &mut Handler, history: &EventHistory, mut cursor: u64) {
         }
         always = false;
         tokio::select! {
-            () = h.stop.cancelled() => {
+            () = &mut h.stopped => {
                 send_kept(h, history, &mut cursor, false).await;
                 return;
             }

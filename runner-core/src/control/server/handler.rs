@@ -9,15 +9,20 @@
 //! close; followers select on it too and flush before they close.
 
 use super::{ControlLimits, ServerContext, events, logs};
-use crate::control::{ControlCodecError, ServerCodec};
+use crate::control::{ControlCodecError, EncodedJson, ServerCodec};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use runner_types::control::{ControlError, ShutdownStatus};
-use runner_types::{ControlErrorCode, ControlRequest, ControlResponse};
+use runner_types::{ControlErrorCode, ControlRequest, ControlResponse, HealthStatus};
+use serde::Serialize;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// After answering a request: keep serving, or close the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +48,23 @@ pub(super) struct Handler {
     pub(super) ctx: Arc<ServerContext>,
     /// Timeouts and bounds.
     pub(super) limits: ControlLimits,
-    /// Cancelled when serving stops.
-    pub(super) stop: CancellationToken,
+    /// Resolves once serving stops. Created once per connection from its
+    /// own child token, so waiting on it costs no shared lock per request.
+    pub(super) stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The idle timer: reset lazily (when it fires early), not per request.
+    idle: Pin<Box<Sleep>>,
+    last_request: Instant,
+    /// This connection's view of the health snapshot, and its JSON answer
+    /// while the snapshot is unchanged.
+    health: watch::Receiver<HealthStatus>,
+    health_answer: Option<Bytes>,
+}
+
+/// `{"op":"health_status","payload":...}` without cloning the snapshot.
+#[derive(Serialize)]
+#[serde(tag = "op", content = "payload", rename_all = "snake_case")]
+enum HealthAnswer<'a> {
+    HealthStatus(&'a HealthStatus),
 }
 
 impl Handler {
@@ -52,13 +72,18 @@ impl Handler {
         stream: UnixStream,
         ctx: Arc<ServerContext>,
         limits: ControlLimits,
-        stop: CancellationToken,
+        stop: &CancellationToken,
     ) -> Self {
+        let now = Instant::now();
         Self {
             conn: Framed::new(stream, ServerCodec::new()),
+            health: ctx.health.clone(),
             ctx,
             limits,
-            stop,
+            stopped: Box::pin(stop.child_token().cancelled_owned()),
+            idle: Box::pin(tokio::time::sleep_until(now + limits.read_timeout)),
+            last_request: now,
+            health_answer: None,
         }
     }
 
@@ -76,34 +101,69 @@ impl Handler {
     /// One plain arm per op.
     async fn dispatch(&mut self, request: ControlRequest) -> Flow {
         match request {
-            ControlRequest::HealthCheck => {
-                let health = self.ctx.health.borrow().clone();
-                self.reply(ControlResponse::HealthStatus(health)).await
-            }
+            ControlRequest::HealthCheck => self.on_health_check().await,
             ControlRequest::ShutdownUser { user_id } => self.on_shutdown_user(user_id).await,
             ControlRequest::Logs(req) => logs::answer(self, req).await,
             ControlRequest::Events(req) => events::answer(self, req).await,
         }
     }
 
-    /// The next request; `None` when the connection should end.
+    /// The next request; `None` when the connection should end (client
+    /// gone, bad frame, idle past the read timeout, or serving stopped).
     async fn next_request(&mut self) -> Option<ControlRequest> {
-        let next = tokio::select! {
-            () = self.stop.cancelled() => return None,
-            next = tokio::time::timeout(self.limits.read_timeout, self.conn.next()) => next,
-        };
-        match next {
-            Err(_) => {
-                tracing::debug!("control client idle past the read timeout; dropped");
-                None
-            }
-            Ok(None) => None,
-            Ok(Some(Ok(request))) => Some(request),
-            Ok(Some(Err(e))) => {
-                self.on_bad_frame(e).await;
-                None
-            }
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = self.conn.next() => next,
+                () = &mut self.stopped => return None,
+                () = &mut self.idle => {
+                    let deadline = self.last_request + self.limits.read_timeout;
+                    if Instant::now() >= deadline {
+                        tracing::debug!("control client idle past the read timeout; dropped");
+                        return None;
+                    }
+                    self.idle.as_mut().reset(deadline);
+                    continue;
+                }
+            };
+            self.last_request = Instant::now();
+            return match next {
+                None => None,
+                Some(Ok(request)) => Some(request),
+                Some(Err(e)) => {
+                    self.on_bad_frame(e).await;
+                    None
+                }
+            };
         }
+    }
+
+    /// Answers `health_check` from the JSON of the current snapshot,
+    /// serialised again only when the snapshot changed.
+    async fn on_health_check(&mut self) -> Flow {
+        let changed = self.health.has_changed().unwrap_or(true);
+        let answer = match &self.health_answer {
+            Some(answer) if !changed => answer.clone(),
+            _ => {
+                let json = serde_json::to_vec(&HealthAnswer::HealthStatus(
+                    &self.health.borrow_and_update(),
+                ));
+                match json {
+                    Ok(json) => self.health_answer.insert(Bytes::from(json)).clone(),
+                    Err(e) => {
+                        let msg = format!("Cannot encode health: {e}");
+                        return self
+                            .reply(Self::error(ControlErrorCode::Internal, msg))
+                            .await;
+                    }
+                }
+            }
+        };
+        let sent = tokio::time::timeout(
+            self.limits.write_timeout,
+            self.conn.send(EncodedJson(answer)),
+        );
+        Flow::from_sent(matches!(sent.await, Ok(Ok(()))))
     }
 
     async fn on_bad_frame(&mut self, e: ControlCodecError) {

@@ -144,7 +144,7 @@ async fn follow(h: &mut Handler, req: &LogsRequest, sinks: &[LogSink], q: LogQue
     }
     loop {
         let first = tokio::select! {
-            () = h.stop.cancelled() => {
+            () = &mut h.stopped => {
                 feed.flush(h).await;
                 return;
             }
