@@ -80,6 +80,11 @@ pub enum Command {
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Resume exactly after a previous answer's cursor (printed on
+        /// stderr as `cursor=...` when this is given, and in `--json`
+        /// frames): the oldest lines after it, no gap, no repeat.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
         /// Print raw response frames as JSON lines.
         #[arg(long)]
         json: bool,

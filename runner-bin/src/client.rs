@@ -29,6 +29,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             tail,
             since,
             follow,
+            after,
             json,
         } => {
             let since = since.map(|s| match s {
@@ -49,6 +50,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 tail: Some(tail),
                 since,
                 follow,
+                after,
                 ..LogsRequest::default()
             };
             logs(&target, req, json).await
@@ -182,16 +184,25 @@ async fn stop(target: &Target) -> anyhow::Result<()> {
 async fn logs(target: &Target, req: LogsRequest, json: bool) -> anyhow::Result<()> {
     let (_, mut client) = connect(target).await?;
     let prefix = req.role == RoleSelector::All || req.stream == StreamSelector::Both;
+    let show_cursor = req.after.is_some() && !json;
     if !req.follow {
         let ControlResponse::Logs(chunk) = ask(&mut client, &ControlRequest::Logs(req)).await?
         else {
             bail!("The daemon answered logs with something else");
         };
-        return print_chunk(&chunk, prefix, json);
+        print_chunk(&chunk, prefix, json)?;
+        if show_cursor {
+            print_cursor(&chunk);
+        }
+        return Ok(());
     }
     let mut chunks = Box::pin(client.follow_logs(req));
     while let Some(chunk) = chunks.next().await {
-        print_chunk(&chunk?, prefix, json)?;
+        let chunk = chunk?;
+        print_chunk(&chunk, prefix, json)?;
+        if show_cursor {
+            print_cursor(&chunk);
+        }
     }
     Ok(())
 }
@@ -201,6 +212,16 @@ pub(crate) fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()>
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
+    }
+}
+
+/// The answer's cursor and any loss, on stderr (stdout stays the lines).
+fn print_cursor(chunk: &LogsResponse) {
+    for w in &chunk.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(cursor) = &chunk.cursor {
+        eprintln!("cursor={cursor}");
     }
 }
 

@@ -118,6 +118,8 @@ mod tests {
             }],
             truncated: false,
             warnings: vec![],
+            cursor: None,
+            lost_bytes: None,
         }
     }
 

@@ -63,6 +63,8 @@ fn chunk(n: usize) -> LogsResponse {
         }],
         truncated: false,
         warnings: vec![],
+        cursor: None,
+        lost_bytes: None,
     }
 }
 

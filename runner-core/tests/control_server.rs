@@ -4,14 +4,18 @@
 
 use futures::StreamExt;
 use runner_core::UserId;
+use runner_core::config::LogLimits;
 use runner_core::control::ControlClient;
 use runner_core::control::server::{
     CancellationToken, ControlLimits, FRAME_EVENTS, ServerContext, SessionControl, serve,
 };
 use runner_core::events::EventHistory;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
+use runner_core::logs::{LogPump, LogSink};
+use runner_types::control::{LogsRequest, LogsResponse, StreamSelector};
 use runner_types::events::{EventGap, EventKind, EventsRequest};
 use runner_types::{ControlRequest, ControlResponse, SandboxTier, StartupStatus};
+use runner_types::{GuestRole, LogStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,14 +67,17 @@ fn health(user: &str) -> runner_types::HealthStatus {
 }
 
 fn start(events: EventHistory) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_with(events, Vec::new(), tempfile::tempdir().unwrap())
+}
+
+fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) -> Server {
     let path = dir.path().join("control.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let recorder = Arc::new(Recorder::default());
     let ctx = ServerContext {
         user: UserId::new("alice").unwrap(),
         health: watch::channel(health("alice")).1,
-        logs: Vec::new(),
+        logs,
         events: events.clone(),
         session: recorder.clone(),
         shutdown_deadline: Duration::from_secs(7),
@@ -206,4 +213,139 @@ async fn shutdown_user_reaches_the_session_and_stop_closes_idle_clients() {
         UnixStream::connect(&s.path).await.is_err(),
         "still accepting"
     );
+}
+
+/// A runtime stdout sink in `dir/logs` with tiny files, and a server on it.
+fn logs_server(max_files: u32) -> (Server, LogSink) {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = LogLimits {
+        max_file_bytes: 64,
+        max_files,
+    };
+    let sink = LogSink::open(
+        &dir.path().join("logs"),
+        GuestRole::Runtime,
+        LogStream::Stdout,
+        limits,
+    )
+    .unwrap();
+    (
+        start_with(EventHistory::new(8), vec![sink.clone()], dir),
+        sink,
+    )
+}
+
+/// Writes `lines` lines `<tag>-<n>` through a pump and waits until written.
+async fn write_lines(sink: &LogSink, tag: &str, lines: usize) -> Vec<String> {
+    let text: Vec<String> = (0..lines).map(|n| format!("{tag}-{n:03}")).collect();
+    let mut data = text.join("\n").into_bytes();
+    data.push(b'\n');
+    let report = LogPump::spawn(Box::pin(std::io::Cursor::new(data)), sink)
+        .finish(T)
+        .await;
+    assert_eq!(report.bytes_dropped, 0);
+    text
+}
+
+async fn logs(path: &std::path::Path, tail: u32, after: Option<String>) -> LogsResponse {
+    let req = ControlRequest::Logs(LogsRequest {
+        stream: StreamSelector::Stdout,
+        tail: Some(tail),
+        after,
+        ..LogsRequest::default()
+    });
+    match ControlClient::request_once(path, &req, T).await.unwrap() {
+        ControlResponse::Logs(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn messages(r: &LogsResponse) -> Vec<String> {
+    r.entries.iter().map(|e| e.message.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logs_cursor_resumes_exactly_across_rotations() {
+    let (s, sink) = logs_server(100);
+    write_lines(&sink, "one", 20).await;
+    let first = logs(&s.path, 5, None).await;
+    assert_eq!(messages(&first).last().unwrap(), "one-019");
+    let c0 = first.cursor.clone().expect("every answer has a cursor");
+    let two = write_lines(&sink, "two", 20).await;
+    assert!(sink.stats().rotations > 2, "rotated in between");
+
+    // Paging with `after`: every new line exactly once, in order.
+    let mut cursor = c0.clone();
+    let mut seen = Vec::new();
+    loop {
+        let page = logs(&s.path, 7, Some(cursor.clone())).await;
+        assert_eq!((page.lost_bytes, page.warnings.len()), (None, 0));
+        seen.extend(messages(&page));
+        cursor = page.cursor.unwrap();
+        if !page.truncated {
+            break;
+        }
+    }
+    assert_eq!(seen, two);
+    let none = logs(&s.path, 7, Some(cursor.clone())).await;
+    assert!(none.entries.is_empty() && none.cursor.as_ref() == Some(&cursor));
+
+    // A follower from c0: the backlog, then live lines, no gap, no repeat.
+    let client = ControlClient::connect(&s.path, T).await.unwrap();
+    let mut frames = Box::pin(client.follow_logs(LogsRequest {
+        stream: StreamSelector::Stdout,
+        after: Some(c0),
+        tail: Some(1000),
+        ..LogsRequest::default()
+    }));
+    let mut followed = Vec::new();
+    while followed.len() < two.len() {
+        let frame = tokio::time::timeout(T, frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        followed.extend(messages(&frame));
+    }
+    let three = write_lines(&sink, "three", 5).await;
+    let mut last_cursor = None;
+    while followed.len() < two.len() + three.len() {
+        let frame = tokio::time::timeout(T, frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        followed.extend(messages(&frame));
+        last_cursor = frame.cursor.or(last_cursor);
+    }
+    assert_eq!(followed, [two, three.clone()].concat());
+    // The follower's cursor is where a one-shot read finds nothing new.
+    let after = logs(&s.path, 7, last_cursor).await;
+    assert!(after.entries.is_empty(), "{:?}", messages(&after));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_away_cursor_reports_the_bytes_lost() {
+    let (s, sink) = logs_server(2);
+    let one = write_lines(&sink, "one", 3).await;
+    let c0 = logs(&s.path, 5, None).await.cursor.unwrap();
+    let written_before = one.iter().map(|l| l.len() + 1).sum::<usize>() as u64;
+    let two = write_lines(&sink, "two", 40).await;
+    let written = written_before + two.iter().map(|l| l.len() + 1).sum::<usize>() as u64;
+    // What is still on disk: the current file and two rotations.
+    let kept: u64 = (0..=2)
+        .map(|n| runner_core::logs::rotated_path(sink.path(), n))
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let answer = logs(&s.path, 1000, Some(c0)).await;
+    assert_eq!(answer.lost_bytes, Some(written - kept - written_before));
+    assert!(
+        answer.warnings[0].contains("rotated away"),
+        "{:?}",
+        answer.warnings
+    );
+    // The rest is what is kept: the newest lines, ending with the last one.
+    assert_eq!(messages(&answer).last().unwrap(), "two-039");
+    assert!(answer.entries.len() < two.len());
 }

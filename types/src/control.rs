@@ -59,6 +59,11 @@ pub struct LogsRequest {
     /// Keep the connection open and send new lines as further `logs` frames.
     #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+    /// Resume exactly after this position: a previous answer's `cursor`.
+    /// The answer then holds the oldest complete lines after it (at most
+    /// `tail`), not the newest; `since` is ignored. This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -170,6 +175,18 @@ pub struct LogsResponse {
     /// that could not be read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Where these entries end in every selected stream, across rotation:
+    /// pass it as `after` to continue with no gap and no repeat. Opaque.
+    /// Absent on a follow frame once the follower fell behind (`truncated`).
+    /// This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Bytes after the request's `after` that were rotated away before
+    /// they could be read (the answer resumes at the oldest byte kept);
+    /// a warning names the stream, and says so too when the amount is
+    /// unknown (a cursor from an earlier run). This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_bytes: Option<u64>,
 }
 
 /// One log line (without its trailing newline).

@@ -95,6 +95,7 @@ fn logs_request_with_all_fields() {
             since: Some("15m".into()),
             format: LogFormat::Base64,
             follow: true,
+            after: None,
         }),
         json!({"op": "logs", "payload": {
             "role": "sidecar",
@@ -410,6 +411,8 @@ fn logs_response() {
             ],
             truncated: true,
             warnings: vec!["Cannot read shell-vm.stdout.log".into()],
+            cursor: None,
+            lost_bytes: None,
         }),
         json!({"op": "logs", "payload": {
             "entries": [
@@ -518,6 +521,8 @@ fn what_we_send_decodes_in_oxydras_client() {
         ],
         truncated: false,
         warnings: vec![],
+        cursor: None,
+        lost_bytes: None,
     });
     let text = serde_json::to_string(&logs).unwrap();
     let oxydra_client::Response::Logs(l) = serde_json::from_str(&text).unwrap() else {
@@ -825,6 +830,36 @@ fn events_response_with_gap_and_every_kind() {
             "events": [],
             "cursor": 9,
             "truncated": true
+        }}),
+    );
+}
+
+#[test]
+fn logs_cursor_fields() {
+    pinned(
+        &ControlRequest::Logs(LogsRequest {
+            after: Some("oxydra-vm.stdout:7:42".into()),
+            ..LogsRequest::default()
+        }),
+        json!({"op": "logs", "payload": {
+            "role": "runtime", "stream": "both", "format": "text",
+            "after": "oxydra-vm.stdout:7:42"
+        }}),
+    );
+    pinned(
+        &ControlResponse::Logs(LogsResponse {
+            entries: vec![],
+            truncated: false,
+            warnings: vec!["oxydra-vm.stdout: 9 bytes after the cursor were rotated away".into()],
+            cursor: Some("oxydra-vm.stdout:7:90".into()),
+            lost_bytes: Some(9),
+        }),
+        json!({"op": "logs", "payload": {
+            "entries": [],
+            "truncated": false,
+            "warnings": ["oxydra-vm.stdout: 9 bytes after the cursor were rotated away"],
+            "cursor": "oxydra-vm.stdout:7:90",
+            "lost_bytes": 9
         }}),
     );
 }

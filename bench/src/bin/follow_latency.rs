@@ -114,7 +114,9 @@ async fn runner_round(n: usize) -> Vec<Duration> {
         .await
         .expect("start session");
     let socket = session.control_socket().expect("socket");
-    let client = ControlClient::connect(&socket, BOUND).await.expect("connect");
+    let client = ControlClient::connect(&socket, BOUND)
+        .await
+        .expect("connect");
     let mut frames = Box::pin(client.follow_logs(LogsRequest {
         role: RoleSelector::Runtime,
         stream: StreamSelector::Stdout,
@@ -125,7 +127,10 @@ async fn runner_round(n: usize) -> Vec<Duration> {
     let end = Instant::now() + WINDOW;
     while Instant::now() < end {
         let frame = tokio::time::timeout(BOUND, frames.next()).await;
-        let frame = frame.expect("a frame in time").expect("open").expect("frame");
+        let frame = frame
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
         samples.extend(frame.entries.iter().filter_map(|e| latency_of(&e.message)));
     }
     drop(frames);

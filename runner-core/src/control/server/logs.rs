@@ -1,47 +1,66 @@
-//! The `logs` op: a one-shot answer, or a follow stream of new lines.
+//! The `logs` op: a one-shot answer (the newest lines, or with `after` the
+//! oldest lines after a cursor), or a follow stream (see `follow.rs`).
+//! Every answer carries a cursor: where its lines end in each stream.
 
+use super::cursor::StreamCursors;
+use super::follow::follow;
 use super::handler::{Flow, Handler};
-use super::log_lines::{EntryMeta, LINES_BUDGET, batches, encode_line, keep_newest};
+use super::log_lines::{EntryMeta, LINES_BUDGET, encode_line, keep_newest, line_wire_len};
 use super::{ServerContext, now_ms};
-use crate::control::since::{SinceError, rfc3339_ms, since_ms};
-use crate::logs::{LineSplitter, LogQuery, LogSink};
-use futures::StreamExt;
+use crate::control::since::{SinceError, since_ms};
+use crate::logs::{LinesAfter, LogCursor, LogQuery, LogSink, Loss};
 use runner_types::control::{
     DEFAULT_LOG_TAIL, LogEntry, LogFormat, LogSource, LogsRequest, LogsResponse, MAX_LOG_TAIL,
 };
 use runner_types::frame::MAX_CONTROL_FRAME;
 use runner_types::{ControlErrorCode, ControlResponse, GuestRole, LogStream};
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinSet;
-
-/// Longest line a follower is sent in one piece.
-const FOLLOW_MAX_LINE: usize = 16 * 1024;
-/// Feed chunks queued between the sinks' forwarders and one follower.
-const FEED_QUEUE: usize = 64;
 
 /// Answers a `logs` request; a follow ends the connection when it ends.
 pub(super) async fn answer(h: &mut Handler, req: LogsRequest) -> Flow {
-    if let Some(n) = req.tail.filter(|n| *n > MAX_LOG_TAIL) {
-        let msg = format!("tail {n} is over the limit of {MAX_LOG_TAIL}");
-        return h
-            .reply(Handler::error(ControlErrorCode::InvalidRequest, msg))
-            .await;
-    }
     let sinks = selected(&h.ctx, &req);
-    let q = match query(&req, sinks.len()) {
-        Ok(q) => q,
-        Err(e) => {
-            let err = Handler::error(ControlErrorCode::InvalidRequest, e.to_string());
-            let flow = h.reply(err).await;
+    let checked = check(&req, &sinks).and_then(|after| {
+        let q = query(&req, sinks.len()).map_err(|e| e.to_string())?;
+        Ok((after, q))
+    });
+    let (after, q) = match checked {
+        Ok(v) => v,
+        Err(msg) => {
+            let flow = h
+                .reply(Handler::error(ControlErrorCode::InvalidRequest, msg))
+                .await;
             return if req.follow { Flow::Close } else { flow };
         }
     };
     if req.follow {
-        follow(h, &req, &sinks, q).await;
+        follow(h, &req, &sinks, q, after).await;
         return Flow::Close;
     }
-    let resp = one_shot(&h.ctx, &req, &sinks, q).await;
+    let resp = match after {
+        Some(after) => one_shot_after(&h.ctx, &req, &sinks, &after).await,
+        None => one_shot(&h.ctx, &req, &sinks, q).await,
+    };
     h.reply(resp).await
+}
+
+/// Checks `tail` and parses `after` (which must cover every selected stream).
+fn check(req: &LogsRequest, sinks: &[LogSink]) -> Result<Option<StreamCursors>, String> {
+    if let Some(n) = req.tail.filter(|n| *n > MAX_LOG_TAIL) {
+        return Err(format!("tail {n} is over the limit of {MAX_LOG_TAIL}"));
+    }
+    let Some(after) = &req.after else {
+        return Ok(None);
+    };
+    let after = StreamCursors::parse(after).map_err(|e| e.to_string())?;
+    if let Some(s) = sinks
+        .iter()
+        .find(|s| after.get(s.role(), s.stream()).is_none())
+    {
+        return Err(format!(
+            "after has no position for {}; select the streams it was issued for",
+            name(s)
+        ));
+    }
+    Ok(Some(after))
 }
 
 /// The log query a request asks for, or why its `since` is unusable.
@@ -67,20 +86,20 @@ fn selected(ctx: &ServerContext, req: &LogsRequest) -> Vec<LogSink> {
 
 /// How every entry of this answer is labelled and encoded.
 #[derive(Debug, Clone, Copy)]
-struct Labels {
+pub(super) struct Labels {
     source: LogSource,
     format: LogFormat,
 }
 
 impl Labels {
-    fn new(ctx: &ServerContext, req: &LogsRequest) -> Self {
+    pub(super) fn new(ctx: &ServerContext, req: &LogsRequest) -> Self {
         Self {
             source: LogSource::for_tier(ctx.health.borrow().sandbox_tier),
             format: req.format,
         }
     }
 
-    fn meta(self, role: GuestRole, stream: LogStream) -> EntryMeta {
+    pub(super) fn meta(self, role: GuestRole, stream: LogStream) -> EntryMeta {
         EntryMeta {
             role,
             stream,
@@ -90,7 +109,8 @@ impl Labels {
     }
 }
 
-fn name(sink: &LogSink) -> String {
+/// `<role label>.<stream>`, for messages.
+pub(super) fn name(sink: &LogSink) -> String {
     format!("{}.{}", sink.role().label(), sink.stream())
 }
 
@@ -103,13 +123,18 @@ async fn one_shot(
     q: LogQuery,
 ) -> ControlResponse {
     let labels = Labels::new(ctx, req);
-    let mut lines = Vec::new();
-    let mut warnings = Vec::new();
+    let (mut lines, mut warnings) = (Vec::new(), Vec::new());
     let mut truncated = false;
+    let mut cursors = StreamCursors::default();
     for sink in sinks {
-        match sink.read(q).await {
-            Ok(read) => {
+        let read = match sink.backlog(false).await {
+            Ok((backlog, _)) => backlog.query(q).await.map(|r| (r, backlog.end())),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok((read, end)) => {
                 truncated |= read.truncated;
+                cursors.set(sink.role(), sink.stream(), end);
                 let m = labels.meta(sink.role(), sink.stream());
                 lines.extend(read.lines.iter().map(|l| encode_line(m, l, None)));
             }
@@ -120,196 +145,134 @@ async fn one_shot(
         return Handler::error(ControlErrorCode::Internal, warnings.join("; "));
     }
     let (entries, cut) = keep_newest(lines, LINES_BUDGET);
-    ControlResponse::Logs(LogsResponse {
-        entries,
-        truncated: truncated || cut,
-        warnings,
-    })
+    let cursor = (warnings.is_empty()).then(|| cursors.encode());
+    logs_frame(entries, truncated || cut, warnings, cursor, None)
 }
 
-/// Sends the matching tail, then every new line as further `logs` frames
-/// until the client goes away (or stops reading), or serving stops (then
-/// what is already queued is sent first).
-async fn follow(h: &mut Handler, req: &LogsRequest, sinks: &[LogSink], q: LogQuery) {
-    let (initial, mut feed) = match Feed::start(&h.ctx, req, sinks, q).await {
-        Ok(started) => started,
-        Err(resp) => {
-            h.send(resp).await;
-            return;
-        }
-    };
-    let (initial, cut) = keep_newest(initial, LINES_BUDGET);
-    if !h.send(chunk(initial, cut)).await {
-        return;
-    }
-    loop {
-        let first = tokio::select! {
-            () = &mut h.stopped => {
-                feed.flush(h).await;
-                return;
+/// The oldest complete lines after `after` in each stream, as many as fit
+/// one frame (at most `tail` per stream). Raw bytes are read in sixteenths
+/// of the frame budget: escaped JSON grows a line at most about 7.4 times,
+/// so the first line read always fits and a reader always makes progress.
+async fn one_shot_after(
+    ctx: &ServerContext,
+    req: &LogsRequest,
+    sinks: &[LogSink],
+    after: &StreamCursors,
+) -> ControlResponse {
+    let labels = Labels::new(ctx, req);
+    let max_lines = req.tail.unwrap_or(DEFAULT_LOG_TAIL) as usize;
+    let mut page = Page::new(after.clone());
+    for sink in sinks {
+        let from = after.get(sink.role(), sink.stream()).unwrap_or_default();
+        match sink.read_after(from, max_lines, page.budget / 16).await {
+            Ok(read) => page.add(sink, labels.meta(sink.role(), sink.stream()), read),
+            Err(e) => {
+                page.failed += 1;
+                page.warnings
+                    .push(format!("Cannot read {}: {e}", name(sink)));
             }
-            incoming = h.conn.next() => {
-                // The client closed or failed: end. A follow connection
-                // carries no further requests; anything it sends is ignored.
-                if matches!(incoming, None | Some(Err(_))) {
-                    return;
-                }
-                continue;
-            }
-            next = feed.rx.recv() => match next {
-                Some(item) => item,
-                None => return,
-            },
-        };
-        if !feed.send_batch(h, first).await {
-            return;
         }
     }
+    if !sinks.is_empty() && page.failed == sinks.len() {
+        return Handler::error(ControlErrorCode::Internal, page.warnings.join("; "));
+    }
+    page.into_frame()
 }
 
-/// What the sinks' forwarders hand a follower.
-enum Item {
-    Bytes(GuestRole, LogStream, bytes::Bytes),
-    Lagged,
+/// One frame of lines read forward, being filled.
+pub(super) struct Page {
+    pub(super) entries: Vec<LogEntry>,
+    pub(super) cursors: StreamCursors,
+    pub(super) warnings: Vec<String>,
+    pub(super) lost: Option<u64>,
+    pub(super) truncated: bool,
+    /// JSON bytes left for entries.
+    pub(super) budget: usize,
+    /// Streams that could not be read.
+    pub(super) failed: usize,
 }
 
-/// A follower's live feed: one forwarder task per sink, merged into one
-/// queue, split into lines per (role, stream).
-struct Feed {
-    rx: mpsc::Receiver<Item>,
-    labels: Labels,
-    splitters: Vec<((GuestRole, LogStream), LineSplitter)>,
-    /// Dropped with the feed, which aborts the forwarders.
-    _forwarders: JoinSet<()>,
-}
-
-impl Feed {
-    /// Reads each sink's matching lines and subscribes at the point the
-    /// read ends; returns the lines (as entries) and the feed, or the error
-    /// to answer.
-    async fn start(
-        ctx: &ServerContext,
-        req: &LogsRequest,
-        sinks: &[LogSink],
-        q: LogQuery,
-    ) -> Result<(Vec<LogEntry>, Self), ControlResponse> {
-        let labels = Labels::new(ctx, req);
-        let (tx, rx) = mpsc::channel(FEED_QUEUE);
-        let mut initial = Vec::new();
-        let mut forwarders = JoinSet::new();
-        for sink in sinks {
-            let (read, live) = sink.follow(q).await.map_err(|e| {
-                let msg = format!("Cannot read {}: {e}", name(sink));
-                Handler::error(ControlErrorCode::Internal, msg)
-            })?;
-            let m = labels.meta(sink.role(), sink.stream());
-            initial.extend(read.lines.iter().map(|l| encode_line(m, l, None)));
-            forwarders.spawn(forward(sink.role(), sink.stream(), live, tx.clone()));
+impl Page {
+    pub(super) fn new(cursors: StreamCursors) -> Self {
+        Self {
+            entries: Vec::new(),
+            cursors,
+            warnings: Vec::new(),
+            lost: None,
+            truncated: false,
+            budget: LINES_BUDGET,
+            failed: 0,
         }
-        let feed = Self {
-            rx,
-            labels,
-            splitters: Vec::new(),
-            _forwarders: forwarders,
-        };
-        Ok((initial, feed))
     }
 
-    /// Sends `first` and whatever else is already queued (about one frame's
-    /// worth at most) as `logs` frames; `false` if the client is gone.
-    async fn send_batch(&mut self, h: &mut Handler, first: Item) -> bool {
-        let (lines, lagged) = self.take_batch(first);
-        let mut frames = batches(lines, LINES_BUDGET);
-        if frames.is_empty() && lagged {
-            frames.push(Vec::new());
-        }
-        for (n, frame) in frames.into_iter().enumerate() {
-            if !h.send(chunk(frame, lagged && n == 0)).await {
-                return false;
+    /// Adds the lines of `read` that fit, oldest first, and moves the
+    /// stream's cursor to the end of the last one taken.
+    pub(super) fn add(&mut self, sink: &LogSink, meta: EntryMeta, read: LinesAfter) {
+        self.note_loss(sink, read.loss);
+        let mut at = read.from;
+        let mut cut = false;
+        for (line, end) in &read.lines {
+            let entry = encode_line(meta, line, None);
+            let len = line_wire_len(&entry);
+            if len > self.budget {
+                cut = true;
+                break;
             }
+            self.budget -= len;
+            self.entries.push(entry);
+            at = *end;
         }
-        true
+        self.truncated |= cut || read.more;
+        self.cursors.set(sink.role(), sink.stream(), at);
     }
 
-    /// Sends everything queued now, then stops.
-    async fn flush(&mut self, h: &mut Handler) {
-        while let Ok(first) = self.rx.try_recv() {
-            if !self.send_batch(h, first).await {
-                return;
+    fn note_loss(&mut self, sink: &LogSink, loss: Loss) {
+        let text = match loss {
+            Loss::None => return,
+            Loss::Bytes(n) => {
+                self.lost = Some(self.lost.unwrap_or(0) + n);
+                format!("{n} bytes")
             }
-        }
-    }
-
-    /// Splits `first` and what is already queued into entries, but never
-    /// more than about one frame's worth: a guest writing at full speed must
-    /// not make a follower's batch grow without bound. Also says whether
-    /// the follower fell behind (bytes were skipped).
-    fn take_batch(&mut self, first: Item) -> (Vec<LogEntry>, bool) {
-        let mut lines = Vec::new();
-        let mut lagged = false;
-        let mut taken = 0usize;
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                Item::Bytes(role, stream, bytes) => {
-                    taken += bytes.len();
-                    let (m, at) = (self.labels.meta(role, stream), rfc3339_ms(now_ms()));
-                    for l in self.splitter(role, stream).push(&bytes) {
-                        lines.push(encode_line(m, &l, Some(at.clone())));
-                    }
-                }
-                Item::Lagged => {
-                    // Do not join the pieces on either side of the gap into
-                    // one false line.
-                    lagged = true;
-                    self.splitters.clear();
-                }
-            }
-            next = if taken < LINES_BUDGET {
-                self.rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        (lines, lagged)
-    }
-
-    fn splitter(&mut self, role: GuestRole, stream: LogStream) -> &mut LineSplitter {
-        let key = (role, stream);
-        let i = match self.splitters.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let splitter = LineSplitter::new(FOLLOW_MAX_LINE);
-                self.splitters.push((key, splitter));
-                self.splitters.len() - 1
+            Loss::Unknown => {
+                "an unknown number of bytes (the cursor is from an earlier run)".to_owned()
             }
         };
-        &mut self.splitters[i].1
+        self.warnings.push(format!(
+            "{}: {text} after the cursor were rotated away; resumed at the oldest kept",
+            name(sink)
+        ));
+    }
+
+    pub(super) fn into_frame(self) -> ControlResponse {
+        let cursor = Some(self.cursors.encode());
+        logs_frame(
+            self.entries,
+            self.truncated,
+            self.warnings,
+            cursor,
+            self.lost,
+        )
     }
 }
 
-async fn forward(
-    role: GuestRole,
-    stream: LogStream,
-    mut live: broadcast::Receiver<bytes::Bytes>,
-    tx: mpsc::Sender<Item>,
-) {
-    loop {
-        let item = match live.recv().await {
-            Ok(b) => Item::Bytes(role, stream, b),
-            Err(broadcast::error::RecvError::Lagged(_)) => Item::Lagged,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if tx.send(item).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn chunk(entries: Vec<LogEntry>, truncated: bool) -> ControlResponse {
+/// A `logs` frame.
+pub(super) fn logs_frame(
+    entries: Vec<LogEntry>,
+    truncated: bool,
+    warnings: Vec<String>,
+    cursor: Option<String>,
+    lost_bytes: Option<u64>,
+) -> ControlResponse {
     ControlResponse::Logs(LogsResponse {
         entries,
         truncated,
-        warnings: Vec::new(),
+        warnings,
+        cursor,
+        lost_bytes,
     })
+}
+
+/// Where `cursor` stands for `sink` (a default if absent).
+pub(super) fn start_of(after: &StreamCursors, sink: &LogSink) -> LogCursor {
+    after.get(sink.role(), sink.stream()).unwrap_or_default()
 }

@@ -15,7 +15,9 @@
 //! a slow, silent or hostile client never blocks another.
 
 mod accept;
+mod cursor;
 mod events;
+mod follow;
 mod handler;
 pub mod log_lines;
 mod logs;
