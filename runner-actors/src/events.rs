@@ -98,48 +98,10 @@ impl SessionEvent {
         let (role, kind) = match self {
             Self::SessionStarted => (None, EventKind::SessionStarted),
             Self::GuestState { .. } => return None,
-            Self::GuestStarted {
-                role,
-                pid,
-                container_name,
-                restarts,
-            } => (
-                Some(*role),
-                EventKind::GuestStarted {
-                    pid: *pid,
-                    container_name: container_name.clone(),
-                    restarts: *restarts,
-                },
-            ),
-            Self::GuestExited { role, exit } => {
-                (Some(*role), EventKind::GuestExited { exit: *exit })
-            }
-            Self::GuestRestarting {
-                role,
-                attempt,
-                after,
-            } => (
-                Some(*role),
-                EventKind::GuestRestarting {
-                    attempt: *attempt,
-                    backoff_ms: after.as_millis().try_into().unwrap_or(u64::MAX),
-                },
-            ),
             Self::SessionFailed { reason } => (
                 None,
                 EventKind::SessionFailed {
                     reason: capped(reason.to_string()),
-                },
-            ),
-            Self::LogBytesDropped {
-                role,
-                stream,
-                total,
-            } => (
-                Some(*role),
-                EventKind::LogBytesDropped {
-                    stream: *stream,
-                    total: *total,
                 },
             ),
             Self::Degraded { role, reason } => (
@@ -154,8 +116,53 @@ impl SessionEvent {
             }
             Self::ShutdownStarted => (None, EventKind::Stopping),
             Self::ShutdownComplete => (None, EventKind::Stopped),
+            _ => return self.guest_to_wire(),
         };
         Some((role, kind))
+    }
+
+    /// [`Self::to_wire`] for a guest's launches, exits and output loss.
+    fn guest_to_wire(&self) -> Option<(Option<GuestRole>, EventKind)> {
+        let (role, kind) = match self {
+            Self::GuestStarted {
+                role,
+                pid,
+                container_name,
+                restarts,
+            } => (
+                role,
+                EventKind::GuestStarted {
+                    pid: *pid,
+                    container_name: container_name.clone(),
+                    restarts: *restarts,
+                },
+            ),
+            Self::GuestExited { role, exit } => (role, EventKind::GuestExited { exit: *exit }),
+            Self::GuestRestarting {
+                role,
+                attempt,
+                after,
+            } => (
+                role,
+                EventKind::GuestRestarting {
+                    attempt: *attempt,
+                    backoff_ms: after.as_millis().try_into().unwrap_or(u64::MAX),
+                },
+            ),
+            Self::LogBytesDropped {
+                role,
+                stream,
+                total,
+            } => (
+                role,
+                EventKind::LogBytesDropped {
+                    stream: *stream,
+                    total: *total,
+                },
+            ),
+            _ => return None,
+        };
+        Some((Some(*role), kind))
     }
 }
 
