@@ -521,7 +521,8 @@ fn what_we_send_decodes_in_oxydras_client() {
         ],
         truncated: false,
         warnings: vec![],
-        cursor: None,
+        // Every answer carries a cursor; oxydra's client ignores it.
+        cursor: Some("oxydra-vm.stdout:7:90".into()),
         lost_bytes: None,
     });
     let text = serde_json::to_string(&logs).unwrap();
