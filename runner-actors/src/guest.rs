@@ -18,7 +18,7 @@
 //! same with the configured grace, so no guest outlives its actor.
 
 use crate::call::call;
-use crate::events::SessionEvent;
+use crate::events::{EventBus, SessionEvent};
 use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use engine::{on_engine_check, wait_for_engine};
@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use stop::on_stop;
-use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -109,7 +108,7 @@ pub struct GuestArgs {
     /// The session supervisor.
     pub supervisor: ActorRef<SessionMsg>,
     /// Event stream.
-    pub events: broadcast::Sender<SessionEvent>,
+    pub events: EventBus,
     /// Set by the supervisor when shutdown begins: exits are then final.
     pub quiescing: Arc<AtomicBool>,
     /// Cancelled to force a stop in progress: its grace ends at once, and

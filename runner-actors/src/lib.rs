@@ -38,7 +38,7 @@ mod runner;
 mod session;
 
 pub use error::{HandleError, SessionError};
-pub use events::SessionEvent;
+pub use events::{EventBus, SessionEvent};
 pub use guest::{ENGINE_BACKOFF_INITIAL, ENGINE_BACKOFF_MAX, ENGINE_UNREACHABLE};
 pub use runner::{Backends, Runner, SessionOptions};
 pub use runner_core::failure::{FailureReason, SessionChild};

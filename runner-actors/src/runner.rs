@@ -3,6 +3,7 @@
 use crate::control::ControlLimits;
 use crate::error::SessionError;
 use crate::events::SessionEvent;
+use crate::events::EventBus;
 use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -195,7 +196,8 @@ impl Runner {
         let initial = initial_health(&user, tier, &startup, &workspace, sidecar_link.as_ref());
         let (health_tx, health) = watch::channel(initial);
         let (phase_tx, phase) = watch::channel(SessionPhase::Starting);
-        let (events, first_events) = broadcast::channel(256);
+        let events = EventBus::new();
+        let first_events = events.subscribe();
         let (report_tx, report) = watch::channel(None);
         let env = options.env.with_timezone(&user_config.timezone);
         let force = CancellationToken::new();
@@ -264,8 +266,8 @@ struct HandleParts {
     serves_control: bool,
     health: watch::Receiver<HealthStatus>,
     phase: watch::Receiver<SessionPhase>,
-    events: broadcast::Sender<SessionEvent>,
-    first_events: broadcast::Receiver<SessionEvent>,
+    events: EventBus,
+    first_events: tokio::sync::broadcast::Receiver<SessionEvent>,
     report: watch::Receiver<Option<crate::ShutdownReport>>,
     shutdown_bound: Duration,
     force: CancellationToken,

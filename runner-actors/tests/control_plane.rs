@@ -26,14 +26,22 @@ struct Running {
 }
 
 async fn start(user: &str) -> Running {
+    start_with(
+        user,
+        ControlLimits {
+            read_timeout: Duration::from_millis(500),
+            ..ControlLimits::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(user: &str, control_limits: ControlLimits) -> Running {
     let setup = setup();
     let (fake, mut launches) = fake();
     let runner = runner(setup.config.clone(), &fake);
     let options = SessionOptions {
-        control_limits: ControlLimits {
-            read_timeout: Duration::from_millis(500),
-            ..ControlLimits::default()
-        },
+        control_limits,
         ..SessionOptions::default()
     };
     let session = runner.start_session_with(user, options).await.unwrap();
@@ -403,4 +411,79 @@ async fn logs_tail_and_follow() {
     drop(follow);
     assert!(health(&path).await.healthy);
     r.session.shutdown(T).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_house_answers_busy_and_frees_the_slot_after() {
+    let r = start_with(
+        "ctl-busy",
+        ControlLimits {
+            max_connections: 1,
+            ..ControlLimits::default()
+        },
+    )
+    .await;
+    let path = socket(&r);
+    // One client holds the only slot (answered, so surely accepted).
+    let mut holder = ControlClient::connect(&path, T).await.unwrap();
+    let answer = holder
+        .request(&ControlRequest::HealthCheck, T)
+        .await
+        .unwrap();
+    assert!(matches!(answer, ControlResponse::HealthStatus(_)));
+    // The next is told it is busy (not `internal`), then closed.
+    let reply = raw_exchange(&path, &frame(br#"{"op":"health_check"}"#)).await;
+    assert_eq!(error_code(&reply), ControlErrorCode::Busy);
+    // Once the holder leaves, its slot serves the next client.
+    drop(holder);
+    let mut served = false;
+    for _ in 0..200 {
+        match ControlClient::request_once(&path, &ControlRequest::HealthCheck, T).await {
+            Ok(ControlResponse::HealthStatus(_)) => {
+                served = true;
+                break;
+            }
+            Ok(ControlResponse::Error(e)) => assert_eq!(e.code, ControlErrorCode::Busy),
+            other => panic!("{other:?}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(served, "the freed slot never served another client");
+    r.session.shutdown(T).await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_sends_a_follower_what_was_queued_then_closes_cleanly() {
+    let mut r = start_with(
+        "ctl-close",
+        ControlLimits {
+            read_timeout: T * 6,
+            ..ControlLimits::default()
+        },
+    )
+    .await;
+    let path = socket(&r);
+    let mut idle = UnixStream::connect(&path).await.unwrap();
+    let client = ControlClient::connect(&path, T).await.unwrap();
+    let mut follow = Box::pin(client.follow_logs(LogsRequest {
+        stream: StreamSelector::Stdout,
+        tail: Some(0),
+        ..LogsRequest::default()
+    }));
+    let first = tokio::time::timeout(T, follow.next()).await.unwrap();
+    assert!(first.unwrap().unwrap().entries.is_empty());
+    r.runtime
+        .write(LogStream::Stdout, b"last words\n")
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(T, follow.next()).await.unwrap();
+    assert_eq!(next.unwrap().unwrap().entries[0].message, "last words");
+    r.session.shutdown(T).await.unwrap();
+    // The follower's stream ends (no error), and so does the idle client's,
+    // long before the read timeout.
+    let end = tokio::time::timeout(T, follow.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(T, idle.read(&mut buf)).await.unwrap();
+    assert_eq!(n.unwrap(), 0);
 }

@@ -80,6 +80,26 @@ pub enum Command {
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Resume exactly after a previous answer's cursor (printed on
+        /// stderr as `cursor=...` when this is given, and in `--json`
+        /// frames): the oldest lines after it, no gap, no repeat.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+        /// Print raw response frames as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the session's lifecycle events (starts, exits, restarts,
+    /// failures, stop), oldest first.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events after this sequence number (a previous run's last).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
         /// Print raw response frames as JSON lines.
         #[arg(long)]
         json: bool,

@@ -1,4 +1,4 @@
-//! Client subcommands: `status`, `stop`, `logs`.
+//! Client subcommands: `status`, `stop`, `logs` (and `events`, in its own module).
 
 use crate::cli::{Command, RoleArg, Since, StreamArg, Target};
 use crate::{output, paths};
@@ -9,6 +9,7 @@ use runner_core::control::{ControlClient, ControlClientError};
 use runner_core::lock::SessionLock;
 use runner_core::{UserId, Workspace};
 use runner_types::control::{LogsRequest, LogsResponse, RoleSelector, StreamSelector};
+use runner_types::events::EventsRequest;
 use runner_types::{ControlRequest, ControlResponse, HealthStatus};
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             tail,
             since,
             follow,
+            after,
             json,
         } => {
             let since = since.map(|s| match s {
@@ -48,10 +50,17 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 tail: Some(tail),
                 since,
                 follow,
+                after,
                 ..LogsRequest::default()
             };
             logs(&target, req, json).await
         }
+        Command::Events {
+            target,
+            follow,
+            after,
+            json,
+        } => crate::events::run(&target, EventsRequest { follow, after }, json).await,
         Command::DemoGuest { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -64,7 +73,7 @@ fn socket_of(target: &Target) -> anyhow::Result<(String, PathBuf)> {
     Ok((user.to_string(), ws.control_socket()))
 }
 
-async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
     let (user, path) = socket_of(target)?;
     match ControlClient::connect(&path, TIMEOUT).await {
         Ok(c) => Ok((user, c)),
@@ -78,7 +87,10 @@ async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
     }
 }
 
-async fn ask(client: &mut ControlClient, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
+pub(crate) async fn ask(
+    client: &mut ControlClient,
+    req: &ControlRequest,
+) -> anyhow::Result<ControlResponse> {
     match client.request(req, TIMEOUT).await? {
         ControlResponse::Error(e) => bail!(
             "The daemon refused the request ({:?}): {}",
@@ -172,25 +184,44 @@ async fn stop(target: &Target) -> anyhow::Result<()> {
 async fn logs(target: &Target, req: LogsRequest, json: bool) -> anyhow::Result<()> {
     let (_, mut client) = connect(target).await?;
     let prefix = req.role == RoleSelector::All || req.stream == StreamSelector::Both;
+    let show_cursor = req.after.is_some() && !json;
     if !req.follow {
         let ControlResponse::Logs(chunk) = ask(&mut client, &ControlRequest::Logs(req)).await?
         else {
             bail!("The daemon answered logs with something else");
         };
-        return print_chunk(&chunk, prefix, json);
+        print_chunk(&chunk, prefix, json)?;
+        if show_cursor {
+            print_cursor(&chunk);
+        }
+        return Ok(());
     }
     let mut chunks = Box::pin(client.follow_logs(req));
     while let Some(chunk) = chunks.next().await {
-        print_chunk(&chunk?, prefix, json)?;
+        let chunk = chunk?;
+        print_chunk(&chunk, prefix, json)?;
+        if show_cursor {
+            print_cursor(&chunk);
+        }
     }
     Ok(())
 }
 
 /// `logs | head` closing the pipe is a normal way to stop reading.
-fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
+    }
+}
+
+/// The answer's cursor and any loss, on stderr (stdout stays the lines).
+fn print_cursor(chunk: &LogsResponse) {
+    for w in &chunk.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(cursor) = &chunk.cursor {
+        eprintln!("cursor={cursor}");
     }
 }
 

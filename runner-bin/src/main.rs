@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod daemon;
 mod env;
+mod events;
 mod notify;
 mod output;
 mod paths;

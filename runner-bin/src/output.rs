@@ -29,6 +29,12 @@ pub enum Mode {
 struct JsonChunk<'a> {
     lines: Vec<JsonLine<'a>>,
     truncated: bool,
+    /// Where these lines end (for `--after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<&'a str>,
+    /// Bytes rotated away after the request's `--after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +63,8 @@ pub fn write_chunk(
                 })
                 .collect(),
             truncated: chunk.truncated,
+            cursor: chunk.cursor.as_deref(),
+            lost_bytes: chunk.lost_bytes,
         };
         let line = serde_json::to_string(&view).map_err(std::io::Error::other)?;
         writeln!(out, "{line}")?;
@@ -118,6 +126,8 @@ mod tests {
             }],
             truncated: false,
             warnings: vec![],
+            cursor: None,
+            lost_bytes: None,
         }
     }
 

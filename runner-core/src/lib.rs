@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod control;
 pub mod failure;
+pub mod events;
 pub mod guest_env;
 pub mod health;
 pub mod identity;

@@ -63,6 +63,8 @@ fn chunk(n: usize) -> LogsResponse {
         }],
         truncated: false,
         warnings: vec![],
+        cursor: None,
+        lost_bytes: None,
     }
 }
 
@@ -191,6 +193,7 @@ async fn connection(
             ControlRequest::Logs(_) => {
                 framed.send(ControlResponse::Logs(chunk(0))).await.unwrap();
             }
+            ControlRequest::Events(_) => return,
         }
     }
 }

@@ -418,3 +418,108 @@ fn a_second_signal_forces_a_long_graceful_stop() {
         "session lock left behind"
     );
 }
+
+#[test]
+fn events_lists_the_start_and_a_follower_sees_the_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(tmp.path(), "erin");
+    let out = client(&d.dir, &["events", "--user", "erin"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = text(&out);
+    assert!(t.contains("sidecar started (pid "), "{t}");
+    assert!(t.contains("runtime started (pid "), "{t}");
+    assert!(t.contains("session started"), "{t}");
+    let last: u64 = t
+        .lines()
+        .last()
+        .and_then(|l| l.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a sequence number first");
+
+    // Follow from the last seen event, as JSON frames: the stop arrives,
+    // then the daemon closes the stream and the client exits by itself.
+    let mut follow = Command::new(runner_binary())
+        .args(["events", "--user", "erin", "-f", "--json", "--after"])
+        .arg(last.to_string())
+        .current_dir(&d.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first: runner_types::events::EventsResponse =
+        serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!((first.gap, first.cursor), (None, last));
+    let out = client(&d.dir, &["stop", "--user", "erin"]);
+    assert!(out.status.success());
+    let rest: Vec<runner_types::events::EventsResponse> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let events: Vec<_> = rest.iter().flat_map(|f| &f.events).collect();
+    assert_eq!(
+        events.last().map(|e| &e.kind),
+        Some(&runner_types::events::EventKind::Stopping),
+        "{events:?}"
+    );
+    assert_eq!(events[0].seq, last + 1);
+    assert!(wait_bounded(&mut follow).success());
+    let mut d = d;
+    assert!(wait_bounded(&mut d.child).success());
+}
+
+#[test]
+fn logs_after_a_cursor_resumes_where_the_last_answer_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(tmp.path(), "finn");
+    let base = [
+        "logs", "--user", "finn", "--role", "runtime", "--stream", "stdout",
+    ];
+    // The first answer (newest lines) and its cursor, from `--json`.
+    let out = client(&d.dir, &[&base[..], &["--tail", "1", "--json"]].concat());
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out).lines().next().expect("a frame")).unwrap();
+    let cursor = first["cursor"]
+        .as_str()
+        .expect("every answer has a cursor")
+        .to_owned();
+    let last_seen = first["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|l| heartbeat_number(l["data"].as_str().unwrap()));
+    // Wait until more heartbeats were written, then resume after the cursor.
+    let start = Instant::now();
+    loop {
+        let out = client(
+            &d.dir,
+            &[&base[..], &["--tail", "1000", "--after", &cursor]].concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let beats: Vec<u64> = text(&out).lines().filter_map(heartbeat_number).collect();
+        if let Some(first_new) = beats.first() {
+            // Nothing before the cursor comes again, and nothing is skipped.
+            if let Some(last) = last_seen {
+                assert_eq!(*first_new, last + 1, "{beats:?}");
+            }
+            assert!(beats.windows(2).all(|w| w[1] == w[0] + 1), "{beats:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("cursor=oxydra-vm.stdout:"), "{err}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no new heartbeat after the cursor");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = client(&d.dir, &["stop", "--user", "finn"]);
+    assert!(out.status.success());
+    let mut d = d;
+    assert!(wait_bounded(&mut d.child).success());
+}

@@ -4,6 +4,7 @@
 //! [`crate::frame::MAX_CONTROL_FRAME`] bytes. Requests and responses are
 //! adjacently tagged: `{"op": "...", "payload": ...}`.
 
+use crate::events::{EventsRequest, EventsResponse};
 use crate::health::HealthStatus;
 use crate::tier::{GuestRole, LogStream, SandboxTier};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub enum ControlRequest {
     },
     /// Read guest logs.
     Logs(LogsRequest),
+    /// Read (or follow) the session's lifecycle events (this runner's
+    /// addition).
+    Events(EventsRequest),
 }
 
 /// Parameters of a `logs` request. oxydra's client sends `role`, `stream`,
@@ -55,6 +59,11 @@ pub struct LogsRequest {
     /// Keep the connection open and send new lines as further `logs` frames.
     #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+    /// Resume exactly after this position: a previous answer's `cursor`.
+    /// The answer then holds the oldest complete lines after it (at most
+    /// `tail`), not the newest; `since` is ignored. This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -135,6 +144,8 @@ pub enum ControlResponse {
     ShutdownStatus(ShutdownStatus),
     /// Answer to `logs` (one frame, or a stream of them with `follow`).
     Logs(LogsResponse),
+    /// Answer to `events` (one frame, or a stream of them with `follow`).
+    Events(EventsResponse),
     /// The request failed.
     Error(ControlError),
 }
@@ -164,6 +175,18 @@ pub struct LogsResponse {
     /// that could not be read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Where these entries end in every selected stream, across rotation:
+    /// pass it as `after` to continue with no gap and no repeat. Opaque.
+    /// Absent on a follow frame once the follower fell behind (`truncated`).
+    /// This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Bytes after the request's `after` that were rotated away before
+    /// they could be read (the answer resumes at the oldest byte kept);
+    /// a warning names the stream, and says so too when the amount is
+    /// unknown (a cursor from an earlier run). This runner's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_bytes: Option<u64>,
 }
 
 /// One log line (without its trailing newline).
@@ -243,4 +266,7 @@ pub enum ControlErrorCode {
     UnknownUser,
     /// The runner failed while answering.
     Internal,
+    /// Every control connection slot is taken; try again shortly. Sent
+    /// once, then the connection is closed (this runner's addition).
+    Busy,
 }

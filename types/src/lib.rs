@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod envelope;
+pub mod events;
 pub mod frame;
 pub mod health;
 pub mod reader;

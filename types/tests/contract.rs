@@ -95,6 +95,7 @@ fn logs_request_with_all_fields() {
             since: Some("15m".into()),
             format: LogFormat::Base64,
             follow: true,
+            after: None,
         }),
         json!({"op": "logs", "payload": {
             "role": "sidecar",
@@ -412,6 +413,8 @@ fn logs_response() {
             ],
             truncated: true,
             warnings: vec!["Cannot read shell-vm.stdout.log".into()],
+            cursor: None,
+            lost_bytes: None,
         }),
         json!({"op": "logs", "payload": {
             "entries": [
@@ -520,6 +523,9 @@ fn what_we_send_decodes_in_oxydras_client() {
         ],
         truncated: false,
         warnings: vec![],
+        // Every answer carries a cursor; oxydra's client ignores it.
+        cursor: Some("oxydra-vm.stdout:7:90".into()),
+        lost_bytes: None,
     });
     let text = serde_json::to_string(&logs).unwrap();
     let oxydra_client::Response::Logs(l) = serde_json::from_str(&text).unwrap() else {
@@ -567,6 +573,7 @@ fn error_response_with_each_code() {
         (ControlErrorCode::InvalidRequest, "invalid_request"),
         (ControlErrorCode::UnknownUser, "unknown_user"),
         (ControlErrorCode::Internal, "internal"),
+        (ControlErrorCode::Busy, "busy"),
     ] {
         pinned(
             &ControlResponse::Error(ControlError {
@@ -687,4 +694,175 @@ fn tier_spellings() {
         pinned(&tier, json!(s));
         assert_eq!(tier.as_str(), s);
     }
+}
+
+#[test]
+fn events_request_shapes() {
+    use runner_types::events::EventsRequest;
+    pinned(
+        &ControlRequest::Events(EventsRequest {
+            follow: true,
+            after: Some(41),
+        }),
+        json!({"op": "events", "payload": {"follow": true, "after": 41}}),
+    );
+    pinned(
+        &ControlRequest::Events(EventsRequest::default()),
+        json!({"op": "events", "payload": {}}),
+    );
+    let junk = json!({"op": "events", "payload": {"after": 1, "since": "1h"}});
+    assert!(serde_json::from_value::<ControlRequest>(junk).is_err());
+}
+
+#[test]
+fn events_response_with_gap_and_every_kind() {
+    use runner_types::events::{EventGap, EventKind, EventRecord, EventsResponse};
+    let at = "2026-11-30T10:00:00.000Z";
+    let record = |seq, role, kind| EventRecord {
+        seq,
+        timestamp: at.into(),
+        role,
+        kind,
+    };
+    let exit = GuestExit {
+        status: ExitStatus::Code(3),
+        at_unix_ms: 5,
+        oom_killed: false,
+        engine_lost: false,
+    };
+    let rt = Some(GuestRole::Runtime);
+    let events = vec![
+        record(10, None, EventKind::SessionStarted),
+        record(
+            11,
+            rt,
+            EventKind::GuestStarted {
+                pid: Some(42),
+                container_name: None,
+                restarts: 0,
+            },
+        ),
+        record(12, rt, EventKind::GuestExited { exit }),
+        record(
+            13,
+            rt,
+            EventKind::GuestRestarting {
+                attempt: 1,
+                backoff_ms: 100,
+            },
+        ),
+        record(
+            14,
+            None,
+            EventKind::SessionFailed {
+                reason: "runtime guest: too many restarts".into(),
+            },
+        ),
+        record(
+            15,
+            Some(GuestRole::Sidecar),
+            EventKind::Degraded {
+                code: "engine_unreachable".into(),
+                detail: "no answer".into(),
+            },
+        ),
+        record(
+            16,
+            Some(GuestRole::Sidecar),
+            EventKind::Recovered {
+                code: "engine_unreachable".into(),
+            },
+        ),
+        record(
+            17,
+            rt,
+            EventKind::LogBytesDropped {
+                stream: LogStream::Stderr,
+                total: 9,
+            },
+        ),
+        record(18, None, EventKind::Stopping),
+        record(19, None, EventKind::Stopped),
+    ];
+    let resp = ControlResponse::Events(EventsResponse {
+        gap: Some(EventGap {
+            after: 3,
+            resumed_at: 10,
+            missed: Some(6),
+        }),
+        events,
+        cursor: 19,
+        truncated: false,
+    });
+    let t = at;
+    pinned(
+        &resp,
+        json!({"op": "events", "payload": {
+            "gap": {"after": 3, "resumed_at": 10, "missed": 6},
+            "events": [
+                {"seq": 10, "timestamp": t, "event": "session_started"},
+                {"seq": 11, "timestamp": t, "role": "runtime", "event": "guest_started", "pid": 42, "restarts": 0},
+                {"seq": 12, "timestamp": t, "role": "runtime", "event": "guest_exited",
+                 "exit": {"status": {"code": 3}, "at_unix_ms": 5, "oom_killed": false}},
+                {"seq": 13, "timestamp": t, "role": "runtime", "event": "guest_restarting", "attempt": 1, "backoff_ms": 100},
+                {"seq": 14, "timestamp": t, "event": "session_failed", "reason": "runtime guest: too many restarts"},
+                {"seq": 15, "timestamp": t, "role": "sidecar", "event": "degraded", "code": "engine_unreachable", "detail": "no answer"},
+                {"seq": 16, "timestamp": t, "role": "sidecar", "event": "recovered", "code": "engine_unreachable"},
+                {"seq": 17, "timestamp": t, "role": "runtime", "event": "log_bytes_dropped", "stream": "stderr", "total": 9},
+                {"seq": 18, "timestamp": t, "event": "stopping"},
+                {"seq": 19, "timestamp": t, "event": "stopped"}
+            ],
+            "cursor": 19
+        }}),
+    );
+    // A gap whose count is unknown (a cursor from another session), and a
+    // one-shot answer with more to come.
+    pinned(
+        &ControlResponse::Events(EventsResponse {
+            gap: Some(EventGap {
+                after: 99,
+                resumed_at: 10,
+                missed: None,
+            }),
+            events: Vec::new(),
+            cursor: 9,
+            truncated: true,
+        }),
+        json!({"op": "events", "payload": {
+            "gap": {"after": 99, "resumed_at": 10},
+            "events": [],
+            "cursor": 9,
+            "truncated": true
+        }}),
+    );
+}
+
+#[test]
+fn logs_cursor_fields() {
+    pinned(
+        &ControlRequest::Logs(LogsRequest {
+            after: Some("oxydra-vm.stdout:7:42".into()),
+            ..LogsRequest::default()
+        }),
+        json!({"op": "logs", "payload": {
+            "role": "runtime", "stream": "both", "format": "text",
+            "after": "oxydra-vm.stdout:7:42"
+        }}),
+    );
+    pinned(
+        &ControlResponse::Logs(LogsResponse {
+            entries: vec![],
+            truncated: false,
+            warnings: vec!["oxydra-vm.stdout: 9 bytes after the cursor were rotated away".into()],
+            cursor: Some("oxydra-vm.stdout:7:90".into()),
+            lost_bytes: Some(9),
+        }),
+        json!({"op": "logs", "payload": {
+            "entries": [],
+            "truncated": false,
+            "warnings": ["oxydra-vm.stdout: 9 bytes after the cursor were rotated away"],
+            "cursor": "oxydra-vm.stdout:7:90",
+            "lost_bytes": 9
+        }}),
+    );
 }

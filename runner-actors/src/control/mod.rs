@@ -1,22 +1,28 @@
-//! The control plane: [`ControlListenerActor`] accepts connections on
-//! `run/runner-control.sock`; each connection is served by its own task
-//! (`connection.rs`), so a slow or hostile client never blocks another.
+//! The control plane: [`ControlListenerActor`] owns the socket file and
+//! runs the server of `runner_core::control::server` in a task; each
+//! connection is served by its own task there, so a slow or hostile client
+//! never blocks another.
 
-mod connection;
 mod listener;
-mod logs;
 
 pub use listener::{ControlListenerActor, ControlListenerHandle, ControlListenerMsg};
+pub use runner_core::control::server::{
+    ControlLimits, DEFAULT_CLOSE_BOUND, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+};
 
 use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use ractor::ActorRef;
+use runner_core::control::server::{ServerContext, SessionControl};
+use runner_core::events::EventHistory;
 use runner_core::{UserId, Workspace};
 use runner_types::HealthStatus;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// What connection tasks need from the session.
+/// What the control listener needs from the session.
 #[derive(Clone)]
 pub struct ControlContext {
     /// The session's user (checked by `shutdown_user`).
@@ -29,36 +35,37 @@ pub struct ControlContext {
     pub supervisor: ActorRef<SessionMsg>,
     /// Log sinks, for `logs` and `logs` with `follow`.
     pub pumps: Vec<LogPumpHandle>,
+    /// The session's kept events, for `events`.
+    pub events: EventHistory,
     /// Deadline passed with a `shutdown_user` request.
     pub shutdown_deadline: Duration,
     /// Keep `ipc/runner-control.sock` linked to the socket while serving.
     pub ipc_link: bool,
 }
 
-/// Connection limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ControlLimits {
-    /// Connections served at once; more wait in the accept backlog.
-    pub max_connections: usize,
-    /// A connection that sends no complete request for this long is dropped.
-    pub read_timeout: Duration,
-    /// A response that cannot be written within this long drops the client.
-    pub write_timeout: Duration,
+impl ControlContext {
+    /// The server's view: plain data and the supervisor behind a trait.
+    fn server_context(&self) -> ServerContext {
+        ServerContext {
+            user: self.user.clone(),
+            health: self.health.clone(),
+            logs: self.pumps.iter().map(|p| p.sink().clone()).collect(),
+            events: self.events.clone(),
+            session: Arc::new(Supervisor(self.supervisor.clone())),
+            shutdown_deadline: self.shutdown_deadline,
+        }
+    }
 }
 
-/// Default [`ControlLimits::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default [`ControlLimits::read_timeout`].
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default [`ControlLimits::write_timeout`].
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The session supervisor, as the server sees it.
+struct Supervisor(ActorRef<SessionMsg>);
 
-impl Default for ControlLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            read_timeout: DEFAULT_READ_TIMEOUT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
-        }
+impl SessionControl for Supervisor {
+    fn request_shutdown(&self, deadline: Duration) -> bool {
+        let msg = SessionMsg::Shutdown {
+            deadline,
+            reply: None,
+        };
+        self.0.cast(msg).is_ok()
     }
 }

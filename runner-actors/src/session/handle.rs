@@ -3,7 +3,7 @@
 use super::{SessionMsg, ShutdownReport};
 use crate::HandleError;
 use crate::call::call;
-use crate::events::SessionEvent;
+use crate::events::{EventBus, SessionEvent};
 use ractor::ActorRef;
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
@@ -34,7 +34,7 @@ pub struct SessionHandle {
     pub(crate) serves_control: bool,
     pub(crate) health: watch::Receiver<HealthStatus>,
     pub(crate) phase: watch::Receiver<SessionPhase>,
-    pub(crate) events: broadcast::Sender<SessionEvent>,
+    pub(crate) events: EventBus,
     /// Subscribed before the session started, for the first `events()` call.
     pub(crate) first_events: Arc<Mutex<Option<broadcast::Receiver<SessionEvent>>>>,
     /// The last shutdown's report.

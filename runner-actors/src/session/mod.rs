@@ -166,6 +166,7 @@ impl Actor for SessionSupervisor {
                     on_shutdown(&myself, state, state.args.shutdown_bound()).await;
                 } else {
                     set_phase(state, SessionPhase::Running);
+                    emit(state, SessionEvent::SessionStarted);
                 }
                 if reply.send(result).is_err() {
                     tracing::debug!("start requester went away");

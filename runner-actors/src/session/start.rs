@@ -4,7 +4,7 @@
 use super::{SessionMsg, SessionState, on_guest_update};
 use crate::control::{ControlContext, ControlLimits, ControlListenerHandle};
 use crate::error::SessionError;
-use crate::events::SessionEvent;
+use crate::events::EventBus;
 use crate::guest::{GuestActor, GuestArgs, GuestHandle};
 use crate::log_pump::LogPumpHandle;
 use ractor::{Actor, ActorRef};
@@ -20,7 +20,7 @@ use runner_types::{
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -60,7 +60,7 @@ pub struct SessionArgs {
     pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,
     pub(crate) phase_tx: watch::Sender<SessionPhase>,
-    pub(crate) events: broadcast::Sender<SessionEvent>,
+    pub(crate) events: EventBus,
     /// Set when shutdown begins; guest actors then stop restarting.
     pub(crate) quiescing: Arc<AtomicBool>,
     /// Cancelled to force a shutdown: grace and log drain end at once.
@@ -196,6 +196,7 @@ async fn serve_control(
         health: state.args.health_tx.subscribe(),
         supervisor: myself.clone(),
         pumps: state.pumps.clone(),
+        events: state.args.events.history().clone(),
         shutdown_deadline: state.args.shutdown_bound(),
         ipc_link: state.args.config.control.ipc_socket_link,
     };

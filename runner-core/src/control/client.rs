@@ -7,6 +7,7 @@
 use super::codec::{ClientCodec, ControlCodecError};
 use futures::{SinkExt, Stream, StreamExt};
 use runner_types::control::{LogsRequest, LogsResponse};
+use runner_types::events::{EventsRequest, EventsResponse};
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -207,33 +208,58 @@ impl ControlClient {
         mut request: LogsRequest,
     ) -> impl Stream<Item = Result<LogsResponse, ControlClientError>> + Send + 'static {
         request.follow = true;
-        futures::stream::unfold(Follow::Send(self, request), |state| async move {
+        self.follow(ControlRequest::Logs(request), |r| match r {
+            ControlResponse::Logs(chunk) => Ok(chunk),
+            other => Err(Box::new(other)),
+        })
+    }
+
+    /// Sends an `events` request with `follow` set and yields each frame as
+    /// it arrives; ends as [`Self::follow_logs`] does.
+    pub fn follow_events(
+        self,
+        mut request: EventsRequest,
+    ) -> impl Stream<Item = Result<EventsResponse, ControlClientError>> + Send + 'static {
+        request.follow = true;
+        self.follow(ControlRequest::Events(request), |r| match r {
+            ControlResponse::Events(frame) => Ok(frame),
+            other => Err(Box::new(other)),
+        })
+    }
+
+    /// Sends `request`, then yields every frame `pick` accepts until the
+    /// connection ends or a frame is refused by `pick`.
+    fn follow<T: Send + 'static>(
+        self,
+        request: ControlRequest,
+        pick: fn(ControlResponse) -> Result<T, Box<ControlResponse>>,
+    ) -> impl Stream<Item = Result<T, ControlClientError>> + Send + 'static {
+        futures::stream::unfold(Follow::Send(self, request), move |state| async move {
             let mut client = match state {
                 Follow::Done => return None,
                 Follow::Read(client) => client,
                 Follow::Send(mut client, request) => {
-                    let sent = client.framed.send(ControlRequest::Logs(request)).await;
-                    if let Err(source) = sent {
+                    if let Err(source) = client.framed.send(request).await {
                         let path = client.path;
-                        return Some((
-                            Err(ControlClientError::Send { path, source }),
-                            Follow::Done,
-                        ));
+                        let err = ControlClientError::Send { path, source };
+                        return Some((Err(err), Follow::Done));
                     }
                     client
                 }
             };
             let path = client.path.clone();
-            let item = match client.framed.next().await? {
-                Ok(ControlResponse::Logs(chunk)) => return Some((Ok(chunk), Follow::Read(client))),
-                Ok(ControlResponse::Error(e)) => ControlClientError::Refused {
-                    path,
-                    code: e.code,
-                    message: e.message,
-                },
-                Ok(other) => ControlClientError::Unexpected {
-                    path,
-                    op: op_name(&other),
+            let item = match client.framed.next().await?.map(pick) {
+                Ok(Ok(frame)) => return Some((Ok(frame), Follow::Read(client))),
+                Ok(Err(other)) => match *other {
+                    ControlResponse::Error(e) => ControlClientError::Refused {
+                        path,
+                        code: e.code,
+                        message: e.message,
+                    },
+                    other => ControlClientError::Unexpected {
+                        path,
+                        op: op_name(&other),
+                    },
                 },
                 Err(source) => ControlClientError::Receive { path, source },
             };
@@ -242,9 +268,9 @@ impl ControlClient {
     }
 }
 
-/// State of a [`ControlClient::follow_logs`] stream.
+/// State of a follow stream.
 enum Follow {
-    Send(ControlClient, LogsRequest),
+    Send(ControlClient, ControlRequest),
     Read(ControlClient),
     Done,
 }
@@ -254,6 +280,7 @@ fn op_name(response: &ControlResponse) -> &'static str {
         ControlResponse::HealthStatus(_) => "health_status",
         ControlResponse::ShutdownStatus(_) => "shutdown_status",
         ControlResponse::Logs(_) => "logs",
+        ControlResponse::Events(_) => "events",
         ControlResponse::Error(_) => "error",
     }
 }

@@ -136,6 +136,25 @@ fn frame_error(e: std::io::Error, src: &BytesMut) -> ControlCodecError {
     }
 }
 
+/// A message already serialised to JSON (for answers that are sent many
+/// times unchanged, such as a health snapshot).
+#[derive(Debug, Clone)]
+pub struct EncodedJson(pub Bytes);
+
+impl<In, Out> Encoder<EncodedJson> for ControlCodec<In, Out> {
+    type Error = ControlCodecError;
+
+    fn encode(&mut self, item: EncodedJson, dst: &mut BytesMut) -> Result<(), ControlCodecError> {
+        if item.0.len() > MAX_CONTROL_FRAME {
+            return Err(ControlCodecError::FrameTooLarge {
+                len: item.0.len(),
+                max: MAX_CONTROL_FRAME,
+            });
+        }
+        Ok(self.frames.encode(item.0, dst)?)
+    }
+}
+
 impl<In, Out: Serialize> Encoder<Out> for ControlCodec<In, Out> {
     type Error = ControlCodecError;
 

@@ -42,6 +42,11 @@ impl LineSplitter {
         lines
     }
 
+    /// Bytes held for a line not complete yet.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Takes the incomplete last line, if any (for example at end of stream).
     pub fn flush(&mut self) -> Option<Vec<u8>> {
         (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))

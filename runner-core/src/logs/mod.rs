@@ -50,6 +50,8 @@ pub use gaps::{GapRecord, read_gaps};
 pub use lines::LineSplitter;
 pub use pump::{GuestReader, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE};
 pub use queue::{DEFAULT_QUEUE_BYTES, FULL_WAIT};
-pub use reader::{DEFAULT_MAX_BYTES, LogLines, LogQuery, read_log_files};
+pub use reader::{
+    DEFAULT_MAX_BYTES, LinesAfter, LogBacklog, LogCursor, LogLines, LogQuery, Loss, read_log_files,
+};
 pub use rotate::rotated_path;
 pub use sink::{LogSink, SinkStats};

@@ -1,5 +1,12 @@
 //! Reading lines back from a log and its rotations: the last N lines, or
-//! the lines written since a time, within a byte budget.
+//! the lines written since a time, within a byte budget; or the lines after
+//! a [`LogCursor`], a stream position that survives rotation.
+//!
+//! Positions count bytes of the stream from the start of the oldest file
+//! kept when the sink was opened; a cursor also names that numbering (its
+//! `epoch`), so a cursor from another run of the runner is recognised and
+//! never taken for a position in this one. Bytes rotated away after a
+//! cursor are reported as [`Loss`], never skipped silently.
 //!
 //! The files `.log.{k}` … `.log.1` `.log` are read as one stream (a line cut
 //! by rotation is one line). Tail reads backwards in blocks from the end;
@@ -16,7 +23,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Default [`LogQuery::max_bytes`].
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
@@ -78,6 +85,54 @@ pub struct LogLines {
     pub truncated: bool,
 }
 
+/// A position in a log stream (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LogCursor {
+    /// Which numbering: fixed when the sink was opened.
+    pub epoch: u64,
+    /// Bytes from the start of that numbering.
+    pub pos: u64,
+}
+
+/// Bytes after a cursor that are no longer kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Nothing was lost.
+    None,
+    /// This many bytes were rotated away; reading resumed at the oldest
+    /// byte kept.
+    Bytes(u64),
+    /// The cursor is from another numbering (another run): how much was
+    /// lost is unknown; reading resumed at the oldest byte kept.
+    Unknown,
+}
+
+/// Complete lines read forward from a cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinesAfter {
+    /// Lines without their `\n`, oldest first, each with the position just
+    /// after it (after its newline; a line longer than the byte budget is
+    /// returned in pieces, each ending where the next begins).
+    pub lines: Vec<(Vec<u8>, LogCursor)>,
+    /// Where reading started (the requested cursor, or the oldest byte
+    /// kept after a loss).
+    pub from: LogCursor,
+    /// Where to continue: after the last line returned.
+    pub next: LogCursor,
+    /// Bytes after the requested cursor that were no longer kept.
+    pub loss: Loss,
+    /// More complete lines follow `next` (a final line without newline
+    /// does not count: it is returned once complete).
+    pub more: bool,
+}
+
+/// A fresh numbering for a sink being opened: the time in microseconds.
+pub(crate) fn new_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Reads lines of `role`'s `stream` from `logs_dir` without a [`super::LogSink`]
 /// (for example after the session ended). Safe against a concurrent writer:
 /// it retries when a rotation moves files under it.
@@ -114,6 +169,9 @@ pub(crate) struct Snapshot {
     /// Stream offset where each file starts.
     starts: Vec<u64>,
     total: u64,
+    /// The numbering of positions, and the position of offset 0.
+    epoch: u64,
+    base: u64,
 }
 
 impl Snapshot {
@@ -145,7 +203,114 @@ impl Snapshot {
             files,
             starts,
             total,
+            epoch: 0,
+            base: 0,
         })
+    }
+
+    /// Sets where this snapshot's offset 0 is in the stream's numbering.
+    pub(crate) fn positioned(self, epoch: u64, base: u64) -> Self {
+        Self {
+            epoch,
+            base,
+            ..self
+        }
+    }
+
+    fn cursor_at(&self, offset: u64) -> LogCursor {
+        LogCursor {
+            epoch: self.epoch,
+            pos: self.base + offset,
+        }
+    }
+
+    /// The offset `from` names in this snapshot, and what was lost before it.
+    fn resolve(&self, from: LogCursor) -> (u64, Loss) {
+        if from.epoch != self.epoch || from.pos > self.base + self.total {
+            (0, Loss::Unknown)
+        } else if from.pos < self.base {
+            (0, Loss::Bytes(self.base - from.pos))
+        } else {
+            (from.pos - self.base, Loss::None)
+        }
+    }
+
+    /// Up to `max_lines` complete lines after `from`, within `max_bytes` of
+    /// line bytes (a longer line comes in pieces of `max_bytes`).
+    pub(crate) fn lines_after(
+        &self,
+        from: LogCursor,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<LinesAfter, LogError> {
+        let (start, loss) = self.resolve(from);
+        let (ranges, more) = self.scan_forward(start, max_lines.max(1), max_bytes.max(1) as u64)?;
+        let mut lines = Vec::with_capacity(ranges.len());
+        let mut next = start;
+        for (begin, end, after) in ranges {
+            let mut line = vec![0; (end - begin) as usize];
+            self.read_exact_at(begin, &mut line)?;
+            lines.push((line, self.cursor_at(after)));
+            next = after;
+        }
+        Ok(LinesAfter {
+            lines,
+            from: self.cursor_at(start),
+            next: self.cursor_at(next),
+            loss,
+            more,
+        })
+    }
+
+    /// The bytes from `from` to the snapshot's end (a final line without
+    /// newline, after [`Self::lines_after`] returned all the rest).
+    pub(crate) fn tail_bytes(&self, from: LogCursor) -> Result<Vec<u8>, LogError> {
+        let (start, _) = self.resolve(from);
+        let mut bytes = vec![0; (self.total - start) as usize];
+        self.read_exact_at(start, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The position just after the snapshot's last byte.
+    pub(crate) fn end(&self) -> LogCursor {
+        self.cursor_at(self.total)
+    }
+
+    /// Line ranges `(start, end without newline, next)` from `start`,
+    /// reading forward in blocks; and whether more complete lines follow.
+    fn scan_forward(
+        &self,
+        start: u64,
+        max_lines: usize,
+        mut budget: u64,
+    ) -> Result<(Vec<LineRange>, bool), LogError> {
+        let mut out = Vec::new();
+        let mut line_start = start;
+        let mut pos = start;
+        let mut block = vec![0u8; BLOCK];
+        while pos < self.total {
+            let n = (self.total - pos).min(BLOCK as u64) as usize;
+            self.read_exact_at(pos, &mut block[..n])?;
+            let mut from = 0;
+            while let Some(i) = block[from..n].iter().position(|&b| b == b'\n') {
+                let newline = pos + (from + i) as u64;
+                if newline - line_start > budget {
+                    return Ok(cut(out, line_start, budget));
+                }
+                budget -= newline - line_start;
+                out.push((line_start, newline, newline + 1));
+                line_start = newline + 1;
+                if out.len() == max_lines {
+                    return Ok((out, line_start < self.total));
+                }
+                from += i + 1;
+            }
+            pos += n as u64;
+            if pos - line_start > budget {
+                return Ok(cut(out, line_start, budget));
+            }
+        }
+        Ok((out, false))
     }
 
     /// Like [`Self::open`], but re-checks that every path still names the
@@ -283,6 +448,120 @@ impl Snapshot {
             buf = &mut buf[n..];
         }
         Ok(())
+    }
+}
+
+/// A line found by a forward scan: `(start, end without newline, next)`.
+type LineRange = (u64, u64, u64);
+
+/// Ends a forward scan at a line longer than what is left of the budget:
+/// if nothing was taken yet, its first `budget` bytes become a piece.
+fn cut(mut out: Vec<LineRange>, line_start: u64, budget: u64) -> (Vec<LineRange>, bool) {
+    if out.is_empty() {
+        out.push((line_start, line_start + budget, line_start + budget));
+    }
+    (out, true)
+}
+
+impl super::LogSink {
+    /// Up to `max_lines` complete lines after `from`, within `max_bytes`
+    /// of line bytes, with the position after each (`logs` with `after`).
+    /// Runs on a blocking task.
+    pub async fn read_after(
+        &self,
+        from: LogCursor,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<LinesAfter, LogError> {
+        let sink = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (snapshot, _) = sink.locked_snapshot(false)?;
+            snapshot.lines_after(from, max_lines, max_bytes)
+        })
+        .await
+        .map_err(|source| LogError::ReaderTask {
+            path: self.path().to_path_buf(),
+            source,
+        })?
+    }
+
+    /// The log as it is now ([`LogBacklog`], to read at leisure), and with
+    /// `subscribe` the live feed from exactly its end: together, the stream
+    /// without gap or overlap.
+    pub async fn backlog(
+        &self,
+        subscribe: bool,
+    ) -> Result<
+        (
+            LogBacklog,
+            Option<tokio::sync::broadcast::Receiver<bytes::Bytes>>,
+        ),
+        LogError,
+    > {
+        let sink = self.clone();
+        let (snapshot, live) = tokio::task::spawn_blocking(move || sink.locked_snapshot(subscribe))
+            .await
+            .map_err(|source| LogError::ReaderTask {
+                path: self.path().to_path_buf(),
+                source,
+            })??;
+        let backlog = LogBacklog {
+            snapshot: std::sync::Arc::new(snapshot),
+            path: self.path().to_path_buf(),
+        };
+        Ok((backlog, live))
+    }
+}
+
+/// A log's files fixed at one instant (see [`super::LogSink::backlog`]);
+/// rotations after it do not disturb reading it.
+#[derive(Debug, Clone)]
+pub struct LogBacklog {
+    snapshot: std::sync::Arc<Snapshot>,
+    path: PathBuf,
+}
+
+impl LogBacklog {
+    /// The position where the live feed begins.
+    pub fn end(&self) -> LogCursor {
+        self.snapshot.end()
+    }
+
+    /// Answers `query` (see [`super::LogSink::read`]) from this backlog.
+    pub async fn query(&self, query: LogQuery) -> Result<LogLines, LogError> {
+        let snapshot = self.snapshot.clone();
+        self.blocking(move || snapshot.query(&query)).await
+    }
+
+    /// As [`super::LogSink::read_after`], within this backlog.
+    pub async fn lines_after(
+        &self,
+        from: LogCursor,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<LinesAfter, LogError> {
+        let snapshot = self.snapshot.clone();
+        self.blocking(move || snapshot.lines_after(from, max_lines, max_bytes))
+            .await
+    }
+
+    /// The bytes from `from` to the end (the start of a line the live feed
+    /// will finish).
+    pub async fn tail_bytes(&self, from: LogCursor) -> Result<Vec<u8>, LogError> {
+        let snapshot = self.snapshot.clone();
+        self.blocking(move || snapshot.tail_bytes(from)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|source| LogError::ReaderTask {
+                path: self.path.clone(),
+                source,
+            })?
     }
 }
 
@@ -483,5 +762,106 @@ mod tests {
         l.writer.write(b"ef\ngh\n", 2);
         let got = snap.query(&LogQuery::tail(10)).unwrap();
         assert_eq!(got.lines, lines(&[b"ab", b"cd"]));
+    }
+
+    impl Log {
+        fn positioned(&self) -> Snapshot {
+            let (epoch, base) = self.writer.position_base();
+            Snapshot::open(&self.base).unwrap().positioned(epoch, base)
+        }
+    }
+
+    fn texts(read: &LinesAfter) -> Vec<Vec<u8>> {
+        read.lines.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    #[test]
+    fn a_cursor_resumes_exactly_across_rotations() {
+        let mut l = log(8, 50);
+        let origin = l.positioned().cursor_at(0);
+        let mut seen = Vec::new();
+        let mut cursor = origin;
+        let mut written = Vec::new();
+        for round in 0..20u32 {
+            let chunk = format!("line {round}\nhalf-");
+            written.extend_from_slice(chunk.as_bytes());
+            l.writer.write(chunk.as_bytes(), u64::from(round));
+            // Read in small pages, each resuming at the last cursor.
+            loop {
+                let read = l.positioned().lines_after(cursor, 2, 1 << 20).unwrap();
+                assert_eq!(read.loss, Loss::None);
+                assert_eq!(read.from, cursor);
+                seen.extend(texts(&read));
+                cursor = read.next;
+                if !read.more {
+                    break;
+                }
+            }
+        }
+        assert!(rotated_path(&l.base, 10).exists(), "rotated many times");
+        // Every complete line exactly once, in order; the unfinished one
+        // ("half-") is not returned until it is complete.
+        let expected: Vec<Vec<u8>> = written
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+            .to_vec();
+        assert_eq!(seen, expected);
+        assert_eq!(cursor.pos, (written.len() - "half-".len()) as u64);
+        let snap = l.positioned();
+        assert_eq!(snap.tail_bytes(cursor).unwrap(), b"half-");
+        assert_eq!(snap.end().pos, written.len() as u64);
+    }
+
+    #[test]
+    fn a_rotated_away_cursor_reports_the_bytes_lost() {
+        let mut l = log(10, 2);
+        l.writer.write(b"0123456789abcdefghi\n", 1);
+        let early = l.positioned().cursor_at(3);
+        // 3 files of 10 bytes are kept; write enough to push the first out.
+        for _ in 0..5 {
+            l.writer.write(b"xxxxxxxxx\n", 2);
+        }
+        let snap = l.positioned();
+        let (_, pruned) = l.writer.position_base();
+        assert!(pruned > 3, "the cursor's file is gone");
+        let read = snap.lines_after(early, 100, 1 << 20).unwrap();
+        assert_eq!(read.loss, Loss::Bytes(pruned - 3));
+        assert_eq!(read.from.pos, pruned);
+        let total: u64 = read.lines.iter().map(|(l, _)| l.len() as u64 + 1).sum();
+        assert_eq!(pruned + total, 20 + 50, "what is kept is read whole");
+        // A cursor of another numbering: resumed at the start, amount unknown.
+        let foreign = LogCursor {
+            epoch: early.epoch + 1,
+            pos: 0,
+        };
+        assert_eq!(
+            snap.lines_after(foreign, 100, 1 << 20).unwrap().loss,
+            Loss::Unknown
+        );
+    }
+
+    #[test]
+    fn a_line_over_the_budget_comes_in_pieces() {
+        let mut l = log(1000, 2);
+        l.writer.write(b"abcdefghij\nk\n", 1);
+        let snap = l.positioned();
+        let first = snap.lines_after(snap.cursor_at(0), 10, 4).unwrap();
+        assert_eq!(texts(&first), vec![b"abcd".to_vec()]);
+        assert!(first.more);
+        let mut cursor = first.next;
+        let mut rest = Vec::new();
+        loop {
+            let read = snap.lines_after(cursor, 10, 4).unwrap();
+            rest.extend(texts(&read));
+            cursor = read.next;
+            if !read.more {
+                break;
+            }
+        }
+        assert_eq!(rest, vec![b"efgh".to_vec(), b"ij".to_vec(), b"k".to_vec()]);
     }
 }

@@ -70,6 +70,10 @@ pub(crate) struct RotatingWriter {
     /// The last byte written to the stream (any file), if known.
     last_byte: Option<u8>,
     health: WriterHealth,
+    /// Stream positions (see [`Self::position_base`]): when this writer
+    /// was opened, and the bytes of files rotation has deleted since.
+    epoch: u64,
+    pruned: u64,
 }
 
 /// Lost output not yet recorded in the gap file.
@@ -99,6 +103,8 @@ impl RotatingWriter {
             file: None,
             len: 0,
             health: WriterHealth::Healthy,
+            epoch: super::reader::new_epoch(),
+            pruned: 0,
         };
         writer.open_file().map_err(log_error)?;
         writer.index.open_existing().map_err(log_error)?;
@@ -256,6 +262,7 @@ impl RotatingWriter {
             gap.newline_at = None;
         }
         if self.max_files == 0 {
+            self.pruned += file_len(&self.base);
             remove_if_exists(&index_path(&self.base))?;
             remove_if_exists(&gaps_path(&self.base))?;
             return remove_if_exists(&self.base);
@@ -267,6 +274,7 @@ impl RotatingWriter {
         let oldest = rotated_path(&self.base, self.max_files);
         remove_if_exists(&index_path(&oldest))?;
         remove_if_exists(&gaps_path(&oldest))?;
+        self.pruned += file_len(&oldest);
         remove_if_exists(&oldest)?;
         for n in (1..=self.max_files).rev() {
             let from = rotated_path(&self.base, n - 1);
@@ -282,6 +290,15 @@ impl RotatingWriter {
             }
         }
         Ok(())
+    }
+
+    /// Where stream positions start: `(epoch, pruned)`. Positions count
+    /// bytes from the start of the oldest file kept when this writer was
+    /// opened (`epoch` names that numbering); the oldest file kept now
+    /// starts at `pruned`. Read under the sink's writer lock, so it matches
+    /// the files a reader opens.
+    pub(crate) fn position_base(&self) -> (u64, u64) {
+        (self.epoch, self.pruned)
     }
 
     /// Removes `<name>.log.{k}` and its index for every `k > max_files`.
@@ -355,6 +372,11 @@ fn rename_if_exists(from: &Path, to: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Length of the file at `path` (0 if there is none).
+fn file_len(path: &Path) -> u64 {
+    fs::symlink_metadata(path).map_or(0, |m| m.len())
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {

@@ -220,13 +220,7 @@ impl LogSink {
     ) -> Result<(LogLines, Option<broadcast::Receiver<Bytes>>), LogError> {
         let sink = self.clone();
         tokio::task::spawn_blocking(move || {
-            let (snapshot, live) = {
-                // Holding the writer lock: no write or rotation can happen
-                // between opening the files and subscribing.
-                let _writer = sink.inner.shared.lock_writer();
-                let snapshot = Snapshot::open(&sink.inner.shared.path)?;
-                (snapshot, subscribe.then(|| sink.subscribe()))
-            };
+            let (snapshot, live) = sink.locked_snapshot(subscribe)?;
             Ok((snapshot.query(&query)?, live))
         })
         .await
@@ -234,6 +228,20 @@ impl LogSink {
             path: self.inner.shared.path.clone(),
             source,
         })?
+    }
+
+    /// Opens the files as they are now, with their stream positions, and
+    /// with `subscribe` the live feed from exactly that point. Blocking.
+    pub(crate) fn locked_snapshot(
+        &self,
+        subscribe: bool,
+    ) -> Result<(Snapshot, Option<broadcast::Receiver<Bytes>>), LogError> {
+        // Holding the writer lock: no write or rotation can happen between
+        // opening the files and subscribing.
+        let writer = self.inner.shared.lock_writer();
+        let (epoch, pruned) = writer.position_base();
+        let snapshot = Snapshot::open(&self.inner.shared.path)?.positioned(epoch, pruned);
+        Ok((snapshot, subscribe.then(|| self.subscribe())))
     }
 }
 

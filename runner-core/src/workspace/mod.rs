@@ -30,12 +30,14 @@
 //! Otherwise (no guest identity, or the runner is not root) every directory
 //! is the runner's own, mode 0700.
 
+pub mod control_socket;
 mod dirs;
 mod error;
 pub mod file;
 mod mounts;
 mod trusted_root;
 
+pub use control_socket::{ControlSocket, ControlSocketError};
 pub use error::{AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError};
 pub use file::{FileKind, HostFileError, OpenHow};
 
