@@ -155,6 +155,8 @@ mod tests {
             container_id: None,
             last_exit: None,
             restarts: 0,
+            ready: None,
+            started_at_unix_ms: None,
             log_bytes_dropped: Default::default(),
         }
     }

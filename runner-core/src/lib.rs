@@ -20,6 +20,7 @@ pub mod identity;
 pub mod limits;
 pub mod lock;
 pub mod logs;
+pub mod metrics;
 pub mod restart;
 pub mod user;
 pub mod workspace;

@@ -191,6 +191,11 @@ async fn connection(
             ControlRequest::Logs(_) => {
                 framed.send(ControlResponse::Logs(chunk(0))).await.unwrap();
             }
+            ControlRequest::Metrics(_) => {
+                let text = "# EOF\n".to_owned();
+                let answer = runner_types::control::MetricsResponse { text };
+                framed.send(ControlResponse::Metrics(answer)).await.unwrap();
+            }
         }
     }
 }

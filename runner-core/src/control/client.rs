@@ -254,6 +254,7 @@ fn op_name(response: &ControlResponse) -> &'static str {
         ControlResponse::HealthStatus(_) => "health_status",
         ControlResponse::ShutdownStatus(_) => "shutdown_status",
         ControlResponse::Logs(_) => "logs",
+        ControlResponse::Metrics(_) => "metrics",
         ControlResponse::Error(_) => "error",
     }
 }
