@@ -237,6 +237,7 @@ async fn on_launch(
         GuestIdentity::Container { id, .. } => Some(id.clone()),
         _ => None,
     };
+    state.status.started_at_unix_ms = Some(runner_core::metrics::unix_ms_now());
     state.current = Some(Running {
         control: launched.control,
         waiter,

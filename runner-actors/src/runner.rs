@@ -11,6 +11,7 @@ use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
+use runner_core::metrics::RunnerMetrics;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::sync::Arc;
@@ -87,6 +88,7 @@ pub struct Runner {
     config: Arc<RunnerConfig>,
     backends: Backends,
     sessions_started: AtomicU64,
+    metrics: RunnerMetrics,
 }
 
 impl Runner {
@@ -96,7 +98,14 @@ impl Runner {
             config: Arc::new(config),
             backends,
             sessions_started: AtomicU64::new(0),
+            metrics: RunnerMetrics::default(),
         }
+    }
+
+    /// The metrics of this runner and all its sessions
+    /// ([`RunnerMetrics::render`] gives the OpenMetrics text).
+    pub fn metrics(&self) -> &RunnerMetrics {
+        &self.metrics
     }
 
     /// The config.
@@ -132,6 +141,7 @@ impl Runner {
         options: SessionOptions,
         cancel: CancellationToken,
     ) -> Result<SessionHandle, SessionError> {
+        let began = std::time::Instant::now();
         let user = UserId::new(user)?;
         let user_config = self.config.user(&user);
         let tier = if options.insecure {
@@ -209,6 +219,7 @@ impl Runner {
             force: force.clone(),
             start_cancel: cancel.clone(),
             report_tx,
+            metrics: self.metrics.clone(),
             _lock: lock,
         };
         let shutdown_bound = args.shutdown_bound();
@@ -252,6 +263,7 @@ impl Runner {
             return Err(e);
         }
         guard.disarm();
+        self.metrics.session_started(tier, began.elapsed());
         Ok(handle)
     }
 

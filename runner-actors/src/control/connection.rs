@@ -11,6 +11,7 @@ use super::{ControlContext, ControlLimits};
 use crate::session::SessionMsg;
 use futures::{SinkExt, StreamExt};
 use runner_core::control::{ControlCodecError, ServerCodec};
+use runner_core::metrics::{self, RequestResult};
 use runner_types::control::{ControlError, LogsRequest, MAX_LOG_TAIL, ShutdownStatus};
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse};
 use tokio::net::UnixStream;
@@ -34,14 +35,25 @@ pub(super) async fn serve(stream: UnixStream, ctx: &ControlContext, limits: Cont
         let request = match next {
             Ok(r) => r,
             Err(e) => {
+                let bad = RequestResult::Error(ControlErrorCode::InvalidRequest);
+                ctx.metrics.control_request(metrics::OP_UNPARSED, bad);
                 on_bad_frame(&mut conn, e, limits).await;
                 return;
             }
         };
+        let op = metrics::request_op(&request);
         match request {
             ControlRequest::HealthCheck => {
                 let health = ctx.health.borrow().clone();
+                ctx.metrics.control_request(op, RequestResult::Ok);
                 if !send(&mut conn, ControlResponse::HealthStatus(health), limits).await {
+                    return;
+                }
+            }
+            ControlRequest::Metrics(_) => {
+                let answer = ctx.metrics.control_answer().await;
+                ctx.metrics.control_request(op, RequestResult::of(&answer));
+                if !send(&mut conn, answer, limits).await {
                     return;
                 }
             }
@@ -53,7 +65,10 @@ pub(super) async fn serve(stream: UnixStream, ctx: &ControlContext, limits: Cont
                 }
             }
             ControlRequest::Logs(req) => {
-                if let Some(err) = invalid_logs_request(&req) {
+                let invalid = invalid_logs_request(&req);
+                let result = invalid.as_ref().map_or(RequestResult::Ok, RequestResult::of);
+                ctx.metrics.control_request(op, result);
+                if let Some(err) = invalid {
                     if !send(&mut conn, err, limits).await {
                         return;
                     }
@@ -94,10 +109,14 @@ async fn on_shutdown_user(
     user_id: String,
     limits: ControlLimits,
 ) -> bool {
+    let op = "shutdown_user";
     if user_id != ctx.user.as_str() {
         let msg = format!("This runner serves user {}, not {user_id:?}", ctx.user);
+        let unknown = RequestResult::Error(ControlErrorCode::UnknownUser);
+        ctx.metrics.control_request(op, unknown);
         return send(conn, error(ControlErrorCode::UnknownUser, msg), limits).await;
     }
+    ctx.metrics.control_request(op, RequestResult::Ok);
     // Answer first: the shutdown begins by stopping this listener, which
     // ends this task.
     let already_stopped = ctx.health.borrow().shutdown;

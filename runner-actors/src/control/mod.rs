@@ -33,6 +33,8 @@ pub struct ControlContext {
     pub shutdown_deadline: Duration,
     /// Keep `ipc/runner-control.sock` linked to the socket while serving.
     pub ipc_link: bool,
+    /// The runner's metrics: answers `metrics`, counts requests.
+    pub metrics: runner_core::metrics::RunnerMetrics,
 }
 
 /// Connection limits.

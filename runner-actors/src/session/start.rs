@@ -12,6 +12,7 @@ use runner_core::backend::{LaunchSpec, SandboxBackend};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::guest_env::GuestEnv;
+use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::health::SessionPhase;
 use runner_core::{UserId, Workspace};
 use runner_types::{
@@ -68,6 +69,8 @@ pub struct SessionArgs {
     /// The last shutdown's report, for callers whose own request was
     /// overtaken by another shutdown.
     pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
+    /// The runner's metrics, where the session registers itself.
+    pub(crate) metrics: RunnerMetrics,
     /// Held for the session's life: one session per user and workspace.
     pub(crate) _lock: runner_core::lock::SessionLock,
 }
@@ -122,6 +125,12 @@ pub(super) async fn on_start(
             state.pumps.push(pump);
         }
     }
+    state.metrics_registration = Some(state.args.metrics.register(SessionSource {
+        user: state.args.user.to_string(),
+        tier: state.args.tier,
+        health: state.args.health_tx.subscribe(),
+        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+    }));
 
     let sidecar_endpoint = state
         .args
@@ -156,6 +165,7 @@ pub(super) async fn on_start(
             pumps: state.pumps.clone(),
             shutdown_deadline: state.args.shutdown_bound(),
             ipc_link: state.args.config.control.ipc_socket_link,
+            metrics: state.args.metrics.clone(),
         };
         let listener =
             ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)

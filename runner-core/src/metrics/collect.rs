@@ -2,7 +2,7 @@
 //! from the registered sessions and the kernel when a scrape asks.
 
 use super::usage::{ProcessGroups, Usage, UsageRoots, container_usage};
-use super::{SessionSource, Sessions};
+use super::{SessionSource, Sessions, unix_ms_now};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -13,7 +13,6 @@ use runner_types::{GuestState, GuestStatus, SandboxTier};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Encodes every registered session's guests and log streams.
 #[derive(Debug)]
@@ -234,11 +233,4 @@ fn stream_rows(sessions: &[Arc<SessionSource>]) -> Vec<StreamRow> {
         }));
     }
     rows
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

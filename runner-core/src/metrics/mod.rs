@@ -33,6 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use runner_types::control::{ControlError, MetricsResponse};
+use runner_types::frame::MAX_CONTROL_FRAME;
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse, HealthStatus, SandboxTier};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -180,6 +182,36 @@ impl RunnerMetrics {
             }
         }
     }
+
+    /// The answer to a `metrics` control request: the exposition, or an
+    /// `internal` error if it does not fit in one frame.
+    pub async fn control_answer(&self) -> ControlResponse {
+        let answer = ControlResponse::Metrics(MetricsResponse {
+            text: self.scrape().await,
+        });
+        let error = |message| {
+            ControlResponse::Error(ControlError {
+                code: ControlErrorCode::Internal,
+                message,
+            })
+        };
+        match serde_json::to_vec(&answer) {
+            Ok(json) if json.len() <= MAX_CONTROL_FRAME => answer,
+            Ok(json) => error(format!(
+                "The metrics ({} bytes) exceed the {MAX_CONTROL_FRAME}-byte frame limit",
+                json.len()
+            )),
+            Err(e) => error(format!("Cannot encode the metrics: {e}")),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Keeps a session in its runner's metrics; dropping it removes the session.
