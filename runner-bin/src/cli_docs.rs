@@ -53,16 +53,26 @@ mod tests {
         assert!(text.contains(".TH runner-bin 1"), "{text}");
         assert!(text.contains(".SH SUBCOMMANDS"), "{text}");
         for sub in SUBCOMMANDS {
-            assert!(text.contains(&format!("runner\\-bin\\-{sub}")) || text.contains(sub), "no {sub}");
+            assert!(
+                text.contains(&format!("runner\\-bin\\-{sub}")) || text.contains(sub),
+                "no {sub}"
+            );
         }
-        assert!(text.contains("\\-\\-daemon"), "options are documented:\n{text}");
+        assert!(
+            text.contains("\\-\\-daemon"),
+            "options are documented:\n{text}"
+        );
     }
 
     #[test]
     fn man_pages_one_per_subcommand() {
         let dir = tempfile::tempdir().unwrap();
         man_pages(dir.path()).unwrap();
-        for page in ["runner-bin.1", "runner-bin-status.1", "runner-bin-metrics.1"] {
+        for page in [
+            "runner-bin.1",
+            "runner-bin-status.1",
+            "runner-bin-metrics.1",
+        ] {
             let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
             assert!(text.contains(".SH OPTIONS"), "{page}:\n{text}");
         }

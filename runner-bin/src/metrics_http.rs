@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
         assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
@@ -122,11 +125,17 @@ mod tests {
             .unwrap();
         let mut text = String::new();
         let read = client.read_to_string(&mut text);
-        tokio::time::timeout(IO_TIMEOUT, read).await.unwrap().unwrap();
+        tokio::time::timeout(IO_TIMEOUT, read)
+            .await
+            .unwrap()
+            .unwrap();
         server.abort();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
         assert!(head.contains(OPENMETRICS_CONTENT_TYPE), "{head}");
-        assert!(body.contains("runner_sessions 0") && body.ends_with("# EOF\n"), "{body}");
+        assert!(
+            body.contains("runner_sessions 0") && body.ends_with("# EOF\n"),
+            "{body}"
+        );
     }
 }

@@ -66,7 +66,9 @@ pub(super) async fn serve(stream: UnixStream, ctx: &ControlContext, limits: Cont
             }
             ControlRequest::Logs(req) => {
                 let invalid = invalid_logs_request(&req);
-                let result = invalid.as_ref().map_or(RequestResult::Ok, RequestResult::of);
+                let result = invalid
+                    .as_ref()
+                    .map_or(RequestResult::Ok, RequestResult::of);
                 ctx.metrics.control_request(op, result);
                 if let Some(err) = invalid {
                     if !send(&mut conn, err, limits).await {

@@ -12,8 +12,8 @@ use runner_core::backend::{LaunchSpec, SandboxBackend};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::guest_env::GuestEnv;
-use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::health::SessionPhase;
+use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::{UserId, Workspace};
 use runner_types::{
     DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream, SandboxTier, StartupStatus,

@@ -81,14 +81,17 @@ impl Collector for SessionsCollector {
         let count = ConstGauge::new(sessions.len() as i64);
         count.encode(encoder.encode_descriptor(
             "runner_sessions",
-            "Sessions this runner serves now",
+            "Sessions this runner serves now.",
             None,
             MetricType::Gauge,
         )?)?;
         encode_states(&mut encoder, &guests)?;
         family(
             &mut encoder,
-            ("runner_guest_restarts", "Restarts of the guest in this session"),
+            (
+                "runner_guest_restarts",
+                "Restarts of the guest in this session.",
+            ),
             None,
             guests
                 .iter()
@@ -96,16 +99,21 @@ impl Collector for SessionsCollector {
         )?;
         family(
             &mut encoder,
-            ("runner_guest_uptime", "Time since the guest's current launch (0 unless running)"),
+            (
+                "runner_guest_uptime",
+                "Time since the guest's current launch (0 unless running).",
+            ),
             Some(&Unit::Seconds),
-            guests.iter().map(|g| (g.labels(), ConstGauge::new(uptime(g, now)))),
+            guests
+                .iter()
+                .map(|g| (g.labels(), ConstGauge::new(uptime(g, now)))),
         )?;
         let live = || guests.iter().filter_map(|g| Some((g, g.usage?)));
         family(
             &mut encoder,
             (
                 "runner_guest_cpu",
-                "CPU time of the guest's current launch (process tier and micro_vm: its process group; container: its cgroup)",
+                "CPU time of the guest's current launch (process tier and micro_vm: its process group; container: its cgroup).",
             ),
             Some(&Unit::Seconds),
             live().map(|(g, u)| (g.labels(), ConstCounter::new(u.cpu_seconds))),
@@ -114,14 +122,17 @@ impl Collector for SessionsCollector {
             &mut encoder,
             (
                 "runner_guest_resident_memory",
-                "Resident memory of the guest (sum over its process group, or its cgroup's rss + mapped files)",
+                "Resident memory of the guest (sum over its process group, or its cgroup's rss + mapped files).",
             ),
             Some(&Unit::Bytes),
             live().map(|(g, u)| (g.labels(), ConstGauge::new(u.resident_bytes as i64))),
         )?;
         family(
             &mut encoder,
-            ("runner_log_written", "Guest output bytes written to the log"),
+            (
+                "runner_log_written",
+                "Guest output bytes written to the log.",
+            ),
             Some(&Unit::Bytes),
             streams
                 .iter()
@@ -131,7 +142,7 @@ impl Collector for SessionsCollector {
             &mut encoder,
             (
                 "runner_log_dropped",
-                "Guest output bytes lost instead of logged (recorded as gaps)",
+                "Guest output bytes lost instead of logged (recorded as gaps).",
             ),
             Some(&Unit::Bytes),
             streams
@@ -145,7 +156,7 @@ impl Collector for SessionsCollector {
 fn encode_states(encoder: &mut DescriptorEncoder, guests: &[GuestRow]) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(
         "runner_guest_state",
-        "Lifecycle state of the guest: 1 for the current state, 0 for the others",
+        "Lifecycle state of the guest: 1 for the current state, 0 for the others.",
         None,
         MetricType::Gauge,
     )?;

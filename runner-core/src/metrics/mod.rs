@@ -93,9 +93,9 @@ impl Default for RunnerMetrics {
     }
 }
 
-/// Buckets of the start-duration histogram: 10 ms doubling to ~40 s.
+/// Buckets of the start-duration histogram: 5 ms doubling to ~41 s.
 fn start_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
 impl RunnerMetrics {

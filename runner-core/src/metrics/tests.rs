@@ -18,9 +18,7 @@ pub(crate) fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&s
     let sample = scrape
         .samples
         .iter()
-        .find(|s| {
-            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
     match sample.value {
         prometheus_parse::Value::Counter(v)
@@ -116,8 +114,13 @@ async fn a_registered_session_is_scraped_until_dropped() {
     let starting = [("role", "sidecar"), ("state", "starting")];
     assert_eq!(value(&scrape, "runner_guest_state", &starting), 1.0);
     // A guest without a process now has no usage samples.
-    assert!(!scrape.samples.iter().any(|s| s.metric == "runner_guest_cpu_seconds_total"
-        && s.labels.get("role") == Some("sidecar")));
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "runner_guest_cpu_seconds_total"
+                && s.labels.get("role") == Some("sidecar"))
+    );
     let out = [("user", "alice"), ("role", "runtime"), ("stream", "stdout")];
     assert_eq!(value(&scrape, "runner_log_written_bytes_total", &out), 0.0);
     assert_eq!(value(&scrape, "runner_log_dropped_bytes_total", &out), 0.0);
@@ -127,12 +130,21 @@ async fn a_registered_session_is_scraped_until_dropped() {
     assert_eq!(value(&scrape, "runner_control_requests_total", &bad), 1.0);
     let count = [("tier", "process")];
     assert_eq!(
-        value(&scrape, "runner_session_start_duration_seconds_count", &count),
+        value(
+            &scrape,
+            "runner_session_start_duration_seconds_count",
+            &count
+        ),
         1.0
     );
 
     drop(registration);
     let scrape = parse(&metrics.render());
     assert_eq!(value(&scrape, "runner_sessions", &[]), 0.0);
-    assert!(!scrape.samples.iter().any(|s| s.metric.starts_with("runner_guest")));
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("runner_guest"))
+    );
 }

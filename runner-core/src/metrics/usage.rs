@@ -86,7 +86,10 @@ impl ProcessGroups {
         let mut buf = Vec::with_capacity(512);
         for entry in dir.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             let path = proc_root.join(pid).join("stat");
@@ -262,7 +265,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("system.slice/docker-abc.scope");
         write(&dir.join("cpu.stat"), "usage_usec 1500000\nuser_usec 1\n");
-        write(&dir.join("memory.stat"), "anon 8192\nfile 1\nfile_mapped 8192\n");
+        write(
+            &dir.join("memory.stat"),
+            "anon 8192\nfile 1\nfile_mapped 8192\n",
+        );
         assert_eq!(
             container_usage(root.path(), "abc"),
             Some(Usage {
