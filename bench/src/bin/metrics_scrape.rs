@@ -13,6 +13,9 @@
 use runner_actors::{Backends, Runner, SessionHandle, SessionOptions};
 use runner_bench::{demo_guest_backend, median, ms, percentile, short_tempdir};
 use runner_core::config::RunnerConfig;
+use runner_core::metrics::usage::ProcessGroups;
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,29 @@ async fn scrape(runner: &Runner) -> Scrapes {
     })
     .await
     .expect("scrape thread")
+}
+
+/// The `/proc` pass alone, for every guest's process group.
+async fn proc_scans(sessions: &[SessionHandle]) -> Vec<Duration> {
+    let mut groups = HashSet::new();
+    for s in sessions {
+        let health = s.health().await.expect("health");
+        groups.extend(health.guests.iter().filter_map(|g| g.pid));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut times: Vec<Duration> = (0..SCRAPES)
+            .map(|_| {
+                let start = Instant::now();
+                let table = ProcessGroups::scan(Path::new("/proc"), &groups);
+                std::hint::black_box(table);
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times
+    })
+    .await
+    .expect("scan thread")
 }
 
 fn processes_on_host() -> usize {
@@ -109,6 +135,7 @@ async fn main() {
     }
     let mut many = scrape(&runner).await;
     let many_procs = processes_on_host();
+    let mut scans = proc_scans(&sessions).await;
 
     println!("| sessions | median | p99 | max | text | samples | processes on the host |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -116,6 +143,12 @@ async fn main() {
     row(&format!("{SESSIONS}"), &mut many, many_procs);
     let ratio = median(&mut many.times).as_secs_f64() / median(&mut one.times).as_secs_f64();
     println!("\nratio of medians: {ratio:.1}×; goal: {SESSIONS} sessions under 50 ms");
+    println!(
+        "of which the pass over /proc for {} guests: median {}, p99 {}",
+        2 * SESSIONS,
+        ms(median(&mut scans)),
+        ms(percentile(&scans, 99.0))
+    );
 
     let stops = sessions.iter().map(|s| s.shutdown(BOUND));
     for r in futures::future::join_all(stops).await {
