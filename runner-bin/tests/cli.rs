@@ -117,6 +117,60 @@ fn start_daemon(dir: &Path, user: &str) -> Daemon {
 }
 
 #[test]
+fn metrics_over_http_with_metrics_listen() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--daemon",
+            "--user",
+            "web",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let daemon = Daemon(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("url=http://")
+                && tx.send(line[i + "url=http://".len()..].to_owned()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let rest = rx.recv_timeout(WAIT).expect("no metrics url logged");
+    let addr = rest.split('/').next().unwrap().to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        body.contains("runner_guest_state{user=\"web\",role=\"runtime\""),
+        "{body}"
+    );
+    run(tmp.path(), &["stop", "--user", "web"]);
+    let mut daemon = daemon;
+    let start = Instant::now();
+    while daemon.0.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < WAIT, "daemon did not exit after stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn status_table_and_metrics_from_a_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let mut daemon = start_daemon(tmp.path(), "ops");
