@@ -77,7 +77,6 @@ impl Collector for SessionsCollector {
         let sessions = self.sessions.snapshot();
         let guests = guest_rows(&sessions, &self.roots);
         let streams = stream_rows(&sessions);
-        let now = unix_ms_now();
         let count = ConstGauge::new(sessions.len() as i64);
         count.encode(encoder.encode_descriptor(
             "runner_sessions",
@@ -86,70 +85,81 @@ impl Collector for SessionsCollector {
             MetricType::Gauge,
         )?)?;
         encode_states(&mut encoder, &guests)?;
-        family(
-            &mut encoder,
-            (
-                "runner_guest_restarts",
-                "Restarts of the guest in this session.",
-            ),
-            None,
-            guests
-                .iter()
-                .map(|g| (g.labels(), ConstCounter::new(u64::from(g.status.restarts)))),
-        )?;
-        family(
-            &mut encoder,
-            (
-                "runner_guest_uptime",
-                "Time since the guest's current launch (0 unless running).",
-            ),
-            Some(&Unit::Seconds),
-            guests
-                .iter()
-                .map(|g| (g.labels(), ConstGauge::new(uptime(g, now)))),
-        )?;
-        let live = || guests.iter().filter_map(|g| Some((g, g.usage?)));
-        family(
-            &mut encoder,
-            (
-                "runner_guest_cpu",
-                "CPU time of the guest's current launch (process tier and micro_vm: its process group; container: its cgroup).",
-            ),
-            Some(&Unit::Seconds),
-            live().map(|(g, u)| (g.labels(), ConstCounter::new(u.cpu_seconds))),
-        )?;
-        family(
-            &mut encoder,
-            (
-                "runner_guest_resident_memory",
-                "Resident memory of the guest (sum over its process group, or its cgroup's rss + mapped files).",
-            ),
-            Some(&Unit::Bytes),
-            live().map(|(g, u)| (g.labels(), ConstGauge::new(u.resident_bytes as i64))),
-        )?;
-        family(
-            &mut encoder,
-            (
-                "runner_log_written",
-                "Guest output bytes written to the log.",
-            ),
-            Some(&Unit::Bytes),
-            streams
-                .iter()
-                .map(|s| (s.labels(), ConstCounter::new(s.written))),
-        )?;
-        family(
-            &mut encoder,
-            (
-                "runner_log_dropped",
-                "Guest output bytes lost instead of logged (recorded as gaps).",
-            ),
-            Some(&Unit::Bytes),
-            streams
-                .iter()
-                .map(|s| (s.labels(), ConstCounter::new(s.dropped))),
-        )
+        encode_guests(&mut encoder, &guests)?;
+        encode_streams(&mut encoder, &streams)
     }
+}
+
+/// Restarts, uptime, CPU time and memory per guest.
+fn encode_guests(encoder: &mut DescriptorEncoder, guests: &[GuestRow]) -> fmt::Result {
+    let now = unix_ms_now();
+    family(
+        encoder,
+        (
+            "runner_guest_restarts",
+            "Restarts of the guest in this session.",
+        ),
+        None,
+        guests
+            .iter()
+            .map(|g| (g.labels(), ConstCounter::new(u64::from(g.status.restarts)))),
+    )?;
+    family(
+        encoder,
+        (
+            "runner_guest_uptime",
+            "Time since the guest's current launch (0 unless running).",
+        ),
+        Some(&Unit::Seconds),
+        guests
+            .iter()
+            .map(|g| (g.labels(), ConstGauge::new(uptime(g, now)))),
+    )?;
+    let live = || guests.iter().filter_map(|g| Some((g, g.usage?)));
+    family(
+        encoder,
+        (
+            "runner_guest_cpu",
+            "CPU time of the guest's current launch (process tier and micro_vm: its process group; container: its cgroup).",
+        ),
+        Some(&Unit::Seconds),
+        live().map(|(g, u)| (g.labels(), ConstCounter::new(u.cpu_seconds))),
+    )?;
+    family(
+        encoder,
+        (
+            "runner_guest_resident_memory",
+            "Resident memory of the guest (sum over its process group, or its cgroup's rss + mapped files).",
+        ),
+        Some(&Unit::Bytes),
+        live().map(|(g, u)| (g.labels(), ConstGauge::new(u.resident_bytes as i64))),
+    )
+}
+
+/// Bytes written and dropped per log stream.
+fn encode_streams(encoder: &mut DescriptorEncoder, streams: &[StreamRow]) -> fmt::Result {
+    family(
+        encoder,
+        (
+            "runner_log_written",
+            "Guest output bytes written to the log.",
+        ),
+        Some(&Unit::Bytes),
+        streams
+            .iter()
+            .map(|s| (s.labels(), ConstCounter::new(s.written))),
+    )?;
+    family(
+        encoder,
+        (
+            "runner_log_dropped",
+            "Guest output bytes lost instead of logged (recorded as gaps).",
+        ),
+        Some(&Unit::Bytes),
+        streams
+            .iter()
+            .map(|s| (s.labels(), ConstCounter::new(s.dropped))),
+    )
 }
 
 /// `runner_guest_state`: one series per state, 1 for the current one.
