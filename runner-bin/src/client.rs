@@ -7,6 +7,7 @@ use futures::StreamExt;
 use runner_core::control::since::rfc3339_ms;
 use runner_core::control::{ControlClient, ControlClientError};
 use runner_core::lock::SessionLock;
+use runner_core::metrics::RequestResult;
 use runner_core::{UserId, Workspace};
 use runner_types::control::{
     LogsRequest, LogsResponse, MetricsRequest, RoleSelector, StreamSelector,
@@ -87,8 +88,8 @@ async fn connect(target: &Target) -> anyhow::Result<(String, ControlClient)> {
 async fn ask(client: &mut ControlClient, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
     match client.request(req, TIMEOUT).await? {
         ControlResponse::Error(e) => bail!(
-            "The daemon refused the request ({:?}): {}",
-            e.code,
+            "The daemon refused the request ({}): {}",
+            RequestResult::Error(e.code).as_str(),
             e.message
         ),
         other => Ok(other),
