@@ -2,8 +2,8 @@
 //! [`EventBus`] that publishes them: to live subscribers (a broadcast) and
 //! into the session's [`EventHistory`] for the control socket's `events` op.
 
-use runner_core::failure::FailureReason;
 use runner_core::events::{DEFAULT_EVENT_HISTORY, EventHistory};
+use runner_core::failure::FailureReason;
 use runner_types::events::EventKind;
 use runner_types::{DegradedReason, GuestExit, GuestRole, GuestState, LogStream};
 use std::sync::{Arc, Mutex, PoisonError};

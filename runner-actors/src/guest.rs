@@ -288,6 +288,7 @@ fn adopt(
         GuestIdentity::Container { id, .. } => Some(id.clone()),
         _ => None,
     };
+    state.status.started_at_unix_ms = Some(runner_core::metrics::unix_ms_now());
     state.current = Some(Running {
         control: launched.control,
         waiter,

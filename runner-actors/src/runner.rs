@@ -2,8 +2,8 @@
 
 use crate::control::ControlLimits;
 use crate::error::SessionError;
-use crate::events::SessionEvent;
 use crate::events::EventBus;
+use crate::events::SessionEvent;
 use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
@@ -13,6 +13,7 @@ use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
+use runner_core::metrics::RunnerMetrics;
 use runner_core::{UserId, Workspace};
 use runner_types::{HealthStatus, SandboxTier};
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub struct Runner {
     config: Arc<RunnerConfig>,
     backends: Backends,
     sessions_started: AtomicU64,
+    metrics: RunnerMetrics,
 }
 
 impl Runner {
@@ -100,7 +102,14 @@ impl Runner {
             config: Arc::new(config),
             backends,
             sessions_started: AtomicU64::new(0),
+            metrics: RunnerMetrics::default(),
         }
+    }
+
+    /// The metrics of this runner and all its sessions
+    /// ([`RunnerMetrics::render`] gives the OpenMetrics text).
+    pub fn metrics(&self) -> &RunnerMetrics {
+        &self.metrics
     }
 
     /// The config.
@@ -136,6 +145,7 @@ impl Runner {
         options: SessionOptions,
         cancel: CancellationToken,
     ) -> Result<SessionHandle, SessionError> {
+        let began = std::time::Instant::now();
         let user = UserId::new(user)?;
         let tier = if options.insecure {
             SandboxTier::Process
@@ -153,7 +163,9 @@ impl Runner {
             .await
             .map_err(SessionError::Spawn)?;
         let handle = handle.attach(actor, join);
-        start_or_shut_down(handle, cancel).await
+        let handle = start_or_shut_down(handle, cancel).await?;
+        self.metrics.session_started(tier, began.elapsed());
+        Ok(handle)
     }
 
     /// The guest identity (root runs every guest under its user's own uid,
@@ -224,6 +236,7 @@ impl Runner {
             force: force.clone(),
             start_cancel: cancel.clone(),
             report_tx,
+            metrics: self.metrics.clone(),
             _lock: lock,
         };
         let parts = HandleParts {

@@ -3,11 +3,15 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `--version`: the package version, with the git revision it was built
+/// from when the build knew it (see build.rs).
+pub const VERSION: &str = env!("RUNNER_BIN_VERSION");
+
 /// Sandbox runner: supervises a runtime and a sidecar guest per user.
 #[derive(Debug, Parser)]
 #[command(
     name = "runner-bin",
-    version,
+    version = VERSION,
     about,
     args_conflicts_with_subcommands = true
 )]
@@ -42,6 +46,10 @@ pub struct DaemonArgs {
     /// Read KEY=VALUE lines for the guests' environment from a file.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// Also serve the metrics over HTTP at http://ADDR/metrics (plain
+    /// HTTP, no authentication: bind it to a loopback address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Client subcommands.
@@ -103,6 +111,24 @@ pub enum Command {
         /// Print raw response frames as JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the daemon's metrics in the OpenMetrics text format.
+    Metrics {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `runner-bin man > runner-bin.1`.
+    Man {
+        /// Instead, write runner-bin.1 and one runner-bin-<subcommand>.1
+        /// per subcommand into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Run the built-in demo guest (what the default config launches).
     #[command(hide = true)]

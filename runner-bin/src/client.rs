@@ -1,17 +1,21 @@
 //! Client subcommands: `status`, `stop`, `logs` (and `events`, in its own module).
 
 use crate::cli::{Command, RoleArg, Since, StreamArg, Target};
-use crate::{output, paths};
+use crate::{output, paths, status_table};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use runner_core::control::since::rfc3339_ms;
 use runner_core::control::{ControlClient, ControlClientError};
 use runner_core::lock::SessionLock;
+use runner_core::metrics::RequestResult;
 use runner_core::{UserId, Workspace};
-use runner_types::control::{LogsRequest, LogsResponse, RoleSelector, StreamSelector};
+use runner_types::control::{
+    LogsRequest, LogsResponse, MetricsRequest, RoleSelector, StreamSelector,
+};
 use runner_types::events::EventsRequest;
 use runner_types::{ControlRequest, ControlResponse, HealthStatus};
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +26,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Status { target, json } => status(&target, json).await,
         Command::Stop { target } => stop(&target).await,
+        Command::Metrics { target } => metrics(&target).await,
         Command::Logs {
             target,
             role,
@@ -61,7 +66,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             after,
             json,
         } => crate::events::run(&target, EventsRequest { follow, after }, json).await,
-        Command::DemoGuest { .. } => unreachable!("handled before the runtime starts"),
+        Command::DemoGuest { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -93,8 +100,8 @@ pub(crate) async fn ask(
 ) -> anyhow::Result<ControlResponse> {
     match client.request(req, TIMEOUT).await? {
         ControlResponse::Error(e) => bail!(
-            "The daemon refused the request ({:?}): {}",
-            e.code,
+            "The daemon refused the request ({}): {}",
+            RequestResult::Error(e.code).as_str(),
             e.message
         ),
         other => Ok(other),
@@ -116,40 +123,25 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
 }
 
 fn print_health(h: &HealthStatus) {
-    let state = if h.shutdown {
-        "shutting down"
-    } else if h.healthy {
-        "healthy"
-    } else {
-        "UNHEALTHY"
+    // The client runs on the daemon's host: the log sizes are read from
+    // the files (nothing if this user may not read them).
+    let logs = h
+        .log_dir
+        .as_deref()
+        .map(|d| status_table::log_sizes(Path::new(d)))
+        .unwrap_or_default();
+    let now = runner_core::metrics::unix_ms_now();
+    print!("{}", status_table::render(h, &logs, now));
+}
+
+async fn metrics(target: &Target) -> anyhow::Result<()> {
+    let (_, mut client) = connect(target).await?;
+    let req = ControlRequest::Metrics(MetricsRequest {});
+    let ControlResponse::Metrics(m) = ask(&mut client, &req).await? else {
+        bail!("The daemon answered metrics with something else");
     };
-    println!("user {}: {state} ({} tier)", h.user_id, h.sandbox_tier);
-    if let Some(m) = &h.message {
-        println!("  {m}");
-    }
-    for g in &h.guests {
-        let id = match (&g.pid, &g.container_name) {
-            (_, Some(name)) => format!("container {name}"),
-            (Some(pid), None) => format!("pid {pid}"),
-            (None, None) => "-".to_owned(),
-        };
-        let exit = g
-            .last_exit
-            .map(|e| format!(", last exit: {}", e.status))
-            .unwrap_or_default();
-        println!(
-            "  {:<8} {:?} ({id}), restarts {}{exit}",
-            g.role.as_str(),
-            g.state,
-            g.restarts
-        );
-    }
-    for r in &h.startup_status.degraded_reasons {
-        println!("  degraded: {} ({})", r.code, r.detail);
-    }
-    if let Some(d) = &h.log_dir {
-        println!("  logs: {d}");
-    }
+    let mut out = std::io::stdout().lock();
+    quiet_on_broken_pipe(out.write_all(m.text.as_bytes()).and_then(|()| out.flush()))
 }
 
 async fn stop(target: &Target) -> anyhow::Result<()> {

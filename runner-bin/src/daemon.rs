@@ -3,7 +3,7 @@
 use crate::cli::DaemonArgs;
 use crate::notify::{Notifier, ServiceNotify};
 use crate::signals::StopSignals;
-use crate::{backends, env, paths};
+use crate::{backends, env, metrics_http, paths};
 use anyhow::{Context, bail};
 use runner_actors::{FORCED_STOP_BOUND, Runner, SessionError, SessionHandle, SessionOptions};
 use runner_core::backend::clean_start::StartRlimits;
@@ -27,10 +27,25 @@ pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Resul
     let Some(user) = args.user.clone() else {
         bail!("--daemon needs --user <id>");
     };
+    // Bound before the start, so a taken port fails fast.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("Cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let (runner, options, tier) = configure(&user, args, start_rlimits)?;
     let Some(session) = start_or_cancel(&runner, &user, options, &mut signals).await? else {
         return Ok(());
     };
+    let metrics_http = metrics_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+        }
+        tokio::spawn(metrics_http::serve(l, runner.metrics().clone()))
+    });
     let socket = session
         .control_socket()
         .expect("daemon sessions serve a control socket");
@@ -44,6 +59,9 @@ pub async fn run(args: DaemonArgs, start_rlimits: StartRlimits) -> anyhow::Resul
     match signal {
         Some(name) => stop(&session, name, &mut signals).await?,
         None => tracing::info!("stopped by shutdown_user"),
+    }
+    if let Some(task) = metrics_http {
+        task.abort();
     }
     if let SessionPhase::Failed { reason } = session.phase() {
         tracing::warn!(reason = %reason.to_text(), "session had failed before shutdown");

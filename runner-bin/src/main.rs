@@ -6,14 +6,17 @@
 
 mod backends;
 mod cli;
+mod cli_docs;
 mod client;
 mod daemon;
 mod env;
 mod events;
+mod metrics_http;
 mod notify;
 mod output;
 mod paths;
 mod signals;
+mod status_table;
 
 use clap::Parser;
 use runner_core::backend::clean_start::StartRlimits;
@@ -31,8 +34,22 @@ const RUNTIME_SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Some(cli::Command::DemoGuest { args }) = cli.command {
-        return runner_examples::demo_guest::run_with(args, &["demo-guest"]);
+    match cli.command {
+        Some(cli::Command::DemoGuest { args }) => {
+            return runner_examples::demo_guest::run_with(args, &["demo-guest"]);
+        }
+        Some(cli::Command::Completions { shell }) => {
+            cli_docs::completions(shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        Some(cli::Command::Man { dir }) => {
+            let written = match dir {
+                Some(dir) => cli_docs::man_pages(&dir),
+                None => cli_docs::man(&mut std::io::stdout().lock()).map_err(Into::into),
+            };
+            return written.map_or_else(fail, |()| ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let daemon = cli.daemon;
     // Guests get the limits the runner started with, not the raised ones.
@@ -53,7 +70,7 @@ fn main() -> ExitCode {
             (true, _) => daemon::run(cli.daemon_args, start_rlimits).await,
             (false, Some(cmd)) => client::run(cmd).await,
             (false, None) => Err(anyhow::anyhow!(
-                "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs); see --help"
+                "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs, metrics); see --help"
             )),
         }
     });

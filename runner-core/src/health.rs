@@ -157,6 +157,7 @@ mod tests {
             last_exit: None,
             restarts: 0,
             ready: None,
+            started_at_unix_ms: None,
             log_bytes_dropped: Default::default(),
         }
     }

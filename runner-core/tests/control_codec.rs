@@ -194,6 +194,11 @@ async fn connection(
                 framed.send(ControlResponse::Logs(chunk(0))).await.unwrap();
             }
             ControlRequest::Events(_) => return,
+            ControlRequest::Metrics(_) => {
+                let text = "# EOF\n".to_owned();
+                let answer = runner_types::control::MetricsResponse { text };
+                framed.send(ControlResponse::Metrics(answer)).await.unwrap();
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use runner_core::control::server::{
 use runner_core::events::EventHistory;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::logs::{LogPump, LogSink};
+use runner_core::metrics::RunnerMetrics;
 use runner_types::control::{LogsRequest, LogsResponse, StreamSelector};
 use runner_types::events::{EventGap, EventKind, EventsRequest};
 use runner_types::{ControlRequest, ControlResponse, SandboxTier, StartupStatus};
@@ -41,6 +42,7 @@ struct Server {
     path: PathBuf,
     events: EventHistory,
     recorder: Arc<Recorder>,
+    metrics: RunnerMetrics,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -74,6 +76,7 @@ fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) 
     let path = dir.path().join("control.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let recorder = Arc::new(Recorder::default());
+    let metrics = RunnerMetrics::default();
     let ctx = ServerContext {
         user: UserId::new("alice").unwrap(),
         health: watch::channel(health("alice")).1,
@@ -81,6 +84,7 @@ fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) 
         events: events.clone(),
         session: recorder.clone(),
         shutdown_deadline: Duration::from_secs(7),
+        metrics: metrics.clone(),
     };
     let stop = CancellationToken::new();
     let limits = ControlLimits {
@@ -93,6 +97,7 @@ fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) 
         path,
         events,
         recorder,
+        metrics,
         stop,
         task,
     }
@@ -344,4 +349,46 @@ async fn a_rotated_away_cursor_reports_the_bytes_lost() {
     // The rest is what is kept: the newest lines, ending with the last one.
     assert_eq!(messages(&answer).last().unwrap(), "two-039");
     assert!(answer.entries.len() < two.len());
+}
+
+/// Every request is counted by op and result, answered or refused; the
+/// `metrics` op answers with the same text.
+#[tokio::test]
+async fn requests_are_counted_by_op_and_result() {
+    let s = start(EventHistory::new(8));
+    let mut client = ControlClient::connect(&s.path, T).await.unwrap();
+    for _ in 0..2 {
+        client
+            .request(&ControlRequest::HealthCheck, T)
+            .await
+            .unwrap();
+    }
+    let wrong_user = ControlRequest::ShutdownUser {
+        user_id: "bob".into(),
+    };
+    let answer = client.request(&wrong_user, T).await.unwrap();
+    assert!(matches!(answer, ControlResponse::Error(_)), "{answer:?}");
+    let metrics = ControlRequest::Metrics(Default::default());
+    let ControlResponse::Metrics(m) = client.request(&metrics, T).await.unwrap() else {
+        panic!("no metrics answer");
+    };
+    assert!(
+        m.text
+            .contains(r#"runner_control_requests_total{op="health_check",result="ok"} 2"#),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text.contains(
+            r#"runner_control_requests_total{op="shutdown_user",result="unknown_user"} 1"#
+        ),
+        "{}",
+        m.text
+    );
+    // The metrics request itself is counted once it is answered.
+    let text = s.metrics.render();
+    assert!(
+        text.contains(r#"runner_control_requests_total{op="metrics",result="ok"} 1"#),
+        "{text}"
+    );
 }

@@ -31,7 +31,15 @@ pub enum ControlRequest {
     /// Read (or follow) the session's lifecycle events (this runner's
     /// addition).
     Events(EventsRequest),
+    /// Report metrics in the OpenMetrics text format (this runner's
+    /// addition; the payload is `{}`).
+    Metrics(MetricsRequest),
 }
+
+/// Parameters of a `metrics` request: none yet (`{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsRequest {}
 
 /// Parameters of a `logs` request. oxydra's client sends `role`, `stream`,
 /// `tail`, `since` and `format`; `follow` is this runner's addition.
@@ -146,6 +154,8 @@ pub enum ControlResponse {
     Logs(LogsResponse),
     /// Answer to `events` (one frame, or a stream of them with `follow`).
     Events(EventsResponse),
+    /// Answer to `metrics`.
+    Metrics(MetricsResponse),
     /// The request failed.
     Error(ControlError),
 }
@@ -163,6 +173,18 @@ pub struct ShutdownStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// Answer to `metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsResponse {
+    /// The exposition, in the OpenMetrics text format (content type
+    /// [`OPENMETRICS_CONTENT_TYPE`]), ending with `# EOF`.
+    pub text: String,
+}
+
+/// Content type of [`MetricsResponse::text`] (and of `/metrics` over HTTP).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Answer to `logs`: one frame, or a stream of them with `follow`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,10 +61,15 @@ pub struct GuestStatus {
     pub last_exit: Option<GuestExit>,
     /// Restarts so far in this session.
     pub restarts: u32,
-    /// Whether the guest's `[readiness]` check has passed for its current
-    /// launch; absent when no check is configured.
+    /// Whether the guest's readiness check has passed (absent when the
+    /// guest has none configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    /// When the current launch started, in milliseconds since the Unix
+    /// epoch (absent before the first launch); with `state` running, the
+    /// guest's uptime is now minus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_unix_ms: Option<u64>,
     /// Bytes of this guest's output that never reached its log in this
     /// session (write queue full, failed writes), per stream; absent while
     /// nothing was lost. Each loss is recorded as a gap beside the log.
@@ -84,6 +89,7 @@ impl GuestStatus {
             last_exit: None,
             restarts: 0,
             ready: None,
+            started_at_unix_ms: None,
             log_bytes_dropped: BTreeMap::new(),
         }
     }
@@ -107,6 +113,38 @@ pub enum GuestState {
     Stopping,
     /// Stopped by the runner.
     Stopped,
+}
+
+impl GuestState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 7] = [
+        Self::Starting,
+        Self::Running,
+        Self::BackingOff,
+        Self::Exited,
+        Self::Failed,
+        Self::Stopping,
+        Self::Stopped,
+    ];
+
+    /// The wire spelling (`running`, `backing_off`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::BackingOff => "backing_off",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One exit of a guest.

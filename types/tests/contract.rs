@@ -7,8 +7,8 @@
 //! back to the same Rust value.
 
 use runner_types::control::{
-    ControlError, LogEntry, LogFormat, LogSource, LogsRequest, LogsResponse, RoleSelector,
-    ShutdownStatus, StreamSelector,
+    ControlError, LogEntry, LogFormat, LogSource, LogsRequest, LogsResponse, MetricsRequest,
+    MetricsResponse, RoleSelector, ShutdownStatus, StreamSelector,
 };
 use runner_types::{
     BootstrapEnvelope, ControlErrorCode, ControlRequest, ControlResponse, DegradedReason,
@@ -203,6 +203,28 @@ fn logs_request_defaults_and_selector_spellings() {
 }
 
 #[test]
+fn metrics_request_and_response() {
+    assert_eq!(
+        serde_json::to_string(&ControlRequest::Metrics(MetricsRequest {})).unwrap(),
+        r#"{"op":"metrics","payload":{}}"#
+    );
+    pinned(
+        &ControlRequest::Metrics(MetricsRequest {}),
+        json!({"op": "metrics", "payload": {}}),
+    );
+    assert!(
+        serde_json::from_value::<ControlRequest>(json!({"op": "metrics", "payload": {"x": 1}}))
+            .is_err()
+    );
+    pinned(
+        &ControlResponse::Metrics(MetricsResponse {
+            text: "# EOF\n".into(),
+        }),
+        json!({"op": "metrics", "payload": {"text": "# EOF\n"}}),
+    );
+}
+
+#[test]
 fn unknown_op_is_refused() {
     assert!(serde_json::from_value::<ControlRequest>(json!({"op": "reboot"})).is_err());
     assert!(serde_json::from_value::<ControlRequest>(json!({"payload": {}})).is_err());
@@ -231,7 +253,8 @@ fn full_health_status_response() {
                 container_id: Some("abc123".into()),
                 last_exit: None,
                 restarts: 0,
-                ready: None,
+                ready: Some(true),
+                started_at_unix_ms: Some(1_700_000_000_000),
                 log_bytes_dropped: Default::default(),
             },
             GuestStatus {
@@ -248,6 +271,7 @@ fn full_health_status_response() {
                 }),
                 restarts: 2,
                 ready: None,
+                started_at_unix_ms: None,
                 log_bytes_dropped: BTreeMap::from([(LogStream::Stdout, 2_700_000)]),
             },
         ],
@@ -273,7 +297,9 @@ fn full_health_status_response() {
                     "pid": 4241,
                     "container_name": "oxydra-alice-sidecar",
                     "container_id": "abc123",
-                    "restarts": 0
+                    "restarts": 0,
+                    "ready": true,
+                    "started_at_unix_ms": 1_700_000_000_000u64
                 },
                 {
                     "role": "runtime",

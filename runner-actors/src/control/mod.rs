@@ -41,6 +41,8 @@ pub struct ControlContext {
     pub shutdown_deadline: Duration,
     /// Keep `ipc/runner-control.sock` linked to the socket while serving.
     pub ipc_link: bool,
+    /// The runner's metrics: answers `metrics`, counts requests.
+    pub metrics: runner_core::metrics::RunnerMetrics,
 }
 
 impl ControlContext {
@@ -53,6 +55,7 @@ impl ControlContext {
             events: self.events.clone(),
             session: Arc::new(Supervisor(self.supervisor.clone())),
             shutdown_deadline: self.shutdown_deadline,
+            metrics: self.metrics.clone(),
         }
     }
 }

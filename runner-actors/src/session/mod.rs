@@ -126,6 +126,8 @@ pub struct SessionState {
     degraded_by: Vec<(GuestRole, DegradedReason)>,
     /// `degraded_by`'s reasons, as health reports them.
     degraded: Vec<DegradedReason>,
+    /// The session in its runner's metrics, while it lives.
+    metrics_registration: Option<runner_core::metrics::SessionRegistration>,
 }
 
 impl Actor for SessionSupervisor {
@@ -149,6 +151,7 @@ impl Actor for SessionSupervisor {
             listener: None,
             degraded_by: Vec::new(),
             degraded: Vec::new(),
+            metrics_registration: None,
         })
     }
 

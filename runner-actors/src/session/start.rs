@@ -13,6 +13,7 @@ use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::SessionPhase;
+use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::{UserId, Workspace};
 use runner_types::{
     DegradedReason, GuestRole, GuestStatus, HealthStatus, LogStream, SandboxTier, StartupStatus,
@@ -71,6 +72,8 @@ pub struct SessionArgs {
     /// The last shutdown's report, for callers whose own request was
     /// overtaken by another shutdown.
     pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
+    /// The runner's metrics, where the session registers itself.
+    pub(crate) metrics: RunnerMetrics,
     /// Held for the session's life: one session per user and workspace.
     pub(crate) _lock: runner_core::lock::SessionLock,
 }
@@ -118,6 +121,12 @@ pub(super) async fn on_start(
             .instrument(tracing::debug_span!("session.control_socket"))
             .await?;
     }
+    state.metrics_registration = Some(state.args.metrics.register(SessionSource {
+        user: state.args.user.to_string(),
+        tier: state.args.tier,
+        health: state.args.health_tx.subscribe(),
+        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+    }));
     Ok(())
 }
 
@@ -199,6 +208,7 @@ async fn serve_control(
         events: state.args.events.history().clone(),
         shutdown_deadline: state.args.shutdown_bound(),
         ipc_link: state.args.config.control.ipc_socket_link,
+        metrics: state.args.metrics.clone(),
     };
     let listener =
         ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)

@@ -281,6 +281,7 @@ fn op_name(response: &ControlResponse) -> &'static str {
         ControlResponse::ShutdownStatus(_) => "shutdown_status",
         ControlResponse::Logs(_) => "logs",
         ControlResponse::Events(_) => "events",
+        ControlResponse::Metrics(_) => "metrics",
         ControlResponse::Error(_) => "error",
     }
 }

@@ -100,5 +100,10 @@ fn peer_allowed(stream: &UnixStream) -> bool {
 async fn refuse_busy(mut handler: Handler, max: usize) {
     let msg = format!("Too many control connections (limit {max}); try again");
     let resp = Handler::error(ControlErrorCode::Busy, msg);
+    let refused = crate::metrics::RequestResult::Error(ControlErrorCode::Busy);
+    handler
+        .ctx
+        .metrics
+        .control_request(crate::metrics::OP_REFUSED, refused);
     handler.send_within(resp, BUSY_WRITE_TIMEOUT).await;
 }

@@ -10,6 +10,7 @@
 
 use super::{ControlLimits, ServerContext, events, logs};
 use crate::control::{ControlCodecError, EncodedJson, ServerCodec};
+use crate::metrics::{self, RequestResult};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use runner_types::control::{ControlError, ShutdownStatus};
@@ -58,6 +59,9 @@ pub(super) struct Handler {
     /// while the snapshot is unchanged.
     health: watch::Receiver<HealthStatus>,
     health_answer: Option<Bytes>,
+    /// How the request being answered went, for the request metrics: the
+    /// first error response sent for it, else `Ok`.
+    result: RequestResult,
 }
 
 /// `{"op":"health_status","payload":...}` without cloning the snapshot.
@@ -84,6 +88,7 @@ impl Handler {
             idle: Box::pin(tokio::time::sleep_until(now + limits.read_timeout)),
             last_request: now,
             health_answer: None,
+            result: RequestResult::Ok,
         }
     }
 
@@ -98,14 +103,22 @@ impl Handler {
         self.close().await;
     }
 
-    /// One plain arm per op.
+    /// One plain arm per op; every request is counted by op and result.
     async fn dispatch(&mut self, request: ControlRequest) -> Flow {
-        match request {
+        let op = metrics::request_op(&request);
+        self.result = RequestResult::Ok;
+        let flow = match request {
             ControlRequest::HealthCheck => self.on_health_check().await,
             ControlRequest::ShutdownUser { user_id } => self.on_shutdown_user(user_id).await,
             ControlRequest::Logs(req) => logs::answer(self, req).await,
             ControlRequest::Events(req) => events::answer(self, req).await,
-        }
+            ControlRequest::Metrics(_) => {
+                let answer = self.ctx.metrics.control_answer().await;
+                self.reply(answer).await
+            }
+        };
+        self.ctx.metrics.control_request(op, self.result);
+        flow
     }
 
     /// The next request; `None` when the connection should end (client
@@ -132,6 +145,8 @@ impl Handler {
                 Some(Ok(request)) => Some(request),
                 Some(Err(e)) => {
                     self.on_bad_frame(e).await;
+                    let bad = RequestResult::Error(ControlErrorCode::InvalidRequest);
+                    self.ctx.metrics.control_request(metrics::OP_UNPARSED, bad);
                     None
                 }
             };
@@ -223,6 +238,9 @@ impl Handler {
 
     /// Sends one response within `timeout`; `false` if the client is gone.
     pub(super) async fn send_within(&mut self, resp: ControlResponse, timeout: Duration) -> bool {
+        if let (RequestResult::Ok, ControlResponse::Error(e)) = (self.result, &resp) {
+            self.result = RequestResult::Error(e.code);
+        }
         match tokio::time::timeout(timeout, self.conn.send(resp)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {

@@ -56,6 +56,9 @@ pub struct ServerContext {
     pub session: Arc<dyn SessionControl>,
     /// Deadline passed with a `shutdown_user` request.
     pub shutdown_deadline: Duration,
+    /// The runner's metrics: answers `metrics` and counts every request by
+    /// op and result.
+    pub metrics: crate::metrics::RunnerMetrics,
 }
 
 /// Connection limits.
