@@ -45,10 +45,7 @@ async fn launch_result(
     backend: &ProcessBackend,
     run_as: Option<GuestUser>,
 ) -> Result<LaunchedGuest, LaunchError> {
-    let mut spec = fx.spec(
-        GuestRole::Runtime,
-        fx.envelope(GuestRole::Runtime, backend),
-    );
+    let mut spec = fx.spec(GuestRole::Runtime, fx.envelope(GuestRole::Runtime, backend));
     spec.run_as = run_as;
     tokio::time::timeout(PROMPT, backend.launch(spec))
         .await
@@ -176,9 +173,13 @@ fn guest_fixture(guest: GuestUser) -> Fixture {
     std::fs::create_dir(&root).unwrap();
     std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    fx.workspace =
-        runner_core::Workspace::provision_for(&root, &fx.user, &MountOverrides::default(), Some(guest))
-            .unwrap();
+    fx.workspace = runner_core::Workspace::provision_for(
+        &root,
+        &fx.user,
+        &MountOverrides::default(),
+        Some(guest),
+    )
+    .unwrap();
     fx
 }
 
@@ -197,8 +198,11 @@ async fn the_child_starts_clean_as_its_proc_files_show() {
     // close-on-exec.
     let leaked = std::fs::File::open("/dev/null").unwrap();
     let leaked = std::os::fd::OwnedFd::from(leaked);
-    nix::fcntl::fcntl(&leaked, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .unwrap();
+    nix::fcntl::fcntl(
+        &leaked,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
     let backend = runtime_only(pdeathsig_reporter());
     let mut launched = launch_result(&fx, &backend, run_as).await.unwrap();
     let (mut out, _err) = take_outputs(&mut launched);
@@ -215,9 +219,18 @@ async fn the_child_starts_clean_as_its_proc_files_show() {
     assert_eq!(fds(pid), [0, 1, 2], "the test holds {leaked:?} open");
     assert_eq!(status_field(pid, "SigBlk"), "0000000000000000");
     let ignored = u64::from_str_radix(&status_field(pid, "SigIgn"), 16).unwrap();
-    assert_eq!(ignored & (1 << (nix::libc::SIGPIPE - 1)), 0, "SIGPIPE is back to default");
-    let uid = run_as.map_or(nix::unistd::getuid().as_raw(), |g| g.uid).to_string();
-    let uids: Vec<String> = status_field(pid, "Uid").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(
+        ignored & (1 << (nix::libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE is back to default"
+    );
+    let uid = run_as
+        .map_or(nix::unistd::getuid().as_raw(), |g| g.uid)
+        .to_string();
+    let uids: Vec<String> = status_field(pid, "Uid")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(uids, [uid.as_str(); 4]);
     if run_as.is_some() {
         assert_eq!(status_field(pid, "Groups"), "");
@@ -248,7 +261,10 @@ async fn launches_from_many_threads_at_once_each_start_their_own_program() {
     let launches = (0..GUESTS).map(|n| {
         let (fx, backend) = (fx.clone(), backend.clone());
         tokio::spawn(async move {
-            let mut spec = fx.spec(GuestRole::Runtime, fx.envelope(GuestRole::Runtime, &backend));
+            let mut spec = fx.spec(
+                GuestRole::Runtime,
+                fx.envelope(GuestRole::Runtime, &backend),
+            );
             spec.extra_env.insert("N".into(), n.to_string());
             let mut guest = tokio::time::timeout(PROMPT, backend.launch(spec))
                 .await
@@ -256,7 +272,9 @@ async fn launches_from_many_threads_at_once_each_start_their_own_program() {
                 .expect("launch succeeds");
             let (mut out, _err) = take_outputs(&mut guest);
             let line = out.next(PROMPT).await;
-            let exit = tokio::time::timeout(PROMPT, guest.exit.wait()).await.unwrap();
+            let exit = tokio::time::timeout(PROMPT, guest.exit.wait())
+                .await
+                .unwrap();
             (n, line, exit.status)
         })
     });

@@ -7,14 +7,16 @@
 //!   spawn of the same binary with the same arguments (std uses
 //!   `posix_spawn` for it), writing the same frame to its stdin, until
 //!   `ack`. `ROUNDS` of each, interleaved, in one process.
-//! - **`--live N`**: every guest stays alive, and with each round the
-//!   process also holds `--ballast-kib K` (default 110, the runner's
-//!   measured memory per session) more touched memory, so the process grows
-//!   the way a runner hosting N sessions does. Each round launches one guest
-//!   three ways, interleaved: through the backend, the bare `posix_spawn`
-//!   baseline, and a bare spawn with an empty `pre_exec` hook (which makes
-//!   std `fork` the whole process: how the backend launched before). It
-//!   reports the median of the first and of the last 50 launches of each.
+//! - **`--live N`**: every guest launched through the backend stays alive
+//!   (one per session, N in the end), and with each round the process also
+//!   holds `--ballast-kib K` (default 110, the runner's measured memory per
+//!   session) more touched memory, so the process grows the way a runner
+//!   hosting N sessions does. Each round launches one guest three ways,
+//!   interleaved: through the backend, the bare `posix_spawn` baseline, and
+//!   a bare spawn with an empty `pre_exec` hook (which makes std `fork` the
+//!   whole process: how the backend launched before); the two bare guests
+//!   are killed after their sample. It reports the median of the first and
+//!   of the last 50 launches of each.
 //!
 //! Run: `cargo run --release -p runner-bench --bin process_launch [-- --live 1000]`.
 
@@ -74,8 +76,14 @@ async fn main() {
 /// The number after `name`, if given.
 fn flag(args: &[String], name: &str) -> Option<usize> {
     let i = args.iter().position(|a| a == name)?;
-    let value = args.get(i + 1).unwrap_or_else(|| panic!("{name} needs a number"));
-    Some(value.parse().unwrap_or_else(|_| panic!("{name} {value}: not a number")))
+    let value = args
+        .get(i + 1)
+        .unwrap_or_else(|| panic!("{name} needs a number"));
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} {value}: not a number")),
+    )
 }
 
 impl Setup {
@@ -140,7 +148,13 @@ impl Setup {
 async fn one_session(setup: &Setup) {
     // Warm up both paths (page cache, lazy runtime setup).
     stop(setup.ours().await.1).await;
-    setup.bare(Bare::PosixSpawn).await.1.kill().await.expect("kill");
+    setup
+        .bare(Bare::PosixSpawn)
+        .await
+        .1
+        .kill()
+        .await
+        .expect("kill");
 
     let mut backend_samples = Vec::with_capacity(ROUNDS);
     let mut bare_samples = Vec::with_capacity(ROUNDS);
@@ -209,7 +223,6 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
     let mut posix = Series::new("bare spawn (posix_spawn)", n);
     let mut fork = Series::new("bare spawn with pre_exec (fork)", n);
     let mut guests = Vec::with_capacity(n);
-    let mut children = Vec::with_capacity(2 * n);
     let mut ballast: Vec<Vec<u8>> = Vec::with_capacity(n);
     let rss_start = runner_bench::vm_rss_kib();
     for _ in 0..n {
@@ -220,14 +233,14 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
         ours.samples.push(took);
         guests.push(guest);
         for (series, how) in [(&mut posix, Bare::PosixSpawn), (&mut fork, Bare::Fork)] {
-            let (took, child) = setup.bare(how).await;
+            let (took, mut child) = setup.bare(how).await;
             series.samples.push(took);
-            children.push(child);
+            child.kill().await.expect("kill");
         }
     }
     let rss_end = runner_bench::vm_rss_kib();
     println!(
-        "process_launch --live {n}: launch -> envelope read (`ack`), every guest kept alive, \
+        "process_launch --live {n}: launch -> envelope read (`ack`), backend guests kept alive, \
          +{ballast_kib} KiB touched per round; RSS {rss_start} -> {rss_end} KiB"
     );
     println!();
@@ -238,9 +251,6 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
     }
     let stops = guests.into_iter().map(stop);
     futures::future::join_all(stops).await;
-    for mut child in children {
-        child.kill().await.expect("kill");
-    }
     drop(ballast);
 }
 

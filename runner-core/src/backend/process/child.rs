@@ -40,6 +40,9 @@ pub(super) const SETUP_FAILED: c_int = 127;
 /// Everything the child needs, prepared and owned by the parent, which
 /// keeps it alive (and itself suspended) until the child execs or exits.
 pub(super) struct ChildContext<'a> {
+    /// The signals to put back to their default action (bit `n - 1` for
+    /// signal `n`); `None`: ask the kernel about each one.
+    pub(super) reset_signals: Option<u64>,
     /// Become the child's stdin, stdout and stderr.
     pub(super) stdio: [BorrowedFd<'a>; 3],
     /// The guest's identity; `None`: the runner's own.
@@ -160,7 +163,7 @@ fn at(step: SpawnStep) -> impl Fn(rustix::io::Errno) -> (SpawnStep, i32) {
 impl ChildContext<'_> {
     /// Every step before the exec, in the module docs' order.
     fn setup(&self) -> Result<(), (SpawnStep, i32)> {
-        reset_signal_handlers();
+        reset_signal_handlers(self.reset_signals);
         let [stdin, stdout, stderr] = self.stdio;
         rustix::stdio::dup2_stdin(stdin).map_err(at(SpawnStep::Stdio))?;
         rustix::stdio::dup2_stdout(stdout).map_err(at(SpawnStep::Stdio))?;
@@ -221,32 +224,53 @@ fn exec(ctx: &ChildContext<'_>) -> i32 {
     nix::errno::Errno::last_raw()
 }
 
-/// Puts every caught signal back to its default action, and SIGPIPE too.
-/// Signals are blocked meanwhile, so none is delivered to a handler.
-#[allow(unsafe_code)]
-fn reset_signal_handlers() {
+/// Puts every caught signal back to its default action, and SIGPIPE too:
+/// those in `known` (bit `n - 1` for signal `n`), or, without it, those
+/// found by asking the kernel about each signal. Signals are blocked
+/// meanwhile, so none is delivered to a handler.
+fn reset_signal_handlers(known: Option<u64>) {
     for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: `sigaction` only reads and writes the two local structs,
-        // which are plain integers and pointers (zero is a valid value for
-        // each); installing SIG_DFL runs no code. A signal number the C
-        // library reserves for itself is refused and left alone.
-        unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
-                continue;
-            }
-            let handler = current.sa_sigaction;
-            let ignored_by_choice = handler == libc::SIG_IGN && signal != libc::SIGPIPE;
-            if handler == libc::SIG_DFL || ignored_by_choice {
-                continue;
-            }
-            let mut default: libc::sigaction = std::mem::zeroed();
-            default.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(signal, &default, std::ptr::null_mut());
+        let reset = match known {
+            Some(mask) => mask & (1 << (signal - 1)) != 0,
+            None => has_handler_or_is_sigpipe(signal),
+        };
+        if reset {
+            set_default(signal);
         }
+    }
+}
+
+/// Whether `signal` is caught, or is SIGPIPE and not at its default.
+#[allow(unsafe_code)]
+fn has_handler_or_is_sigpipe(signal: c_int) -> bool {
+    // SAFETY: `sigaction` only writes the local struct, which is plain
+    // integers and pointers (zero is a valid value for each).
+    let handler = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+            // A signal number the C library reserves for itself.
+            return false;
+        }
+        current.sa_sigaction
+    };
+    let ignored_by_choice = handler == libc::SIG_IGN && signal != libc::SIGPIPE;
+    handler != libc::SIG_DFL && !ignored_by_choice
+}
+
+/// Sets `signal`'s action to its default (refused, and so left alone, for a
+/// signal number the C library reserves for itself).
+#[allow(unsafe_code)]
+fn set_default(signal: c_int) {
+    // SAFETY: `sigaction` only reads the local struct, which is plain
+    // integers and pointers (zero is a valid value for each); installing
+    // SIG_DFL runs no code.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
     }
 }
 
@@ -254,6 +278,13 @@ fn reset_signal_handlers() {
 mod tests {
     use super::*;
     use nix::sys::resource::Resource;
+
+    #[test]
+    fn an_ignored_sigpipe_is_reset_and_a_default_signal_left_alone() {
+        // Rust programs (this test harness too) ignore SIGPIPE.
+        assert!(has_handler_or_is_sigpipe(libc::SIGPIPE));
+        assert!(!has_handler_or_is_sigpipe(libc::SIGWINCH));
+    }
 
     #[test]
     fn every_step_survives_the_report() {

@@ -26,8 +26,8 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
 use runner_types::{ExitStatus, GuestExit, GuestRole};
+use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -95,10 +95,7 @@ fn send(pgid: Pid, signal: Signal) -> Result<(), Errno> {
 /// Watches `pidfd` (the leader of `group`) and starts the waiter task; the
 /// returned watch sees its exit. If the pidfd cannot be watched, the group
 /// is killed and its leader reaped here.
-pub(super) fn watch(
-    group: Arc<ProcessGroup>,
-    pidfd: OwnedFd,
-) -> Result<ExitWatch, std::io::Error> {
+pub(super) fn watch(group: Arc<ProcessGroup>, pidfd: OwnedFd) -> Result<ExitWatch, std::io::Error> {
     let pidfd = match register(pidfd) {
         Ok(fd) => fd,
         Err(e) => {
@@ -136,7 +133,11 @@ struct Reaper {
 impl Reaper {
     /// Kills what is left of the group and reaps the exited leader (`wait`
     /// without `NOHANG` blocks until it has exited).
-    fn reap(&mut self, pidfd: std::os::fd::BorrowedFd<'_>, wait: WaitIdOptions) -> Option<ExitStatus> {
+    fn reap(
+        &mut self,
+        pidfd: std::os::fd::BorrowedFd<'_>,
+        wait: WaitIdOptions,
+    ) -> Option<ExitStatus> {
         let mut reaped = self.group.lock();
         if let Err(e) = send(self.group.pgid, Signal::SIGKILL) {
             warn!(role = %self.group.role, error = %e, "cannot kill the rest of the guest's process group");
@@ -166,7 +167,10 @@ impl Reaper {
     /// Reaps the leader, which has exited (seen with `NOWAIT`).
     fn reap_exited(&mut self) -> Option<ExitStatus> {
         let pidfd = self.pidfd.take()?;
-        self.reap(pidfd.get_ref().as_fd(), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+        self.reap(
+            pidfd.get_ref().as_fd(),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        )
     }
 }
 
@@ -180,7 +184,10 @@ impl Drop for Reaper {
         }
         // Best effort: the leader may take a moment to die; if so it stays
         // a zombie until the runner exits.
-        let status = self.reap(pidfd.get_ref().as_fd(), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+        let status = self.reap(
+            pidfd.get_ref().as_fd(),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
         debug!(role = %self.group.role, ?status, "killed an abandoned guest");
     }
 }

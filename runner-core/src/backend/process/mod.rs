@@ -174,13 +174,14 @@ impl ProcessBackend {
         let args = command::guest_args(cmd, &spec.user_id, &spec.workspace.user_root);
         let env = command::guest_env(cmd, &spec.extra_env);
         // As another uid, the program is opened here and executed by fd.
-        let handle = program_fd::ProgramHandle::open(program, spec.run_as.is_some()).map_err(
-            |source| ProcessLaunchError::Spawn {
-                role,
-                program: program.to_path_buf(),
-                source,
-            },
-        )?;
+        let handle =
+            program_fd::ProgramHandle::open(program, spec.run_as.is_some()).map_err(|source| {
+                ProcessLaunchError::Spawn {
+                    role,
+                    program: program.to_path_buf(),
+                    source,
+                }
+            })?;
         let request = SpawnRequest {
             program: &handle,
             args: &args,

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,12 @@ impl ProgramHandle {
             .read(true)
             .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY)
             .open(program)?;
+        // Above 0-2 (a runner started with one of them closed), so the
+        // child's stdio set-up cannot replace it.
+        let file = match file.as_raw_fd() {
+            0..=2 => File::from(rustix::io::fcntl_dupfd_cloexec(&file, 3)?),
+            _ => file,
+        };
         let mut magic = [0u8; 4];
         let elf = file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"\x7fELF";
         Ok(Self {

@@ -124,6 +124,7 @@ pub(super) fn spawn(req: SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
     let clean = CleanStart::prepare(req.rlimits);
     let (parent_ends, child_ends) = stdio_pipes().map_err(SpawnError::Create)?;
     let ctx = ChildContext {
+        reset_signals: signals_to_reset(),
         stdio: child_ends.each_ref().map(|fd| fd.as_fd()),
         identity: req.run_as.map(identity),
         work_dir: &work_dir,
@@ -149,6 +150,23 @@ pub(super) fn spawn(req: SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
     })
 }
 
+/// The signals the child must put back to their default action: every
+/// caught one, and SIGPIPE if the runner ignores it (Rust programs do), as
+/// bit `n - 1` for signal `n`. Read from `/proc/self/status` in one go,
+/// which is far cheaper than one `sigaction` per signal in the child;
+/// `None` when it cannot be read. A handler another thread installs between
+/// this read and the spawn could run in the child only if that very signal
+/// were sent to the child before its `exec`, while nothing knows its pid.
+fn signals_to_reset() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mask = |key: &str| {
+        let value = status.lines().find_map(|l| l.strip_prefix(key))?;
+        u64::from_str_radix(value.trim(), 16).ok()
+    };
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    Some(mask("SigCgt:")? | (mask("SigIgn:")? & sigpipe))
+}
+
 fn identity(guest: GuestUser) -> Identity {
     Identity {
         uid: Uid::from_raw(guest.uid),
@@ -169,7 +187,10 @@ fn stdio_pipes() -> io::Result<([OwnedFd; 3], [OwnedFd; 3])> {
     let (in_read, in_write) = pipe()?;
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
-    Ok(([in_write, out_read, err_read], [in_read, out_write, err_write]))
+    Ok((
+        [in_write, out_read, err_read],
+        [in_read, out_write, err_write],
+    ))
 }
 
 /// `fd`, moved above the standard descriptors if it is one of them (the
@@ -224,7 +245,11 @@ struct SignalsBlocked(SigSet);
 impl SignalsBlocked {
     fn new() -> io::Result<Self> {
         let mut old = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))?;
+        pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        )?;
         Ok(Self(old))
     }
 }
@@ -247,5 +272,19 @@ fn reap_failed(pidfd: &OwnedFd) {
             Ok(_) => {}
         }
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ignored_sigpipe_is_among_the_signals_to_reset() {
+        // Rust programs (this test harness too) ignore SIGPIPE; nothing
+        // here touches SIGWINCH.
+        let mask = signals_to_reset().expect("/proc/self/status is readable");
+        assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0);
+        assert_eq!(mask & (1 << (libc::SIGWINCH - 1)), 0);
     }
 }
