@@ -16,7 +16,9 @@
 //!   a bare spawn with an empty `pre_exec` hook (which makes std `fork` the
 //!   whole process: how the backend launched before); the two bare guests
 //!   are killed after their sample. It reports the median of the first and
-//!   of the last 50 launches of each.
+//!   of the last 50 launches of each. `--no-fork` leaves the fork series out
+//!   (a fork write-protects the whole process's memory, and whatever runs
+//!   next pays for the faults).
 //!
 //! Run: `cargo run --release -p runner-bench --bin process_launch [-- --live 1000]`.
 
@@ -69,7 +71,11 @@ async fn main() {
     let setup = Setup::new();
     match flag(&args, "--live") {
         None => one_session(&setup).await,
-        Some(n) => live(&setup, n, flag(&args, "--ballast-kib").unwrap_or(110)).await,
+        Some(n) => {
+            let ballast_kib = flag(&args, "--ballast-kib").unwrap_or(110);
+            let with_fork = !args.iter().any(|a| a == "--no-fork");
+            live(&setup, n, ballast_kib, with_fork).await
+        }
     }
 }
 
@@ -217,7 +223,7 @@ impl Series {
     }
 }
 
-async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
+async fn live(setup: &Setup, n: usize, ballast_kib: usize, with_fork: bool) {
     raise_open_file_limit();
     let mut ours = Series::new("ProcessBackend::launch", n);
     let mut posix = Series::new("bare spawn (posix_spawn)", n);
@@ -232,7 +238,8 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
         let (took, guest) = setup.ours().await;
         ours.samples.push(took);
         guests.push(guest);
-        for (series, how) in [(&mut posix, Bare::PosixSpawn), (&mut fork, Bare::Fork)] {
+        let bare = [(&mut posix, Bare::PosixSpawn), (&mut fork, Bare::Fork)];
+        for (series, how) in bare.into_iter().take(if with_fork { 2 } else { 1 }) {
             let (took, mut child) = setup.bare(how).await;
             series.samples.push(took);
             child.kill().await.expect("kill");
@@ -247,7 +254,9 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize) {
     println!("| series | median of first {WINDOW} | median of last {WINDOW} | last / first |");
     println!("| --- | --- | --- | --- |");
     for series in [&ours, &posix, &fork] {
-        println!("{}", series.row());
+        if !series.samples.is_empty() {
+            println!("{}", series.row());
+        }
     }
     let stops = guests.into_iter().map(stop);
     futures::future::join_all(stops).await;
