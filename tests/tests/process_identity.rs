@@ -131,7 +131,9 @@ async fn guest_starts_clean_under_its_own_uid() {
     // The runner's open-file limit as it started, before it raised it.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let started = StartRlimits::capture().with(Resource::RLIMIT_NOFILE, 200, hard);
-    let backend = sh("echo ready; exec sleep 1000").with_start_rlimits(started);
+    // The shell stays the inspected process: an `exec` right after `ready`
+    // could be caught with the dynamic loader's transient fd 3 open.
+    let backend = sh("echo ready; while :; do sleep 1000; done").with_start_rlimits(started);
     let mut guest = launch_as(&backend, &s, "alice").await;
     umask(old_umask);
     let (mut out, _err) = take_outputs(&mut guest);

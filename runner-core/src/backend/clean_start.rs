@@ -1,10 +1,10 @@
 //! Guests start clean: whatever the runner inherited or changed in itself
 //! does not reach a guest it spawns.
 //!
-//! `arm` adds one `pre_exec` step to a command. std runs it in the forked
-//! child after it has dropped to the guest's identity (`Command::uid` /
-//! `gid`: supplementary groups cleared, then gid, then uid) and changed
-//! directory, just before `exec`. In that order it:
+//! [`CleanStart`] is prepared in the parent and applied in the child, after
+//! it has dropped to the guest's identity (supplementary groups cleared,
+//! then gid, then uid) and changed directory, just before `exec`. In that
+//! order it:
 //!
 //! 1. arms the parent-death signal and re-checks the parent (the kernel
 //!    clears the signal on a credential change, so it must come after the
@@ -20,23 +20,28 @@
 //!    the guest more than it has;
 //! 5. marks every descriptor above 2 close-on-exec (`close_range(3, ~0,
 //!    CLOSE_RANGE_CLOEXEC)`, Linux 5.11; before that, `fcntl` on each
-//!    possible descriptor). Marking rather than closing keeps std's own
-//!    exec-error pipe working until the `exec` itself, which closes them all:
-//!    the guest starts with exactly fds 0, 1 and 2.
+//!    possible descriptor). Marking rather than closing keeps the program
+//!    descriptor and any error channel usable until the `exec` itself,
+//!    which closes them all: the guest starts with exactly fds 0, 1 and 2.
 //!
-//! Everything in the step is a raw syscall on plain integers prepared
-//! before the fork: no allocation, no lock, async-signal-safe.
+//! Every step is a raw syscall on plain data prepared before the child was
+//! created: no allocation, no lock, async-signal-safe. That makes it usable
+//! both in a forked child ([`arm`], for `std::process::Command`) and in a
+//! child that shares the runner's memory until `exec` (the process tier's
+//! vfork-class spawn).
 
+use super::process::SpawnStep;
+use nix::errno::Errno;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::stat::{Mode, umask};
-use nix::unistd::getpid;
+use nix::unistd::{Pid, getpid};
 use std::os::unix::process::CommandExt;
 
 /// Upper bound of the descriptor loop used when `close_range` is missing.
 const FALLBACK_FD_CAP: u64 = 1 << 20;
 
 /// Every resource whose limit a guest gets back at its start value.
-const RESOURCES: [Resource; 16] = [
+pub(crate) const RESOURCES: [Resource; 16] = [
     Resource::RLIMIT_AS,
     Resource::RLIMIT_CORE,
     Resource::RLIMIT_CPU,
@@ -92,57 +97,90 @@ impl StartRlimits {
     }
 }
 
-/// Adds the clean-start step (see the module docs) to `cmd`; the child
+/// The clean-start steps of one child, as plain data prepared in the parent
+/// (see the module docs).
+#[derive(Debug)]
+pub(crate) struct CleanStart {
+    runner: Pid,
+    fd_bound: i32,
+    limits: Vec<(Resource, u64, u64)>,
+}
+
+impl CleanStart {
+    /// Prepares the steps for a child that gets `rlimits`.
+    pub(crate) fn prepare(rlimits: StartRlimits) -> Self {
+        // Descriptors are numbered below the open-file limit in force when
+        // they were opened; the runner's current one bounds the fallback
+        // loop, itself capped at Linux's default `fs.nr_open` (the most a
+        // process may open unless the operator raised that sysctl).
+        let fd_bound = getrlimit(Resource::RLIMIT_NOFILE)
+            .map_or(FALLBACK_FD_CAP, |(soft, _)| soft.min(FALLBACK_FD_CAP));
+        Self {
+            runner: getpid(),
+            fd_bound: fd_bound as i32,
+            limits: rlimits.limits,
+        }
+    }
+
+    /// In the child (async-signal-safe, allocation-free): applies every
+    /// step, in order; the first failure names its step.
+    pub(crate) fn apply(&self) -> Result<(), (SpawnStep, Errno)> {
+        super::parent_death::arm_in_child(self.runner)?;
+        umask(Mode::from_bits_truncate(0o077));
+        for &(resource, soft, hard) in &self.limits {
+            lower_to(resource, soft, hard).map_err(|e| (SpawnStep::Rlimit(resource), e))?;
+        }
+        nix::sys::prctl::set_no_new_privs().map_err(|e| (SpawnStep::NoNewPrivs, e))?;
+        mark_cloexec_from_3(self.fd_bound);
+        Ok(())
+    }
+}
+
+/// Adds the clean-start step (see the module docs) to `cmd`, as a
+/// `pre_exec` hook (which makes std fork the whole process); the child
 /// gets `rlimits`.
 pub(crate) fn arm(cmd: &mut std::process::Command, rlimits: StartRlimits) {
-    let runner = getpid();
-    // Descriptors are numbered below the open-file limit in force when they
-    // were opened; the runner's current one bounds the fallback loop, itself
-    // capped at Linux's default `fs.nr_open` (the most a process may open
-    // unless the operator raised that sysctl).
-    let fd_bound = getrlimit(Resource::RLIMIT_NOFILE)
-        .map_or(FALLBACK_FD_CAP, |(soft, _)| soft.min(FALLBACK_FD_CAP));
-    let limits = rlimits.limits;
+    let clean = CleanStart::prepare(rlimits);
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed. It makes raw syscalls (prctl,
-    // getppid, umask, getrlimit, setrlimit, close_range or fcntl) on
-    // integers prepared before the fork, iterates a Vec it owns without
-    // allocating, and builds io::Errors from raw errno values, which does
-    // not allocate. It touches no lock and no state shared with other
-    // threads of the runner.
+    // async-signal-safe calls are allowed. `CleanStart::apply` makes raw
+    // syscalls on data prepared before the fork and allocates nothing; an
+    // io::Error built from a raw errno does not allocate either. It touches
+    // no lock and no state shared with other threads of the runner.
     unsafe {
-        cmd.pre_exec(move || {
-            super::parent_death::arm_in_child(runner)?;
-            umask(Mode::from_bits_truncate(0o077));
-            for &(resource, soft, hard) in &limits {
-                lower_to(resource, soft, hard)?;
-            }
-            nix::sys::prctl::set_no_new_privs()?;
-            let first = 3;
-            let done = nix::libc::syscall(
-                nix::libc::SYS_close_range,
-                first,
-                u32::MAX,
-                nix::libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if done != 0 {
-                // Kernels before 5.11: no close_range, or no CLOEXEC flag.
-                for fd in first..fd_bound as i32 {
-                    nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || clean.apply().map_err(|(_, errno)| errno.into()));
     }
 }
 
 /// Sets `resource` to `(soft, hard)`, clamped to the current hard limit.
-fn lower_to(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
+fn lower_to(resource: Resource, soft: u64, hard: u64) -> Result<(), Errno> {
     let (_, current_hard) = getrlimit(resource)?;
     let hard = hard.min(current_hard);
-    setrlimit(resource, soft.min(hard), hard)?;
-    Ok(())
+    setrlimit(resource, soft.min(hard), hard)
+}
+
+/// Marks every descriptor from 3 up close-on-exec; `fd_bound` bounds the
+/// loop used when the kernel has no `close_range` with that flag.
+#[allow(unsafe_code)]
+fn mark_cloexec_from_3(fd_bound: i32) {
+    let first: u32 = 3;
+    // SAFETY: plain syscalls on integers; marking a descriptor close-on-exec
+    // invalidates no memory, and a number that is not an open descriptor is
+    // reported as EBADF and otherwise ignored.
+    unsafe {
+        let done = nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first,
+            u32::MAX,
+            nix::libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if done != 0 {
+            // Kernels before 5.11: no close_range, or no CLOEXEC flag.
+            for fd in first as i32..fd_bound {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

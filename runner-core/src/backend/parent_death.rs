@@ -6,20 +6,23 @@
 //! the process. Guests are spawned from tokio worker threads, which live as
 //! long as the runtime; a runtime shut down while guests run kills them,
 //! which is the intent. The child re-checks its parent after arming the
-//! signal, closing the race with a runner that died during the fork.
+//! signal, closing the race with a runner that died while the child was being
+//! created.
 
+use super::process::SpawnStep;
+use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid};
 
-/// In a forked child (async-signal-safe): arms the death signal, then fails
-/// with `ESRCH` if `runner` is no longer the parent. Call it after any
-/// credential change, which clears the signal.
-pub(crate) fn arm_in_child(runner: Pid) -> std::io::Result<()> {
-    prctl::set_pdeathsig(Signal::SIGKILL)?;
+/// In a new child (async-signal-safe, allocation-free): arms the death
+/// signal, then fails with `ESRCH` if `runner` is no longer the parent. Call
+/// it after any credential change, which clears the signal.
+pub(crate) fn arm_in_child(runner: Pid) -> Result<(), (SpawnStep, Errno)> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| (SpawnStep::ParentDeathSignal, e))?;
     if getppid() != runner {
         // The runner died before the death signal was armed.
-        return Err(nix::errno::Errno::ESRCH.into());
+        return Err((SpawnStep::ParentGone, Errno::ESRCH));
     }
     Ok(())
 }

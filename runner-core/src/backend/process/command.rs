@@ -1,6 +1,6 @@
 //! The guest's command line, environment and process attributes, built as
-//! plain data (unit-tested without running anything) and then as a
-//! [`std::process::Command`].
+//! plain data (unit-tested without running anything) and then handed to the
+//! spawn (`spawn.rs`, `child.rs`).
 //!
 //! Process attributes, and why:
 //! - **Own process group** (`setpgid(0, 0)`): stop signals the whole group, so
@@ -11,11 +11,11 @@
 //! - **Parent-death signal** (`PR_SET_PDEATHSIG` = SIGKILL): a guest never
 //!   outlives a runner that died without stopping it. It is set after the
 //!   identity drop (which would clear it), and then the child re-checks its
-//!   parent pid: if the runner died between `fork` and `prctl`, the child is
-//!   already orphaned and refuses to exec.
+//!   parent pid: if the runner died between the child's creation and
+//!   `prctl`, the child is already orphaned and refuses to exec.
 //!
-//!   Caveat: Linux fires the signal when the *thread* that forked exits, not
-//!   the process. The launch runs on a Tokio worker thread, which lives as
+//!   Caveat: Linux fires the signal when the *thread* that created the child
+//!   exits, not the process. The launch runs on a Tokio worker thread, which lives as
 //!   long as its runtime, so guests are also killed when the runtime that
 //!   launched them shuts down — which is the intended lifetime anyway. An
 //!   embedding program must not launch from a short-lived thread (for
@@ -33,7 +33,7 @@
 //!   `no_new_privs`, and no descriptor but 0, 1 and 2.
 
 use crate::UserId;
-use crate::backend::clean_start::{self, StartRlimits};
+use crate::backend::clean_start::StartRlimits;
 use crate::config::GuestCommand;
 use crate::identity::GuestUser;
 use nix::sys::resource::Resource;
@@ -41,9 +41,7 @@ use runner_types::ResourceLimits;
 use runner_types::reader::STDIN_FLAG;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// `<args...> --user-id <id> --workspace-root <user dir> --bootstrap-stdin`,
 /// where the user dir is `<workspace_root>/<user_id>`.
@@ -88,42 +86,6 @@ pub(super) fn guest_rlimits(
         Some(n) => limits.with(Resource::RLIMIT_NPROC, n, n),
         None => limits,
     }
-}
-
-/// What the child is started as and with, besides its command line.
-pub(super) struct ChildSetup<'a> {
-    /// The user's workspace directory.
-    pub(super) work_dir: &'a Path,
-    /// Host uid/gid; `None`: the runner's own.
-    pub(super) run_as: Option<GuestUser>,
-    /// Its rlimits ([`guest_rlimits`]).
-    pub(super) rlimits: StartRlimits,
-}
-
-/// A ready-to-spawn command with every attribute from the module docs.
-pub(super) fn build_command(
-    program: &super::program_fd::ProgramHandle,
-    args: &[OsString],
-    env: &BTreeMap<String, String>,
-    setup: ChildSetup<'_>,
-) -> Command {
-    let mut cmd = Command::new(program.exec_path());
-    cmd.arg0(program.path())
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(setup.work_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(guest) = setup.run_as {
-        // std clears the supplementary groups when a uid is set, then sets
-        // the gid, then the uid, before any pre_exec step runs.
-        cmd.gid(guest.gid).uid(guest.uid);
-    }
-    clean_start::arm(&mut cmd, setup.rlimits);
-    cmd
 }
 
 #[cfg(test)]

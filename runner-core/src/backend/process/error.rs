@@ -1,6 +1,7 @@
 //! Why a process-tier guest could not be launched. Every check that can fail
 //! before the guest is spawned has its own variant, so nothing half-starts.
 
+use nix::sys::resource::Resource;
 use runner_types::GuestRole;
 use runner_types::envelope::EnvelopeError;
 use std::fmt;
@@ -68,7 +69,8 @@ pub enum ProcessLaunchError {
         #[source]
         source: EnvelopeError,
     },
-    /// The runner could not subscribe to child-exit notifications (SIGCHLD).
+    /// The runner could not watch the spawned guest's pidfd for its exit
+    /// (the guest is killed again).
     #[error("Cannot watch for the {role} guest's exit")]
     ExitWatch {
         /// The role.
@@ -77,7 +79,8 @@ pub enum ProcessLaunchError {
         #[source]
         source: std::io::Error,
     },
-    /// fork/exec failed.
+    /// The runner could not create the guest process: opening the
+    /// program, creating its pipes or the process itself failed.
     #[error("Cannot spawn the {role} guest program {program}")]
     Spawn {
         /// The role.
@@ -87,6 +90,33 @@ pub enum ProcessLaunchError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The guest process was created, but a step of its setup, or the exec
+    /// of its program, failed; nothing of the program ran and the process
+    /// has been reaped.
+    #[error("The {role} guest program {program} could not be started: {step} failed")]
+    Start {
+        /// The role.
+        role: GuestRole,
+        /// The resolved program.
+        program: PathBuf,
+        /// The step that failed.
+        step: SpawnStep,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An argument, environment entry or path of the guest's command holds
+    /// a NUL byte, which no exec can pass on.
+    #[error("The {role} guest's {what} {value:?} contains a NUL byte")]
+    NulByte {
+        /// The role.
+        role: GuestRole,
+        /// `argument`, `environment variable`, `program path` or
+        /// `working directory`.
+        what: &'static str,
+        /// The offending value (lossy UTF-8).
+        value: String,
     },
     /// A stdio pipe of the spawned guest could not be attached to the async
     /// runtime (the guest is killed again).
@@ -100,6 +130,55 @@ pub enum ProcessLaunchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A step of a new guest process's setup, between its creation and the
+/// start of its program (see the process tier's module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnStep {
+    /// Connecting stdin, stdout and stderr to the runner's pipes.
+    Stdio,
+    /// Dropping the supplementary groups.
+    Groups,
+    /// Switching to the guest's gid.
+    Gid,
+    /// Switching to the guest's uid.
+    Uid,
+    /// Entering the working directory, as the guest's user.
+    WorkDir,
+    /// Starting the guest's own process group.
+    ProcessGroup,
+    /// Arming the parent-death signal.
+    ParentDeathSignal,
+    /// The runner died while the guest was being started.
+    ParentGone,
+    /// Setting one rlimit.
+    Rlimit(Resource),
+    /// Setting `no_new_privs`.
+    NoNewPrivs,
+    /// Clearing the signal mask the program starts with.
+    SignalMask,
+    /// Executing the program itself.
+    Exec,
+}
+
+impl fmt::Display for SpawnStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdio => f.write_str("connecting stdio"),
+            Self::Groups => f.write_str("dropping supplementary groups"),
+            Self::Gid => f.write_str("setting the gid"),
+            Self::Uid => f.write_str("setting the uid"),
+            Self::WorkDir => f.write_str("entering the working directory"),
+            Self::ProcessGroup => f.write_str("starting a process group"),
+            Self::ParentDeathSignal => f.write_str("arming the parent-death signal"),
+            Self::ParentGone => f.write_str("checking that the runner still runs"),
+            Self::Rlimit(r) => write!(f, "setting {r:?}"),
+            Self::NoNewPrivs => f.write_str("setting no_new_privs"),
+            Self::SignalMask => f.write_str("clearing the signal mask"),
+            Self::Exec => f.write_str("exec"),
+        }
+    }
 }
 
 /// Why an existing program cannot be executed.

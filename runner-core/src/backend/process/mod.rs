@@ -8,45 +8,52 @@
 //! [`LaunchSpec::run_as`] when it is set (the runner is root), and with a
 //! clean start: umask 077, fds 0-2 only, `no_new_privs`, the runner's start
 //! rlimits plus `RLIMIT_NPROC` and `RLIMIT_CORE = 0` (see `command.rs` and
-//! `clean_start.rs` for every process attribute and why), writes the bootstrap frame to its
-//! stdin from a background task bounded by [`BOOTSTRAP_WRITE_TIMEOUT`] and
-//! closes it, and hands back stdout and stderr as the guest's log streams.
+//! `clean_start.rs` for every process attribute and why). The process is
+//! created without copying the runner (`spawn.rs`, `child.rs`), so a launch
+//! costs the same with one session or a thousand. The launch then writes
+//! the bootstrap frame to the guest's stdin from a background task bounded
+//! by [`BOOTSTRAP_WRITE_TIMEOUT`] and closes it, and hands back stdout and
+//! stderr as the guest's log streams.
 //!
 //! A waiter task per guest reaps it and publishes its exit; stopping sends
 //! SIGTERM to the group, waits out the grace period, then SIGKILLs the group
-//! (see `group.rs`, which also explains why no signal can hit a recycled
+//! (see `control.rs`, which also explains why no signal can hit a recycled
 //! pid). When the leader exits, however it exits, the rest of its process
 //! group is killed with it, so no grandchild keeps the log pipes open.
+//!
+//! Needs Linux 5.4 or later (pidfds from `clone`, `waitid` on a pidfd).
 //!
 //! The embedding program must ignore SIGPIPE (Rust binaries do by default):
 //! a guest that exits before reading its envelope turns the bootstrap write
 //! into `EPIPE`, which is logged and otherwise harmless.
 
+mod child;
 mod command;
+mod control;
 mod error;
-mod group;
 mod program_fd;
 mod resolve;
+mod spawn;
 
-pub use error::{NotExecutableReason, ProcessLaunchError};
-pub use group::STOP_KILL_WAIT;
+pub use control::STOP_KILL_WAIT;
+pub use error::{NotExecutableReason, ProcessLaunchError, SpawnStep};
 
 use super::clean_start::StartRlimits;
-use super::exit::exit_channel;
 use super::{GuestIdentity, GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::config::GuestCommand;
 use crate::workspace::Workspace;
 use async_trait::async_trait;
-use group::{ProcessControl, ProcessGroup};
+use control::{ProcessControl, ProcessGroup};
 use runner_types::{GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
+use spawn::{SpawnError, SpawnRequest, Spawned};
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 /// How long the runner keeps trying to hand a guest its bootstrap frame. A
@@ -140,76 +147,106 @@ impl SandboxBackend for ProcessBackend {
             }
             .into());
         }
-        let args = command::guest_args(cmd, &spec.user_id, &spec.workspace.user_root);
-        let env = command::guest_env(cmd, &spec.extra_env);
-        // Subscribe before spawning so no SIGCHLD can be missed.
-        let sigchld = signal(SignalKind::child())
-            .map_err(|source| ProcessLaunchError::ExitWatch { role, source })?;
-        let setup = command::ChildSetup {
-            work_dir,
-            run_as: spec.run_as,
-            rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
-        };
-        let spawn_err = |source| ProcessLaunchError::Spawn {
-            role,
-            program: program.clone(),
-            source,
-        };
-        // As another uid, the program is opened here and executed by fd.
-        let handle =
-            program_fd::ProgramHandle::open(&program, spec.run_as.is_some()).map_err(spawn_err)?;
-        let mut child = command::build_command(&handle, &args, &env, setup)
-            .spawn()
-            .map_err(spawn_err)?;
-        drop(handle);
-        let pid = child.id();
-        let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let group = Arc::new(ProcessGroup::new(role, pid));
-        let (notifier, exit) = exit_channel();
-        tokio::spawn(group::watch_exit(child, group.clone(), sigchld, notifier));
-        let (stdin, stdout, stderr) = match attach(role, stdio) {
-            Ok(pipes) => pipes,
-            Err(e) => {
-                group.kill_quietly();
-                return Err(e.into());
-            }
-        };
+        let spawned = self.spawn(cmd, &program, &spec)?;
+        let pid = spawned.pid;
+        let (control, exit, stdin, stdout, stderr) = supervise(role, spawned)?;
         tokio::spawn(write_bootstrap(role, pid, stdin, frame));
         let uid = spec.run_as.map(|g| g.uid);
         info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
             outputs: GuestOutput::pair(stdout, stderr),
-            control: Box::new(ProcessControl {
-                group,
-                exit: exit.clone(),
-            }),
+            control: Box::new(control),
             exit,
         })
     }
 }
 
-type StdPipes = (
-    Option<std::process::ChildStdin>,
-    Option<std::process::ChildStdout>,
-    Option<std::process::ChildStderr>,
+impl ProcessBackend {
+    /// Starts `program` for `spec` with every attribute from `command.rs`.
+    fn spawn(
+        &self,
+        cmd: &GuestCommand,
+        program: &Path,
+        spec: &LaunchSpec,
+    ) -> Result<Spawned, ProcessLaunchError> {
+        let role = spec.role;
+        let args = command::guest_args(cmd, &spec.user_id, &spec.workspace.user_root);
+        let env = command::guest_env(cmd, &spec.extra_env);
+        // As another uid, the program is opened here and executed by fd.
+        let handle =
+            program_fd::ProgramHandle::open(program, spec.run_as.is_some()).map_err(|source| {
+                ProcessLaunchError::Spawn {
+                    role,
+                    program: program.to_path_buf(),
+                    source,
+                }
+            })?;
+        let request = SpawnRequest {
+            program: &handle,
+            args: &args,
+            env: &env,
+            work_dir: &spec.workspace.user_root,
+            run_as: spec.run_as,
+            rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
+        };
+        spawn::spawn(request).map_err(|e| launch_error(role, program, e))
+    }
+}
+
+/// A spawn failure as the tier's error, naming the role and program.
+fn launch_error(role: GuestRole, program: &Path, error: SpawnError) -> ProcessLaunchError {
+    let program = program.to_path_buf();
+    match error {
+        SpawnError::Nul { what, value } => ProcessLaunchError::NulByte { role, what, value },
+        SpawnError::Create(source) => ProcessLaunchError::Spawn {
+            role,
+            program,
+            source,
+        },
+        SpawnError::Child { step, source } => ProcessLaunchError::Start {
+            role,
+            program,
+            step,
+            source,
+        },
+    }
+}
+
+type Supervised = (
+    ProcessControl,
+    super::ExitWatch,
+    pipe::Sender,
+    pipe::Receiver,
+    pipe::Receiver,
 );
 
-/// Turns the child's blocking std pipes into Tokio pipes.
+/// Starts the exit waiter and attaches the pipes; on failure the guest is
+/// killed again.
+fn supervise(role: GuestRole, spawned: Spawned) -> Result<Supervised, ProcessLaunchError> {
+    let group = Arc::new(ProcessGroup::new(role, spawned.pid));
+    let exit = control::watch(group.clone(), spawned.pidfd)
+        .map_err(|source| ProcessLaunchError::ExitWatch { role, source })?;
+    let control = ProcessControl {
+        group,
+        exit: exit.clone(),
+    };
+    let (stdin, stdout, stderr) = attach(role, spawned.stdin, spawned.stdout, spawned.stderr)
+        .inspect_err(|_| control.group.kill_quietly())?;
+    Ok((control, exit, stdin, stdout, stderr))
+}
+
+/// Turns the child's pipe ends into Tokio pipes.
 fn attach(
     role: GuestRole,
-    (stdin, stdout, stderr): StdPipes,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 ) -> Result<(pipe::Sender, pipe::Receiver, pipe::Receiver), ProcessLaunchError> {
     let err = |pipe: &'static str| move |source| ProcessLaunchError::Pipe { role, pipe, source };
-    let fd = |o: Option<OwnedFd>, pipe: &'static str| {
-        o.ok_or_else(|| err(pipe)(std::io::Error::from(ErrorKind::NotFound)))
-    };
-    let stdin = pipe::Sender::from_owned_fd(fd(stdin.map(OwnedFd::from), "stdin")?)
-        .map_err(err("stdin"))?;
-    let stdout = pipe::Receiver::from_owned_fd(fd(stdout.map(OwnedFd::from), "stdout")?)
-        .map_err(err("stdout"))?;
-    let stderr = pipe::Receiver::from_owned_fd(fd(stderr.map(OwnedFd::from), "stderr")?)
-        .map_err(err("stderr"))?;
+    let stdin = pipe::Sender::from_owned_fd(stdin).map_err(err("stdin"))?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(err("stdout"))?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(err("stderr"))?;
     Ok((stdin, stdout, stderr))
 }
 

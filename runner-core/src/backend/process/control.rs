@@ -1,5 +1,5 @@
-//! A launched guest's process group: the waiter that reaps its leader and
-//! publishes the exit, and [`ProcessControl`], its stop handle.
+//! A launched guest's stop handle, [`ProcessControl`], and the waiter that
+//! reaps its process group's leader and publishes the exit.
 //!
 //! Signalling a process group by id is only safe while that id cannot have
 //! been handed to someone else. A group id is the leader's pid, and the
@@ -15,31 +15,29 @@
 //! or exited on its own — except a process that moved itself to another
 //! group or session (`setsid`), which only a cgroup could track.
 //!
-//! Exit notifications come from SIGCHLD (Tokio's signal stream), re-checked
-//! every [`RECHECK`] in case another signal handler in the process swallowed
-//! one.
+//! The waiter learns of the exit from the leader's pidfd (created with the
+//! process, see `spawn.rs`), which becomes readable when the leader exits;
+//! it is watched by Tokio's reactor, and `waitid` on it observes and reaps
+//! exactly that child.
 
-use crate::backend::exit::exit_now;
+use crate::backend::exit::{exit_channel, exit_now};
 use crate::backend::{ExitNotifier, ExitWatch, GuestControl, StopError};
 use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use runner_types::{ExitStatus, GuestExit, GuestRole};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
+use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::signal::unix::Signal as SignalStream;
+use tokio::io::Interest;
+use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
 use tracing::{debug, info, warn};
 
 /// How long [`GuestControl::stop`] waits after SIGKILL before reporting
 /// [`StopError::StillRunning`].
 pub const STOP_KILL_WAIT: Duration = Duration::from_secs(2);
-
-/// Safety-net re-check of the leader's state between SIGCHLDs.
-const RECHECK: Duration = Duration::from_secs(1);
 
 /// One guest's process group.
 #[derive(Debug)]
@@ -94,73 +92,121 @@ fn send(pgid: Pid, signal: Signal) -> Result<(), Errno> {
     }
 }
 
-/// Owns the leader until it is reaped; dropped unreaped (the runtime shut
-/// down under the waiter), it kills the group rather than leave an
-/// unsupervised guest running.
+/// Watches `pidfd` (the leader of `group`) and starts the waiter task; the
+/// returned watch sees its exit. If the pidfd cannot be watched, the group
+/// is killed and its leader reaped here.
+pub(super) fn watch(group: Arc<ProcessGroup>, pidfd: OwnedFd) -> Result<ExitWatch, std::io::Error> {
+    let pidfd = match register(pidfd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let (pidfd, error) = e.into_parts();
+            let mut reaper = Reaper { pidfd: None, group };
+            reaper.reap(pidfd.as_fd(), WaitIdOptions::EXITED);
+            return Err(error);
+        }
+    };
+    let (notifier, exit) = exit_channel();
+    let reaper = Reaper {
+        pidfd: Some(pidfd),
+        group,
+    };
+    tokio::spawn(watch_exit(reaper, notifier));
+    Ok(exit)
+}
+
+/// `pidfd` on Tokio's reactor, waking its waiter when the leader exits.
+#[allow(unsafe_code)]
+fn register(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>, AsyncFdRegisterError<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is an open descriptor that stays open, and names
+    // the same pidfd, until the `AsyncFd` owning it is dropped.
+    unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+}
+
+/// Owns the leader's pidfd until the leader is reaped; dropped unreaped (the
+/// runtime shut down under the waiter), it kills the group rather than leave
+/// an unsupervised guest running.
 struct Reaper {
-    child: Option<Child>,
+    pidfd: Option<AsyncFd<OwnedFd>>,
     group: Arc<ProcessGroup>,
 }
 
 impl Reaper {
-    /// Kills what is left of the group and reaps the exited leader.
-    fn reap(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
+    /// Kills what is left of the group and reaps the exited leader (`wait`
+    /// without `NOHANG` blocks until it has exited).
+    fn reap(
+        &mut self,
+        pidfd: std::os::fd::BorrowedFd<'_>,
+        wait: WaitIdOptions,
+    ) -> Option<ExitStatus> {
         let mut reaped = self.group.lock();
         if let Err(e) = send(self.group.pgid, Signal::SIGKILL) {
             warn!(role = %self.group.role, error = %e, "cannot kill the rest of the guest's process group");
         }
-        // The leader has exited (seen with WNOWAIT): this does not block.
-        let status = child.wait();
-        *reaped = true;
+        let status = loop {
+            match rustix::process::waitid(WaitId::PidFd(pidfd), wait) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other,
+            }
+        };
         match status {
-            Ok(s) => Some(exit_status(s)),
+            Ok(Some(s)) => {
+                *reaped = true;
+                Some(exit_status(&s))
+            }
+            // Still dying (only with NOHANG): not reaped, so its pid stays
+            // reserved and signalling the group stays safe.
+            Ok(None) => None,
             Err(e) => {
                 warn!(role = %self.group.role, error = %e, "cannot reap guest");
+                *reaped = true;
                 None
             }
         }
+    }
+
+    /// Reaps the leader, which has exited (seen with `NOWAIT`).
+    fn reap_exited(&mut self) -> Option<ExitStatus> {
+        let pidfd = self.pidfd.take()?;
+        self.reap(
+            pidfd.get_ref().as_fd(),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        )
     }
 }
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let Some(child) = self.child.as_mut() else {
+        let Some(pidfd) = self.pidfd.take() else {
             return;
         };
-        let reaped = self.group.lock();
-        if *reaped {
+        if *self.group.lock() {
             return;
-        }
-        if let Err(e) = send(self.group.pgid, Signal::SIGKILL) {
-            warn!(role = %self.group.role, error = %e, "cannot kill abandoned guest");
         }
         // Best effort: the leader may take a moment to die; if so it stays
         // a zombie until the runner exits.
-        if let Err(e) = child.try_wait() {
-            debug!(role = %self.group.role, error = %e, "cannot reap abandoned guest");
-        }
+        let status = self.reap(
+            pidfd.get_ref().as_fd(),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
+        debug!(role = %self.group.role, ?status, "killed an abandoned guest");
     }
 }
 
-/// What `waitid(WNOWAIT)` says about the leader.
+/// What `waitid(NOWAIT)` says about the leader.
 enum Peek {
     Running,
     Exited,
     /// Someone else reaped it (or SIGCHLD is ignored process-wide).
-    Lost(Errno),
+    Lost(rustix::io::Errno),
 }
 
-fn peek(pid: Pid) -> Peek {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+fn peek(pidfd: &AsyncFd<OwnedFd>) -> Peek {
+    let flags = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
     loop {
-        return match waitid(Id::Pid(pid), flags) {
-            Ok(WaitStatus::StillAlive) => Peek::Running,
-            Ok(_) => Peek::Exited,
-            Err(Errno::EINTR) => continue,
-            // nix cannot name the signal (a real-time one); the kernel still
-            // reported an exit, which std decodes when reaping.
-            Err(Errno::EINVAL) => Peek::Exited,
+        return match rustix::process::waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), flags) {
+            Ok(None) => Peek::Running,
+            Ok(Some(_)) => Peek::Exited,
+            Err(rustix::io::Errno::INTR) => continue,
             Err(e) => Peek::Lost(e),
         };
     }
@@ -169,52 +215,44 @@ fn peek(pid: Pid) -> Peek {
 /// Waits for the leader to exit, reaps it and publishes its exit. If the
 /// exit cannot be known, the notifier is dropped, which watchers read as
 /// SIGKILL.
-pub(super) async fn watch_exit(
-    child: Child,
-    group: Arc<ProcessGroup>,
-    sigchld: SignalStream,
-    notifier: ExitNotifier,
-) {
-    let pid = group.pgid;
-    let mut reaper = Reaper {
-        child: Some(child),
-        group,
-    };
-    let mut sigchld = Some(sigchld);
-    loop {
-        match peek(pid) {
+async fn watch_exit(mut reaper: Reaper, notifier: ExitNotifier) {
+    let role = reaper.group.role;
+    let pid = reaper.group.pgid;
+    while let Some(pidfd) = reaper.pidfd.as_ref() {
+        match peek(pidfd) {
             Peek::Running => {}
             Peek::Exited => break,
             Peek::Lost(e) => {
-                warn!(role = %reaper.group.role, %pid, error = %e, "guest exit cannot be observed");
+                warn!(%role, %pid, error = %e, "guest exit cannot be observed");
                 // Nothing left to reap or signal safely.
                 *reaper.group.lock() = true;
-                reaper.child = None;
+                reaper.pidfd = None;
                 return;
             }
         }
-        match sigchld.as_mut() {
-            Some(s) => {
-                if let Ok(None) = tokio::time::timeout(RECHECK, s.recv()).await {
-                    // The signal driver is gone; fall back to re-checks.
-                    sigchld = None;
-                }
+        match pidfd.readable().await {
+            Ok(mut ready) => ready.clear_ready(),
+            Err(e) => {
+                // The reactor is gone (runtime shutdown): the reaper's drop
+                // kills the group.
+                warn!(%role, %pid, error = %e, "cannot wait for the guest's exit");
+                return;
             }
-            None => tokio::time::sleep(RECHECK).await,
         }
     }
-    if let Some(status) = reaper.reap() {
-        info!(role = %reaper.group.role, %pid, %status, "guest exited");
+    if let Some(status) = reaper.reap_exited() {
+        info!(%role, %pid, %status, "guest exited");
         notifier.notify(exit_now(status, false));
     }
 }
 
-/// The wire form of a std exit status: its code, or the signal that killed it.
-fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
-    match (status.code(), status.signal()) {
+/// The wire form of a `waitid` status: the exit code, or the signal that
+/// killed it.
+fn exit_status(status: &WaitIdStatus) -> ExitStatus {
+    match (status.exit_status(), status.terminating_signal()) {
         (Some(code), _) => ExitStatus::Code(code),
         (None, Some(signal)) => ExitStatus::Signal(signal),
-        (None, None) => ExitStatus::Code(status.into_raw()),
+        (None, None) => ExitStatus::Code(status.raw_code()),
     }
 }
 
@@ -268,20 +306,5 @@ impl GuestControl for ProcessControl {
             self.group.signal(Signal::SIGKILL)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_status_maps_codes_and_signals() {
-        let code = std::process::ExitStatus::from_raw(3 << 8);
-        assert_eq!(exit_status(code), ExitStatus::Code(3));
-        let killed = std::process::ExitStatus::from_raw(9);
-        assert_eq!(exit_status(killed), ExitStatus::Signal(9));
-        let rt = std::process::ExitStatus::from_raw(35);
-        assert_eq!(exit_status(rt), ExitStatus::Signal(35));
     }
 }
