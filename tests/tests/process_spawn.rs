@@ -3,12 +3,12 @@
 //! clean as its own `/proc` files show; and launches from many threads at
 //! once, while other threads allocate, all start the right program.
 
-use runner_tests::process::*;
 use runner_core::backend::process::{ProcessBackend, ProcessLaunchError, SpawnStep};
 use runner_core::backend::{GuestIdentity, LaunchError, LaunchedGuest, SandboxBackend};
 use runner_core::config::GuestCommand;
 use runner_core::identity::GuestUser;
 use runner_core::workspace::MountOverrides;
+use runner_tests::process::*;
 use runner_types::{ExitStatus, GuestRole};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
