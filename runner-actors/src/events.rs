@@ -101,9 +101,10 @@ impl SessionEvent {
             Self::SessionStarted => (None, EventKind::SessionStarted),
             Self::GuestState { .. } => return None,
             Self::SessionFailed { reason } => (
-                None,
+                reason.role(),
                 EventKind::SessionFailed {
-                    reason: capped(reason.to_string()),
+                    reason: capped(reason.to_text()),
+                    code: Some(reason.code().to_owned()),
                 },
             ),
             Self::Degraded { role, reason } => (

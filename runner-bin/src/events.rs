@@ -84,7 +84,7 @@ fn what(kind: &EventKind) -> String {
             attempt,
             backoff_ms,
         } => format!("restarting (attempt {attempt}, in {backoff_ms} ms)"),
-        EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
+        EventKind::SessionFailed { reason, .. } => format!("session FAILED: {reason}"),
         EventKind::Degraded { code, detail } => format!("degraded: {code} ({detail})"),
         EventKind::Recovered { code } => format!("recovered: {code}"),
         EventKind::LogBytesDropped { stream, total } => {

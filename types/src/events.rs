@@ -106,8 +106,12 @@ pub enum EventKind {
     },
     /// The session is failed (restart limit exceeded, relaunch failed).
     SessionFailed {
-        /// Why, as text.
+        /// Why, as text (with its causes).
         reason: String,
+        /// Why, as a stable code: `restart_limit`, `relaunch_failed` or
+        /// `child_failed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     /// The session runs degraded for a reason that may pass.
     Degraded {

@@ -779,9 +779,10 @@ fn events_response_with_gap_and_every_kind() {
         ),
         record(
             14,
-            None,
+            Some(GuestRole::Runtime),
             EventKind::SessionFailed {
                 reason: "runtime guest: too many restarts".into(),
+                code: Some("restart_limit".into()),
             },
         ),
         record(
@@ -831,7 +832,7 @@ fn events_response_with_gap_and_every_kind() {
                 {"seq": 12, "timestamp": t, "role": "runtime", "event": "guest_exited",
                  "exit": {"status": {"code": 3}, "at_unix_ms": 5, "oom_killed": false}},
                 {"seq": 13, "timestamp": t, "role": "runtime", "event": "guest_restarting", "attempt": 1, "backoff_ms": 100},
-                {"seq": 14, "timestamp": t, "event": "session_failed", "reason": "runtime guest: too many restarts"},
+                {"seq": 14, "timestamp": t, "role": "runtime", "event": "session_failed", "reason": "runtime guest: too many restarts", "code": "restart_limit"},
                 {"seq": 15, "timestamp": t, "role": "sidecar", "event": "degraded", "code": "engine_unreachable", "detail": "no answer"},
                 {"seq": 16, "timestamp": t, "role": "sidecar", "event": "recovered", "code": "engine_unreachable"},
                 {"seq": 17, "timestamp": t, "role": "runtime", "event": "log_bytes_dropped", "stream": "stderr", "total": 9},
