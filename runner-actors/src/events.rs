@@ -222,6 +222,14 @@ impl EventBus {
         self.live.send(event)
     }
 
+    /// A new bus and its first subscriber, which sees every event from the
+    /// very first.
+    pub fn with_first_subscriber() -> (Self, broadcast::Receiver<SessionEvent>) {
+        let bus = Self::new();
+        let first = bus.subscribe();
+        (bus, first)
+    }
+
     /// A live subscription from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.live.subscribe()

@@ -202,16 +202,14 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> (SessionArgs, HandleParts) {
         let user_config = self.config.user(&user);
+        let env = options.env.with_timezone(&user_config.timezone);
         let startup = startup_status(tier, &user_config, &*backend, &identity, options.insecure);
-        let degraded = startup.degraded_reasons.clone();
         let sidecar_link = backend.sidecar_link(&workspace);
         let initial = initial_health(&user, tier, &startup, &workspace, sidecar_link.as_ref());
         let (health_tx, health) = watch::channel(initial);
         let (phase_tx, phase) = watch::channel(SessionPhase::Starting);
-        let events = EventBus::new();
-        let first_events = events.subscribe();
+        let (events, first_events) = EventBus::with_first_subscriber();
         let (report_tx, report) = watch::channel(None);
-        let env = options.env.with_timezone(&user_config.timezone);
         let force = CancellationToken::new();
         let args = SessionArgs {
             user: user.clone(),
@@ -222,8 +220,8 @@ impl Runner {
             backend,
             workspace: workspace.clone(),
             run_as: identity.run_as,
+            degraded: startup.degraded_reasons.clone(),
             startup,
-            degraded,
             env,
             readiness: self.config.readiness_for(&user),
             sidecar_link,
