@@ -62,7 +62,14 @@ async fn run_pump(dir: &Path, limits: LogLimits) -> (Duration, Duration) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn head");
-    let pump = LogPump::spawn(Box::pin(child.stdout.take().expect("stdout")), &sink);
+    let stdout = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .into_owned_fd()
+        .expect("fd");
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).expect("pipe");
+    let pump = LogPump::spawn(stdout, &sink);
     let report = pump.finish(Duration::from_secs(100)).await;
     let wall = start.elapsed();
     let used = cpu(UsageWho::RUSAGE_SELF) - cpu_before;
