@@ -374,7 +374,10 @@ impl RotatingWriter {
                 source,
             };
             self.len = file.metadata().map_err(io_err)?.len();
-            self.splice_ok = leave_append_mode(&file);
+            leave_append_mode(&file);
+            // Tried on the first chunk; the kernel's refusal (EINVAL for
+            // a file still in append mode) switches to copying.
+            self.splice_ok = true;
             file.seek(SeekFrom::End(0)).map_err(io_err)?;
             self.file = Some(file);
         }
@@ -475,19 +478,15 @@ impl RotatingWriter {
     }
 }
 
-/// Clears `O_APPEND` so that `splice` accepts the file; false if the file
-/// must stay in append mode (its append-only attribute forbids clearing
-/// it), which leaves it to the copy path.
-fn leave_append_mode(file: &File) -> bool {
+/// Clears `O_APPEND`, which `splice` refuses. A file with the append-only
+/// attribute keeps it (the kernel forbids clearing it) and is left to the
+/// copy path when its first splice is refused.
+fn leave_append_mode(file: &File) {
     let cleared = fcntl(file, FcntlArg::F_GETFL)
         .map(|flags| OFlag::from_bits_truncate(flags) - OFlag::O_APPEND)
         .and_then(|flags| fcntl(file, FcntlArg::F_SETFL(flags)));
-    match cleared {
-        Ok(_) => true,
-        Err(errno) => {
-            tracing::debug!(%errno, "Log file stays in append mode; bytes are copied, not spliced");
-            false
-        }
+    if let Err(errno) = cleared {
+        tracing::debug!(%errno, "Log file stays in append mode");
     }
 }
 
