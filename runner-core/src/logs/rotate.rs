@@ -32,7 +32,7 @@ use super::index::{IndexWriter, index_path};
 use crate::config::LogLimits;
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::fcntl::{SpliceFFlags, splice};
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -368,17 +368,16 @@ impl RotatingWriter {
 
     fn open_file(&mut self) -> Result<(), HostFileError> {
         if self.file.is_none() {
-            let mut file = open_regular(&self.base, OpenHow::Append { mode: 0o600 })?;
+            let mut file = open_log(&self.base)?;
             let io_err = |source| HostFileError::Io {
                 path: self.base.clone(),
                 source,
             };
             self.len = file.metadata().map_err(io_err)?.len();
-            leave_append_mode(&file);
-            // Tried on the first chunk; the kernel's refusal (EINVAL for
-            // a file still in append mode) switches to copying.
-            self.splice_ok = true;
             file.seek(SeekFrom::End(0)).map_err(io_err)?;
+            // Tried on the first chunk; the kernel's refusal (EINVAL for
+            // a file in append mode) switches to copying.
+            self.splice_ok = true;
             self.file = Some(file);
         }
         Ok(())
@@ -478,15 +477,19 @@ impl RotatingWriter {
     }
 }
 
-/// Clears `O_APPEND`, which `splice` refuses. A file with the append-only
-/// attribute keeps it (the kernel forbids clearing it) and is left to the
-/// copy path when its first splice is refused.
-fn leave_append_mode(file: &File) {
-    let cleared = fcntl(file, FcntlArg::F_GETFL)
-        .map(|flags| OFlag::from_bits_truncate(flags) - OFlag::O_APPEND)
-        .and_then(|flags| fcntl(file, FcntlArg::F_SETFL(flags)));
-    if let Err(errno) = cleared {
-        tracing::debug!(%errno, "Log file stays in append mode");
+/// Opens the log for reading and writing at explicit positions (`splice`
+/// refuses append mode; reading lets the writer learn its last byte). A
+/// file with the append-only attribute can only be opened in append mode:
+/// then it is, and its bytes are copied instead of spliced.
+fn open_log(path: &Path) -> Result<File, HostFileError> {
+    match open_regular(path, OpenHow::ReadWrite { mode: 0o600 }) {
+        Err(HostFileError::Io { source, .. })
+            if source.raw_os_error() == Some(Errno::EPERM as i32) =>
+        {
+            tracing::debug!(path = %path.display(), "Log file is append-only; its output is copied, not spliced");
+            open_regular(path, OpenHow::Append { mode: 0o600 })
+        }
+        other => other,
     }
 }
 
@@ -654,5 +657,13 @@ mod tests {
         w.note_dropped(1, 10);
         w.write(b"g", 11);
         assert_eq!(super::super::gaps::read_gaps(&base).unwrap()[2].flags, 0);
+        // And a file that ends mid-line gets the newline after a reopen.
+        drop(w);
+        let mut w = RotatingWriter::open(base.clone(), limits(100, 1)).unwrap();
+        w.note_dropped(1, 12);
+        w.write(b"h", 13);
+        assert_eq!(read(&base), b"ab\ncd\nef\ng\nh");
+        let gaps = super::super::gaps::read_gaps(&base).unwrap();
+        assert_eq!((gaps[3].offset, gaps[3].flags), (10, NEWLINE_INSERTED));
     }
 }
