@@ -14,8 +14,10 @@
 use super::chunk::{Chunk, Fill, PipeChunk};
 use super::pump::{Handover, Pump, PumpEnd, PumpReport};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::Interest;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -40,6 +42,15 @@ impl Pump {
         report: &mut PumpReport,
         handover: &mut Handover,
     ) -> PumpEnd {
+        // Readiness is handled by hand: a splice that emptied the pipe
+        // says so without another syscall to hear EAGAIN.
+        let pipe = match pipe
+            .into_nonblocking_fd()
+            .and_then(register)
+        {
+            Ok(pipe) => pipe,
+            Err(source) => return PumpEnd::ReadFailed { source },
+        };
         let mut chunk: Option<PipeChunk> = None;
         // When the oldest byte in `chunk` must be handed over.
         let mut flush_by: Option<Instant> = None;
@@ -51,7 +62,7 @@ impl Pump {
                 // A send or a dropped handle both mean stop.
                 _ = &mut *stop => Step::Ended(PumpEnd::Cut),
                 ready = pipe.readable() => match ready {
-                    Ok(()) => self.move_ready(&pipe, &mut chunk, &mut flush_by, report, handover).await,
+                    Ok(guard) => self.move_ready(guard, &mut chunk, &mut flush_by, report, handover).await,
                     Err(source) => Step::Ended(PumpEnd::ReadFailed { source }),
                 },
                 () = &mut linger, if flush_by.is_some() => {
@@ -83,7 +94,7 @@ impl Pump {
     /// fill, until the pipe is empty or ends.
     async fn move_ready(
         &self,
-        pipe: &pipe::Receiver,
+        mut guard: AsyncFdReadyGuard<'_, OwnedFd>,
         chunk: &mut Option<PipeChunk>,
         flush_by: &mut Option<Instant>,
         report: &mut PumpReport,
@@ -96,12 +107,13 @@ impl Pump {
                 match PipeChunk::new(self.tuning.pipe_chunk) {
                     Ok(fresh) => *chunk = Some(fresh),
                     Err(error) => {
-                        return self.read_into_memory(pipe, error, report, handover).await;
+                        return self.read_into_memory(guard, error, report, handover).await;
                     }
                 }
             }
             let current = chunk.as_mut().expect("created above");
-            match pipe.try_io(|| current.fill_from(pipe.as_fd())) {
+            let room = current.room();
+            match current.fill_from(guard.get_inner().as_fd()) {
                 Ok(Fill::Moved(n)) => {
                     self.note_read(report, n);
                     if flush_by.is_none() {
@@ -110,6 +122,12 @@ impl Pump {
                     if current.room() == 0 {
                         *flush_by = None;
                         self.hand_over_pipe(chunk, handover).await;
+                    } else if n < room && drained(&guard) {
+                        // Splice moves all it can: a short move emptied
+                        // the pipe (unless the chunk ran out of pages,
+                        // which `drained` rules out).
+                        guard.clear_ready();
+                        return Step::Drained;
                     }
                 }
                 Ok(Fill::Full) => {
@@ -117,7 +135,10 @@ impl Pump {
                     self.hand_over_pipe(chunk, handover).await;
                 }
                 Ok(Fill::Eof) => return Step::Ended(PumpEnd::Eof),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Drained,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    return Step::Drained;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => return Step::Ended(PumpEnd::ReadFailed { source }),
             }
@@ -141,14 +162,14 @@ impl Pump {
     /// through memory instead.
     async fn read_into_memory(
         &self,
-        pipe: &pipe::Receiver,
+        mut guard: AsyncFdReadyGuard<'_, OwnedFd>,
         error: io::Error,
         report: &mut PumpReport,
         handover: &mut Handover,
     ) -> Step {
         tracing::warn!(path = %self.sink.path().display(), %error, "Cannot create a log chunk pipe; copying this output instead");
         let mut buf = vec![0u8; FALLBACK_READ];
-        match pipe.try_read(&mut buf) {
+        match nix::unistd::read(guard.get_inner(), &mut buf) {
             Ok(0) => Step::Ended(PumpEnd::Eof),
             Ok(n) => {
                 buf.truncate(n);
@@ -157,9 +178,31 @@ impl Pump {
                 // Readiness was kept: the next round tries a pipe again.
                 Step::Drained
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Drained,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Drained,
-            Err(source) => Step::Ended(PumpEnd::ReadFailed { source }),
+            Err(nix::errno::Errno::EAGAIN) => {
+                guard.clear_ready();
+                Step::Drained
+            }
+            Err(nix::errno::Errno::EINTR) => Step::Drained,
+            Err(errno) => Step::Ended(PumpEnd::ReadFailed {
+                source: errno.into(),
+            }),
         }
     }
+}
+
+/// Whether the guest's pipe behind `guard` is empty and its writers are
+/// still there, so its readiness may be cleared (at EOF it must not be:
+/// the next splice reports the end).
+fn drained(guard: &AsyncFdReadyGuard<'_, OwnedFd>) -> bool {
+    !guard.ready().is_read_closed()
+        && rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
+}
+
+/// Registers the guest's pipe with the reactor, for readability.
+#[allow(unsafe_code)]
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor that only it closes,
+    // and its `as_raw_fd` returns that same descriptor for as long as the
+    // `AsyncFd` owns it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
 }
