@@ -161,11 +161,11 @@ fn series(
         ratios: Vec::new(),
     };
     for pair in 0..pairs {
-        let mut cat = || {
+        let cat = || {
             nix::unistd::sync();
             run_cat(dir, work, bytes)
         };
-        let mut pump = || {
+        let pump = || {
             nix::unistd::sync();
             rt.block_on(run_pump(dir, work, bytes))
         };
