@@ -16,8 +16,8 @@ use super::pump::{Handover, Pump, PumpEnd, PumpReport};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -44,10 +44,7 @@ impl Pump {
     ) -> PumpEnd {
         // Readiness is handled by hand: a splice that emptied the pipe
         // says so without another syscall to hear EAGAIN.
-        let pipe = match pipe
-            .into_nonblocking_fd()
-            .and_then(register)
-        {
+        let pipe = match pipe.into_nonblocking_fd().and_then(register) {
             Ok(pipe) => pipe,
             Err(source) => return PumpEnd::ReadFailed { source },
         };
@@ -73,6 +70,10 @@ impl Pump {
             };
             match step {
                 Step::Drained => {
+                    // An idle pump holds no pipe of its own.
+                    if chunk.as_ref().is_some_and(PipeChunk::is_empty) {
+                        chunk = None;
+                    }
                     if let Some(at) = flush_by
                         && linger.deadline() != at
                     {
@@ -153,7 +154,8 @@ impl Pump {
                 // counted as dropped and its pages freed.
                 drop(self.hand_over(Chunk::Pipe(full.seal()), handover).await);
             }
-            // An empty chunk is kept for the next bytes.
+            // An empty chunk is kept for the next bytes (dropped when the
+            // guest's pipe turns out empty).
             empty => *chunk = empty,
         }
     }
