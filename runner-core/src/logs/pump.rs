@@ -355,14 +355,7 @@ impl Pump {
             if due {
                 flush_by = None;
                 linger_fired = false;
-                let back = self.hand_over(Chunk::Bytes(std::mem::take(&mut buf)), handover);
-                buf = match back.await {
-                    Some(Chunk::Bytes(mut emptied)) => {
-                        emptied.clear();
-                        emptied
-                    }
-                    _ => self.sink.queue().spare().unwrap_or_default(),
-                };
+                buf = self.hand_over_buffer(buf, handover).await;
             }
             if let Some(reason) = end.take() {
                 return reason;
@@ -396,6 +389,18 @@ impl Pump {
                 },
                 () = &mut linger, if flush_by.is_some() => linger_fired = true,
             }
+        }
+    }
+
+    /// Hands `buf` over; returns an empty buffer to read into next (the
+    /// same one if it was dropped, else a spare one, else none yet).
+    async fn hand_over_buffer(&self, buf: Vec<u8>, handover: &mut Handover) -> Vec<u8> {
+        match self.hand_over(Chunk::Bytes(buf), handover).await {
+            Some(Chunk::Bytes(mut emptied)) => {
+                emptied.clear();
+                emptied
+            }
+            _ => self.sink.queue().spare().unwrap_or_default(),
         }
     }
 
