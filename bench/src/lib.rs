@@ -269,6 +269,31 @@ impl RawControlConn {
     }
 }
 
+/// This process's open file descriptors by kind (`pipe`, `socket`,
+/// `anon_inode:[pidfd]`, ... and `file` for paths), for telling where
+/// descriptors go.
+pub fn open_fd_kinds() -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd") {
+        let Ok(target) = std::fs::read_link(entry.expect("fd entry").path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let kind = if target.starts_with('/') {
+            "file".to_string()
+        } else {
+            // `pipe:[123]`, `socket:[456]`, `anon_inode:[eventfd]`
+            match target.split_once(":[") {
+                Some((k, rest)) if k == "anon_inode" => format!("{k}:[{rest}"),
+                Some((k, _)) => k.to_string(),
+                None => target.into_owned(),
+            }
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    kinds
+}
+
 /// How many file descriptors this process has open (`/proc/self/fd`).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

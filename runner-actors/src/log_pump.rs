@@ -11,7 +11,7 @@
 use crate::error::SessionError;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runner_core::config::LogLimits;
-use runner_core::logs::{GuestReader, LogPump, LogSink, PumpEnd, PumpHandle, STOP_GRACE};
+use runner_core::logs::{GuestStream, LogPump, LogSink, PumpEnd, PumpHandle, STOP_GRACE};
 use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +22,7 @@ const DRAIN_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 /// Messages of [`LogPumpActor`].
 pub enum LogPumpMsg {
     /// Start copying a new launch's stream into the sink.
-    Attach(GuestReader),
+    Attach(GuestStream),
     /// Wait up to the timeout for every attached stream to reach EOF;
     /// answers how it went.
     Drain {
@@ -203,7 +203,7 @@ impl LogPumpHandle {
     }
 
     /// Hands a new launch's stream to the pump.
-    pub fn attach(&self, reader: GuestReader) {
+    pub fn attach(&self, reader: GuestStream) {
         if self.actor.cast(LogPumpMsg::Attach(reader)).is_err() {
             tracing::warn!(stream = %self.name, "log pump gone; output dropped");
         }

@@ -245,9 +245,8 @@ async fn write_lines(sink: &LogSink, tag: &str, lines: usize) -> Vec<String> {
     let text: Vec<String> = (0..lines).map(|n| format!("{tag}-{n:03}")).collect();
     let mut data = text.join("\n").into_bytes();
     data.push(b'\n');
-    let report = LogPump::spawn(Box::pin(std::io::Cursor::new(data)), sink)
-        .finish(T)
-        .await;
+    let reader: runner_core::logs::GuestReader = Box::pin(std::io::Cursor::new(data));
+    let report = LogPump::spawn(reader, sink).finish(T).await;
     assert_eq!(report.bytes_dropped, 0);
     text
 }

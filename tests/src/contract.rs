@@ -143,7 +143,10 @@ async fn launch(subject: &dyn Subject, act: Act) -> (Case, Running) {
             let feed = (output.stream == LogStream::Stdout)
                 .then(|| tx.take())
                 .flatten();
-            (output.stream, tokio::spawn(drain(output.reader, feed)))
+            (
+                output.stream,
+                tokio::spawn(drain(output.reader.into_reader(), feed)),
+            )
         })
         .collect();
     let running = Running {

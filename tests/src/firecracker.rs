@@ -191,7 +191,7 @@ pub fn take_output(guest: &mut LaunchedGuest, which: LogStream) -> Pin<Box<dyn A
         .position(|o| o.stream == which)
         .unwrap_or_else(|| panic!("no {which} output"));
     let GuestOutput { reader, .. } = guest.outputs.remove(i);
-    reader
+    reader.into_reader()
 }
 
 /// Reads `reader` to EOF, bounded by [`PROMPT`].

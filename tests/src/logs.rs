@@ -2,7 +2,7 @@
 //! files, and comparing a rotated log with a reference byte for byte.
 
 use runner_core::config::LogLimits;
-use runner_core::logs::{GuestReader, LogSink, rotated_path};
+use runner_core::logs::{GuestReader, GuestStream, LogSink, rotated_path};
 use runner_types::{GuestRole, LogStream};
 use std::fs::File;
 use std::io::Read;
@@ -35,6 +35,12 @@ pub fn sink(dir: &Path, stream: LogStream, limits: LogLimits) -> LogSink {
 /// Boxes a stream the way backends hand them over.
 pub fn boxed(reader: impl AsyncRead + Send + 'static) -> GuestReader {
     Box::pin(reader)
+}
+
+/// A child's piped stdout or stderr as the plain pipe the process backend
+/// hands over (the pump splices it).
+pub fn piped(fd: std::io::Result<std::os::fd::OwnedFd>) -> GuestStream {
+    GuestStream::Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(fd.unwrap()).unwrap())
 }
 
 /// Runs the noise guest with `args`, stdout and stderr redirected straight

@@ -114,7 +114,7 @@ pub fn take_outputs(guest: &mut LaunchedGuest) -> (Lines, Lines) {
             .position(|o: &GuestOutput| o.stream == stream)
             .expect("stream is captured");
         Lines {
-            reader: BufReader::new(guest.outputs.remove(i).reader),
+            reader: BufReader::new(guest.outputs.remove(i).reader.into_reader()),
         }
     };
     let out = take(LogStream::Stdout);

@@ -1,7 +1,7 @@
 //! Log pump, byte-exactness: whatever a real guest process writes at full
 //! speed (random bytes, invalid UTF-8, no final newline) lands in the
-//! rotated log files unchanged and in order, whether the pump writes inline
-//! or from the blocking pool.
+//! rotated log files unchanged and in order, whether the pump copies the
+//! stream or splices a pipe.
 
 use runner_core::logs::{LogPump, PumpEnd, PumpTuning};
 use runner_tests::logs::*;
@@ -82,7 +82,11 @@ async fn stdout_and_stderr_interleaved_each_land_exactly() {
         ..PumpTuning::default()
     };
     let out = LogPump::spawn_tuned(boxed(child.stdout.take().unwrap()), &out_sink, small);
-    let err = LogPump::spawn(boxed(child.stderr.take().unwrap()), &err_sink);
+    // Stderr as the process backend hands it over: a pipe, spliced.
+    let err = LogPump::spawn(
+        piped(child.stderr.take().unwrap().into_owned_fd()),
+        &err_sink,
+    );
     let (out, err) = tokio::join!(out.finish(WAIT), err.finish(WAIT));
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
@@ -96,4 +100,11 @@ async fn stdout_and_stderr_interleaved_each_land_exactly() {
     assert_ne!(out_sink.path(), err_sink.path());
     assert_same_stream(&ref_out, &rotated_files(out_sink.path()));
     assert_same_stream(&ref_err, &rotated_files(err_sink.path()));
+    assert_eq!(
+        (
+            out_sink.stats().bytes_spliced,
+            err_sink.stats().bytes_spliced
+        ),
+        (0, 12_000_001)
+    );
 }

@@ -1,16 +1,20 @@
-//! Log pump throughput: a writer pushes 1 GiB into a pipe as fast as it can
-//! (`head -c 1073741824 /dev/zero`); we measure how fast our pump moves it
-//! into the rotating log file, against `cat` copying the same kind of pipe
-//! to a file, in the same run. Also the runner's CPU seconds per GiB while
-//! pumping (getrusage of this process: all its threads).
+//! Log pump throughput: a producer pushes 2 GiB into a pipe as fast as it
+//! can; we measure how fast our pump moves it into the rotating log file
+//! on tmpfs, against `cat` copying the same producer's pipe into a file on
+//! the same tmpfs, in the same run. Also the runner's CPU seconds per GiB
+//! while pumping (getrusage of this process: all its threads).
 //!
-//! The pump only reads and queues; each log's writer thread writes (so
-//! the CPU figure includes that thread). Variants: default rotation (10 MiB files, 5 kept: ~100 rotations per
-//! GiB, what a real chatty guest gets) and one file large enough to never
-//! rotate. Five rounds, the order rotating between rounds, each run after
-//! a `sync`; median and best reported (the machine is shared and noisy, so
-//! the best run shows what the code can do, the median what it did). The runtime is multi-threaded with two workers, like the
-//! daemon's on this two-core machine.
+//! Workloads: zeros (`head -c 2G /dev/zero`) and 100-byte text lines
+//! (`yes <99 characters> | head -c 2G`). Each is run quiet and with a
+//! second CPU-bound process spinning for the whole series. Pairs are
+//! interleaved (cat, pump / pump, cat alternately), each run after a
+//! `sync`; the reported ratio is the median of the per-pair ratios. The
+//! pump uses the default rotation (10 MiB × 5) and the process backend's
+//! way of handing over a stream (a pipe, spliced). The runtime is
+//! multi-threaded with two workers, like the daemon's on this two-core
+//! machine.
+//!
+//! `log_pump [GiB] [pairs]` (defaults 2 and 5).
 
 use nix::sys::resource::{UsageWho, getrusage};
 use runner_bench::median;
@@ -21,9 +25,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BYTES: u64 = 1 << 30;
-const ROUNDS: usize = 5;
-
 /// User + system CPU time of `who` so far.
 fn cpu(who: UsageWho) -> Duration {
     let usage = getrusage(who).expect("getrusage");
@@ -33,11 +34,32 @@ fn cpu(who: UsageWho) -> Duration {
     secs(usage.user_time()) + secs(usage.system_time())
 }
 
-/// `head … | cat > file`: wall time and the pipeline's CPU time.
-fn run_cat(dir: &Path) -> (Duration, Duration) {
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Zeros,
+    Lines,
+}
+
+impl Workload {
+    fn producer(self, bytes: u64) -> String {
+        match self {
+            Self::Zeros => format!("head -c {bytes} /dev/zero"),
+            Self::Lines => format!("yes {} | head -c {bytes}", "x".repeat(99)),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Zeros => "zeros",
+            Self::Lines => "100-byte lines",
+        }
+    }
+}
+
+/// `producer | cat > file`: wall time.
+fn run_cat(dir: &Path, work: Workload, bytes: u64) -> Duration {
     let out = dir.join("cat.out");
-    let script = format!("head -c {BYTES} /dev/zero | cat > '{}'", out.display());
-    let cpu_before = cpu(UsageWho::RUSAGE_CHILDREN);
+    let script = format!("{} | cat > '{}'", work.producer(bytes), out.display());
     let start = Instant::now();
     let status = Command::new("sh")
         .args(["-c", &script])
@@ -45,140 +67,163 @@ fn run_cat(dir: &Path) -> (Duration, Duration) {
         .expect("run sh");
     let wall = start.elapsed();
     assert!(status.success(), "cat pipeline failed: {status}");
-    assert_eq!(std::fs::metadata(&out).expect("cat output").len(), BYTES);
+    assert_eq!(std::fs::metadata(&out).expect("cat output").len(), bytes);
     std::fs::remove_file(&out).expect("remove cat output");
-    (wall, cpu(UsageWho::RUSAGE_CHILDREN) - cpu_before)
+    wall
 }
 
-/// `head …` into our pump: wall time and this process's CPU time.
-async fn run_pump(dir: &Path, limits: LogLimits) -> (Duration, Duration) {
+/// `producer` into our pump: wall time and this process's CPU time.
+async fn run_pump(dir: &Path, work: Workload, bytes: u64) -> (Duration, Duration) {
     let logs = dir.join("logs");
-    let sink = LogSink::open(&logs, GuestRole::Runtime, LogStream::Stdout, limits).expect("sink");
+    let sink = LogSink::open(
+        &logs,
+        GuestRole::Runtime,
+        LogStream::Stdout,
+        LogLimits::default(),
+    )
+    .expect("sink");
     let cpu_before = cpu(UsageWho::RUSAGE_SELF);
     let start = Instant::now();
-    let mut child = tokio::process::Command::new("head")
-        .args(["-c", &BYTES.to_string(), "/dev/zero"])
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &work.producer(bytes)])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn head");
-    let pump = LogPump::spawn(Box::pin(child.stdout.take().expect("stdout")), &sink);
-    let report = pump.finish(Duration::from_secs(100)).await;
+        .expect("spawn producer");
+    let stdout = child.stdout.take().expect("stdout");
+    let stdout = stdout.into_owned_fd().expect("stdout fd");
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).expect("pipe");
+    let report = LogPump::spawn(stdout, &sink)
+        .finish(Duration::from_secs(300))
+        .await;
     let wall = start.elapsed();
     let used = cpu(UsageWho::RUSAGE_SELF) - cpu_before;
-    let status = child.wait().await.expect("wait head");
-    assert!(status.success(), "head failed: {status}");
+    let status = child.wait().await.expect("wait producer");
+    assert!(status.success(), "producer failed: {status}");
     assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
-    // The write queue drops what it cannot hold rather than stall the
-    // pipe; a run that lost bytes says so (and is slower than it looks).
-    assert_eq!(report.bytes_written + report.bytes_dropped, BYTES);
+    assert_eq!(report.bytes_written + report.bytes_dropped, bytes);
     if report.bytes_dropped > 0 {
         eprintln!(
             "  ({} bytes dropped: the writer fell behind)",
             report.bytes_dropped
         );
     }
+    let spliced = sink.stats().bytes_spliced;
+    assert_eq!(spliced, report.bytes_written, "every byte spliced");
+    drop(sink);
     std::fs::remove_dir_all(&logs).expect("remove logs");
     (wall, used)
 }
 
-fn mib_per_s(wall: Duration) -> f64 {
-    (BYTES as f64 / (1 << 20) as f64) / wall.as_secs_f64()
+/// A process spinning on one core until dropped.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start() -> Self {
+        let child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn hog");
+        Self(child)
+    }
 }
 
-fn cpu_per_gib(cpu: Duration) -> f64 {
-    cpu.as_secs_f64() / (BYTES as f64 / (1u64 << 30) as f64)
+impl Drop for Hog {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.kill() {
+            eprintln!("cannot kill the CPU hog: {e}");
+        }
+        if let Err(e) = self.0.wait() {
+            eprintln!("cannot reap the CPU hog: {e}");
+        }
+    }
 }
 
-/// One contender's runs.
-#[derive(Default)]
+/// One configuration's results.
 struct Series {
-    wall: Vec<Duration>,
+    cat: Vec<Duration>,
+    pump: Vec<Duration>,
     cpu: Vec<Duration>,
+    ratios: Vec<f64>,
 }
 
-impl Series {
-    fn push(&mut self, (wall, cpu): (Duration, Duration)) {
-        self.wall.push(wall);
-        self.cpu.push(cpu);
+fn series(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    work: Workload,
+    bytes: u64,
+    pairs: usize,
+) -> Series {
+    let mut s = Series {
+        cat: Vec::new(),
+        pump: Vec::new(),
+        cpu: Vec::new(),
+        ratios: Vec::new(),
+    };
+    for pair in 0..pairs {
+        let cat = || {
+            nix::unistd::sync();
+            run_cat(dir, work, bytes)
+        };
+        let pump = || {
+            nix::unistd::sync();
+            rt.block_on(run_pump(dir, work, bytes))
+        };
+        let (c, (p, used)) = if pair % 2 == 0 {
+            let c = cat();
+            (c, pump())
+        } else {
+            let p = pump();
+            (cat(), p)
+        };
+        // Throughput ratio = inverse time ratio.
+        s.ratios.push(c.as_secs_f64() / p.as_secs_f64());
+        s.cat.push(c);
+        s.pump.push(p);
+        s.cpu.push(used);
     }
+    s
+}
 
-    /// Median and best throughput (MiB/s), median CPU (s/GiB).
-    fn summary(&mut self) -> (f64, f64, f64) {
-        let best = self.wall.iter().min().copied().unwrap_or_default();
-        (
-            mib_per_s(median(&mut self.wall)),
-            mib_per_s(best),
-            cpu_per_gib(median(&mut self.cpu)),
-        )
-    }
+fn mib_per_s(bytes: u64, wall: Duration) -> f64 {
+    (bytes as f64 / (1 << 20) as f64) / wall.as_secs_f64()
 }
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    let gib: u64 = args.next().map_or(2, |a| a.parse().expect("GiB"));
+    let pairs: usize = args.next().map_or(5, |a| a.parse().expect("pairs"));
+    let bytes = gib << 30;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rotating = LogLimits::default();
-    let one_file = LogLimits {
-        max_file_bytes: 2 * BYTES,
-        max_files: 1,
-    };
-    let (mut cat, mut rot, mut big) = (Series::default(), Series::default(), Series::default());
-    for round in 0..ROUNDS {
-        // Rotate the order so no contender always runs first; each run
-        // starts with no dirty pages left by the previous one.
-        for slot in 0..3 {
-            nix::unistd::sync();
-            match (round + slot) % 3 {
-                0 => cat.push(run_cat(dir.path())),
-                1 => rot.push(runtime.block_on(run_pump(dir.path(), rotating))),
-                _ => big.push(runtime.block_on(run_pump(dir.path(), one_file))),
-            }
+    let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir on tmpfs");
+    println!(
+        "log_pump: {gib} GiB through a pipe into a log on tmpfs, {pairs} interleaved pairs per row"
+    );
+    println!(
+        "| workload | other load | cat median | pump median | ratio (median of pairs) | ratio range | runner CPU median |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for hog in [false, true] {
+        for work in [Workload::Zeros, Workload::Lines] {
+            let _hog = hog.then(Hog::start);
+            let mut s = series(&runtime, dir.path(), work, bytes, pairs);
+            let mut ratios = s.ratios.clone();
+            ratios.sort_by(f64::total_cmp);
+            let ratio = ratios[ratios.len() / 2];
+            let cpu_per_gib = median(&mut s.cpu).as_secs_f64() / gib as f64;
+            println!(
+                "| {} | {} | {:.0} MiB/s | {:.0} MiB/s | {ratio:.2}× | {:.2}–{:.2}× | {cpu_per_gib:.2} s/GiB |",
+                work.name(),
+                if hog { "1 CPU-bound process" } else { "none" },
+                mib_per_s(bytes, median(&mut s.cat)),
+                mib_per_s(bytes, median(&mut s.pump)),
+                ratios[0],
+                ratios[ratios.len() - 1],
+            );
         }
-        eprintln!(
-            "round {}: cat {:.0} MiB/s, pump (rotating) {:.0} MiB/s, pump (one file) {:.0} MiB/s",
-            round + 1,
-            mib_per_s(cat.wall[round]),
-            mib_per_s(rot.wall[round]),
-            mib_per_s(big.wall[round])
-        );
-    }
-    let (cat_med, cat_best, cat_cpu) = cat.summary();
-    let (rot_med, rot_best, rot_cpu) = rot.summary();
-    let (big_med, big_best, big_cpu) = big.summary();
-    println!(
-        "log_pump: 1 GiB from `head -c 1G /dev/zero` through a pipe into a file, {ROUNDS} rounds"
-    );
-    println!("  (median / best MiB/s; ratio to cat of medians / of bests; CPU median s/GiB)");
-    println!(
-        "  cat > file (baseline):        {cat_med:6.0} / {cat_best:6.0}                      head+cat CPU {cat_cpu:.2}"
-    );
-    for (name, med, best, cpu) in [
-        ("pump, rotating 10 MiB x 5:", rot_med, rot_best, rot_cpu),
-        ("pump, one file:           ", big_med, big_best, big_cpu),
-    ] {
-        println!(
-            "  {name}    {med:6.0} / {best:6.0}   ratio {:.2} / {:.2}   runner CPU {cpu:.2}",
-            med / cat_med,
-            best / cat_best
-        );
-    }
-    println!();
-    println!(
-        "| bench | workload | baseline (cat) median / best | ours median / best | ratio (medians / bests) | runner CPU |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for (name, med, best, cpu) in [
-        ("rotating 10 MiB × 5", rot_med, rot_best, rot_cpu),
-        ("one file", big_med, big_best, big_cpu),
-    ] {
-        println!(
-            "| log_pump | 1 GiB pipe → log, {name} | {cat_med:.0} / {cat_best:.0} MiB/s | {med:.0} / {best:.0} MiB/s | {:.2}× / {:.2}× | {cpu:.2} s/GiB |",
-            med / cat_med,
-            best / cat_best
-        );
     }
 }

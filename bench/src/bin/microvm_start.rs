@@ -134,7 +134,7 @@ fn take(guest: &mut LaunchedGuest, which: LogStream) -> std::pin::Pin<Box<dyn As
         .iter()
         .position(|o| o.stream == which)
         .expect("stream");
-    guest.outputs.remove(i).reader
+    guest.outputs.remove(i).reader.into_reader()
 }
 
 async fn run_backend(s: &Setup) -> Duration {

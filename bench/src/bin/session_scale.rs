@@ -1,15 +1,16 @@
-//! Many sessions in one process: 500 sessions, each with two real demo
+//! Many sessions in one process: N sessions (the first argument; default
+//! 500), each with two real demo
 //! guests (runtime and sidecar, heartbeat every 10 minutes, so idle) through
 //! the process backend, each serving its control socket.
 //!
 //! Measured, in this order, in one run:
-//! 1. Baseline: the same 1000 guest processes spawned directly with
+//! 1. Baseline: the same 2N guest processes spawned directly with
 //!    `tokio::process` (same bootstrap frames on stdin, workspaces made
 //!    beforehand), sequentially: until all were spawned, until all printed
 //!    `envelope=` on their stdout pipes; then SIGTERM to all and wait for all.
 //! 2. Baseline: `health_check` latency on one session alone (the same
 //!    number of sequential requests as step 4 sends in total).
-//! 3. 500 sessions started one after another: total time until the last
+//! 3. N sessions started one after another: total time until the last
 //!    start call returned and until every guest's `envelope=` line is in
 //!    its log file; per-call latency; the runner's resident memory (`VmRSS`
 //!    of this process before and after, divided by the sessions: it counts
@@ -17,9 +18,9 @@
 //!    guests') and open file descriptors per session.
 //! 4. `health_check` over each session's own socket (one persistent
 //!    connection per session, one request per session per round, sessions
-//!    in turn, several rounds) while all 500 run: p50 and p99.
-//! 5. All 500 sessions shut down at once: until every shutdown returned.
-//! 6. Again 500 sessions, started 16 at a time, and shut down at once.
+//!    in turn, several rounds) while all N run: p50 and p99.
+//! 5. All N sessions shut down at once: until every shutdown returned.
+//! 6. Again N sessions, started 16 at a time, and shut down at once.
 //!
 //! A session that fails to start is counted and reported, and the rest of
 //! the run uses the sessions that did start.
@@ -42,7 +43,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SESSIONS: usize = 500;
+/// Sessions when no count is given on the command line.
+const DEFAULT_SESSIONS: usize = 500;
 const PARALLEL_STARTS: usize = 16;
 const HEALTH_ROUNDS: usize = 5;
 const BOUND: Duration = Duration::from_secs(60);
@@ -62,6 +64,7 @@ struct Footprint {
     rss_kib: u64,
     pte_kib: u64,
     fds: u64,
+    fd_kinds: std::collections::BTreeMap<String, usize>,
     threads: u64,
 }
 
@@ -71,6 +74,7 @@ impl Footprint {
             rss_kib: vm_rss_kib(),
             pte_kib: proc_status("VmPTE").unwrap_or(0),
             fds: open_fds() as u64,
+            fd_kinds: runner_bench::open_fd_kinds(),
             threads: proc_status("Threads").unwrap_or(0),
         }
     }
@@ -86,6 +90,10 @@ struct Bare {
 
 #[tokio::main]
 async fn main() {
+    let sessions: usize = std::env::args()
+        .nth(1)
+        .map_or(DEFAULT_SESSIONS, |a| a.parse().expect("session count"));
+    raise_fd_limit(sessions);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
     let runner = Runner::new(
@@ -93,13 +101,14 @@ async fn main() {
         Backends::new().with(Arc::new(demo_guest_backend(&guest))),
     );
 
+    let logs_kib = logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
     let clock = Instant::now();
     eprintln!(
         "{:>6.1}s [1/6] bare baseline: {} guest processes",
         clock.elapsed().as_secs_f64(),
-        2 * SESSIONS
+        2 * sessions
     );
-    let bare = bare_fleet(&guest, &dir.path().join("bare")).await;
+    let bare = bare_fleet(&guest, &dir.path().join("bare"), sessions).await;
 
     eprintln!(
         "{:>6.1}s [2/6] health baseline: one session",
@@ -115,15 +124,15 @@ async fn main() {
     wait_for_logs(vec![logs[1].clone()], "sidecar_listening=", BOUND).await;
     wait_for_logs(vec![logs[0].clone()], "sidecar_connected=", BOUND).await;
     let socket = one.control_socket().expect("socket");
-    let mut one_latency = health(&[socket], SESSIONS * HEALTH_ROUNDS).await;
+    let mut one_latency = health(&[socket], sessions * HEALTH_ROUNDS).await;
     one.shutdown(BOUND).await.expect("shutdown one session");
 
     eprintln!(
-        "{:>6.1}s [3/6] {SESSIONS} sessions, sequential starts",
+        "{:>6.1}s [3/6] {sessions} sessions, sequential starts",
         clock.elapsed().as_secs_f64()
     );
     let before = Footprint::now();
-    let mut seq = start_fleet(&runner, "q", 1).await;
+    let mut seq = start_fleet(&runner, "q", 1, sessions).await;
     let after = Footprint::now();
     let started = seq.sessions.len();
 
@@ -145,10 +154,10 @@ async fn main() {
     let (seq_stop, seq_stop_failed) = stop_fleet(&seq.sessions).await;
 
     eprintln!(
-        "{:>6.1}s [6/6] {SESSIONS} sessions, {PARALLEL_STARTS} starts at a time",
+        "{:>6.1}s [6/6] {sessions} sessions, {PARALLEL_STARTS} starts at a time",
         clock.elapsed().as_secs_f64()
     );
-    let par = start_fleet(&runner, "c", PARALLEL_STARTS).await;
+    let par = start_fleet(&runner, "c", PARALLEL_STARTS, sessions).await;
     let (par_stop, par_stop_failed) = stop_fleet(&par.sessions).await;
 
     // Removing 1500 workspaces takes a while on some file systems; say so.
@@ -162,12 +171,12 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     println!(
-        "session_scale: {SESSIONS} sessions x (runtime + sidecar demo guest, control socket) in one process"
+        "session_scale: {sessions} sessions x (runtime + sidecar demo guest, control socket) in one process"
     );
     for (name, fleet) in [("sequential", &seq), ("16 at a time", &par)] {
         if fleet.failed > 0 {
             println!(
-                "  {name}: {} of {SESSIONS} starts FAILED; first error: {}",
+                "  {name}: {} of {sessions} starts FAILED; first error: {}",
                 fleet.failed,
                 fleet.first_error.as_deref().unwrap_or("?")
             );
@@ -179,7 +188,7 @@ async fn main() {
     println!();
     println!(
         "| start | ours | baseline: {} bare guest spawns | ratio |",
-        2 * SESSIONS
+        2 * sessions
     );
     println!("| --- | --- | --- | --- |");
     for (name, fleet) in [
@@ -204,7 +213,7 @@ async fn main() {
         );
     }
     println!(
-        "| for reference: provisioning {SESSIONS} workspaces (7 mkdirs each; inside our start, outside the baseline) | {} | | |",
+        "| for reference: provisioning {sessions} workspaces (7 mkdirs each; inside our start, outside the baseline) | {} | | |",
         ms(bare.provisioned)
     );
     println!();
@@ -245,11 +254,21 @@ async fn main() {
         after.fds,
         per(before.fds, after.fds)
     );
+    for (kind, after_n) in &after.fd_kinds {
+        let before_n = before.fd_kinds.get(kind).copied().unwrap_or(0);
+        println!(
+            "| … of which {kind} | {before_n} | {after_n} | {:.2} |",
+            per(before_n as u64, *after_n as u64)
+        );
+    }
     println!(
         "| threads | {} | {} | {:.2} |",
         before.threads,
         after.threads,
         per(before.threads, after.threads)
+    );
+    println!(
+        "| of which the logs layer alone (4 sinks + 4 idle pumps on pipes per session, measured apart) | | | {logs_kib:.1} KiB |"
     );
     println!();
     println!("| health_check (sequential, persistent connections) | samples | p50 | p99 |");
@@ -272,7 +291,7 @@ async fn main() {
     println!();
     println!(
         "| shutdown, all at once | ours | baseline: SIGTERM {} bare guests + wait | ratio |",
-        2 * SESSIONS
+        2 * sessions
     );
     println!("| --- | --- | --- | --- |");
     ratio_row(
@@ -285,6 +304,51 @@ async fn main() {
         par_stop,
         bare.stopped,
     );
+}
+
+/// The logs layer's share of a session's memory, measured on its own: 4
+/// sinks per session, each fed by an idle pump on a pipe (what a session
+/// with two quiet guests holds), resident memory after minus before, per
+/// session.
+async fn logs_layer_alone(dir: &Path, sessions: usize) -> f64 {
+    use runner_core::config::LogLimits;
+    use runner_core::logs::{LogPump, LogSink};
+    use runner_types::LogStream;
+    let before = vm_rss_kib();
+    let mut held = Vec::new();
+    for i in 0..sessions {
+        let logs = dir.join(i.to_string());
+        for role in [GuestRole::Runtime, GuestRole::Sidecar] {
+            for stream in [LogStream::Stdout, LogStream::Stderr] {
+                let sink = LogSink::open(&logs, role, stream, LogLimits::default()).expect("sink");
+                let (r, w) = nix::unistd::pipe().expect("pipe");
+                let r = tokio::net::unix::pipe::Receiver::from_owned_fd(r).expect("pipe");
+                held.push((LogPump::spawn(r, &sink), sink, w));
+            }
+        }
+    }
+    // Let every pump reach its first wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per = (vm_rss_kib().saturating_sub(before)) as f64 / sessions as f64;
+    for (pump, _sink, w) in held {
+        drop(w);
+        pump.finish(BOUND).await;
+    }
+    per
+}
+
+/// Raises the soft open-file limit to the hard one: each session holds a
+/// few descriptors and each guest pipe another, beyond the usual 1024.
+fn raise_fd_limit(sessions: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        eprintln!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+    let need = 30 * sessions as u64;
+    if hard < need {
+        eprintln!("warning: open-file limit {hard} may be too low for {sessions} sessions");
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -300,11 +364,11 @@ fn ratio_row(name: &str, ours: Duration, base: Duration) {
     );
 }
 
-/// Starts [`SESSIONS`] sessions named `<prefix><n>`, `parallel` at a time,
+/// Starts `count` sessions named `<prefix><n>`, `parallel` at a time,
 /// then waits until every guest has read its envelope.
-async fn start_fleet(runner: &Runner, prefix: &str, parallel: usize) -> Fleet {
+async fn start_fleet(runner: &Runner, prefix: &str, parallel: usize, count: usize) -> Fleet {
     let t = Instant::now();
-    let results: Vec<_> = futures::stream::iter(0..SESSIONS)
+    let results: Vec<_> = futures::stream::iter(0..count)
         .map(|i| {
             let user = format!("{prefix}{i}");
             async move {
@@ -318,10 +382,10 @@ async fn start_fleet(runner: &Runner, prefix: &str, parallel: usize) -> Fleet {
         .await;
     let returned = t.elapsed();
     let mut fleet = Fleet {
-        sessions: Vec::with_capacity(SESSIONS),
+        sessions: Vec::with_capacity(count),
         failed: 0,
         first_error: None,
-        calls: Vec::with_capacity(SESSIONS),
+        calls: Vec::with_capacity(count),
         returned,
         ready: Duration::ZERO,
     };
@@ -395,11 +459,11 @@ async fn health(sockets: &[PathBuf], rounds: usize) -> Vec<Duration> {
     latencies
 }
 
-/// The baseline: 2 x [`SESSIONS`] guests spawned directly, in session order.
-async fn bare_fleet(program: &Path, root: &Path) -> Bare {
+/// The baseline: 2 x `count` guests spawned directly, in session order.
+async fn bare_fleet(program: &Path, root: &Path, count: usize) -> Bare {
     let t = Instant::now();
-    let mut plans = Vec::with_capacity(SESSIONS);
-    for i in 0..SESSIONS {
+    let mut plans = Vec::with_capacity(count);
+    for i in 0..count {
         let user = UserId::new(format!("b{i}")).expect("user id");
         let ws = Workspace::provision(root, &user, &MountOverrides::default()).expect("workspace");
         let frames = [GuestRole::Sidecar, GuestRole::Runtime]
@@ -408,7 +472,7 @@ async fn bare_fleet(program: &Path, root: &Path) -> Bare {
     }
     let provisioned = t.elapsed();
     let t = Instant::now();
-    let mut guests = Vec::with_capacity(2 * SESSIONS);
+    let mut guests = Vec::with_capacity(2 * count);
     for (user, ws, frames) in &plans {
         for (role, frame) in frames {
             guests.push(BareGuest::spawn(program, *role, ws, user, frame).await);

@@ -12,6 +12,7 @@ mod parent_death;
 pub mod process;
 
 use crate::UserId;
+use crate::logs::{GuestReader, GuestStream};
 use crate::workspace::Workspace;
 use async_trait::async_trait;
 use runner_types::{
@@ -19,10 +20,10 @@ use runner_types::{
     SidecarEndpoint,
 };
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncRead;
+use tokio::net::unix::pipe;
 
 pub use exit::{ExitNotifier, ExitWatch};
 
@@ -96,8 +97,9 @@ impl GuestIdentity {
 pub struct GuestOutput {
     /// Which stream.
     pub stream: LogStream,
-    /// The bytes, until EOF.
-    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    /// The bytes, until EOF (a pipe is spliced into its log, see
+    /// [`GuestStream`]).
+    pub reader: GuestStream,
 }
 
 impl GuestOutput {
@@ -106,14 +108,25 @@ impl GuestOutput {
         stdout: impl AsyncRead + Send + 'static,
         stderr: impl AsyncRead + Send + 'static,
     ) -> Vec<GuestOutput> {
+        let boxed = |r: GuestReader| GuestStream::Reader(r);
+        Self::streams(boxed(Box::pin(stdout)), boxed(Box::pin(stderr)))
+    }
+
+    /// A guest's stdout and stderr pipes (spliced into their logs without
+    /// a copy through user space).
+    pub fn pipes(stdout: pipe::Receiver, stderr: pipe::Receiver) -> Vec<GuestOutput> {
+        Self::streams(GuestStream::Pipe(stdout), GuestStream::Pipe(stderr))
+    }
+
+    fn streams(stdout: GuestStream, stderr: GuestStream) -> Vec<GuestOutput> {
         vec![
             GuestOutput {
                 stream: LogStream::Stdout,
-                reader: Box::pin(stdout),
+                reader: stdout,
             },
             GuestOutput {
                 stream: LogStream::Stderr,
-                reader: Box::pin(stderr),
+                reader: stderr,
             },
         ]
     }

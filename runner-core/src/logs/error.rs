@@ -45,15 +45,6 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// The sink's writer thread could not be started.
-    #[error("Cannot start the log writer thread for {path}")]
-    WriterThread {
-        /// The log file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The blocking task that reads log files panicked or was cancelled.
     #[error("Log reader task for {path} did not complete")]
     ReaderTask {

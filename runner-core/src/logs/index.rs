@@ -142,6 +142,12 @@ impl IndexWriter {
         }
     }
 
+    /// Closes the file but remembers the last record (the log is idle; the
+    /// next note reopens it).
+    pub(crate) fn release(&mut self) {
+        self.file = None;
+    }
+
     /// Closes the file and forgets the last record (the log file is being
     /// rotated; the next write starts a fresh index).
     pub(crate) fn close(&mut self) {

@@ -13,10 +13,14 @@
 //!   they are. Each file is filled exactly to `max_file_bytes` before the
 //!   next byte rotates it, so the concatenation `.log.N` … `.log.1` `.log` is
 //!   the stream's newest bytes (older ones fall off the end).
-//! - No file-system call runs on a runtime worker: a pump only reads its
-//!   pipe and hands buffers to the sink's bounded queue (default
-//!   [`DEFAULT_QUEUE_BYTES`], see [`queue`]); each sink's own writer thread
-//!   writes, rotates and indexes. A pump keeps reading until EOF whatever
+//! - Zero-copy where the stream is a pipe ([`GuestStream::Pipe`]): bytes go
+//!   pipe → pipe → file with `splice(2)` and never through this process's
+//!   memory (unless someone follows the log, or the file refuses splice).
+//! - No file-system call runs on a runtime worker: a pump only moves bytes
+//!   out of its stream and hands chunks to the sink's bounded queue
+//!   (default [`DEFAULT_QUEUE_BYTES`], see [`queue`]); the sink's writer
+//!   thread, which runs only while there is output, writes, rotates and
+//!   indexes. A pump keeps reading until EOF whatever
 //!   the bytes are and whatever the disk does: a buffer the full queue
 //!   cannot take (a stalled disk) and bytes a write loses (ENOSPC, EIO) are
 //!   counted ([`SinkStats::bytes_dropped`], [`LogSink::watch_dropped`]),
@@ -35,6 +39,7 @@
 //! - The live feed ([`LogSink::subscribe`], [`LogSink::follow`]) costs one
 //!   atomic load per chunk while nobody follows.
 
+mod chunk;
 mod error;
 pub mod gaps;
 pub mod index;
@@ -44,12 +49,15 @@ pub mod queue;
 mod reader;
 mod rotate;
 mod sink;
+mod splice;
 
 pub use error::LogError;
 pub use gaps::{GapRecord, read_gaps};
 pub use lines::LineSplitter;
-pub use pump::{GuestReader, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE};
-pub use queue::{DEFAULT_QUEUE_BYTES, FULL_WAIT};
+pub use pump::{
+    GuestReader, GuestStream, LogPump, PumpEnd, PumpHandle, PumpReport, PumpTuning, STOP_GRACE,
+};
+pub use queue::{DEFAULT_QUEUE_BYTES, FULL_WAIT, WRITER_LINGER};
 pub use reader::{
     DEFAULT_MAX_BYTES, LinesAfter, LogBacklog, LogCursor, LogLines, LogQuery, Loss, read_log_files,
 };

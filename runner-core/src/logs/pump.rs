@@ -2,14 +2,19 @@
 //! for byte, until EOF or until its owner stops it.
 //!
 //! The pump never stops reading because of the bytes (no line parsing, no
-//! UTF-8) or the disk: it only reads the pipe and hands full buffers to the
-//! sink's bounded write queue; the sink's writer thread does the file work.
-//! Bytes are handed over when the buffer is full or its oldest byte has
-//! waited [`PumpTuning::linger`], so a fast producer's many small pipe
-//! writes become few large file writes. A buffer the full queue cannot take
-//! (the disk stalls) is dropped and counted after at most
-//! [`super::queue::FULL_WAIT`], never held back by leaving the pipe unread.
+//! UTF-8) or the disk: it only moves bytes out of the stream and hands full
+//! chunks to the sink's bounded write queue; the sink's writer thread does
+//! the file work. A pipe ([`GuestStream::Pipe`]) is never read into memory:
+//! its bytes are spliced into a pipe of the pump's own and from there into
+//! the file (see [`super::chunk`] for why two steps). Any other stream
+//! ([`GuestStream::Reader`]) is read into buffers. Chunks are handed over
+//! when full or when their oldest byte has waited [`PumpTuning::linger`],
+//! so a fast producer's many small pipe writes become few large file
+//! writes. A chunk the full queue cannot take (the disk stalls) is dropped
+//! and counted after at most [`super::queue::FULL_WAIT`], never held back by
+//! leaving the pipe unread.
 
+use super::chunk::Chunk;
 use super::queue::{FULL_WAIT, Tally};
 use super::sink::{LogSink, now_ms};
 use std::io;
@@ -19,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
@@ -35,6 +41,10 @@ pub struct PumpTuning {
     /// writer's many small pipe writes become few large file writes.
     /// Default 2 ms.
     pub linger: Duration,
+    /// Bytes of a pipe chunk (the pump's own pipe a [`GuestStream::Pipe`]
+    /// is spliced into; the kernel rounds it to whole pages, and an
+    /// unprivileged runner over its pipe quota gets less). Default 1 MiB.
+    pub pipe_chunk: usize,
 }
 
 impl Default for PumpTuning {
@@ -42,44 +52,111 @@ impl Default for PumpTuning {
         Self {
             buffer: 128 * 1024,
             linger: Duration::from_millis(2),
+            pipe_chunk: 1 << 20,
         }
     }
 }
+
+/// Capacity a copy-path pump's buffer has while it waits for the first
+/// bytes; it grows to [`PumpTuning::buffer`] once output flows.
+const IDLE_BUFFER: usize = 4096;
 
 /// After a pump is told to stop, how long the writer may take to write what
 /// the pump already read before the pump is aborted (its owner's wait ends;
 /// a writer stuck on the disk keeps its thread, never a runtime worker).
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
-/// A guest stream being copied into a [`LogSink`].
+/// A byte stream being copied into a [`LogSink`].
 pub type GuestReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A guest output stream, as a backend hands it over.
+pub enum GuestStream {
+    /// A pipe's read end (process-tier streams, the Firecracker console):
+    /// spliced into the log without a copy through user space.
+    Pipe(pipe::Receiver),
+    /// Any other byte stream (a container's demultiplexed attach stream):
+    /// read into buffers and copied.
+    Reader(GuestReader),
+}
+
+impl From<GuestReader> for GuestStream {
+    fn from(reader: GuestReader) -> Self {
+        Self::Reader(reader)
+    }
+}
+
+impl From<pipe::Receiver> for GuestStream {
+    fn from(pipe: pipe::Receiver) -> Self {
+        Self::Pipe(pipe)
+    }
+}
+
+impl GuestStream {
+    /// The stream as a plain byte reader (for callers that read it
+    /// themselves instead of pumping it into a log).
+    pub fn into_reader(self) -> GuestReader {
+        match self {
+            Self::Pipe(pipe) => Box::pin(pipe),
+            Self::Reader(reader) => reader,
+        }
+    }
+}
+
+/// Reads the stream's bytes (no splicing): for callers that read a guest's
+/// output themselves.
+impl AsyncRead for GuestStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Pipe(pipe) => Pin::new(pipe).poll_read(cx, buf),
+            Self::Reader(reader) => reader.as_mut().poll_read(cx, buf),
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pipe(_) => "GuestStream::Pipe",
+            Self::Reader(_) => "GuestStream::Reader",
+        })
+    }
+}
 
 /// Starts pumps; see [`LogPump::spawn`].
 #[derive(Debug, Clone, Copy)]
 pub struct LogPump;
 
 impl LogPump {
-    /// Spawns a task that copies `reader` into `sink` until EOF, appending
+    /// Spawns a task that moves `stream` into `sink` until EOF, appending
     /// to the sink's files. Must be called within a Tokio runtime (with
     /// its time driver enabled).
-    pub fn spawn(reader: GuestReader, sink: &LogSink) -> PumpHandle {
-        Self::spawn_tuned(reader, sink, PumpTuning::default())
+    pub fn spawn(stream: impl Into<GuestStream>, sink: &LogSink) -> PumpHandle {
+        Self::spawn_tuned(stream, sink, PumpTuning::default())
     }
 
     /// [`Self::spawn`] with non-default buffering.
-    pub fn spawn_tuned(reader: GuestReader, sink: &LogSink, tuning: PumpTuning) -> PumpHandle {
+    pub fn spawn_tuned(
+        stream: impl Into<GuestStream>,
+        sink: &LogSink,
+        tuning: PumpTuning,
+    ) -> PumpHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let progress = Arc::new(AtomicU64::new(0));
         let pump = Pump {
             sink: sink.clone(),
             tuning: PumpTuning {
                 buffer: tuning.buffer.max(1),
+                pipe_chunk: tuning.pipe_chunk.max(1),
                 ..tuning
             },
             progress: progress.clone(),
             tally: Arc::new(Tally::default()),
         };
-        let task = tokio::spawn(pump.run(reader, stop_rx));
+        let task = tokio::spawn(pump.run(stream.into(), stop_rx));
         PumpHandle {
             task,
             stop: Some(stop_tx),
@@ -202,31 +279,69 @@ impl PumpHandle {
 }
 
 /// What the pump task owns besides its stream.
-struct Pump {
-    sink: LogSink,
-    tuning: PumpTuning,
+pub(super) struct Pump {
+    pub(super) sink: LogSink,
+    pub(super) tuning: PumpTuning,
     progress: Arc<AtomicU64>,
     tally: Arc<Tally>,
 }
 
 /// Where the pump stands with the sink's queue.
 #[derive(Debug, Default)]
-struct Handover {
+pub(super) struct Handover {
     /// Sequence number of the last item this pump queued.
     last_seq: u64,
-    /// The queue refused a buffer and has not taken one since.
+    /// The queue refused a chunk and has not taken one since.
     overflowing: bool,
 }
 
 impl Pump {
-    /// The pump task: read into the buffer; hand it over when full, when
-    /// its oldest byte has waited `linger`, or at the end; then wait for
-    /// the writer to handle it all.
-    async fn run(self, mut reader: GuestReader, mut stop: oneshot::Receiver<()>) -> PumpReport {
-        let cap = self.tuning.buffer;
+    /// The pump task: move the stream into chunks until it ends, then wait
+    /// for the writer to handle them all.
+    async fn run(self, stream: GuestStream, mut stop: oneshot::Receiver<()>) -> PumpReport {
         let mut report = PumpReport::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(cap);
         let mut handover = Handover::default();
+        report.end = match stream {
+            GuestStream::Reader(reader) => {
+                self.copy_reader(reader, &mut stop, &mut report, &mut handover)
+                    .await
+            }
+            GuestStream::Pipe(pipe) => {
+                self.splice_pipe(pipe, &mut stop, &mut report, &mut handover)
+                    .await
+            }
+        };
+        // The owner bounds this wait (`PumpHandle::finish`).
+        self.sink.queue().handled(handover.last_seq).await;
+        report.bytes_written = self.tally.written.load(Ordering::Relaxed);
+        report.bytes_dropped = self.tally.dropped.load(Ordering::Relaxed);
+        tracing::debug!(
+            path = %self.sink.path().display(),
+            bytes_read = report.bytes_read,
+            bytes_dropped = report.bytes_dropped,
+            end = ?report.end,
+            "Log pump ended"
+        );
+        report
+    }
+
+    /// Counts `n` bytes read.
+    pub(super) fn note_read(&self, report: &mut PumpReport, n: usize) {
+        report.bytes_read += n as u64;
+        self.progress.store(report.bytes_read, Ordering::Relaxed);
+    }
+
+    /// The copy path: read into the buffer; hand it over when full, when
+    /// its oldest byte has waited `linger`, or at the end.
+    async fn copy_reader(
+        &self,
+        mut reader: GuestReader,
+        stop: &mut oneshot::Receiver<()>,
+        report: &mut PumpReport,
+        handover: &mut Handover,
+    ) -> PumpEnd {
+        let cap = self.tuning.buffer;
+        let mut buf: Vec<u8> = Vec::new();
         let mut end: Option<PumpEnd> = None;
         // When the oldest byte in `buf` must be handed over.
         let mut flush_by: Option<Instant> = None;
@@ -240,21 +355,26 @@ impl Pump {
             if due {
                 flush_by = None;
                 linger_fired = false;
-                self.hand_over(&mut buf, &mut handover).await;
+                buf = self.hand_over_buffer(buf, handover).await;
             }
             if let Some(reason) = end.take() {
-                report.end = reason;
-                break;
+                return reason;
             }
+            // Small while waiting for output, full size once it flows.
+            let want = if buf.is_empty() {
+                IDLE_BUFFER.min(cap)
+            } else {
+                cap
+            };
+            buf.reserve_exact(want.saturating_sub(buf.len()));
             tokio::select! {
                 biased;
                 // A send or a dropped handle both mean stop.
-                _ = &mut stop => end = Some(PumpEnd::Cut),
+                _ = &mut *stop => end = Some(PumpEnd::Cut),
                 read = reader.read_buf(&mut buf), if buf.len() < cap => match read {
                     Ok(0) => end = Some(PumpEnd::Eof),
                     Ok(n) => {
-                        report.bytes_read += n as u64;
-                        self.progress.store(report.bytes_read, Ordering::Relaxed);
+                        self.note_read(report, n);
                         if flush_by.is_none() {
                             let at = Instant::now() + self.tuning.linger;
                             flush_by = Some(at);
@@ -270,42 +390,41 @@ impl Pump {
                 () = &mut linger, if flush_by.is_some() => linger_fired = true,
             }
         }
-        // The owner bounds this wait (`PumpHandle::finish`).
-        self.sink.queue().handled(handover.last_seq).await;
-        report.bytes_written = self.tally.written.load(Ordering::Relaxed);
-        report.bytes_dropped = self.tally.dropped.load(Ordering::Relaxed);
-        tracing::debug!(
-            path = %self.sink.path().display(),
-            bytes_read = report.bytes_read,
-            bytes_dropped = report.bytes_dropped,
-            end = ?report.end,
-            "Log pump ended"
-        );
-        report
     }
 
-    /// Hands `buf` to the sink's queue, or drops and counts it if the
-    /// queue stays full; leaves an empty buffer in `buf`.
-    async fn hand_over(&self, buf: &mut Vec<u8>, h: &mut Handover) {
-        let queue = self.sink.queue();
-        let chunk = std::mem::take(buf);
+    /// Hands `buf` over; returns an empty buffer to read into next (the
+    /// same one if it was dropped, else a spare one, else none yet).
+    async fn hand_over_buffer(&self, buf: Vec<u8>, handover: &mut Handover) -> Vec<u8> {
+        match self.hand_over(Chunk::Bytes(buf), handover).await {
+            Some(Chunk::Bytes(mut emptied)) => {
+                emptied.clear();
+                emptied
+            }
+            _ => self.sink.queue().spare().unwrap_or_default(),
+        }
+    }
+
+    /// Hands `chunk` to the sink's queue, or drops and counts it if the
+    /// queue stays full (giving it back, so a buffer can be reused).
+    pub(super) async fn hand_over(&self, chunk: Chunk, h: &mut Handover) -> Option<Chunk> {
+        if chunk.len() == 0 {
+            return Some(chunk);
+        }
         let wait = if h.overflowing {
             Duration::ZERO
         } else {
             FULL_WAIT
         };
-        match queue.push_within(chunk, &self.tally, wait).await {
+        match self.sink.push_within(chunk, &self.tally, wait).await {
             Ok(seq) => {
                 if h.overflowing {
                     tracing::info!(path = %self.sink.path().display(), "Log write queue has room again");
                 }
                 h.last_seq = seq;
                 h.overflowing = false;
-                *buf = queue
-                    .spare()
-                    .unwrap_or_else(|| Vec::with_capacity(self.tuning.buffer));
+                None
             }
-            Err(mut chunk) => {
+            Err(chunk) => {
                 let n = chunk.len() as u64;
                 if !h.overflowing {
                     tracing::warn!(path = %self.sink.path().display(), "Log write queue full (the disk is not keeping up); dropping output until it has room");
@@ -313,11 +432,10 @@ impl Pump {
                 h.overflowing = true;
                 // Queued before counted: whoever sees the count can rely on
                 // the writer knowing of the gap.
-                h.last_seq = queue.push_dropped(n, now_ms());
+                h.last_seq = self.sink.push_dropped(n, now_ms());
                 self.tally.dropped.fetch_add(n, Ordering::Relaxed);
                 self.sink.count_dropped(n);
-                chunk.clear();
-                *buf = chunk;
+                Some(chunk)
             }
         }
     }

@@ -11,8 +11,15 @@
 //! its output is dropped instead of held back. The writer records each
 //! loss as a gap (see [`super::gaps`]).
 //!
+//!
+//! The queue also decides when a writer runs: the push that finds no
+//! writer running says so ([`Pushed::start_writer`]) and the sink starts
+//! one; a writer that finds no work for [`WRITER_LINGER`] ends. So a sink
+//! holds a thread only while its guest writes, never while it is idle.
+//!
 //! [`LogSink::open_with_queue`]: super::LogSink::open_with_queue
 
+use super::chunk::Chunk;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -29,8 +36,13 @@ pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 /// (then it drops without waiting until the queue has room again).
 pub const FULL_WAIT: Duration = Duration::from_millis(50);
 
-/// Emptied buffers kept for pumps to reuse.
-const SPARE_BUFFERS: usize = 8;
+/// Emptied buffers kept for pumps to reuse while the writer runs (they are
+/// freed when it ends).
+const SPARE_BUFFERS: usize = 4;
+
+/// How long a writer with nothing to do waits for more before it ends
+/// (and closes the log's files).
+pub const WRITER_LINGER: Duration = Duration::from_millis(250);
 
 /// Per-pump counters, updated by the writer for that pump's buffers.
 #[derive(Debug, Default)]
@@ -42,7 +54,7 @@ pub(crate) struct Tally {
 /// One queued piece of work for the writer.
 pub(crate) enum Item {
     /// Bytes to append.
-    Data { bytes: Vec<u8>, tally: Arc<Tally> },
+    Data { chunk: Chunk, tally: Arc<Tally> },
     /// Bytes a pump had to drop here (the queue was full).
     Dropped { bytes: u64, at_ms: u64 },
 }
@@ -55,7 +67,18 @@ struct State {
     /// Sequence number of the last item pushed.
     pushed: u64,
     closed: bool,
+    /// A writer is running (or has been asked to start).
+    writer: bool,
     spare: Vec<Vec<u8>>,
+}
+
+/// An accepted push.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pushed {
+    /// Sequence number of the item.
+    pub(crate) seq: u64,
+    /// No writer was running: the caller must start one.
+    pub(crate) start_writer: bool,
 }
 
 /// See the module docs.
@@ -94,28 +117,29 @@ impl WriteQueue {
 
     /// Queues `bytes` if they fit (an empty queue takes any buffer);
     /// returns the item's sequence number, or the buffer back.
-    pub(crate) fn try_push(&self, bytes: Vec<u8>, tally: &Arc<Tally>) -> Result<u64, Vec<u8>> {
+    pub(crate) fn try_push(&self, chunk: Chunk, tally: &Arc<Tally>) -> Result<Pushed, Chunk> {
         let mut state = self.lock();
-        if state.queued > 0 && state.queued + bytes.len() > self.capacity {
-            return Err(bytes);
+        if state.queued > 0 && state.queued + chunk.len() > self.capacity {
+            return Err(chunk);
         }
-        state.queued += bytes.len();
+        state.queued += chunk.len();
         state.pushed += 1;
         let seq = state.pushed;
         let tally = tally.clone();
-        state.items.push_back((seq, Item::Data { bytes, tally }));
+        state.items.push_back((seq, Item::Data { chunk, tally }));
+        let start_writer = !std::mem::replace(&mut state.writer, true);
         drop(state);
         self.has_work.notify_one();
-        Ok(seq)
+        Ok(Pushed { seq, start_writer })
     }
 
     /// [`Self::try_push`], waiting up to `wait` for room.
     pub(crate) async fn push_within(
         &self,
-        mut bytes: Vec<u8>,
+        mut bytes: Chunk,
         tally: &Arc<Tally>,
         wait: Duration,
-    ) -> Result<u64, Vec<u8>> {
+    ) -> Result<Pushed, Chunk> {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.progress.notified();
@@ -132,19 +156,28 @@ impl WriteQueue {
     }
 
     /// Tells the writer that `bytes` were dropped here at `at_ms`; returns
-    /// the sequence number that covers it.
-    pub(crate) fn push_dropped(&self, bytes: u64, at_ms: u64) -> u64 {
+    /// the item that covers it.
+    pub(crate) fn push_dropped(&self, bytes: u64, at_ms: u64) -> Pushed {
         let mut state = self.lock();
         if let Some((seq, Item::Dropped { bytes: pending, .. })) = state.items.back_mut() {
             *pending += bytes;
-            return *seq;
+            return Pushed {
+                seq: *seq,
+                start_writer: false,
+            };
         }
         state.pushed += 1;
         let seq = state.pushed;
         state.items.push_back((seq, Item::Dropped { bytes, at_ms }));
+        let start_writer = !std::mem::replace(&mut state.writer, true);
         drop(state);
         self.has_work.notify_one();
-        seq
+        Pushed { seq, start_writer }
+    }
+
+    /// The writer could not be started: the next push tries again.
+    pub(crate) fn writer_failed(&self) {
+        self.lock().writer = false;
     }
 
     /// An emptied buffer to reuse, if one is free.
@@ -172,30 +205,39 @@ impl WriteQueue {
         self.has_work.notify_all();
     }
 
-    /// Writer side: the next item, waiting for one; `None` once closed and
-    /// empty.
-    pub(crate) fn next(&self) -> Option<(u64, Item)> {
+    /// Writer side: the next item, waiting up to `linger` for one. `None`
+    /// (nothing came, or closed and empty) means the writer must end: the
+    /// queue already counts it as gone, and frees its spare buffers.
+    pub(crate) fn next_within(&self, linger: Duration) -> Option<(u64, Item)> {
+        let deadline = std::time::Instant::now() + linger;
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
                 return Some(item);
             }
-            if state.closed {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if state.closed || left.is_zero() {
+                state.writer = false;
+                state.spare = Vec::new();
                 return None;
             }
             state = self
                 .has_work
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
-    /// Writer side: item `seq` is done; `buffer` (emptied) may be reused.
-    pub(crate) fn finished(&self, seq: u64, buffer: Option<Vec<u8>>) {
+    /// Writer side: item `seq` is done. `chunk` is the data item's chunk
+    /// (an emptied buffer may be reused).
+    pub(crate) fn finished(&self, seq: u64, chunk: Option<Chunk>) {
         let mut state = self.lock();
-        if let Some(mut buffer) = buffer {
-            state.queued -= buffer.len();
-            if state.spare.len() < SPARE_BUFFERS {
+        if let Some(chunk) = chunk {
+            state.queued -= chunk.len();
+            if let Chunk::Bytes(mut buffer) = chunk
+                && state.spare.len() < SPARE_BUFFERS
+            {
                 buffer.clear();
                 state.spare.push(buffer);
             }

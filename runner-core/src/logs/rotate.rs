@@ -8,6 +8,15 @@
 //! Each file's time index moves with it. With `max_files = 0` the full file
 //! is simply deleted.
 //!
+//! Bytes held in a pipe ([`PipeChunk`]) are spliced into the file: the
+//! kernel moves them from the pipe's pages into the file's without a copy
+//! through user space. The file is opened without `O_APPEND` for that
+//! (`splice` refuses append-mode files) and written at its end, which the
+//! writer tracks. Where the kernel refuses to splice into the file (an
+//! append-only file, which cannot lose `O_APPEND`; a file system without
+//! splice support) the bytes are read from the pipe and written instead,
+//! for the rest of that file's life.
+//!
 //! This writer is synchronous; only the sink's writer thread calls it. It
 //! never fails a write back to its caller: a failed write or rotation drops
 //! the rest of the chunk, is logged once per failure streak, and the next
@@ -17,12 +26,15 @@
 //! and what readers see: [`super::gaps`]).
 
 use super::LogError;
+use super::chunk::{Chunk, PipeChunk};
 use super::gaps::{GapRecord, GapWriter, NEWLINE_INSERTED, gaps_path};
 use super::index::{IndexWriter, index_path};
 use crate::config::LogLimits;
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
+use nix::errno::Errno;
+use nix::fcntl::{SpliceFFlags, splice};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +57,17 @@ pub(crate) struct WriteOutcome {
     pub(crate) dropped: u64,
     /// Rotations performed.
     pub(crate) rotations: u64,
+    /// Of `written`, bytes spliced (no user-space copy).
+    pub(crate) spliced: u64,
+}
+
+impl WriteOutcome {
+    fn add(&mut self, other: WriteOutcome) {
+        self.written += other.written;
+        self.dropped += other.dropped;
+        self.rotations += other.rotations;
+        self.spliced += other.spliced;
+    }
 }
 
 /// Whether writes currently succeed; only used to log streaks once.
@@ -69,6 +92,11 @@ pub(crate) struct RotatingWriter {
     pending_gap: Option<PendingGap>,
     /// The last byte written to the stream (any file), if known.
     last_byte: Option<u8>,
+    /// The last byte was spliced: `last_byte` is stale, the byte is the
+    /// current file's last (read back when needed).
+    last_byte_in_file: bool,
+    /// The open file accepts `splice` (else bytes in pipes are copied).
+    splice_ok: bool,
     health: WriterHealth,
     /// Stream positions (see [`Self::position_base`]): when this writer
     /// was opened, and the bytes of files rotation has deleted since.
@@ -96,6 +124,8 @@ impl RotatingWriter {
             gaps: GapWriter::new(gaps_path(&base)),
             pending_gap: None,
             last_byte: None,
+            last_byte_in_file: false,
+            splice_ok: false,
             base,
             // Validated config has both > 0; a zero cap would never make room.
             max_file_bytes: limits.max_file_bytes.max(1),
@@ -112,6 +142,23 @@ impl RotatingWriter {
         writer.last_byte = writer.read_last_byte();
         writer.remove_beyond_limit();
         Ok(writer)
+    }
+
+    /// Closes every file (the log is idle); the next write reopens them.
+    pub(crate) fn close_files(&mut self) {
+        self.drop_file();
+        self.index.release();
+        self.gaps.close();
+    }
+
+    /// Closes the current log file, learning its last byte first if it is
+    /// only known to be there.
+    fn drop_file(&mut self) {
+        if self.last_byte_in_file {
+            self.last_byte = self.read_last_byte();
+            self.last_byte_in_file = false;
+        }
+        self.file = None;
     }
 
     /// The last byte of the current file, if it has one.
@@ -144,6 +191,10 @@ impl RotatingWriter {
         let Some(mut gap) = self.pending_gap else {
             return Ok(());
         };
+        if self.last_byte_in_file {
+            self.last_byte = self.read_last_byte();
+            self.last_byte_in_file = false;
+        }
         if gap.newline_at.is_none() && self.last_byte.is_some_and(|b| b != b'\n') {
             let at = self.len;
             let file = self.file.as_mut().expect("make_room opened the file");
@@ -198,6 +249,7 @@ impl RotatingWriter {
                 }
                 Ok(n) => {
                     self.last_byte = Some(data[n - 1]);
+                    self.last_byte_in_file = false;
                     self.len += n as u64;
                     out.written += n as u64;
                     data = &data[n..];
@@ -209,11 +261,95 @@ impl RotatingWriter {
                 }
             }
         }
+        self.recovered();
+        out
+    }
+
+    /// Appends a chunk (see [`Self::write`]).
+    pub(crate) fn write_chunk(&mut self, chunk: &Chunk, now_ms: u64) -> WriteOutcome {
+        match chunk {
+            Chunk::Bytes(bytes) => self.write(bytes, now_ms),
+            Chunk::Pipe(pipe) => self.write_pipe(pipe, now_ms),
+        }
+    }
+
+    /// Splices the bytes in `pipe` into the files, rotating as often as
+    /// needed; falls back to reading and writing them where the file
+    /// refuses `splice`.
+    fn write_pipe(&mut self, pipe: &PipeChunk, now_ms: u64) -> WriteOutcome {
+        let mut left = pipe.len();
+        // A pending gap is recorded first, as for any write.
+        let mut out = self.write(&[], now_ms);
+        if self.pending_gap.is_some() {
+            out.dropped += left as u64;
+            self.note_dropped(left as u64, now_ms);
+            return out;
+        }
+        while left > 0 {
+            if let Err(error) = self.make_room(&mut out) {
+                self.fail(&mut out, left, "rotate", &error, now_ms);
+                return out;
+            }
+            if !self.splice_ok {
+                out.add(self.copy_from_pipe(pipe, left, now_ms));
+                return out;
+            }
+            let room = self.max_file_bytes - self.len;
+            let take = left.min(usize::try_from(room).unwrap_or(usize::MAX));
+            self.index.note(now_ms, self.len);
+            let file = self.file.as_ref().expect("make_room opened the file");
+            match splice(
+                pipe.reader(),
+                None,
+                file,
+                None,
+                take,
+                SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) => {
+                    let error = io::Error::from(io::ErrorKind::WriteZero);
+                    self.fail(&mut out, left, "write", &error, now_ms);
+                    return out;
+                }
+                Ok(n) => {
+                    self.len += n as u64;
+                    self.last_byte_in_file = true;
+                    out.written += n as u64;
+                    out.spliced += n as u64;
+                    left -= n;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) => {
+                    tracing::debug!(path = %self.base.display(), "Log file refuses splice; copying instead");
+                    self.splice_ok = false;
+                }
+                Err(errno) => {
+                    self.fail(&mut out, left, "write", &errno.into(), now_ms);
+                    return out;
+                }
+            }
+        }
+        self.recovered();
+        out
+    }
+
+    /// The copy path for the last `left` bytes of `pipe`.
+    fn copy_from_pipe(&mut self, pipe: &PipeChunk, left: usize, now_ms: u64) -> WriteOutcome {
+        match pipe.read_rest(left) {
+            Ok(bytes) => self.write(&bytes, now_ms),
+            Err(error) => {
+                let mut out = WriteOutcome::default();
+                self.fail(&mut out, left, "read chunk", &error, now_ms);
+                out
+            }
+        }
+    }
+
+    fn recovered(&mut self) {
         if let WriterHealth::Failing { dropped } = self.health {
             tracing::info!(path = %self.base.display(), dropped_bytes = dropped, "Log writes recovered");
             self.health = WriterHealth::Healthy;
         }
-        out
     }
 
     /// Ensures an open file with at least one byte of room.
@@ -238,14 +374,16 @@ impl RotatingWriter {
 
     fn open_file(&mut self) -> Result<(), HostFileError> {
         if self.file.is_none() {
-            let file = open_regular(&self.base, OpenHow::Append { mode: 0o600 })?;
-            self.len = file
-                .metadata()
-                .map_err(|source| HostFileError::Io {
-                    path: self.base.clone(),
-                    source,
-                })?
-                .len();
+            let mut file = open_log(&self.base)?;
+            let io_err = |source| HostFileError::Io {
+                path: self.base.clone(),
+                source,
+            };
+            self.len = file.metadata().map_err(io_err)?.len();
+            file.seek(SeekFrom::End(0)).map_err(io_err)?;
+            // Tried on the first chunk; the kernel's refusal (EINVAL for
+            // a file in append mode) switches to copying.
+            self.splice_ok = true;
             self.file = Some(file);
         }
         Ok(())
@@ -253,7 +391,7 @@ impl RotatingWriter {
 
     /// Shifts every file up by one number; the current file becomes `.1`.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file = None;
+        self.drop_file();
         self.index.close();
         self.gaps.close();
         if let Some(gap) = &mut self.pending_gap {
@@ -341,7 +479,7 @@ impl RotatingWriter {
         error: &io::Error,
         now_ms: u64,
     ) {
-        self.file = None;
+        self.drop_file();
         out.dropped += lost as u64;
         self.note_dropped(lost as u64, now_ms);
         match &mut self.health {
@@ -353,6 +491,22 @@ impl RotatingWriter {
             }
             WriterHealth::Failing { dropped } => *dropped += lost as u64,
         }
+    }
+}
+
+/// Opens the log for reading and writing at explicit positions (`splice`
+/// refuses append mode; reading lets the writer learn its last byte). A
+/// file with the append-only attribute can only be opened in append mode:
+/// then it is, and its bytes are copied instead of spliced.
+fn open_log(path: &Path) -> Result<File, HostFileError> {
+    match open_regular(path, OpenHow::ReadWrite { mode: 0o600 }) {
+        Err(HostFileError::Io { source, .. })
+            if source.raw_os_error() == Some(Errno::EPERM as i32) =>
+        {
+            tracing::debug!(path = %path.display(), "Log file is append-only; its output is copied, not spliced");
+            open_regular(path, OpenHow::Append { mode: 0o600 })
+        }
+        other => other,
     }
 }
 
@@ -525,5 +679,13 @@ mod tests {
         w.note_dropped(1, 10);
         w.write(b"g", 11);
         assert_eq!(super::super::gaps::read_gaps(&base).unwrap()[2].flags, 0);
+        // And a file that ends mid-line gets the newline after a reopen.
+        drop(w);
+        let mut w = RotatingWriter::open(base.clone(), limits(100, 1)).unwrap();
+        w.note_dropped(1, 12);
+        w.write(b"h", 13);
+        assert_eq!(read(&base), b"ab\ncd\nef\ng\nh");
+        let gaps = super::super::gaps::read_gaps(&base).unwrap();
+        assert_eq!((gaps[3].offset, gaps[3].flags), (10, NEWLINE_INSERTED));
     }
 }

@@ -2,7 +2,8 @@
 //! that feed it over a guest's restarts, by live followers and by readers.
 
 use super::LogError;
-use super::queue::{DEFAULT_QUEUE_BYTES, Item, WriteQueue};
+use super::chunk::Chunk;
+use super::queue::{DEFAULT_QUEUE_BYTES, Item, Pushed, Tally, WRITER_LINGER, WriteQueue};
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
 use crate::config::LogLimits;
@@ -12,14 +13,17 @@ use runner_types::{GuestRole, LogStream};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
 /// Chunks buffered per live subscriber before it lags. A chunk is at most
 /// one pump buffer (128 KiB by default), so a stalled follower pins at most
 /// this many of them.
 const LIVE_CAPACITY: usize = 64;
+
+/// Stack of a writer thread: it only runs the writer's shallow calls.
+const WRITER_STACK: usize = 256 * 1024;
 
 /// Counters of a sink since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,16 +36,23 @@ pub struct SinkStats {
     pub bytes_dropped: u64,
     /// Rotations performed.
     pub rotations: u64,
+    /// Of `bytes_written`, bytes spliced from a pipe into the file without
+    /// a copy through user space (the rest were copied: container
+    /// streams, followed logs, files that refuse `splice`).
+    pub bytes_spliced: u64,
 }
 
 /// The log of one guest stream: `<logs dir>/<role label>.<stream>.log` with
 /// its rotations, plus a live feed of new bytes.
 ///
-/// Cheap to clone; clones share the file. Pumps hand their buffers to the
-/// sink's bounded queue ([`super::queue`]); one writer thread per sink,
-/// started by [`Self::open`] and ended when the last clone is dropped (after
-/// writing what is queued), does every file operation, so no runtime worker
-/// ever waits on the disk. Normally one [`super::LogPump`] feeds a sink at a
+/// Cheap to clone; clones share the file. Pumps hand their chunks to the
+/// sink's bounded queue ([`super::queue`]); a writer thread does every file
+/// operation, so no runtime worker ever waits on the disk. The writer runs
+/// only while there is output: it starts with the first chunk queued after
+/// a pause and ends (closing the log's files) after
+/// [`super::queue::WRITER_LINGER`] without any, so an idle sink holds
+/// neither a thread nor an open file. At most one writer runs per sink: a
+/// writer stuck on a hung disk holds its own thread and nothing else. Normally one [`super::LogPump`] feeds a sink at a
 /// time, and when it has ended the next one (a restarted guest) appends to
 /// the same files. Should an old stream still be open when a new pump
 /// starts (an orphaned grandchild holding the pipe), both are captured,
@@ -73,10 +84,12 @@ struct Shared {
     // by readers (on the blocking pool) for their file opens.
     writer: Mutex<RotatingWriter>,
     queue: WriteQueue,
-    live: broadcast::Sender<Bytes>,
+    /// Created by the first subscriber: an unfollowed log allocates none.
+    live: OnceLock<broadcast::Sender<Bytes>>,
     bytes_written: AtomicU64,
     bytes_dropped: AtomicU64,
     rotations: AtomicU64,
+    bytes_spliced: AtomicU64,
     /// Total of `bytes_dropped`, for watchers.
     dropped_watch: watch::Sender<u64>,
 }
@@ -122,25 +135,22 @@ impl LogSink {
         check_runner_dir(logs_dir, nix::unistd::geteuid().as_raw())
             .map_err(|source| LogError::Unsafe { source })?;
         let path = logs_dir.join(stream.file_name(role));
-        let writer = RotatingWriter::open(path.clone(), limits)?;
-        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let mut writer = RotatingWriter::open(path.clone(), limits)?;
+        // Checked and created; reopened by the first write.
+        writer.close_files();
         let shared = Arc::new(Shared {
             role,
             stream,
-            path: path.clone(),
+            path,
             writer: Mutex::new(writer),
             queue: WriteQueue::new(queue_bytes),
-            live,
+            live: OnceLock::new(),
             bytes_written: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
+            bytes_spliced: AtomicU64::new(0),
             dropped_watch: watch::Sender::new(0),
         });
-        let for_thread = shared.clone();
-        std::thread::Builder::new()
-            .name(format!("log-{}.{}", role.label(), stream))
-            .spawn(move || for_thread.write_queued())
-            .map_err(|source| LogError::WriterThread { path, source })?;
         Ok(Self {
             inner: Arc::new(SinkInner { shared }),
         })
@@ -168,6 +178,7 @@ impl LogSink {
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
             bytes_dropped: s.bytes_dropped.load(Ordering::Relaxed),
             rotations: s.rotations.load(Ordering::Relaxed),
+            bytes_spliced: s.bytes_spliced.load(Ordering::Relaxed),
         }
     }
 
@@ -181,6 +192,33 @@ impl LogSink {
         &self.inner.shared.queue
     }
 
+    /// Queues `chunk`, waiting up to `wait` for room (see [`super::queue`]);
+    /// starts the writer if none runs. Gives the chunk back if it found no
+    /// room.
+    pub(crate) async fn push_within(
+        &self,
+        chunk: Chunk,
+        tally: &Arc<Tally>,
+        wait: Duration,
+    ) -> Result<u64, Chunk> {
+        let pushed = self.queue().push_within(chunk, tally, wait).await?;
+        Ok(self.started(pushed))
+    }
+
+    /// Tells the writer that `bytes` were dropped at `at_ms`; returns the
+    /// sequence number that covers it.
+    pub(crate) fn push_dropped(&self, bytes: u64, at_ms: u64) -> u64 {
+        let pushed = self.queue().push_dropped(bytes, at_ms);
+        self.started(pushed)
+    }
+
+    fn started(&self, pushed: Pushed) -> u64 {
+        if pushed.start_writer {
+            self.inner.shared.start_writer();
+        }
+        pushed.seq
+    }
+
     /// Counts bytes a pump could not queue.
     pub(crate) fn count_dropped(&self, bytes: u64) {
         self.inner.shared.count_dropped(bytes);
@@ -191,7 +229,11 @@ impl LogSink {
     /// subscriber that falls more than a few MiB behind gets
     /// [`broadcast::error::RecvError::Lagged`]; it never slows the pump.
     pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
-        self.inner.shared.live.subscribe()
+        self.inner
+            .shared
+            .live
+            .get_or_init(|| broadcast::channel(LIVE_CAPACITY).0)
+            .subscribe()
     }
 
     /// Reads lines from the log files (see [`LogQuery`]). Runs on a
@@ -246,45 +288,93 @@ impl LogSink {
 }
 
 impl Shared {
-    /// The writer thread: writes queued buffers until the queue is closed
-    /// and empty.
+    /// Starts a writer thread (the queue has work and none runs).
+    fn start_writer(self: &Arc<Self>) {
+        let shared = self.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("log-{}.{}", self.role.label(), self.stream))
+            .stack_size(WRITER_STACK)
+            .spawn(move || shared.write_queued());
+        if let Err(error) = started {
+            // The queue fills and the pump drops (and counts) until a
+            // later push starts a writer.
+            self.queue.writer_failed();
+            tracing::warn!(path = %self.path.display(), %error, "Cannot start a log writer thread");
+        }
+    }
+
+    /// The writer thread: writes queued chunks until the queue has been
+    /// empty for [`WRITER_LINGER`] (or is closed and empty), then closes
+    /// the log's files and ends.
     fn write_queued(&self) {
-        while let Some((seq, item)) = self.queue.next() {
+        while let Some((seq, item)) = self.queue.next_within(WRITER_LINGER) {
             match item {
-                Item::Data { bytes, tally } => {
-                    let out = self.write(&bytes);
+                Item::Data { chunk, tally } => {
+                    let out = self.write(&chunk);
                     tally.written.fetch_add(out.written, Ordering::Relaxed);
                     tally.dropped.fetch_add(out.dropped, Ordering::Relaxed);
-                    self.queue.finished(seq, Some(bytes));
+                    self.queue.finished(seq, Some(chunk));
                 }
                 Item::Dropped { bytes, at_ms } => {
                     self.lock_writer().note_dropped(bytes, at_ms);
                     // Record the gap now if the disk takes it (else before
                     // the next bytes that reach the file).
-                    self.write(&[]);
+                    self.write(&Chunk::Bytes(Vec::new()));
                     self.queue.finished(seq, None);
                 }
             }
         }
-        self.write(&[]);
-        tracing::trace!(path = %self.path.display(), "Log writer ended");
+        // Records a gap still pending if the disk takes it now.
+        self.write(&Chunk::Bytes(Vec::new()));
+        // A new writer may already run; it reopens what this one closes.
+        self.lock_writer().close_files();
+        tracing::trace!(path = %self.path.display(), "Log writer idle; ended");
     }
 
-    /// Writes a buffer to the files and the live feed.
-    fn write(&self, data: &[u8]) -> WriteOutcome {
+    /// Writes a chunk to the files and, if anyone follows, the live feed.
+    fn write(&self, chunk: &Chunk) -> WriteOutcome {
         let mut writer = self.lock_writer();
-        let out = writer.write(data, now_ms());
-        // Sent under the lock so `follow` sees each buffer exactly once.
-        if !data.is_empty() && self.live.receiver_count() > 0 {
-            // No receiver left by now is fine: nobody is following.
-            if self.live.send(Bytes::copy_from_slice(data)).is_err() {
-                tracing::trace!(path = %self.path.display(), "Live log followers left");
-            }
-        }
+        let followed = chunk.len() > 0
+            && self
+                .live
+                .get()
+                .is_some_and(|live| live.receiver_count() > 0);
+        let out = if followed {
+            self.write_followed(&mut writer, chunk)
+        } else {
+            writer.write_chunk(chunk, now_ms())
+        };
         drop(writer);
         self.bytes_written.fetch_add(out.written, Ordering::Relaxed);
         self.count_dropped(out.dropped);
         self.rotations.fetch_add(out.rotations, Ordering::Relaxed);
+        self.bytes_spliced.fetch_add(out.spliced, Ordering::Relaxed);
+        out
+    }
+
+    /// Writes a chunk someone follows: its bytes are needed in memory, so
+    /// it takes the copy path, and goes to the feed under the writer lock
+    /// so `follow` sees each chunk exactly once.
+    fn write_followed(&self, writer: &mut RotatingWriter, chunk: &Chunk) -> WriteOutcome {
+        let data = match chunk {
+            Chunk::Bytes(bytes) => Bytes::copy_from_slice(bytes),
+            Chunk::Pipe(pipe) => match pipe.read_rest(pipe.len()) {
+                Ok(bytes) => Bytes::from(bytes),
+                // Cannot happen with a pipe we filled; let the writer
+                // account for it as a failed write.
+                Err(error) => {
+                    tracing::warn!(path = %self.path.display(), %error, "Cannot read a log chunk for followers");
+                    return writer.write_chunk(chunk, now_ms());
+                }
+            },
+        };
+        let out = writer.write(&data, now_ms());
+        if let Some(live) = self.live.get()
+            && live.send(data).is_err()
+        {
+            // No receiver left by now is fine: nobody is following.
+            tracing::trace!(path = %self.path.display(), "Live log followers left");
+        }
         out
     }
 
@@ -352,7 +442,10 @@ mod tests {
         let total = data.len() as u64;
         let first = 128 * 1024u64;
         let mut dropped = sink.watch_dropped();
-        let pump = LogPump::spawn(Box::pin(std::io::Cursor::new(data.clone())), &sink);
+        let pump = LogPump::spawn(
+            Box::pin(std::io::Cursor::new(data.clone())) as crate::logs::GuestReader,
+            &sink,
+        );
         // The whole stream is read while the writer is stuck: everything
         // after the first buffer (which the empty queue took) is counted
         // as dropped, nothing waits for the disk.

@@ -211,6 +211,16 @@ pub fn spawn(
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         unreachable!("stdout and stderr were configured as pipes");
     };
+    // As plain pipes, so the console is spliced into its log (an error
+    // drops the child, which kills it).
+    let as_pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
+        fd.and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+            .map_err(spawn_err)
+    };
+    let (stdout, stderr) = (
+        as_pipe(stdout.into_owned_fd())?,
+        as_pipe(stderr.into_owned_fd())?,
+    );
     if let Err(e) = nix::fcntl::fcntl(
         &stdout,
         nix::fcntl::FcntlArg::F_SETPIPE_SZ(SERIAL_PIPE_BYTES),
@@ -228,7 +238,7 @@ pub fn spawn(
     let (control, exit) = FirecrackerControl::start(child, role, pid, paths, resources);
     Ok(LaunchedGuest {
         identity: GuestIdentity::MicroVm { pid },
-        outputs: GuestOutput::pair(stdout, stderr),
+        outputs: GuestOutput::pipes(stdout, stderr),
         exit,
         control: Box::new(control),
     })

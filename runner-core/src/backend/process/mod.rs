@@ -155,7 +155,7 @@ impl SandboxBackend for ProcessBackend {
         info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
             identity: GuestIdentity::Process { pid },
-            outputs: GuestOutput::pair(stdout, stderr),
+            outputs: GuestOutput::pipes(stdout, stderr),
             control: Box::new(control),
             exit,
         })
