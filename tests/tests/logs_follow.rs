@@ -66,3 +66,41 @@ async fn a_stalled_follower_lags_and_the_pump_goes_on() {
     assert_eq!(report.bytes_written, 1000);
     assert!(matches!(stalled.recv().await, Err(RecvError::Lagged(_))));
 }
+
+/// While someone follows, bytes are handed over as soon as they are read:
+/// with a linger far longer than the test's bound, on both the copy path
+/// and the splice path, a follower still gets every line (unfollowed, the
+/// same pump would hold them for the whole linger).
+#[tokio::test]
+async fn a_followed_log_is_handed_over_without_lingering() {
+    use runner_core::logs::PumpTuning;
+    let tuning = PumpTuning {
+        linger: std::time::Duration::from_secs(3600),
+        ..PumpTuning::default()
+    };
+    // Copy path.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+    let mut live = sink.subscribe();
+    let (mut guest, reader) = tokio::io::duplex(1024);
+    let pump = LogPump::spawn_tuned(boxed(reader), &sink, tuning);
+    for line in [&b"first\n"[..], b"second\n"] {
+        guest.write_all(line).await.unwrap();
+        assert_eq!(receive(&mut live, line.len()).await, line);
+    }
+    drop(guest);
+    assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
+
+    // Splice path: a real pipe.
+    let sink = sink(dir.path(), LogStream::Stderr, limits(1 << 20, 2));
+    let mut live = sink.subscribe();
+    let (rx, tx) = std::io::pipe().unwrap();
+    let pump = LogPump::spawn_tuned(piped(Ok(rx.into())), &sink, tuning);
+    let mut tx = std::fs::File::from(std::os::fd::OwnedFd::from(tx));
+    for line in [&b"third\n"[..], b"fourth\n"] {
+        std::io::Write::write_all(&mut tx, line).unwrap();
+        assert_eq!(receive(&mut live, line.len()).await, line);
+    }
+    drop(tx);
+    assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
+}

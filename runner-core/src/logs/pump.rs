@@ -278,6 +278,19 @@ impl PumpHandle {
     }
 }
 
+impl Pump {
+    /// How long bytes just read may wait to be batched with more: the
+    /// tuning's linger, or nothing while someone follows the log (a
+    /// follower waits for every byte it is shown).
+    pub(super) fn linger(&self) -> Duration {
+        if self.sink.is_followed() {
+            Duration::ZERO
+        } else {
+            self.tuning.linger
+        }
+    }
+}
+
 /// What the pump task owns besides its stream.
 pub(super) struct Pump {
     pub(super) sink: LogSink,
@@ -376,7 +389,7 @@ impl Pump {
                     Ok(n) => {
                         self.note_read(report, n);
                         if flush_by.is_none() {
-                            let at = Instant::now() + self.tuning.linger;
+                            let at = Instant::now() + self.linger();
                             flush_by = Some(at);
                             linger.as_mut().reset(at);
                         }

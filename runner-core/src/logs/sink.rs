@@ -236,6 +236,17 @@ impl LogSink {
             .subscribe()
     }
 
+    /// Whether anyone follows the live feed now. The pump hands bytes over
+    /// at once then, instead of lingering to batch them: a follower waits
+    /// for every byte it is shown.
+    pub fn is_followed(&self) -> bool {
+        self.inner
+            .shared
+            .live
+            .get()
+            .is_some_and(|live| live.receiver_count() > 0)
+    }
+
     /// Reads lines from the log files (see [`LogQuery`]). Runs on a
     /// blocking task; never reads whole files into memory.
     pub async fn read(&self, query: LogQuery) -> Result<LogLines, LogError> {

@@ -74,10 +74,15 @@ impl Pump {
                     if chunk.as_ref().is_some_and(PipeChunk::is_empty) {
                         chunk = None;
                     }
-                    if let Some(at) = flush_by
-                        && linger.deadline() != at
-                    {
-                        linger.as_mut().reset(at);
+                    match flush_by {
+                        // Due already (no linger while followed): hand over
+                        // now, not a timer tick (about a millisecond) later.
+                        Some(at) if at <= Instant::now() => {
+                            flush_by = None;
+                            self.hand_over_pipe(&mut chunk, handover).await;
+                        }
+                        Some(at) if linger.deadline() != at => linger.as_mut().reset(at),
+                        _ => {}
                     }
                 }
                 Step::Ended(end) => {
@@ -118,7 +123,7 @@ impl Pump {
                 Ok(Fill::Moved(n)) => {
                     self.note_read(report, n);
                     if flush_by.is_none() {
-                        *flush_by = Some(Instant::now() + self.tuning.linger);
+                        *flush_by = Some(Instant::now() + self.linger());
                     }
                     if current.room() == 0 {
                         *flush_by = None;

@@ -21,6 +21,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use tokio::net::unix::pipe;
 use tokio::process::Command;
 
 /// Pipe buffer asked for the serial console. Firecracker drops serial bytes
@@ -208,25 +209,7 @@ pub fn spawn(
     let pid = child
         .id()
         .ok_or_else(|| spawn_err(std::io::Error::other("exited before its pid was read")))?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        unreachable!("stdout and stderr were configured as pipes");
-    };
-    // As plain pipes, so the console is spliced into its log (an error
-    // drops the child, which kills it).
-    let as_pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
-        fd.and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
-            .map_err(spawn_err)
-    };
-    let (stdout, stderr) = (
-        as_pipe(stdout.into_owned_fd())?,
-        as_pipe(stderr.into_owned_fd())?,
-    );
-    if let Err(e) = nix::fcntl::fcntl(
-        &stdout,
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(SERIAL_PIPE_BYTES),
-    ) {
-        tracing::warn!(%role, pid, error = %e, "cannot enlarge the serial console pipe");
-    }
+    let (stdout, stderr) = console_pipes(&mut child, role, pid).map_err(spawn_err)?;
 
     if let Some(record) = &resources.record
         && let Err(e) = reaper::write_record(record, pid)
@@ -242,6 +225,28 @@ pub fn spawn(
         exit,
         control: Box::new(control),
     })
+}
+
+/// The child's stdout (the serial console, its pipe enlarged) and stderr as
+/// plain pipes, so the console is spliced into its log. An error drops the
+/// child, which kills it.
+fn console_pipes(
+    child: &mut tokio::process::Child,
+    role: GuestRole,
+    pid: u32,
+) -> std::io::Result<(pipe::Receiver, pipe::Receiver)> {
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        unreachable!("stdout and stderr were configured as pipes");
+    };
+    let stdout = pipe::Receiver::from_owned_fd(stdout.into_owned_fd()?)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr.into_owned_fd()?)?;
+    if let Err(e) = nix::fcntl::fcntl(
+        &stdout,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(SERIAL_PIPE_BYTES),
+    ) {
+        tracing::warn!(%role, pid, error = %e, "cannot enlarge the serial console pipe");
+    }
+    Ok((stdout, stderr))
 }
 
 /// Removes `path`; a file that is not there is no error.
