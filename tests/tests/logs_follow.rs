@@ -80,10 +80,10 @@ async fn a_followed_log_is_handed_over_without_lingering() {
     };
     // Copy path.
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
-    let mut live = sink.subscribe();
+    let out = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+    let mut live = out.subscribe();
     let (mut guest, reader) = tokio::io::duplex(1024);
-    let pump = LogPump::spawn_tuned(boxed(reader), &sink, tuning);
+    let pump = LogPump::spawn_tuned(boxed(reader), &out, tuning);
     for line in [&b"first\n"[..], b"second\n"] {
         guest.write_all(line).await.unwrap();
         assert_eq!(receive(&mut live, line.len()).await, line);
@@ -92,10 +92,10 @@ async fn a_followed_log_is_handed_over_without_lingering() {
     assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
 
     // Splice path: a real pipe.
-    let sink = sink(dir.path(), LogStream::Stderr, limits(1 << 20, 2));
-    let mut live = sink.subscribe();
+    let err = sink(dir.path(), LogStream::Stderr, limits(1 << 20, 2));
+    let mut live = err.subscribe();
     let (rx, tx) = std::io::pipe().unwrap();
-    let pump = LogPump::spawn_tuned(piped(Ok(rx.into())), &sink, tuning);
+    let pump = LogPump::spawn_tuned(piped(Ok(rx.into())), &err, tuning);
     let mut tx = std::fs::File::from(std::os::fd::OwnedFd::from(tx));
     for line in [&b"third\n"[..], b"fourth\n"] {
         std::io::Write::write_all(&mut tx, line).unwrap();
