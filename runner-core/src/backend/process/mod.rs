@@ -147,7 +147,7 @@ impl SandboxBackend for ProcessBackend {
             }
             .into());
         }
-        let spawned = self.spawn(cmd, &program, &spec)?;
+        let spawned = self.spawn_retrying(cmd, &program, &spec).await?;
         let pid = spawned.pid;
         let (control, exit, stdin, stdout, stderr) = supervise(role, spawned)?;
         tokio::spawn(write_bootstrap(role, pid, stdin, frame));
@@ -162,7 +162,40 @@ impl SandboxBackend for ProcessBackend {
     }
 }
 
+/// Attempts at a spawn whose exec failed with `ETXTBSY`.
+const TEXT_BUSY_ATTEMPTS: u32 = 5;
+
 impl ProcessBackend {
+    /// [`Self::spawn`], again after a short pause when the exec failed with
+    /// `ETXTBSY`: the kernel refuses to execute a file that anyone holds
+    /// open for writing, and a program written by this process (or any
+    /// other) can be held for a moment by a child that a concurrent spawn
+    /// in another thread created while the file was open. A failed spawn
+    /// leaves nothing behind, so waiting here is safe to cancel.
+    async fn spawn_retrying(
+        &self,
+        cmd: &GuestCommand,
+        program: &Path,
+        spec: &LaunchSpec,
+    ) -> Result<Spawned, ProcessLaunchError> {
+        let mut pause = std::time::Duration::from_millis(2);
+        for _ in 1..TEXT_BUSY_ATTEMPTS {
+            match self.spawn(cmd, program, spec) {
+                Err(ProcessLaunchError::Start {
+                    step: SpawnStep::Exec,
+                    source,
+                    ..
+                }) if source.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                    tracing::debug!(program = %program.display(), "program busy (open for writing); retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.spawn(cmd, program, spec)
+    }
+
     /// Starts `program` for `spec` with every attribute from `command.rs`.
     fn spawn(
         &self,
