@@ -5,11 +5,12 @@
 
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
+use runner_tests::daemon::{self, daemon_command};
 use runner_tests::runner_binary;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const NEIGHBOUR: u32 = 61001;
@@ -30,12 +31,7 @@ fn as_neighbour(script: &str) {
 /// Starts the daemon for `alice` on built-in defaults in `dir` and waits
 /// (bounded) for it to exit; it must not start.
 fn daemon_refuses(dir: &Path) -> String {
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", "alice"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = daemon_command(&runner_binary(), "alice", dir)
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -140,22 +136,10 @@ enum FifoOutcome {
 /// it serves and then SIGTERM must end it within the bound. Either way it
 /// is gone when this returns.
 fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", "alice"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = daemon_command(&runner_binary(), "alice", dir)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = daemon::lines_of(child.stdout.take().unwrap());
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -174,11 +158,7 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
             panic!("daemon neither refused nor served in time (blocked?)");
         }
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    daemon::signal(&child, nix::sys::signal::Signal::SIGTERM);
     let stopping = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
