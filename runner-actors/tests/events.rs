@@ -3,26 +3,19 @@
 //! all in order; a reconnect with `after` resumes without a gap.
 
 use futures::{Stream, StreamExt};
+mod common;
+
+use common::demo_command;
 use runner_actors::{Backends, Runner, SessionHandle};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_core::config::RunnerConfig;
 use runner_core::control::{ControlClient, ControlClientError};
-use runner_tests::guest_binary;
 use runner_types::events::{EventKind, EventRecord, EventsRequest, EventsResponse};
 use runner_types::{ControlRequest, ControlResponse, ExitStatus, GuestRole};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
-
-fn command(args: &[&str]) -> GuestCommand {
-    GuestCommand {
-        program: guest_binary("demo-guest"),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
-    }
-}
 
 /// A session whose runtime exits with code 3 every 300 ms (and is
 /// restarted), with no sidecar.
@@ -34,7 +27,7 @@ async fn crashing_session(dir: &std::path::Path, user: &str) -> SessionHandle {
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
     let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: command(&[
+        runtime: demo_command(&[
             "--role",
             "runtime",
             "--exit-after-ms",

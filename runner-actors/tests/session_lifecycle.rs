@@ -10,9 +10,7 @@ use runner_core::failure::FailureReason;
 use runner_core::fake::{FakeGuest, FakeLaunches, LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
 use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
-use runner_types::{
-    ExitStatus, GuestRole, GuestState, GuestStatus, HealthStatus, LogStream, SidecarTransport,
-};
+use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -42,14 +40,6 @@ async fn session_failed(events: &mut broadcast::Receiver<SessionEvent>) -> Failu
         unreachable!()
     };
     reason
-}
-
-/// The runtime's row of a health report.
-fn runtime_of(h: &HealthStatus) -> &GuestStatus {
-    h.guests
-        .iter()
-        .find(|g| g.role == GuestRole::Runtime)
-        .unwrap()
 }
 
 #[tokio::test]
@@ -150,7 +140,7 @@ async fn crash_restarts_with_backoff_and_output_keeps_flowing_into_the_same_file
         .join(LogStream::Stdout.file_name(GuestRole::Runtime));
     eventually(|| std::fs::read(&log).unwrap_or_default() == b"first life\nsecond life\n").await;
     let h = session.health().await.unwrap();
-    let rt = runtime_of(&h);
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.restarts, 1);
     assert_eq!(rt.last_exit.unwrap().status, ExitStatus::Code(2));
     session.shutdown(Duration::from_secs(10)).await.unwrap();
@@ -189,7 +179,7 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
         h.message.as_deref().unwrap_or("").contains("restarts"),
         "{h:?}"
     );
-    let rt = runtime_of(&h);
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.state, GuestState::Failed);
     assert!(matches!(session.phase(), SessionPhase::Failed { .. }));
     assert!(
@@ -334,12 +324,7 @@ async fn no_sidecar_configured_runs_runtime_only_and_says_so() {
     let h = session.health().await.unwrap();
     assert!(h.healthy);
     assert!(!h.startup_status.sidecar_available);
-    assert!(
-        h.startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == "sidecar_unavailable")
-    );
+    assert!(degraded(&h, "sidecar_unavailable"));
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -493,12 +478,7 @@ async fn a_guest_not_ready_in_time_is_degraded_until_its_check_passes() {
             .find(|g| g.role == role)
             .and_then(|g| g.ready)
     };
-    let not_ready = |h: &runner_types::HealthStatus| {
-        h.startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == NOT_READY)
-    };
+    let not_ready = |h: &runner_types::HealthStatus| degraded(h, NOT_READY);
     let mut health = session.watch_health();
     let h = tokio::time::timeout(WAIT, health.wait_for(|h| not_ready(h)))
         .await

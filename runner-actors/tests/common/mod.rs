@@ -1,12 +1,15 @@
-//! Shared setup for actor-level tests with the fake backend.
+//! Shared setup for actor-level tests: the fake backend's, and helpers for
+//! reading a session's health and starting demo guests that every tier's
+//! tests use.
 #![allow(dead_code)]
 
-use runner_actors::{Backends, Runner, SessionEvent};
-use runner_core::config::RunnerConfig;
+use runner_actors::{Backends, Runner, SessionEvent, SessionHandle};
+use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::fake::{FakeBackend, FakeLaunches};
-use runner_types::SandboxTier;
+use runner_types::{GuestRole, GuestStatus, HealthStatus, SandboxTier};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -65,4 +68,51 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, fut)
         .await
         .expect("condition not met in time");
+}
+
+/// The demo guest (`runner-examples`' `demo-guest`) run with `args`.
+pub fn demo_command(args: &[&str]) -> GuestCommand {
+    GuestCommand {
+        program: runner_tests::guest_binary("demo-guest"),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+    }
+}
+
+/// The row of `role` in a health report; panics when it has none.
+pub fn guest_of(h: &HealthStatus, role: GuestRole) -> &GuestStatus {
+    h.guests
+        .iter()
+        .find(|g| g.role == role)
+        .unwrap_or_else(|| panic!("no {role} in {h:?}"))
+}
+
+/// Whether a health report lists a degraded reason with this `code`.
+pub fn degraded(h: &HealthStatus, code: &str) -> bool {
+    h.startup_status
+        .degraded_reasons
+        .iter()
+        .any(|r| r.code == code)
+}
+
+/// Asks for `session`'s health until it satisfies `pred` (`what` names the
+/// wait), for at most `within`; that health.
+pub async fn health_until(
+    session: &SessionHandle,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&HealthStatus) -> bool,
+) -> HealthStatus {
+    let start = Instant::now();
+    loop {
+        let h = session.health().await.expect("health");
+        if pred(&h) {
+            return h;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what} within {within:?}; last {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
