@@ -173,6 +173,18 @@ async fn remove_all(s: &Setup, plans: &[ContainerPlan]) {
     }
 }
 
+/// Waits (bounded) until every task has seen its envelope line; the time
+/// since `start` then.
+async fn until_all(waits: Vec<tokio::task::JoinHandle<()>>, start: Instant) -> Duration {
+    for w in waits {
+        timeout(BOUND, w)
+            .await
+            .expect("envelope line")
+            .expect("task");
+    }
+    start.elapsed()
+}
+
 async fn ours(s: &Setup) -> Duration {
     let start = Instant::now();
     let mut waits = Vec::new();
@@ -183,13 +195,7 @@ async fn ours(s: &Setup) -> Duration {
         waits.push(tokio::spawn(until_line(out.reader)));
         guests.push(g);
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     for g in guests {
         g.control.cleanup().await.expect("cleanup");
     }
@@ -230,13 +236,7 @@ async fn raw(s: &Setup, plans: &[ContainerPlan]) -> Duration {
             panic!("logs ended before the envelope line");
         }));
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     remove_all(s, plans).await;
     took
 }
@@ -324,13 +324,7 @@ async fn cli(s: &Setup, plans: &[ContainerPlan]) -> Duration {
             drop(follow);
         }));
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     remove_all(s, plans).await;
     took
 }
