@@ -3,13 +3,11 @@
 //! all in order; a reconnect with `after` resumes without a gap.
 
 use futures::{Stream, StreamExt};
-mod common;
-
-use common::demo_command;
 use runner_actors::{Backends, Runner, SessionHandle};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::RunnerConfig;
 use runner_core::control::{ControlClient, ControlClientError};
+use runner_tests::process::demo;
 use runner_types::events::{EventKind, EventRecord, EventsRequest, EventsResponse};
 use runner_types::{ControlRequest, ControlResponse, ExitStatus, GuestRole};
 use std::sync::Arc;
@@ -27,7 +25,7 @@ async fn crashing_session(dir: &std::path::Path, user: &str) -> SessionHandle {
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
     let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: demo_command(&[
+        runtime: demo(&[
             "--role",
             "runtime",
             "--exit-after-ms",

@@ -3,14 +3,12 @@
 //! health and events, the gap is recorded beside the log, and writing
 //! resumes by itself once space is freed. Runs as root (it mounts).
 
-mod common;
-
-use common::demo_command;
 use runner_actors::{Backends, Runner, SessionEvent, SessionOptions};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::RunnerConfig;
 use runner_core::health::LOG_BYTES_DROPPED;
 use runner_core::logs::read_gaps;
+use runner_tests::process::demo;
 use runner_tests::process_alive;
 use runner_types::{GuestRole, GuestState, LogStream};
 use std::io::Write;
@@ -122,8 +120,8 @@ async fn a_full_log_disk_loses_output_visibly_and_recovers() {
     config.shutdown.grace = Duration::from_millis(500);
     config.shutdown.log_drain = Duration::from_millis(500);
     let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: demo_command(&["--role", "runtime", "--heartbeat-ms", "2"]),
-        sidecar: Some(demo_command(&["--role", "sidecar", "--heartbeat-ms", "2"])),
+        runtime: demo(&["--role", "runtime", "--heartbeat-ms", "2"]),
+        sidecar: Some(demo(&["--role", "sidecar", "--heartbeat-ms", "2"])),
         search_path: None,
     });
     let runner = Runner::new(config, Backends::new().with(Arc::new(backend)));

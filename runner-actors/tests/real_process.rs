@@ -1,12 +1,10 @@
 //! A whole session with real demo-guest processes: a stubborn runtime that
 //! ignores SIGTERM and leaves a grandchild holding its stdout.
 
-mod common;
-
-use common::demo_command;
 use runner_actors::{Backends, Runner, SessionOptions};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::RunnerConfig;
+use runner_tests::process::demo;
 use runner_tests::process_alive;
 use runner_types::{GuestRole, GuestState, LogStream};
 use std::sync::Arc;
@@ -35,7 +33,7 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
     let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: demo_command(&[
+        runtime: demo(&[
             "--role",
             "runtime",
             "--ignore-sigterm",
@@ -43,7 +41,7 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
             "--heartbeat-ms",
             "50",
         ]),
-        sidecar: Some(demo_command(&["--role", "sidecar", "--heartbeat-ms", "50"])),
+        sidecar: Some(demo(&["--role", "sidecar", "--heartbeat-ms", "50"])),
         search_path: None,
     });
     let runner = Runner::new(config.clone(), Backends::new().with(Arc::new(backend)));

@@ -11,6 +11,7 @@
 //!   pipeline's fixtures.
 //! - [`daemon`]: `runner-bin --daemon` as a child (start, wait for it to
 //!   serve, signal, bounded waits).
+//! - [`procfs`]: a process's `/proc` status fields, limits and descriptors.
 //! - [`envelope`]: envelopes built by the runner's own `bootstrap` code.
 //! - [`contract`]: the one suite every backend must pass.
 //! - [`probe_pattern`]: the bytes `probe-guest bytes` writes.
@@ -22,6 +23,7 @@ pub mod envelope;
 pub mod firecracker;
 pub mod logs;
 pub mod process;
+pub mod procfs;
 
 pub use runner_examples::probe::pattern as probe_pattern;
 

@@ -4,6 +4,7 @@
 //! under their user's own uid.
 
 use runner_tests::daemon;
+use runner_tests::procfs::{fds, limit, status_field};
 use runner_tests::runner_binary;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -23,34 +24,6 @@ fn client(dir: &Path, args: &[&str]) -> Output {
             .current_dir(dir),
         WAIT,
     )
-}
-
-/// `key:` of `/proc/<pid>/status`.
-fn status_field(pid: u32, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {key} for {pid}"))
-        .trim()
-        .to_owned()
-}
-
-fn fds(pid: u32) -> Vec<u32> {
-    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
-    fds
-}
-
-/// Soft and hard value of a `/proc/<pid>/limits` row.
-fn limit(pid: u32, row: &str) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits.lines().find(|l| l.starts_with(row)).unwrap();
-    let mut v = line[row.len()..].split_whitespace().map(str::to_owned);
-    (v.next().unwrap(), v.next().unwrap())
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //!
 //! Runs as root (as CI does); plants things as uid 61001 with `setpriv`.
 
-use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_tests::daemon::{self, daemon_command};
+use runner_tests::process::provision_like_daemon;
 use runner_tests::runner_binary;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -174,22 +174,7 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
 
 fn workspace_with_fifo(root: &Path, name: &str) -> (Workspace, PathBuf) {
     let user = UserId::new("alice").unwrap();
-    // Provisioned as the daemon will (for the user's guest uid).
-    let config = runner_core::config::RunnerConfig::defaults(root);
-    let identity = runner_core::identity::resolve_guest_user(
-        &config,
-        &user,
-        runner_types::SandboxTier::Process,
-        nix::unistd::geteuid().as_raw(),
-    )
-    .unwrap();
-    let ws = Workspace::provision_for(
-        &config.workspace_root,
-        &user,
-        &MountOverrides::default(),
-        identity.run_as,
-    )
-    .unwrap();
+    let ws = provision_like_daemon(root, &user);
     let fifo = ws.logs.join(name);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     (ws, fifo)

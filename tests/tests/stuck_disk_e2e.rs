@@ -10,9 +10,9 @@
 //! checks that the daemon has finished its shutdown and printed its last
 //! line within the bound, then thaws and checks the exit code.
 
-use runner_core::workspace::MountOverrides;
-use runner_core::{UserId, Workspace};
+use runner_core::UserId;
 use runner_tests::daemon::{self, daemon_command};
+use runner_tests::process::provision_like_daemon;
 use runner_tests::runner_binary;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -96,18 +96,9 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let root = tmp.path().join("workspaces");
     let user = UserId::new("frozen").unwrap();
-    // Provisioned as the daemon will (for the user's guest uid).
     let config = runner_core::config::RunnerConfig::defaults(tmp.path());
     assert_eq!(config.workspace_root, root);
-    let identity = runner_core::identity::resolve_guest_user(
-        &config,
-        &user,
-        runner_types::SandboxTier::Process,
-        nix::unistd::geteuid().as_raw(),
-    )
-    .unwrap();
-    let ws = Workspace::provision_for(&root, &user, &MountOverrides::default(), identity.run_as)
-        .unwrap();
+    let ws = provision_like_daemon(tmp.path(), &user);
     let mount = FrozenMount::mount(&tmp.path().join("logs.img"), &ws.logs);
 
     let bin = runner_binary();

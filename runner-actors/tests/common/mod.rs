@@ -1,13 +1,11 @@
-//! Shared setup for actor-level tests: the fake backend's, and helpers for
-//! reading a session's health and starting demo guests that every tier's
-//! tests use.
+//! Shared setup for actor-level tests: the fake backend's, and the helpers
+//! for reading a session's health that every tier's tests use.
 #![allow(dead_code)]
 
 use runner_actors::{Backends, Runner, SessionEvent, SessionHandle};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_core::config::RunnerConfig;
 use runner_core::fake::{FakeBackend, FakeLaunches};
 use runner_types::{GuestRole, GuestStatus, HealthStatus, SandboxTier};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -68,15 +66,6 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, fut)
         .await
         .expect("condition not met in time");
-}
-
-/// The demo guest (`runner-examples`' `demo-guest`) run with `args`.
-pub fn demo_command(args: &[&str]) -> GuestCommand {
-    GuestCommand {
-        program: runner_tests::guest_binary("demo-guest"),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
-    }
 }
 
 /// The row of `role` in a health report; panics when it has none.
