@@ -18,7 +18,7 @@
 use bollard::Docker;
 use bollard::query_parameters::{LogsOptions, RemoveContainerOptions};
 use futures::StreamExt;
-use runner_bench::median;
+use runner_bench::{bench_spec, median};
 use runner_core::backend::docker::create::ContainerPlan;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
 use runner_core::backend::{LaunchSpec, SandboxBackend};
@@ -77,13 +77,8 @@ async fn setup(dir: &Path) -> Option<Setup> {
     };
     let specs = GuestRole::START_ORDER
         .iter()
-        .map(|&role| LaunchSpec {
-            run_as: None,
-            role,
-            user_id: user.clone(),
-            session_id: "bench".into(),
-            workspace: workspace.clone(),
-            envelope: build_envelope(EnvelopeParams {
+        .map(|&role| {
+            let envelope = build_envelope(EnvelopeParams {
                 user: &user,
                 tier: backend.tier(),
                 role,
@@ -92,9 +87,8 @@ async fn setup(dir: &Path) -> Option<Setup> {
                 sidecar_endpoint: Some(backend.sidecar_endpoint(&workspace)),
                 sidecar_running: true,
                 degraded_reasons: Vec::new(),
-            }),
-            extra_env: BTreeMap::new(),
-            resources: Default::default(),
+            });
+            bench_spec(role, &user, &workspace, envelope)
         })
         .collect();
     Some(Setup {
