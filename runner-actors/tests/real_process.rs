@@ -1,13 +1,14 @@
 //! A whole session with real demo-guest processes: a stubborn runtime that
 //! ignores SIGTERM and leaves a grandchild holding its stdout.
 
-use runner_actors::{Backends, Runner, SessionOptions};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_actors::SessionOptions;
 use runner_core::config::RunnerConfig;
+mod common;
+
+use common::process_runner;
 use runner_tests::process::demo;
 use runner_tests::process_alive;
 use runner_types::{GuestRole, GuestState, LogStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn wait_for_line(path: &std::path::Path, prefix: &str) -> String {
@@ -32,8 +33,9 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     let mut config = RunnerConfig::defaults(dir.path());
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: demo(&[
+    let runner = process_runner(
+        config.clone(),
+        demo(&[
             "--role",
             "runtime",
             "--ignore-sigterm",
@@ -41,10 +43,8 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
             "--heartbeat-ms",
             "50",
         ]),
-        sidecar: Some(demo(&["--role", "sidecar", "--heartbeat-ms", "50"])),
-        search_path: None,
-    });
-    let runner = Runner::new(config.clone(), Backends::new().with(Arc::new(backend)));
+        Some(demo(&["--role", "sidecar", "--heartbeat-ms", "50"])),
+    );
     let options = SessionOptions {
         serve_control: false,
         ..SessionOptions::default()

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use runner_actors::{Backends, Runner, SessionEvent, SessionHandle};
-use runner_core::config::RunnerConfig;
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::fake::{FakeBackend, FakeLaunches};
 use runner_types::{GuestRole, GuestStatus, HealthStatus, SandboxTier};
 use std::sync::Arc;
@@ -30,6 +31,21 @@ pub fn setup() -> Setup {
 
 pub fn runner(config: RunnerConfig, fake: &FakeBackend) -> Runner {
     Runner::new(config, Backends::new().with(Arc::new(fake.clone())))
+}
+
+/// A runner on `config` whose only backend is the process tier with these
+/// guest commands (and the runner's own search path).
+pub fn process_runner(
+    config: RunnerConfig,
+    runtime: GuestCommand,
+    sidecar: Option<GuestCommand>,
+) -> Runner {
+    let backend = ProcessBackend::new(ProcessBackendConfig {
+        runtime,
+        sidecar,
+        search_path: None,
+    });
+    Runner::new(config, Backends::new().with(Arc::new(backend)))
 }
 
 pub fn fake() -> (FakeBackend, FakeLaunches) {
