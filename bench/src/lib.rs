@@ -48,6 +48,15 @@ pub fn bench_spec(
     }
 }
 
+/// A runner on the built-in defaults for `dir` whose only backend is
+/// [`demo_guest_backend`] for `program`.
+pub fn demo_guest_runner(dir: &Path, program: &Path) -> runner_actors::Runner {
+    runner_actors::Runner::new(
+        runner_core::config::RunnerConfig::defaults(dir),
+        runner_actors::Backends::new().with(std::sync::Arc::new(demo_guest_backend(program))),
+    )
+}
+
 /// Percentile (0..=100) of a sorted sample.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -28,18 +28,16 @@
 
 use futures::StreamExt;
 use futures::future::join_all;
-use runner_actors::{Backends, Runner, SessionHandle};
+use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
-    BareGuest, RawControlConn, demo_guest_backend, health_request_frame, median, ms, open_fds,
+    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, median, ms, open_fds,
     percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib,
     wait_for_logs,
 };
-use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::{ControlResponse, GuestRole};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SESSIONS: usize = 500;
@@ -88,10 +86,7 @@ struct Bare {
 async fn main() {
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
-    let runner = Runner::new(
-        RunnerConfig::defaults(dir.path()),
-        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
-    );
+    let runner = demo_guest_runner(dir.path(), &guest);
 
     let clock = Instant::now();
     eprintln!(
@@ -227,30 +222,35 @@ async fn main() {
     println!("| runner footprint ({started} sessions running) | before | after | per session |");
     println!("| --- | --- | --- | --- |");
     let per = |b: u64, a: u64| a.saturating_sub(b) as f64 / started as f64;
-    println!(
-        "| VmRSS (runner only; excludes guests) | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
-        before.rss_kib as f64 / 1024.0,
-        after.rss_kib as f64 / 1024.0,
-        per(before.rss_kib, after.rss_kib)
-    );
-    println!(
-        "| page tables (VmPTE; copied by every fork) | {} KiB | {} KiB | {:.2} KiB |",
-        before.pte_kib,
-        after.pte_kib,
-        per(before.pte_kib, after.pte_kib)
-    );
-    println!(
-        "| open file descriptors | {} | {} | {:.1} |",
-        before.fds,
-        after.fds,
-        per(before.fds, after.fds)
-    );
-    println!(
-        "| threads | {} | {} | {:.2} |",
-        before.threads,
-        after.threads,
-        per(before.threads, after.threads)
-    );
+    let rows = [
+        (
+            "VmRSS (runner only; excludes guests)",
+            format!("{:.1} MiB", before.rss_kib as f64 / 1024.0),
+            format!("{:.1} MiB", after.rss_kib as f64 / 1024.0),
+            format!("{:.1} KiB", per(before.rss_kib, after.rss_kib)),
+        ),
+        (
+            "page tables (VmPTE; copied by every fork)",
+            format!("{} KiB", before.pte_kib),
+            format!("{} KiB", after.pte_kib),
+            format!("{:.2} KiB", per(before.pte_kib, after.pte_kib)),
+        ),
+        (
+            "open file descriptors",
+            before.fds.to_string(),
+            after.fds.to_string(),
+            format!("{:.1}", per(before.fds, after.fds)),
+        ),
+        (
+            "threads",
+            before.threads.to_string(),
+            after.threads.to_string(),
+            format!("{:.2}", per(before.threads, after.threads)),
+        ),
+    ];
+    for (what, b, a, each) in rows {
+        println!("| {what} | {b} | {a} | {each} |");
+    }
     println!();
     println!("| health_check (sequential, persistent connections) | samples | p50 | p99 |");
     println!("| --- | --- | --- | --- |");
