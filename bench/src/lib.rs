@@ -10,11 +10,15 @@
 //! pipe, a raw control-socket connection that measures the server and not
 //! client-side JSON decoding, and the runner's resident memory.
 
+use runner_core::backend::LaunchSpec;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope, insecure_process_tier};
 use runner_core::config::{GuestCommand, UserConfig};
 use runner_core::{UserId, Workspace};
-use runner_types::{GuestRole, LogStream, SandboxTier, SidecarEndpoint, SidecarTransport};
+use runner_types::{
+    BootstrapEnvelope, GuestRole, LogStream, ResourceLimits, SandboxTier, SidecarEndpoint,
+    SidecarTransport,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +26,36 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdout, Command};
+
+/// The launch of `role` for `user` that the start benchmarks measure: in
+/// session `bench`, with `envelope`, and no uid mapping, extra environment
+/// or resource limits.
+pub fn bench_spec(
+    role: GuestRole,
+    user: &UserId,
+    workspace: &Workspace,
+    envelope: BootstrapEnvelope,
+) -> LaunchSpec {
+    LaunchSpec {
+        run_as: None,
+        role,
+        user_id: user.clone(),
+        session_id: "bench".into(),
+        workspace: workspace.clone(),
+        envelope,
+        extra_env: BTreeMap::new(),
+        resources: ResourceLimits::default(),
+    }
+}
+
+/// A runner on the built-in defaults for `dir` whose only backend is
+/// [`demo_guest_backend`] for `program`.
+pub fn demo_guest_runner(dir: &Path, program: &Path) -> runner_actors::Runner {
+    runner_actors::Runner::new(
+        runner_core::config::RunnerConfig::defaults(dir),
+        runner_actors::Backends::new().with(std::sync::Arc::new(demo_guest_backend(program))),
+    )
+}
 
 /// Percentile (0..=100) of a sorted sample.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {

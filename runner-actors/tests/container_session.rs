@@ -4,6 +4,9 @@
 //! policy fails the session, and a guest that ignores SIGTERM is still
 //! stopped and removed within the shutdown deadline. Skips without an engine.
 
+mod common;
+
+use common::{guest_of, health_until};
 use runner_actors::{Backends, Runner, SessionEvent, SessionHandle, SessionOptions};
 use runner_core::UserId;
 use runner_core::backend::SandboxBackend;
@@ -17,8 +20,8 @@ use runner_tests::docker::harness::Harness;
 use runner_tests::docker::{container_facts, containers_labelled, guest_image, unique_id};
 use runner_types::config::RestartPolicy;
 use runner_types::{
-    BootstrapEnvelope, ExitStatus, GuestRole, GuestState, HealthStatus, LogStream, ResourceLimits,
-    SandboxTier, SidecarTransport,
+    BootstrapEnvelope, ExitStatus, GuestRole, GuestState, LogStream, ResourceLimits, SandboxTier,
+    SidecarTransport,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,30 +145,6 @@ async fn line_in(path: &Path, prefix: &str) -> String {
     }
 }
 
-/// Waits (bounded) until the published health satisfies `pred`.
-async fn health_until(
-    session: &SessionHandle,
-    what: &str,
-    pred: impl Fn(&HealthStatus) -> bool,
-) -> HealthStatus {
-    let start = Instant::now();
-    loop {
-        let h = session.health().await.expect("health");
-        if pred(&h) {
-            return h;
-        }
-        assert!(start.elapsed() < WAIT, "{what} within {WAIT:?}; last {h:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn guest(h: &HealthStatus, role: GuestRole) -> &runner_types::GuestStatus {
-    h.guests
-        .iter()
-        .find(|g| g.role == role)
-        .unwrap_or_else(|| panic!("no {role} in {h:?}"))
-}
-
 /// Events received so far, without waiting.
 fn drain(rx: &mut broadcast::Receiver<SessionEvent>) -> Vec<SessionEvent> {
     let mut out = Vec::new();
@@ -251,7 +230,7 @@ async fn both_guests_start_talk_and_are_removed_on_shutdown() {
     assert_eq!(sidecar_env.sandbox_tier, SandboxTier::Container);
 
     // Health names both containers, and the engine agrees they run.
-    let h = health_until(&session, "both guests running", |h| h.healthy).await;
+    let h = health_until(&session, WAIT, "both guests running", |h| h.healthy).await;
     assert_eq!(h.sandbox_tier, SandboxTier::Container);
     assert_eq!(
         h.runtime_container_name.as_deref(),
@@ -259,7 +238,7 @@ async fn both_guests_start_talk_and_are_removed_on_shutdown() {
     );
     let mut ids = Vec::new();
     for role in [GuestRole::Runtime, GuestRole::Sidecar] {
-        let g = guest(&h, role);
+        let g = guest_of(&h, role);
         assert_eq!(g.state, GuestState::Running);
         assert_eq!(g.pid, None);
         let name = container_name(DockerTier::Container, &user, role);
@@ -346,19 +325,19 @@ async fn a_memory_limit_oom_kills_the_runtime_until_the_session_fails() {
         .expect("session starts");
     let mut events = session.events();
 
-    let h = health_until(&session, "the session failed", |h| {
+    let h = health_until(&session, WAIT, "the session failed", |h| {
         matches!(session.phase(), SessionPhase::Failed { .. })
-            && guest(h, GuestRole::Runtime).state == GuestState::Failed
+            && guest_of(h, GuestRole::Runtime).state == GuestState::Failed
     })
     .await;
     assert!(!h.healthy);
-    let rt = guest(&h, GuestRole::Runtime);
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.restarts, 2, "{rt:?}");
     let last = rt.last_exit.expect("last exit");
     assert!(last.oom_killed, "{last:?}");
     assert_eq!(last.status, ExitStatus::Code(137), "{last:?}");
     // The sidecar, under the same limit but small, is unaffected.
-    assert_eq!(guest(&h, GuestRole::Sidecar).state, GuestState::Running);
+    assert_eq!(guest_of(&h, GuestRole::Sidecar).state, GuestState::Running);
 
     // The first exit may have come before we subscribed; every exit seen
     // was an OOM kill, and the failure was announced.
@@ -444,7 +423,7 @@ async fn a_guest_ignoring_sigterm_is_killed_within_the_deadline_and_removed() {
     // Its SIGTERM handler is installed before the envelope is printed.
     line_in(&runtime_log, "envelope=").await;
     let h = session.health().await.unwrap();
-    let runtime_id = guest(&h, GuestRole::Runtime)
+    let runtime_id = guest_of(&h, GuestRole::Runtime)
         .container_id
         .clone()
         .expect("runtime container id");

@@ -3,26 +3,18 @@
 //! all in order; a reconnect with `after` resumes without a gap.
 
 use futures::{Stream, StreamExt};
-use runner_actors::{Backends, Runner, SessionHandle};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_actors::SessionHandle;
+use runner_core::config::RunnerConfig;
 use runner_core::control::{ControlClient, ControlClientError};
-use runner_tests::guest_binary;
+mod common;
+
+use common::process_runner;
+use runner_tests::process::demo;
 use runner_types::events::{EventKind, EventRecord, EventsRequest, EventsResponse};
 use runner_types::{ControlRequest, ControlResponse, ExitStatus, GuestRole};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
-
-fn command(args: &[&str]) -> GuestCommand {
-    GuestCommand {
-        program: guest_binary("demo-guest"),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
-    }
-}
 
 /// A session whose runtime exits with code 3 every 300 ms (and is
 /// restarted), with no sidecar.
@@ -33,8 +25,9 @@ async fn crashing_session(dir: &std::path::Path, user: &str) -> SessionHandle {
     config.restart.max_restarts = 50;
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: command(&[
+    let runner = process_runner(
+        config,
+        demo(&[
             "--role",
             "runtime",
             "--exit-after-ms",
@@ -42,10 +35,8 @@ async fn crashing_session(dir: &std::path::Path, user: &str) -> SessionHandle {
             "--exit-code",
             "3",
         ]),
-        sidecar: None,
-        search_path: None,
-    });
-    let runner = Runner::new(config, Backends::new().with(Arc::new(backend)));
+        None,
+    );
     runner.start_session(user).await.unwrap()
 }
 

@@ -3,18 +3,19 @@
 //! health and events, the gap is recorded beside the log, and writing
 //! resumes by itself once space is freed. Runs as root (it mounts).
 
-use runner_actors::{Backends, Runner, SessionEvent, SessionOptions};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_actors::{SessionEvent, SessionOptions};
+use runner_core::config::RunnerConfig;
 use runner_core::health::LOG_BYTES_DROPPED;
 use runner_core::logs::read_gaps;
-use runner_tests::{guest_binary, process_alive};
+mod common;
+
+use common::process_runner;
+use runner_tests::process::demo;
+use runner_tests::process_alive;
 use runner_types::{GuestRole, GuestState, LogStream};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -48,14 +49,6 @@ impl Drop for Tmpfs {
             Ok(s) if s.success() => {}
             other => eprintln!("cannot unmount {}: {other:?}", self.path.display()),
         }
-    }
-}
-
-fn command(args: &[&str]) -> GuestCommand {
-    GuestCommand {
-        program: guest_binary("demo-guest"),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
     }
 }
 
@@ -127,12 +120,11 @@ async fn a_full_log_disk_loses_output_visibly_and_recovers() {
     let mut config = RunnerConfig::defaults(&mount.path);
     config.shutdown.grace = Duration::from_millis(500);
     config.shutdown.log_drain = Duration::from_millis(500);
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: command(&["--role", "runtime", "--heartbeat-ms", "2"]),
-        sidecar: Some(command(&["--role", "sidecar", "--heartbeat-ms", "2"])),
-        search_path: None,
-    });
-    let runner = Runner::new(config, Backends::new().with(Arc::new(backend)));
+    let runner = process_runner(
+        config,
+        demo(&["--role", "runtime", "--heartbeat-ms", "2"]),
+        Some(demo(&["--role", "sidecar", "--heartbeat-ms", "2"])),
+    );
     let options = SessionOptions {
         serve_control: false,
         ..SessionOptions::default()

@@ -2,6 +2,9 @@
 //! the envelope on the console, exits driving the restart policy, and a
 //! bounded stop of a VM that never exits.
 
+mod common;
+
+use common::{degraded, guest_of};
 use runner_actors::{Backends, Runner, SessionEvent, SessionOptions};
 use runner_core::backend::firecracker::{
     FIRECRACKER_WITHOUT_JAILER, FirecrackerBackend, FirecrackerBackendConfig,
@@ -120,24 +123,12 @@ async fn each_vm_gets_its_envelope_and_hanging_vms_stop_in_bounds() {
     assert!(bridge.exists(), "no vsock bridge socket");
     assert!(health.shell_available && health.startup_status.sidecar_available);
     // Root without a jailer (allowed in this suite) is reported.
-    assert!(
-        health
-            .startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == FIRECRACKER_WITHOUT_JAILER),
-        "{health:?}"
-    );
+    assert!(degraded(&health, FIRECRACKER_WITHOUT_JAILER), "{health:?}");
     let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
     assert_eq!(pids.len(), 2);
     assert_eq!(
         health.runtime_pid,
-        health
-            .guests
-            .iter()
-            .find(|g| g.role == GuestRole::Runtime)
-            .unwrap()
-            .pid
+        guest_of(&health, GuestRole::Runtime).pid
     );
 
     let deadline = 2 * (cfg.shutdown.grace + Duration::from_secs(6))
@@ -262,11 +253,7 @@ async fn vm_resets_drive_the_restart_policy_until_the_session_fails() {
     // restarted runs were seen.
     assert!(exits >= 2, "{exits} exits seen");
     let h = session.health().await.unwrap();
-    let rt = h
-        .guests
-        .iter()
-        .find(|g| g.role == GuestRole::Runtime)
-        .unwrap();
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.restarts, 2);
     assert_eq!(rt.state, GuestState::Failed);
     // Shutdown drains the pumps, so the last run's output is in the file.
@@ -303,14 +290,7 @@ async fn a_jailed_session_runs_its_vms_under_the_users_uid() {
     }
     let health = session.health().await.unwrap();
     assert!(health.healthy, "{health:?}");
-    assert!(
-        !health
-            .startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == FIRECRACKER_WITHOUT_JAILER),
-        "{health:?}"
-    );
+    assert!(!degraded(&health, FIRECRACKER_WITHOUT_JAILER), "{health:?}");
     let pids: Vec<u32> = health.guests.iter().filter_map(|g| g.pid).collect();
     assert_eq!(pids.len(), 2);
     let owner = std::fs::metadata(&session.workspace().shared).unwrap();

@@ -1,22 +1,15 @@
 //! A whole session with real demo-guest processes: a stubborn runtime that
 //! ignores SIGTERM and leaves a grandchild holding its stdout.
 
-use runner_actors::{Backends, Runner, SessionOptions};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
-use runner_tests::{guest_binary, process_alive};
-use runner_types::{GuestRole, GuestState, LogStream};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use runner_actors::SessionOptions;
+use runner_core::config::RunnerConfig;
+mod common;
 
-fn command(args: &[&str]) -> GuestCommand {
-    GuestCommand {
-        program: guest_binary("demo-guest"),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
-    }
-}
+use common::process_runner;
+use runner_tests::process::demo;
+use runner_tests::process_alive;
+use runner_types::{GuestRole, GuestState, LogStream};
+use std::time::{Duration, Instant};
 
 async fn wait_for_line(path: &std::path::Path, prefix: &str) -> String {
     let start = Instant::now();
@@ -40,8 +33,9 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     let mut config = RunnerConfig::defaults(dir.path());
     config.shutdown.grace = Duration::from_millis(300);
     config.shutdown.log_drain = Duration::from_millis(300);
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: command(&[
+    let runner = process_runner(
+        config.clone(),
+        demo(&[
             "--role",
             "runtime",
             "--ignore-sigterm",
@@ -49,10 +43,8 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
             "--heartbeat-ms",
             "50",
         ]),
-        sidecar: Some(command(&["--role", "sidecar", "--heartbeat-ms", "50"])),
-        search_path: None,
-    });
-    let runner = Runner::new(config.clone(), Backends::new().with(Arc::new(backend)));
+        Some(demo(&["--role", "sidecar", "--heartbeat-ms", "50"])),
+    );
     let options = SessionOptions {
         serve_control: false,
         ..SessionOptions::default()

@@ -4,14 +4,15 @@
 mod common;
 
 use common::*;
-use runner_actors::{SessionError, SessionEvent, SessionOptions};
+use runner_actors::{Runner, SessionError, SessionEvent, SessionHandle, SessionOptions};
 use runner_core::backend::LaunchError;
 use runner_core::failure::FailureReason;
-use runner_core::fake::{LaunchScript, StopBehavior};
+use runner_core::fake::{FakeGuest, FakeLaunches, LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
 use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 fn no_socket() -> SessionOptions {
     SessionOptions {
@@ -20,15 +21,33 @@ fn no_socket() -> SessionOptions {
     }
 }
 
+/// A session for `user` on `runner` without a control socket; it must start.
+async fn start_session(runner: &Runner, user: &str) -> SessionHandle {
+    runner.start_session_with(user, no_socket()).await.unwrap()
+}
+
+/// The first two guests launched: the sidecar, then the runtime.
+async fn sidecar_and_runtime(launches: &mut FakeLaunches) -> (FakeGuest, FakeGuest) {
+    let sidecar = launches.next(WAIT).await.unwrap();
+    let runtime = launches.next(WAIT).await.unwrap();
+    (sidecar, runtime)
+}
+
+/// Waits (bounded) for the session to fail; why it failed.
+async fn session_failed(events: &mut broadcast::Receiver<SessionEvent>) -> FailureReason {
+    let e = wait_event(events, |e| matches!(e, SessionEvent::SessionFailed { .. })).await;
+    let SessionEvent::SessionFailed { reason } = e else {
+        unreachable!()
+    };
+    reason
+}
+
 #[tokio::test]
 async fn sidecar_starts_first_and_runtime_gets_its_endpoint() {
     let s = setup();
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("alice", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "alice").await;
 
     let first = launches.next(WAIT).await.unwrap();
     let second = launches.next(WAIT).await.unwrap();
@@ -84,13 +103,9 @@ async fn crash_restarts_with_backoff_and_output_keeps_flowing_into_the_same_file
     let s = setup();
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("carol", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "carol").await;
     let mut events = session.events();
-    let _sidecar = launches.next(WAIT).await.unwrap();
-    let mut runtime = launches.next(WAIT).await.unwrap();
+    let (_sidecar, mut runtime) = sidecar_and_runtime(&mut launches).await;
     runtime
         .write(LogStream::Stdout, b"first life\n")
         .await
@@ -125,11 +140,7 @@ async fn crash_restarts_with_backoff_and_output_keeps_flowing_into_the_same_file
         .join(LogStream::Stdout.file_name(GuestRole::Runtime));
     eventually(|| std::fs::read(&log).unwrap_or_default() == b"first life\nsecond life\n").await;
     let h = session.health().await.unwrap();
-    let rt = h
-        .guests
-        .iter()
-        .find(|g| g.role == GuestRole::Runtime)
-        .unwrap();
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.restarts, 1);
     assert_eq!(rt.last_exit.unwrap().status, ExitStatus::Code(2));
     session.shutdown(Duration::from_secs(10)).await.unwrap();
@@ -140,10 +151,7 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
     let s = setup();
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("dave", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "dave").await;
     let mut events = session.events();
     let _sidecar = launches.next(WAIT).await.unwrap();
     // max_restarts = 3: the 4th crash inside the window gives up.
@@ -151,13 +159,7 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
         let g = launches.next(WAIT).await.expect("relaunch");
         g.exit(ExitStatus::Signal(11));
     }
-    let e = wait_event(&mut events, |e| {
-        matches!(e, SessionEvent::SessionFailed { .. })
-    })
-    .await;
-    let SessionEvent::SessionFailed { reason } = e else {
-        unreachable!()
-    };
+    let reason = session_failed(&mut events).await;
     assert!(
         matches!(
             reason,
@@ -177,11 +179,7 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
         h.message.as_deref().unwrap_or("").contains("restarts"),
         "{h:?}"
     );
-    let rt = h
-        .guests
-        .iter()
-        .find(|g| g.role == GuestRole::Runtime)
-        .unwrap();
+    let rt = guest_of(&h, GuestRole::Runtime);
     assert_eq!(rt.state, GuestState::Failed);
     assert!(matches!(session.phase(), SessionPhase::Failed { .. }));
     assert!(
@@ -200,21 +198,11 @@ async fn a_failed_relaunch_fails_the_session_naming_the_guest() {
         [LaunchScript::Succeed, LaunchScript::Fail],
     );
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("frank", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "frank").await;
     let mut events = session.events();
-    let _sidecar = launches.next(WAIT).await.unwrap();
-    let runtime = launches.next(WAIT).await.unwrap();
+    let (_sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
     runtime.exit(ExitStatus::Code(3));
-    let e = wait_event(&mut events, |e| {
-        matches!(e, SessionEvent::SessionFailed { .. })
-    })
-    .await;
-    let SessionEvent::SessionFailed { reason } = e else {
-        unreachable!()
-    };
+    let reason = session_failed(&mut events).await;
     assert!(
         matches!(
             reason,
@@ -234,13 +222,9 @@ async fn clean_exit_is_not_restarted_under_on_failure() {
     let s = setup();
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("erin", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "erin").await;
     let mut events = session.events();
-    let _sidecar = launches.next(WAIT).await.unwrap();
-    let runtime = launches.next(WAIT).await.unwrap();
+    let (_sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
     runtime.exit(ExitStatus::Code(0));
     wait_event(&mut events, |e| {
         matches!(
@@ -263,10 +247,7 @@ async fn shutdown_is_bounded_with_stubborn_guests_and_open_streams() {
     let (fake, mut launches) = fake();
     let fake = fake.with_stop_behavior(StopBehavior::IgnoreTerm);
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("frank", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "frank").await;
     let sidecar = launches.next(WAIT).await.unwrap();
     let mut runtime = launches.next(WAIT).await.unwrap();
     runtime
@@ -336,22 +317,14 @@ async fn no_sidecar_configured_runs_runtime_only_and_says_so() {
     let (fake, mut launches) = fake();
     let fake = fake.with_sidecar(false);
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("gina", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "gina").await;
     let only = launches.next(WAIT).await.unwrap();
     assert_eq!(only.spec.role, GuestRole::Runtime);
     assert_eq!(only.spec.envelope.sidecar_endpoint, None);
     let h = session.health().await.unwrap();
     assert!(h.healthy);
     assert!(!h.startup_status.sidecar_available);
-    assert!(
-        h.startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == "sidecar_unavailable")
-    );
+    assert!(degraded(&h, "sidecar_unavailable"));
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -375,10 +348,7 @@ async fn the_first_event_receiver_sees_the_start() {
     let s = setup();
     let (fake, _launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("hank", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "hank").await;
     let mut events = session.events();
     let first = wait_event(&mut events, |e| {
         matches!(e, SessionEvent::GuestStarted { .. })
@@ -447,10 +417,7 @@ async fn a_cancelled_start_resolves_after_everything_it_started_is_stopped() {
         "the abandoned launch still produced a guest"
     );
     // The lock is free again.
-    let again = runner
-        .start_session_with("alice", no_socket())
-        .await
-        .unwrap();
+    let again = start_session(&runner, "alice").await;
     again.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -462,10 +429,7 @@ async fn force_shutdown_cuts_the_grace_of_a_stop_in_progress() {
     let mut config = s.config.clone();
     config.shutdown.grace = Duration::from_secs(60);
     let runner = runner(config, &fake);
-    let session = runner
-        .start_session_with("alice", no_socket())
-        .await
-        .unwrap();
+    let session = start_session(&runner, "alice").await;
     let guests = [
         launches.next(WAIT).await.unwrap(),
         launches.next(WAIT).await.unwrap(),
@@ -506,24 +470,15 @@ async fn a_guest_not_ready_in_time_is_degraded_until_its_check_passes() {
     });
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
-    let session = runner
-        .start_session_with("nina", no_socket())
-        .await
-        .unwrap();
-    let _sidecar = launches.next(WAIT).await.unwrap();
-    let _runtime = launches.next(WAIT).await.unwrap();
+    let session = start_session(&runner, "nina").await;
+    let (_sidecar, _runtime) = sidecar_and_runtime(&mut launches).await;
     let ready = |h: &runner_types::HealthStatus, role| {
         h.guests
             .iter()
             .find(|g| g.role == role)
             .and_then(|g| g.ready)
     };
-    let not_ready = |h: &runner_types::HealthStatus| {
-        h.startup_status
-            .degraded_reasons
-            .iter()
-            .any(|r| r.code == NOT_READY)
-    };
+    let not_ready = |h: &runner_types::HealthStatus| degraded(h, NOT_READY);
     let mut health = session.watch_health();
     let h = tokio::time::timeout(WAIT, health.wait_for(|h| not_ready(h)))
         .await

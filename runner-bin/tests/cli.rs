@@ -2,31 +2,19 @@
 //! `--version`, `completions`, `man`, and `status` / `metrics` against a
 //! daemon on built-in defaults (process tier, demo guests).
 
+use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runner-bin");
 const WAIT: Duration = Duration::from_secs(30);
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Bounded: the pipes are small enough here not to fill before exit.
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "runner-bin {args:?} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = daemon::output_bounded(Command::new(BIN).args(args).current_dir(dir), WAIT);
     assert!(
         out.status.success(),
         "runner-bin {args:?}: {}",
@@ -81,62 +69,25 @@ fn completions_and_man_page() {
     assert!(dir.path().join("runner-bin-status.1").is_file());
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only reached on a failed test: don't leave the daemon behind.
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn start_daemon(dir: &Path, user: &str) -> Daemon {
-    let mut child = Command::new(BIN)
-        .args(["--daemon", "--user", user])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let line = rx.recv_timeout(WAIT).expect("no control_socket line");
-    assert!(line.starts_with("control_socket="), "{line}");
-    Daemon(child)
+fn start_daemon(dir: &Path, user: &str) -> KillOnDrop {
+    let (child, lines) =
+        daemon::spawn(daemon_command(Path::new(BIN), user, dir).stderr(Stdio::null()));
+    daemon::wait_serving(&lines, WAIT);
+    child
 }
 
 #[test]
 fn metrics_over_http_with_metrics_listen() {
     use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--daemon",
-            "--user",
-            "web",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(tmp.path())
+    let mut child = daemon_command(Path::new(BIN), "web", tmp.path())
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let err = child.stderr.take().unwrap();
-    let daemon = Daemon(child);
+    let daemon = KillOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -163,11 +114,7 @@ fn metrics_over_http_with_metrics_listen() {
     );
     run(tmp.path(), &["stop", "--user", "web"]);
     let mut daemon = daemon;
-    let start = Instant::now();
-    while daemon.0.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "daemon did not exit after stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_bounded(WAIT);
 }
 
 #[test]
@@ -217,9 +164,5 @@ fn status_table_and_metrics_from_a_daemon() {
     );
 
     run(tmp.path(), &["stop", "--user", "ops"]);
-    let start = Instant::now();
-    while daemon.0.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "daemon did not exit after stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_bounded(WAIT);
 }

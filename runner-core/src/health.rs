@@ -149,16 +149,30 @@ mod tests {
 
     fn guest(role: GuestRole, state: GuestState) -> GuestStatus {
         GuestStatus {
-            role,
             state,
             pid: Some(42),
-            container_name: None,
-            container_id: None,
-            last_exit: None,
-            restarts: 0,
-            ready: None,
-            started_at_unix_ms: None,
-            log_bytes_dropped: Default::default(),
+            ..GuestStatus::starting(role)
+        }
+    }
+
+    /// Alice's running session on `tier` with these guests: no loss, no
+    /// other degraded reason.
+    fn running<'a>(
+        tier: SandboxTier,
+        startup: &'a StartupStatus,
+        guests: &'a [GuestStatus],
+        sidecar_linked: bool,
+    ) -> HealthInputs<'a> {
+        HealthInputs {
+            user_id: "alice",
+            tier,
+            startup,
+            phase: &SessionPhase::Running,
+            log_dir: "/w/alice/logs",
+            guests,
+            sidecar_linked,
+            log_bytes_dropped: &[],
+            degraded: &[],
         }
     }
 
@@ -179,17 +193,7 @@ mod tests {
             guest(GuestRole::Sidecar, GuestState::Running),
             guest(GuestRole::Runtime, GuestState::Running),
         ];
-        let mut i = HealthInputs {
-            user_id: "alice",
-            tier: SandboxTier::Process,
-            startup: &s,
-            phase: &SessionPhase::Running,
-            log_dir: "/w/alice/logs",
-            guests: &guests,
-            sidecar_linked: true,
-            log_bytes_dropped: &[],
-            degraded: &[],
-        };
+        let mut i = running(SandboxTier::Process, &s, &guests, true);
         let h = health_report(&i);
         assert!(h.healthy);
         assert!(h.startup_status.degraded_reasons.is_empty());
@@ -265,17 +269,7 @@ mod tests {
     fn no_shell_is_claimed_while_the_sidecar_link_is_down() {
         let s = startup();
         let guests = [guest(GuestRole::Runtime, GuestState::Running)];
-        let mut i = HealthInputs {
-            user_id: "alice",
-            tier: SandboxTier::MicroVm,
-            startup: &s,
-            phase: &SessionPhase::Running,
-            log_dir: "/w/alice/logs",
-            guests: &guests,
-            sidecar_linked: false,
-            log_bytes_dropped: &[],
-            degraded: &[],
-        };
+        let mut i = running(SandboxTier::MicroVm, &s, &guests, false);
         let h = health_report(&i);
         assert!(!h.shell_available && !h.browser_available);
         assert!(!h.startup_status.shell_available && !h.startup_status.sidecar_available);

@@ -331,16 +331,21 @@ async fn invalid_json_request_gets_invalid_request() {
     }
 }
 
-#[tokio::test]
-async fn invalid_json_answer_is_a_receive_json_error() {
-    let server = serve(Mode::Garbage);
+/// A health check against a server in `mode`, answered within `timeout`:
+/// it must fail, and this is why.
+async fn health_check_error(mode: Mode, timeout: Duration) -> ControlClientError {
+    let server = serve(mode);
     let mut client = bounded(ControlClient::connect(&server.path, WAIT))
         .await
         .unwrap();
-    let err = client
-        .request(&ControlRequest::HealthCheck, WAIT)
+    bounded(client.request(&ControlRequest::HealthCheck, timeout))
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn invalid_json_answer_is_a_receive_json_error() {
+    let err = health_check_error(Mode::Garbage, WAIT).await;
     assert!(
         matches!(
             err,
@@ -355,27 +360,14 @@ async fn invalid_json_answer_is_a_receive_json_error() {
 
 #[tokio::test]
 async fn hangup_without_answer_is_closed() {
-    let server = serve(Mode::Hangup);
-    let mut client = bounded(ControlClient::connect(&server.path, WAIT))
-        .await
-        .unwrap();
-    let err = client
-        .request(&ControlRequest::HealthCheck, WAIT)
-        .await
-        .unwrap_err();
+    let err = health_check_error(Mode::Hangup, WAIT).await;
     assert!(matches!(err, ControlClientError::Closed { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn silent_server_times_out() {
-    let server = serve(Mode::Silent);
-    let mut client = bounded(ControlClient::connect(&server.path, WAIT))
-        .await
-        .unwrap();
     let timeout = Duration::from_millis(100);
-    let err = bounded(client.request(&ControlRequest::HealthCheck, timeout))
-        .await
-        .unwrap_err();
+    let err = health_check_error(Mode::Silent, timeout).await;
     assert!(
         matches!(err, ControlClientError::Timeout { timeout: t, .. } if t == timeout),
         "{err:?}"

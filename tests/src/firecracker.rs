@@ -194,6 +194,15 @@ pub fn take_output(guest: &mut LaunchedGuest, which: LogStream) -> Pin<Box<dyn A
     reader.into_reader()
 }
 
+/// Waits (bounded) until a launched guest's console says `TESTKERNEL hang`,
+/// draining its stderr on a task meanwhile; the task that then drains the
+/// console to EOF (it yields the rest of the console).
+pub async fn await_hang(guest: &mut LaunchedGuest) -> tokio::task::JoinHandle<Vec<u8>> {
+    let _stderr = tokio::spawn(read_to_end(take_output(guest, LogStream::Stderr)));
+    let (_, console) = read_until(take_output(guest, LogStream::Stdout), "TESTKERNEL hang\n").await;
+    tokio::spawn(read_to_end(console))
+}
+
 /// Reads `reader` to EOF, bounded by [`PROMPT`].
 pub async fn read_to_end(mut reader: Pin<Box<dyn AsyncRead + Send>>) -> Vec<u8> {
     let mut all = Vec::new();

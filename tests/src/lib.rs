@@ -9,16 +9,21 @@
 //!   images, unique ids, clean-up) and [`docker::harness`] for its backend.
 //! - [`process`], [`firecracker`], [`logs`]: the other tiers' and the log
 //!   pipeline's fixtures.
+//! - [`daemon`]: `runner-bin --daemon` as a child (start, wait for it to
+//!   serve, signal, bounded waits).
+//! - [`procfs`]: a process's `/proc` status fields, limits and descriptors.
 //! - [`envelope`]: envelopes built by the runner's own `bootstrap` code.
 //! - [`contract`]: the one suite every backend must pass.
 //! - [`probe_pattern`]: the bytes `probe-guest bytes` writes.
 
 pub mod contract;
+pub mod daemon;
 pub mod docker;
 pub mod envelope;
 pub mod firecracker;
 pub mod logs;
 pub mod process;
+pub mod procfs;
 
 pub use runner_examples::probe::pattern as probe_pattern;
 

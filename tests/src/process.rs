@@ -67,6 +67,27 @@ impl Fixture {
     }
 }
 
+/// `user`'s workspace on the built-in defaults for `dir`, provisioned as
+/// the daemon provisions it on the process tier: for the user's guest uid,
+/// which a root runner maps.
+pub fn provision_like_daemon(dir: &std::path::Path, user: &UserId) -> Workspace {
+    let config = runner_core::config::RunnerConfig::defaults(dir);
+    let identity = runner_core::identity::resolve_guest_user(
+        &config,
+        user,
+        runner_types::SandboxTier::Process,
+        nix::unistd::geteuid().as_raw(),
+    )
+    .unwrap();
+    Workspace::provision_for(
+        &config.workspace_root,
+        user,
+        &MountOverrides::default(),
+        identity.run_as,
+    )
+    .unwrap()
+}
+
 /// The demo guest with `args`.
 pub fn demo(args: &[&str]) -> GuestCommand {
     demo_at(crate::guest_binary("demo-guest"), args)

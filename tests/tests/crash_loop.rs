@@ -12,6 +12,7 @@
 //! replays one.
 
 use runner_core::backend::docker::create::LABEL_USER;
+use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::docker::{connect, containers_labelled, docker_host, guest_image, unique_id};
 use runner_tests::{
     firecracker_binary, jailer_binary, kvm_or_skip, pids_with_arg, process_alive, runner_binary,
@@ -20,9 +21,8 @@ use runner_tests::{
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bound on one daemon start (container images are local; VMs boot in ms).
 const SERVE_WAIT: Duration = Duration::from_secs(60);
@@ -96,20 +96,10 @@ struct Loop {
 }
 
 struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     lines: mpsc::Receiver<String>,
     /// Everything the daemon wrote on stderr, for failure messages.
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only reached on a failed test: don't leave it behind.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Loop {
@@ -139,31 +129,18 @@ impl Loop {
     }
 
     fn spawn(&self) -> Daemon {
-        let mut child = Command::new(runner_binary())
-            .args(["--daemon", "--user", &self.user, "--config"])
-            .arg(&self.config)
-            .current_dir(&self.root)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (mut child, lines) = daemon::spawn(
+            daemon_command(&runner_binary(), &self.user, &self.root)
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "warn"),
+        );
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let err_pipe = child.stderr.take().unwrap();
+        let err_pipe = child.0.stderr.take().unwrap();
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
             }
         });
         Daemon {
@@ -178,7 +155,7 @@ impl Loop {
         match d.lines.recv_timeout(SERVE_WAIT) {
             Ok(line) => assert!(line.starts_with("control_socket="), "{line}"),
             Err(e) => {
-                let status = d.child.try_wait().unwrap();
+                let status = d.child.0.try_wait().unwrap();
                 let stderr = d.stderr.lock().unwrap().join("\n");
                 panic!(
                     "daemon for {} did not serve ({e}); exit: {status:?}; stderr:\n{stderr}",
@@ -189,18 +166,11 @@ impl Loop {
     }
 
     fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), sig).unwrap();
+        d.child.signal(sig);
     }
 
     fn wait_exit(d: &mut Daemon) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = d.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(start.elapsed() < EXIT_WAIT, "daemon did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        d.child.wait_bounded(EXIT_WAIT)
     }
 
     /// Every guest of this user that exists right now.
@@ -280,7 +250,7 @@ impl Loop {
                 std::thread::sleep(rng.millis(Duration::from_millis(400)));
             }
         }
-        let pid = d.child.id();
+        let pid = d.child.0.id();
         Self::signal(&d, nix::sys::signal::Signal::SIGKILL);
         Self::wait_exit(&mut d);
         (self.guests(Some(pid)).await, self.logs())

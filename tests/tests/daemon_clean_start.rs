@@ -3,81 +3,27 @@
 //! the daemon then raises): both process-tier guests still start clean,
 //! under their user's own uid.
 
+use runner_tests::daemon;
+use runner_tests::procfs::{fds, limit, status_field};
 use runner_tests::runner_binary;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The daemon's soft open-file limit at its start.
 const START_NOFILE: u64 = 256;
 
-fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < WAIT, "process did not exit in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn client(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(runner_binary())
-        .args(args)
-        .arg("--config")
-        .arg(dir.join("runner.toml"))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_bounded(&mut child);
-    child.wait_with_output().unwrap()
-}
-
-/// `key:` of `/proc/<pid>/status`.
-fn status_field(pid: u32, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {key} for {pid}"))
-        .trim()
-        .to_owned()
-}
-
-fn fds(pid: u32) -> Vec<u32> {
-    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
-    fds
-}
-
-/// Soft and hard value of a `/proc/<pid>/limits` row.
-fn limit(pid: u32, row: &str) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits.lines().find(|l| l.starts_with(row)).unwrap();
-    let mut v = line[row.len()..].split_whitespace().map(str::to_owned);
-    (v.next().unwrap(), v.next().unwrap())
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    daemon::output_bounded(
+        Command::new(runner_binary())
+            .args(args)
+            .arg("--config")
+            .arg(dir.join("runner.toml"))
+            .current_dir(dir),
+        WAIT,
+    )
 }
 
 #[test]
@@ -108,7 +54,7 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
     let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked) as u32;
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    let mut child = KillOnDrop(
+    let (mut child, lines) = daemon::spawn(
         Command::new("/bin/sh")
             .args(["-c", "umask 000; exec \"$@\"", "sh", "prlimit"])
             .arg(format!("--nofile={START_NOFILE}:{hard}"))
@@ -118,22 +64,10 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
             .current_dir(tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::inherit()),
     );
     drop(leaked);
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let line = rx.recv_timeout(WAIT).expect("daemon serves");
-    assert!(line.starts_with("control_socket="), "{line}");
+    daemon::wait_serving(&lines, WAIT);
     let daemon = child.0.id();
     // The daemon really has the extra descriptor, and raised its limit.
     assert!(fds(daemon).contains(&leaked_fd), "{:?}", fds(daemon));
@@ -173,5 +107,5 @@ fn guests_of_a_careless_daemon_start_clean_under_their_own_uid() {
             .status
             .success()
     );
-    assert!(wait_bounded(&mut child.0).success());
+    assert!(child.wait_bounded(WAIT).success());
 }

@@ -2,57 +2,25 @@
 //! defaults (process tier, demo guests, ./workspaces) and the client
 //! subcommands against it.
 
+use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::{process_alive, runner_binary};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     socket: PathBuf,
     dir: PathBuf,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only reached on a failed test: don't leave the daemon behind.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn start_daemon(dir: &Path, user: &str) -> Daemon {
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", user])
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(WAIT)
-        .expect("daemon printed no control_socket line");
-    let socket = PathBuf::from(
-        line.strip_prefix("control_socket=")
-            .expect("control_socket= line"),
-    );
+    let (child, lines) =
+        daemon::spawn(daemon_command(&runner_binary(), user, dir).env("RUST_LOG", "info"));
+    let socket = daemon::wait_serving(&lines, WAIT);
     Daemon {
         child,
         socket,
@@ -61,27 +29,14 @@ fn start_daemon(dir: &Path, user: &str) -> Daemon {
 }
 
 fn client(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(runner_binary())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_bounded(&mut child);
-    child.wait_with_output().unwrap()
+    daemon::output_bounded(
+        Command::new(runner_binary()).args(args).current_dir(dir),
+        WAIT,
+    )
 }
 
 fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < WAIT, "process did not exit in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon::wait_bounded(child, WAIT)
 }
 
 fn text(out: &Output) -> String {
@@ -169,7 +124,7 @@ fn defaults_status_logs_follow_and_stop() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut d = d;
-    let status = wait_bounded(&mut d.child);
+    let status = wait_bounded(&mut d.child.0);
     assert!(status.success(), "daemon exit: {status}");
     assert!(!d.socket.exists());
     for pid in pids {
@@ -195,12 +150,8 @@ fn sigterm_shuts_down_cleanly_and_removes_the_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let mut d = start_daemon(tmp.path(), "bob");
     let pids = guest_pids(&d, "bob");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = wait_bounded(&mut d.child);
+    d.child.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = wait_bounded(&mut d.child.0);
     assert!(status.success(), "{status}");
     assert!(!d.socket.exists());
     for pid in pids {
@@ -222,7 +173,7 @@ fn a_second_daemon_for_the_same_user_refuses() {
     let out = client(&d.dir, &["stop", "--user", "carol"]);
     assert!(out.status.success());
     let mut d = d;
-    assert!(wait_bounded(&mut d.child).success());
+    assert!(wait_bounded(&mut d.child.0).success());
 }
 
 #[test]
@@ -237,7 +188,7 @@ fn a_daemon_started_over_a_stale_socket_works() {
             .status
             .success()
     );
-    assert!(wait_bounded(&mut first.child).success());
+    assert!(wait_bounded(&mut first.child.0).success());
     let stale = tmp.path().join("workspaces/dave/run/runner-control.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
@@ -256,7 +207,7 @@ fn a_daemon_started_over_a_stale_socket_works() {
     );
     let out = client(&d.dir, &["stop", "--user", "dave"]);
     assert!(out.status.success());
-    assert!(wait_bounded(&mut d.child).success());
+    assert!(wait_bounded(&mut d.child.0).success());
 }
 
 #[test]
@@ -306,7 +257,7 @@ fn bad_input_gets_one_clear_line() {
 }
 
 fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), sig).unwrap();
+    d.child.signal(sig);
 }
 
 #[test]
@@ -315,7 +266,7 @@ fn sighup_is_a_graceful_stop() {
     let mut d = start_daemon(tmp.path(), "hana");
     let pids = guest_pids(&d, "hana");
     signal(&d, nix::sys::signal::Signal::SIGHUP);
-    let status = wait_bounded(&mut d.child);
+    let status = wait_bounded(&mut d.child.0);
     assert!(status.success(), "{status}");
     assert!(!d.socket.exists(), "socket left behind");
     let ipc = tmp.path().join("workspaces/hana/ipc");
@@ -330,7 +281,7 @@ fn sighup_is_a_graceful_stop() {
     // The lock is free: a new daemon starts at once.
     let mut again = start_daemon(tmp.path(), "hana");
     signal(&again, nix::sys::signal::Signal::SIGTERM);
-    assert!(wait_bounded(&mut again.child).success());
+    assert!(wait_bounded(&mut again.child.0).success());
 }
 
 #[test]
@@ -348,18 +299,12 @@ fn a_second_signal_forces_a_long_graceful_stop() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(&bin)
-        .args(["--daemon", "--user", "ivan", "--config"])
-        .arg(&cfg)
-        .current_dir(tmp.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("control_socket line").unwrap();
-    let socket = PathBuf::from(line.strip_prefix("control_socket=").unwrap());
+    let (child, lines) = daemon::spawn(
+        daemon_command(&bin, "ivan", tmp.path())
+            .arg("--config")
+            .arg(&cfg),
+    );
+    let socket = daemon::wait_serving(&lines, WAIT);
     let mut d = Daemon {
         child,
         socket,
@@ -387,24 +332,15 @@ fn a_second_signal_forces_a_long_graceful_stop() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        d.child.try_wait().unwrap().is_none(),
+        d.child.0.try_wait().unwrap().is_none(),
         "daemon ended before the grace"
     );
     signal(&d, nix::sys::signal::Signal::SIGTERM);
-    let forced = Instant::now();
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            forced.elapsed() < Duration::from_secs(5),
-            "daemon still running 5 s after the second signal"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Still running 5 s after the second signal fails the test.
+    let status = daemon::wait_bounded(&mut d.child.0, Duration::from_secs(5));
     assert!(!status.success(), "a forced stop must exit non-zero");
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut d.child.stderr.take().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut d.child.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("forced"), "{err}");
     for pid in pids {
         assert!(!process_alive(pid), "guest {pid} survived the forced stop");
@@ -468,7 +404,7 @@ fn events_lists_the_start_and_a_follower_sees_the_stop() {
     assert_eq!(events[0].seq, last + 1);
     assert!(wait_bounded(&mut follow).success());
     let mut d = d;
-    assert!(wait_bounded(&mut d.child).success());
+    assert!(wait_bounded(&mut d.child.0).success());
 }
 
 #[test]
@@ -521,5 +457,5 @@ fn logs_after_a_cursor_resumes_where_the_last_answer_ended() {
     let out = client(&d.dir, &["stop", "--user", "finn"]);
     assert!(out.status.success());
     let mut d = d;
-    assert!(wait_bounded(&mut d.child).success());
+    assert!(wait_bounded(&mut d.child.0).success());
 }

@@ -40,6 +40,29 @@ fn mapped_user(h: &Harness, prefix: &str) -> (UserId, Workspace, GuestUser) {
     (user, ws, guest)
 }
 
+/// Launches the probe guest running `command` as `user`'s runtime, under
+/// `run_as`.
+async fn launch_probe(
+    h: &Harness,
+    command: Vec<String>,
+    user: &UserId,
+    ws: &Workspace,
+    run_as: GuestUser,
+) -> LaunchedGuest {
+    let mut config = h.config(DockerTier::Container, &h.probe_image().await);
+    config.docker.command = Some(command);
+    let backend = h.backend(config);
+    let mut s = spec(
+        &backend,
+        GuestRole::Runtime,
+        user,
+        ws,
+        ResourceLimits::default(),
+    );
+    s.run_as = Some(run_as);
+    backend.launch(s).await.expect("launch")
+}
+
 fn container_id(g: &LaunchedGuest) -> String {
     match &g.identity {
         GuestIdentity::Container { id, .. } => id.clone(),
@@ -57,18 +80,7 @@ async fn a_container_guest_runs_as_its_users_uid_with_default_limits() {
     };
     let (user, ws, guest_user) = mapped_user(&h, "uid");
     assert_ne!(guest_user.uid, 0);
-    let mut config = h.config(DockerTier::Container, &h.probe_image().await);
-    config.docker.command = Some(vec!["hardening".into()]);
-    let backend = h.backend(config);
-    let mut s = spec(
-        &backend,
-        GuestRole::Runtime,
-        &user,
-        &ws,
-        ResourceLimits::default(),
-    );
-    s.run_as = Some(guest_user);
-    let mut guest = backend.launch(s).await.expect("launch");
+    let mut guest = launch_probe(&h, vec!["hardening".into()], &user, &ws, guest_user).await;
     let id = container_id(&guest);
     let mut out = Capture::all(guest.outputs.drain(..).collect());
     // The guest could read its 0400 envelope file: it owns it.
@@ -101,19 +113,9 @@ async fn a_setuid_file_from_a_container_guest_gives_other_uids_nothing() {
         return;
     };
     let (user, ws, guest_user) = mapped_user(&h, "suid");
-    let mut config = h.config(DockerTier::Container, &h.probe_image().await);
     let shared = ws.shared.to_string_lossy().into_owned();
-    config.docker.command = Some(vec!["setuid-copy".into(), shared]);
-    let backend = h.backend(config);
-    let mut s = spec(
-        &backend,
-        GuestRole::Runtime,
-        &user,
-        &ws,
-        ResourceLimits::default(),
-    );
-    s.run_as = Some(guest_user);
-    let mut guest = backend.launch(s).await.expect("launch");
+    let command = vec!["setuid-copy".into(), shared];
+    let mut guest = launch_probe(&h, command, &user, &ws, guest_user).await;
     let mut out = Capture::all(guest.outputs.drain(..).collect());
     let stdout = out[0].until_eof().await;
     let report = key_values(&stdout);

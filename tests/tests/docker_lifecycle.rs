@@ -7,7 +7,8 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
 use runner_core::backend::docker::create::{LABEL_INSTANCE, LABEL_USER};
 use runner_core::backend::docker::{
-    DockerBackendConfig, DockerLaunchError, DockerTier, EngineAction, MAX_STOP_OVERRUN,
+    DockerBackend, DockerBackendConfig, DockerLaunchError, DockerTier, EngineAction,
+    MAX_STOP_OVERRUN,
 };
 use runner_core::backend::{GuestIdentity, LaunchError, LaunchedGuest, SandboxBackend};
 use runner_tests::docker::harness::{BOUND, Capture, Harness, launch, spec};
@@ -47,6 +48,13 @@ fn long_running(h: &Harness, image: &str, instance: &str, extra: &[&str]) -> Doc
     cmd.extend(extra.iter().map(|s| s.to_string()));
     c.docker.command = Some(cmd);
     c
+}
+
+/// A backend for this instance whose guests run the demo guest with
+/// `extra` arguments.
+async fn demo_backend(h: &Harness, extra: &[&str]) -> DockerBackend {
+    let image = h.demo_image(&[]).await;
+    h.backend(long_running(h, &image, &h.instance, extra))
 }
 
 #[tokio::test]
@@ -118,17 +126,15 @@ async fn stop_of_a_guest_ignoring_sigterm_is_bounded_and_removes_it() {
     let Some(h) = Harness::new().await else {
         return;
     };
-    let image = h.demo_image(&[]).await;
-    let backend = h.backend(long_running(
+    let backend = demo_backend(
         &h,
-        &image,
-        &h.instance,
         &[
             "--ignore-sigterm",
             "--bootstrap-file",
             "/run/oxydra/bootstrap",
         ],
-    ));
+    )
+    .await;
     let (user, ws) = h.user("stop");
     let mut guest = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
@@ -162,11 +168,8 @@ async fn exit_code_is_reported_and_a_relaunch_replaces_the_container() {
     let Some(h) = Harness::new().await else {
         return;
     };
-    let image = h.demo_image(&[]).await;
-    let backend = h.backend(long_running(
+    let backend = demo_backend(
         &h,
-        &image,
-        &h.instance,
         &[
             "--exit-after-ms",
             "200",
@@ -175,7 +178,8 @@ async fn exit_code_is_reported_and_a_relaunch_replaces_the_container() {
             "--bootstrap-file",
             "/run/oxydra/bootstrap",
         ],
-    ));
+    )
+    .await;
     let (user, ws) = h.user("exit");
     let mut first = launch(&backend, GuestRole::Runtime, &user, &ws)
         .await
@@ -384,8 +388,7 @@ async fn a_launch_dropped_between_create_and_start_leaves_no_container() {
     let Some(h) = Harness::new().await else {
         return;
     };
-    let image = h.demo_image(&[]).await;
-    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
+    let backend = demo_backend(&h, &[]).await;
     let (user, ws) = h.user("drop");
     let (name, seen) = drop_launch_once_created(&h, &backend, &user, &ws).await;
     // The launch future is gone here; its guard removes the container.
@@ -404,8 +407,7 @@ async fn a_dropped_launchs_clean_up_spares_the_next_launch() {
     let Some(h) = Harness::new().await else {
         return;
     };
-    let image = h.demo_image(&[]).await;
-    let backend = h.backend(long_running(&h, &image, &h.instance, &[]));
+    let backend = demo_backend(&h, &[]).await;
     let (user, ws) = h.user("next");
     drop_launch_once_created(&h, &backend, &user, &ws).await;
     // Relaunch at once, while the first launch's clean-up may still run.

@@ -6,7 +6,7 @@ use runner_core::backend::firecracker::{FirecrackerBackend, plan};
 use runner_core::backend::{LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::identity::GuestUser;
 use runner_tests::firecracker::*;
-use runner_types::{GuestRole, LogStream};
+use runner_types::GuestRole;
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -85,12 +85,7 @@ async fn launch_hanging(
         .unwrap();
     let mut guest = backend.launch(spec.clone()).await.unwrap();
     let pid = guest.identity.pid().unwrap();
-    let _stderr = tokio::spawn(read_to_end(take_output(&mut guest, LogStream::Stderr)));
-    let (_, console) = read_until(
-        take_output(&mut guest, LogStream::Stdout),
-        "TESTKERNEL hang\n",
-    )
-    .await;
+    let drain = await_hang(&mut guest).await;
     let layout = plan::layout_of(backend.config(), &fx.workspace.run, GuestRole::Runtime);
     let running = Running {
         guest,
@@ -98,7 +93,7 @@ async fn launch_hanging(
         copy: layout.root.join("drive-0.img"),
         cgroups: layout.cgroup_dirs(),
         instance_dir: layout.instance_dir,
-        _drain: tokio::spawn(read_to_end(console)),
+        _drain: drain,
     };
     (spec, running)
 }
@@ -265,13 +260,8 @@ async fn the_jailed_runtime_vm_gets_a_bridge_its_uid_can_reach_until_it_stops() 
         let mut spec = fx.spec(role, &backend);
         spec.run_as = Some(user);
         let mut guest = backend.launch(spec).await.unwrap();
-        let _stderr = tokio::spawn(read_to_end(take_output(&mut guest, LogStream::Stderr)));
-        let (_, console) = read_until(
-            take_output(&mut guest, LogStream::Stdout),
-            "TESTKERNEL hang\n",
-        )
-        .await;
-        guests.push((guest, tokio::spawn(read_to_end(console))));
+        let console = await_hang(&mut guest).await;
+        guests.push((guest, console));
     }
     let rt_root = plan::layout_of(backend.config(), &fx.workspace.run, GuestRole::Runtime).root;
     let bridge = rt_root.join("vsock.sock_1024");

@@ -13,7 +13,7 @@ use runner_core::identity::GuestUser;
 use runner_core::workspace::MountOverrides;
 use runner_tests::firecracker::*;
 use runner_tests::{kvm_or_skip, process_alive};
-use runner_types::{GuestRole, LogStream};
+use runner_types::GuestRole;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -106,13 +106,7 @@ async fn helper_runner_with_a_jailed_vm() {
     let mut spec = fx.spec(GuestRole::Runtime, &backend);
     spec.run_as = Some(GUEST);
     let mut guest = backend.launch(spec).await.unwrap();
-    let _stderr = tokio::spawn(read_to_end(take_output(&mut guest, LogStream::Stderr)));
-    let (_, console) = read_until(
-        take_output(&mut guest, LogStream::Stdout),
-        "TESTKERNEL hang\n",
-    )
-    .await;
-    let _drain = tokio::spawn(read_to_end(console));
+    let _drain = await_hang(&mut guest).await;
     println!(
         "jailed_vm={} {}",
         guest.identity.pid().unwrap(),

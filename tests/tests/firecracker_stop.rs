@@ -25,13 +25,7 @@ async fn a_hanging_vm_is_killed_after_grace_and_leaves_nothing_behind() {
     let GuestIdentity::MicroVm { pid } = guest.identity else {
         panic!("identity {:?}", guest.identity);
     };
-    let _stderr = tokio::spawn(read_to_end(take_output(&mut guest, LogStream::Stderr)));
-    let (_, console) = read_until(
-        take_output(&mut guest, LogStream::Stdout),
-        "TESTKERNEL hang\n",
-    )
-    .await;
-    let drain = tokio::spawn(read_to_end(console));
+    let drain = await_hang(&mut guest).await;
     assert!(runner_tests::process_alive(pid));
     assert_eq!(runner_tests::pids_with_arg(&api_socket), vec![pid]);
     assert_eq!(guest.exit.get(), None);

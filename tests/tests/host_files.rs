@@ -142,18 +142,7 @@ fn neighbour_premade_user_dir_with_symlinked_lock_and_logs_is_refused() {
     let run = alice.join("run");
     assert!(!SessionLock::is_held(&run));
     let err = SessionLock::acquire(&run).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            LockError::Open {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Symlink,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_lock_refused(&err, FileKind::Symlink);
     let err = LogSink::open(
         &alice.join("logs"),
         GuestRole::Runtime,
@@ -191,52 +180,36 @@ fn symlinks_inside_runner_owned_run_and_logs_are_never_followed() {
     // The probe that `stop` and `status` use writes nothing.
     assert!(!SessionLock::is_held(&ws.run));
     let err = SessionLock::acquire(&ws.run).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            LockError::Open {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Symlink,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_lock_refused(&err, FileKind::Symlink);
     let open = || LogSink::open(&ws.logs, GuestRole::Runtime, LogStream::Stdout, limits());
     let err = open().unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            LogError::Unsafe {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Symlink,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_log_refused(&err, FileKind::Symlink);
     // A real log but a symlinked index.
     fs::remove_file(&log_path).unwrap();
     fs::write(&log_path, b"old\n").unwrap();
     symlink(&idx.path, ws.logs.join("oxydra-vm.stdout.log.idx")).unwrap();
     let err = open().unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            LogError::Unsafe {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Symlink,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_log_refused(&err, FileKind::Symlink);
     for v in [&lock, &log, &idx] {
         v.assert_untouched();
     }
+}
+
+/// Asserts that taking or probing a lock refused its file for being a
+/// `kind`.
+fn assert_lock_refused(err: &LockError, kind: FileKind) {
+    assert!(
+        matches!(err, LockError::Open { source: HostFileError::WrongKind { found, .. } } if *found == kind),
+        "{err:?}"
+    );
+}
+
+/// Asserts that opening a log refused a file for being a `kind`.
+fn assert_log_refused(err: &LogError, kind: FileKind) {
+    assert!(
+        matches!(err, LogError::Unsafe { source: HostFileError::WrongKind { found, .. } } if *found == kind),
+        "{err:?}"
+    );
 }
 
 /// Runs `f` on a thread and fails the test if it does not return in time
@@ -271,18 +244,7 @@ fn a_fifo_where_a_log_or_lock_belongs_is_a_prompt_error() {
     let err = bounded(move || {
         LogSink::open(&logs, GuestRole::Runtime, LogStream::Stderr, limits()).unwrap_err()
     });
-    assert!(
-        matches!(
-            &err,
-            LogError::Unsafe {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Fifo,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_log_refused(&err, FileKind::Fifo);
     // The lock, both taken and probed.
     mkfifo(&ws.run.join(LOCK_NAME));
     let run = ws.run.clone();
@@ -292,18 +254,7 @@ fn a_fifo_where_a_log_or_lock_belongs_is_a_prompt_error() {
             SessionLock::is_held(&run),
         )
     });
-    assert!(
-        matches!(
-            &err,
-            LockError::Open {
-                source: HostFileError::WrongKind {
-                    found: FileKind::Fifo,
-                    ..
-                }
-            }
-        ),
-        "{err:?}"
-    );
+    assert_lock_refused(&err, FileKind::Fifo);
     assert!(!held);
 }
 

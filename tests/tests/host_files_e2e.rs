@@ -3,13 +3,14 @@
 //!
 //! Runs as root (as CI does); plants things as uid 61001 with `setpriv`.
 
-use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
+use runner_tests::daemon::{self, daemon_command};
+use runner_tests::process::provision_like_daemon;
 use runner_tests::runner_binary;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const NEIGHBOUR: u32 = 61001;
@@ -30,12 +31,7 @@ fn as_neighbour(script: &str) {
 /// Starts the daemon for `alice` on built-in defaults in `dir` and waits
 /// (bounded) for it to exit; it must not start.
 fn daemon_refuses(dir: &Path) -> String {
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", "alice"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = daemon_command(&runner_binary(), "alice", dir)
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -140,22 +136,10 @@ enum FifoOutcome {
 /// it serves and then SIGTERM must end it within the bound. Either way it
 /// is gone when this returns.
 fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", "alice"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = daemon_command(&runner_binary(), "alice", dir)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = daemon::lines_of(child.stdout.take().unwrap());
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -174,11 +158,7 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
             panic!("daemon neither refused nor served in time (blocked?)");
         }
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    daemon::signal(&child, nix::sys::signal::Signal::SIGTERM);
     let stopping = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -194,22 +174,7 @@ fn daemon_over_fifo(dir: &Path) -> FifoOutcome {
 
 fn workspace_with_fifo(root: &Path, name: &str) -> (Workspace, PathBuf) {
     let user = UserId::new("alice").unwrap();
-    // Provisioned as the daemon will (for the user's guest uid).
-    let config = runner_core::config::RunnerConfig::defaults(root);
-    let identity = runner_core::identity::resolve_guest_user(
-        &config,
-        &user,
-        runner_types::SandboxTier::Process,
-        nix::unistd::geteuid().as_raw(),
-    )
-    .unwrap();
-    let ws = Workspace::provision_for(
-        &config.workspace_root,
-        &user,
-        &MountOverrides::default(),
-        identity.run_as,
-    )
-    .unwrap();
+    let ws = provision_like_daemon(root, &user);
     let fifo = ws.logs.join(name);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     (ws, fifo)

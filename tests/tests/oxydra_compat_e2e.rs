@@ -12,11 +12,11 @@
 //! - `logs` under a terminal escapes control bytes, piped it does not;
 //! - `config_version = "2.0.0"` is refused naming `config_version`.
 
+use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::runner_binary;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,18 +26,8 @@ const TOKEN: &str = "telegram-token-4f2a";
 const SECRET: &str = "api-secret-91c3";
 
 struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only reached on a failed test: don't leave the daemon behind.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// `runner.toml` and `alice.toml` in oxydra's format, with demo guests.
@@ -86,60 +76,22 @@ platform_ids = ["2"]
 }
 
 fn start_daemon(dir: &Path, config: &Path, extra: &[&str]) -> (Daemon, mpsc::Receiver<String>) {
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", "alice", "--config"])
-        .arg(config)
-        .args(extra)
-        .current_dir(dir)
-        .env(TOKEN_VAR, TOKEN)
-        .env("E2E_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let stderr = child.stderr.take().unwrap();
-    let (etx, erx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if etx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let line = rx.recv_timeout(WAIT).expect("no control_socket line");
-    let socket = PathBuf::from(
-        line.strip_prefix("control_socket=")
-            .expect("control_socket="),
+    let (mut child, lines) = daemon::spawn(
+        daemon_command(&runner_binary(), "alice", dir)
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env(TOKEN_VAR, TOKEN)
+            .env("E2E_SECRET", SECRET)
+            .env("RUST_LOG", "warn"),
     );
+    let erx = daemon::lines_of(child.0.stderr.take().unwrap());
+    let socket = daemon::wait_serving(&lines, WAIT);
     (Daemon { child, socket }, erx)
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "{program} did not exit in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    daemon::output_bounded(Command::new(program).args(args).current_dir(dir), WAIT)
 }
 
 /// The first line starting with `prefix` in a guest's stdout log, waiting
@@ -173,11 +125,7 @@ fn stop(dir: &Path, config: &Path, mut d: Daemon) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let start = Instant::now();
-    while d.child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "daemon did not exit after stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.child.wait_bounded(WAIT);
 }
 
 #[test]
@@ -235,7 +183,7 @@ fn oxydra_configs_workspace_root_env_routing_and_socket_link() {
     for secret in [TOKEN_VAR, "E2E_SECRET", "PLAIN"] {
         assert!(!sidecar.contains_key(secret), "sidecar got {secret}");
     }
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.child.id())).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.child.0.id())).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline);
     assert!(
         !cmdline.contains(SECRET) && !cmdline.contains(TOKEN),

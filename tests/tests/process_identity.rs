@@ -15,6 +15,7 @@ use runner_core::identity::{GuestUser, resolve_guest_user};
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_tests::process::*;
+use runner_tests::procfs::{limit, status_field};
 use runner_types::{GuestRole, ResourceLimits, SandboxTier};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -89,31 +90,6 @@ fn pid_of(guest: &LaunchedGuest) -> u32 {
         GuestIdentity::Process { pid } => pid,
         ref other => panic!("{other:?}"),
     }
-}
-
-/// The value of `key:` in `/proc/<pid>/status`.
-fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .trim()
-        .to_owned()
-}
-
-/// Soft and hard value of the `/proc/<pid>/limits` row starting with `row`.
-fn limit(pid: u32, row: &str) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with(row))
-        .unwrap_or_else(|| panic!("no {row} in /proc/{pid}/limits"));
-    let mut values = line[row.len()..].split_whitespace();
-    (
-        values.next().unwrap().to_owned(),
-        values.next().unwrap().to_owned(),
-    )
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use runner_core::config::GuestCommand;
 use runner_core::identity::GuestUser;
 use runner_core::workspace::MountOverrides;
 use runner_tests::process::*;
+use runner_tests::procfs::{fds, status_field};
 use runner_types::{ExitStatus, GuestRole};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -117,17 +118,6 @@ async fn a_failed_setup_step_is_reported_as_that_step() {
     assert_start_failed(result, Path::new("/bin/sh"), step, errno);
 }
 
-/// `key:` of `/proc/<pid>/status`.
-fn status_field(pid: u32, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {key} for {pid}"))
-        .trim()
-        .to_owned()
-}
-
 /// `(ppid, pgrp, session)` from `/proc/<pid>/stat`.
 fn stat_ids(pid: u32) -> (u32, u32, u32) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -139,15 +129,6 @@ fn stat_ids(pid: u32) -> (u32, u32, u32) {
         .map(|v| v.parse().unwrap())
         .collect();
     (f[0], f[1], f[2])
-}
-
-fn fds(pid: u32) -> Vec<u32> {
-    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
-    fds
 }
 
 /// A perl guest (perl is part of every Debian-like base system) that

@@ -2,47 +2,31 @@
 //! as a real process with `NOTIFY_SOCKET` pointing at a datagram socket
 //! this test binds, as systemd would.
 
+use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::runner_binary;
 use runner_types::{GuestRole, HealthStatus};
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Kills the daemon if a failed test leaves it running.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// Killed if a failed test leaves it running.
+type Daemon = KillOnDrop;
 
 /// Writes a `runner.toml` with the runtime's readiness check and starts the
 /// daemon on it (demo guests), notifying `notify`; returns once it serves.
 fn start(dir: &Path, user: &str, readiness: &str, notify: &Path) -> Daemon {
     std::fs::write(dir.join("runner.toml"), readiness).unwrap();
-    let mut child = Command::new(runner_binary())
-        .args(["--daemon", "--user", user, "--config", "runner.toml"])
-        .current_dir(dir)
-        .env("NOTIFY_SOCKET", notify)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("control_socket="), "{line:?}");
-    Daemon(child)
+    let (child, lines) = daemon::spawn(
+        daemon_command(&runner_binary(), user, dir)
+            .args(["--config", "runner.toml"])
+            .env("NOTIFY_SOCKET", notify)
+            .stderr(Stdio::null()),
+    );
+    daemon::wait_serving(&lines, WAIT);
+    child
 }
 
 /// Notifications until one contains `wanted` (bounded by the socket's read
@@ -99,19 +83,8 @@ fn runtime_ready(h: &HealthStatus) -> Option<bool> {
 }
 
 fn sigterm_and_wait(d: &mut Daemon) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = d.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < WAIT, "daemon did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = d.wait_bounded(WAIT);
     assert!(status.success(), "{status}");
 }
 

@@ -10,14 +10,13 @@
 //! checks that the daemon has finished its shutdown and printed its last
 //! line within the bound, then thaws and checks the exit code.
 
-use runner_core::workspace::MountOverrides;
-use runner_core::{UserId, Workspace};
+use runner_core::UserId;
+use runner_tests::daemon::{self, daemon_command};
+use runner_tests::process::provision_like_daemon;
 use runner_tests::runner_binary;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -79,6 +78,8 @@ impl Drop for FrozenMount {
 }
 
 /// Kills the daemon if the test fails before it exits.
+/// Killed (not reaped: a reap would block while the disk is frozen) if a
+/// failed test leaves it running.
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -89,36 +90,15 @@ impl Drop for Daemon {
     }
 }
 
-fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 #[test]
 fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     assert!(nix::unistd::geteuid().is_root(), "this test mounts");
     let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let root = tmp.path().join("workspaces");
     let user = UserId::new("frozen").unwrap();
-    // Provisioned as the daemon will (for the user's guest uid).
     let config = runner_core::config::RunnerConfig::defaults(tmp.path());
     assert_eq!(config.workspace_root, root);
-    let identity = runner_core::identity::resolve_guest_user(
-        &config,
-        &user,
-        runner_types::SandboxTier::Process,
-        nix::unistd::geteuid().as_raw(),
-    )
-    .unwrap();
-    let ws = Workspace::provision_for(&root, &user, &MountOverrides::default(), identity.run_as)
-        .unwrap();
+    let ws = provision_like_daemon(tmp.path(), &user);
     let mount = FrozenMount::mount(&tmp.path().join("logs.img"), &ws.logs);
 
     let bin = runner_binary();
@@ -139,21 +119,16 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(&bin)
-        .args(["--daemon", "--user", "frozen", "--config"])
+    let mut child = daemon_command(&bin, "frozen", tmp.path())
+        .arg("--config")
         .arg(&cfg)
-        .current_dir(tmp.path())
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = lines_of(child.stdout.take().unwrap());
-    let stderr = lines_of(child.stderr.take().unwrap());
+    let stdout = daemon::lines_of(child.stdout.take().unwrap());
+    let stderr = daemon::lines_of(child.stderr.take().unwrap());
     let mut daemon = Daemon(child);
-    let line = stdout.recv_timeout(WAIT).expect("control_socket line");
-    assert!(line.starts_with("control_socket="), "{line}");
+    daemon::wait_serving(&stdout, WAIT);
 
     // Output reaches the log; then the disk stops answering.
     let log = ws.logs.join("oxydra-vm.stdout.log");
@@ -164,11 +139,7 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     }
     mount.freeze();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    daemon::signal(&daemon.0, nix::sys::signal::Signal::SIGTERM);
     let stopping = Instant::now();
     let bound = Duration::from_millis(GRACE_MS + DRAIN_MS) + FIXED_BOUND;
     let last = loop {
@@ -186,14 +157,7 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     // Once the disk thaws, the blocked writer threads return and the
     // process is gone, non-zero.
     mount.thaw();
-    let thawed = Instant::now();
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(thawed.elapsed() < WAIT, "daemon still there after the thaw");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = daemon::wait_bounded(&mut daemon.0, WAIT);
     assert_eq!(status.code(), Some(1), "{status}");
     drop(mount);
 }

@@ -18,7 +18,7 @@
 use bollard::Docker;
 use bollard::query_parameters::{LogsOptions, RemoveContainerOptions};
 use futures::StreamExt;
-use runner_bench::median;
+use runner_bench::{bench_spec, median};
 use runner_core::backend::docker::create::ContainerPlan;
 use runner_core::backend::docker::{DockerBackend, DockerBackendConfig, DockerTier};
 use runner_core::backend::{LaunchSpec, SandboxBackend};
@@ -77,13 +77,8 @@ async fn setup(dir: &Path) -> Option<Setup> {
     };
     let specs = GuestRole::START_ORDER
         .iter()
-        .map(|&role| LaunchSpec {
-            run_as: None,
-            role,
-            user_id: user.clone(),
-            session_id: "bench".into(),
-            workspace: workspace.clone(),
-            envelope: build_envelope(EnvelopeParams {
+        .map(|&role| {
+            let envelope = build_envelope(EnvelopeParams {
                 user: &user,
                 tier: backend.tier(),
                 role,
@@ -92,9 +87,8 @@ async fn setup(dir: &Path) -> Option<Setup> {
                 sidecar_endpoint: Some(backend.sidecar_endpoint(&workspace)),
                 sidecar_running: true,
                 degraded_reasons: Vec::new(),
-            }),
-            extra_env: BTreeMap::new(),
-            resources: Default::default(),
+            });
+            bench_spec(role, &user, &workspace, envelope)
         })
         .collect();
     Some(Setup {
@@ -173,6 +167,18 @@ async fn remove_all(s: &Setup, plans: &[ContainerPlan]) {
     }
 }
 
+/// Waits (bounded) until every task has seen its envelope line; the time
+/// since `start` then.
+async fn until_all(waits: Vec<tokio::task::JoinHandle<()>>, start: Instant) -> Duration {
+    for w in waits {
+        timeout(BOUND, w)
+            .await
+            .expect("envelope line")
+            .expect("task");
+    }
+    start.elapsed()
+}
+
 async fn ours(s: &Setup) -> Duration {
     let start = Instant::now();
     let mut waits = Vec::new();
@@ -183,13 +189,7 @@ async fn ours(s: &Setup) -> Duration {
         waits.push(tokio::spawn(until_line(out.reader)));
         guests.push(g);
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     for g in guests {
         g.control.cleanup().await.expect("cleanup");
     }
@@ -230,13 +230,7 @@ async fn raw(s: &Setup, plans: &[ContainerPlan]) -> Duration {
             panic!("logs ended before the envelope line");
         }));
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     remove_all(s, plans).await;
     took
 }
@@ -324,13 +318,7 @@ async fn cli(s: &Setup, plans: &[ContainerPlan]) -> Duration {
             drop(follow);
         }));
     }
-    for w in waits {
-        timeout(BOUND, w)
-            .await
-            .expect("envelope line")
-            .expect("task");
-    }
-    let took = start.elapsed();
+    let took = until_all(waits, start).await;
     remove_all(s, plans).await;
     took
 }

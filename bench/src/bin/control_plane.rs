@@ -15,11 +15,9 @@
 //! Run: `cargo run --release -p runner-bench --bin control_plane`.
 
 use futures::future::join_all;
-use runner_actors::{Backends, Runner};
 use runner_bench::{
-    RawControlConn, demo_guest_backend, health_request_frame, percentile, short_tempdir,
+    RawControlConn, demo_guest_runner, health_request_frame, percentile, short_tempdir,
 };
-use runner_core::config::RunnerConfig;
 use runner_types::ControlResponse;
 use runner_types::frame::{MAX_CONTROL_FRAME, encode};
 use std::path::Path;
@@ -63,11 +61,7 @@ impl Load {
 async fn main() {
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
-    let config = RunnerConfig::defaults(dir.path());
-    let runner = Runner::new(
-        config,
-        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
-    );
+    let runner = demo_guest_runner(dir.path(), &guest);
     let session = runner.start_session("bench").await.expect("start session");
     let ours = session.control_socket().expect("session serves a socket");
 

@@ -10,13 +10,11 @@
 //!
 //! Run: `cargo run --release -p runner-bench --bin metrics_scrape`.
 
-use runner_actors::{Backends, Runner, SessionHandle, SessionOptions};
-use runner_bench::{demo_guest_backend, median, ms, percentile, short_tempdir};
-use runner_core::config::RunnerConfig;
+use runner_actors::{Runner, SessionHandle, SessionOptions};
+use runner_bench::{demo_guest_runner, median, ms, percentile, short_tempdir};
 use runner_core::metrics::usage::ProcessGroups;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SESSIONS: usize = 500;
@@ -108,10 +106,7 @@ fn row(label: &str, s: &mut Scrapes, processes: usize) {
 async fn main() {
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
-    let runner = Runner::new(
-        RunnerConfig::defaults(dir.path()),
-        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
-    );
+    let runner = demo_guest_runner(dir.path(), &guest);
     let options = SessionOptions {
         serve_control: false,
         ..SessionOptions::default()

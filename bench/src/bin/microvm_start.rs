@@ -11,7 +11,7 @@
 //! `mode=exit`; ~20 rounds, interleaved (alternating which goes first);
 //! medians reported.
 
-use runner_bench::{median, percentile};
+use runner_bench::{bench_spec, median, percentile};
 use runner_core::backend::firecracker::{
     FirecrackerBackend, FirecrackerBackendConfig, JailerSettings, LaunchPaths,
 };
@@ -74,13 +74,8 @@ fn setup(dir: &Path) -> Setup {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let specs = ROLES
         .iter()
-        .map(|&role| LaunchSpec {
-            run_as: None,
-            role,
-            user_id: user.clone(),
-            session_id: "bench".into(),
-            workspace: workspace.clone(),
-            envelope: BootstrapEnvelope {
+        .map(|&role| {
+            let envelope = BootstrapEnvelope {
                 user_id: user.to_string(),
                 sandbox_tier: SandboxTier::MicroVm,
                 workspace_root: s(&workspace.workspace_root),
@@ -96,9 +91,8 @@ fn setup(dir: &Path) -> Setup {
                     credential_refs: BTreeMap::new(),
                 }),
                 startup_status: None,
-            },
-            extra_env: BTreeMap::new(),
-            resources: ResourceLimits::default(),
+            };
+            bench_spec(role, &user, &workspace, envelope)
         })
         .collect();
     Setup {

@@ -23,7 +23,7 @@
 //! Run: `cargo run --release -p runner-bench --bin process_launch [-- --live 1000]`.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
-use runner_bench::{median, ms, percentile};
+use runner_bench::{bench_spec, median, ms, percentile};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::backend::{LaunchSpec, LaunchedGuest, SandboxBackend};
 use runner_core::config::GuestCommand;
@@ -122,16 +122,7 @@ impl Setup {
                 "--bootstrap-stdin".into(),
             ])
             .collect();
-        let spec = LaunchSpec {
-            run_as: None,
-            role: GuestRole::Runtime,
-            user_id: user,
-            session_id: "bench".into(),
-            workspace,
-            envelope,
-            extra_env: BTreeMap::new(),
-            resources: ResourceLimits::default(),
-        };
+        let spec = bench_spec(GuestRole::Runtime, &user, &workspace, envelope);
         Self {
             guest,
             _dir: dir,

@@ -29,18 +29,16 @@
 
 use futures::StreamExt;
 use futures::future::join_all;
-use runner_actors::{Backends, Runner, SessionHandle};
+use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
-    BareGuest, RawControlConn, demo_guest_backend, health_request_frame, median, ms, open_fds,
+    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, median, ms, open_fds,
     percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib,
     wait_for_logs,
 };
-use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::{ControlResponse, GuestRole};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Sessions when no count is given on the command line.
@@ -96,10 +94,7 @@ async fn main() {
     raise_fd_limit(sessions);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
-    let runner = Runner::new(
-        RunnerConfig::defaults(dir.path()),
-        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
-    );
+    let runner = demo_guest_runner(dir.path(), &guest);
 
     let logs_kib = logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
     let clock = Instant::now();

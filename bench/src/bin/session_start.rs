@@ -31,12 +31,11 @@
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
 use futures::future::join;
-use runner_actors::{Backends, Runner};
+use runner_actors::Runner;
 use runner_bench::{
-    BareGuest, demo_guest_backend, median, ms, percentile, session_like_envelope_frame,
+    BareGuest, demo_guest_runner, median, ms, percentile, session_like_envelope_frame,
     short_tempdir, stdout_log, wait_for_logs,
 };
-use runner_core::config::RunnerConfig;
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::GuestRole;
@@ -57,10 +56,7 @@ async fn main() {
         .then(SpanTimes::install);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
-    let runner = Runner::new(
-        RunnerConfig::defaults(dir.path()),
-        Backends::new().with(Arc::new(demo_guest_backend(&guest))),
-    );
+    let runner = demo_guest_runner(dir.path(), &guest);
     let bare_root = dir.path().join("bare");
 
     // The warm-up also makes "known" a user whose workspace and guest uid

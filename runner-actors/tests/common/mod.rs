@@ -1,12 +1,14 @@
-//! Shared setup for actor-level tests with the fake backend.
+//! Shared setup for actor-level tests: the fake backend's, and the helpers
+//! for reading a session's health that every tier's tests use.
 #![allow(dead_code)]
 
-use runner_actors::{Backends, Runner, SessionEvent};
-use runner_core::config::RunnerConfig;
+use runner_actors::{Backends, Runner, SessionEvent, SessionHandle};
+use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
+use runner_core::config::{GuestCommand, RunnerConfig};
 use runner_core::fake::{FakeBackend, FakeLaunches};
-use runner_types::SandboxTier;
+use runner_types::{GuestRole, GuestStatus, HealthStatus, SandboxTier};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -29,6 +31,21 @@ pub fn setup() -> Setup {
 
 pub fn runner(config: RunnerConfig, fake: &FakeBackend) -> Runner {
     Runner::new(config, Backends::new().with(Arc::new(fake.clone())))
+}
+
+/// A runner on `config` whose only backend is the process tier with these
+/// guest commands (and the runner's own search path).
+pub fn process_runner(
+    config: RunnerConfig,
+    runtime: GuestCommand,
+    sidecar: Option<GuestCommand>,
+) -> Runner {
+    let backend = ProcessBackend::new(ProcessBackendConfig {
+        runtime,
+        sidecar,
+        search_path: None,
+    });
+    Runner::new(config, Backends::new().with(Arc::new(backend)))
 }
 
 pub fn fake() -> (FakeBackend, FakeLaunches) {
@@ -65,4 +82,42 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, fut)
         .await
         .expect("condition not met in time");
+}
+
+/// The row of `role` in a health report; panics when it has none.
+pub fn guest_of(h: &HealthStatus, role: GuestRole) -> &GuestStatus {
+    h.guests
+        .iter()
+        .find(|g| g.role == role)
+        .unwrap_or_else(|| panic!("no {role} in {h:?}"))
+}
+
+/// Whether a health report lists a degraded reason with this `code`.
+pub fn degraded(h: &HealthStatus, code: &str) -> bool {
+    h.startup_status
+        .degraded_reasons
+        .iter()
+        .any(|r| r.code == code)
+}
+
+/// Asks for `session`'s health until it satisfies `pred` (`what` names the
+/// wait), for at most `within`; that health.
+pub async fn health_until(
+    session: &SessionHandle,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&HealthStatus) -> bool,
+) -> HealthStatus {
+    let start = Instant::now();
+    loop {
+        let h = session.health().await.expect("health");
+        if pred(&h) {
+            return h;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what} within {within:?}; last {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
