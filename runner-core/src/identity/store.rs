@@ -33,8 +33,12 @@ use std::path::{Path, PathBuf};
 /// Name of the record file inside the workspace root.
 pub const STORE_FILE_NAME: &str = ".guest-ids";
 
-/// How often a lock holder may find the file replaced before giving up.
-const LOCK_ATTEMPTS: usize = 8;
+/// How long an opener keeps retrying while it finds the file replaced
+/// after its lock was granted. Every replacement is another runner's (or
+/// another session start's) completed update, so retrying makes progress;
+/// many concurrent first starts can each see several replacements, so the
+/// bound is time, not a count.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The record's contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +69,8 @@ impl LockedStore {
             path: path.clone(),
             source: e.into(),
         };
-        for _ in 0..LOCK_ATTEMPTS {
+        let give_up = std::time::Instant::now() + LOCK_PATIENCE;
+        while std::time::Instant::now() < give_up {
             let file = open_checked(&root_fd, &path, runner_uid)?;
             let opened = file.metadata().map_err(|source| IdentityError::Store {
                 path: path.clone(),

@@ -248,3 +248,29 @@ fn an_explicit_gid_is_never_allocated_as_a_uid() {
     cfg.users.insert(id("alice"), alice);
     assert_ne!(uid_of(&cfg, "bob"), DEFAULT_UID_BASE);
 }
+
+/// Many first starts at once (each rewrites the record) all get a uid, and
+/// no two the same: an opener that finds the record replaced while it
+/// waited for the lock retries instead of failing.
+#[test]
+fn concurrent_first_starts_all_get_distinct_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let uids: Vec<u32> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..32)
+            .map(|n| {
+                let config = &config;
+                s.spawn(move || uid_of(config, &format!("user{n}")))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut distinct = uids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), uids.len(), "{uids:?}");
+    // And the record holds every one of them.
+    for (n, uid) in uids.iter().enumerate() {
+        assert_eq!(uid_of(&config, &format!("user{n}")), *uid);
+    }
+}
