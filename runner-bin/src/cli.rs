@@ -125,7 +125,7 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `runner-bin man > runner-bin.1`.
     Man {
-        /// Instead, write runner-bin.1 and one runner-bin-<subcommand>.1
+        /// Instead, write runner-bin.1 and one runner-bin-SUBCOMMAND.1
         /// per subcommand into DIR.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,

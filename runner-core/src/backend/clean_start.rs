@@ -1,7 +1,7 @@
 //! Guests start clean: whatever the runner inherited or changed in itself
 //! does not reach a guest it spawns.
 //!
-//! [`CleanStart`] is prepared in the parent and applied in the child, after
+//! `CleanStart` is prepared in the parent and applied in the child, after
 //! it has dropped to the guest's identity (supplementary groups cleared,
 //! then gid, then uid) and changed directory, just before `exec`. In that
 //! order it:
@@ -26,7 +26,7 @@
 //!
 //! Every step is a raw syscall on plain data prepared before the child was
 //! created: no allocation, no lock, async-signal-safe. That makes it usable
-//! both in a forked child ([`arm`], for `std::process::Command`) and in a
+//! both in a forked child (`arm`, for `std::process::Command`) and in a
 //! child that shares the runner's memory until `exec` (the process tier's
 //! vfork-class spawn).
 

@@ -13,7 +13,7 @@
 //!
 //!
 //! The queue also decides when a writer runs: the push that finds no
-//! writer running says so ([`Pushed::start_writer`]) and the sink starts
+//! writer running says so (`Pushed::start_writer`) and the sink starts
 //! one; a writer that finds no work for [`WRITER_LINGER`] ends. So a sink
 //! holds a thread only while its guest writes, never while it is idle.
 //!

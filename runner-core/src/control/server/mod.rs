@@ -1,5 +1,5 @@
 //! Serving the control socket: the accept loop ([`serve`]), one
-//! [`handler::Handler`] per connection, and the answers to each op.
+//! `Handler` per connection, and the answers to each op.
 //!
 //! The session is reached only through [`ServerContext`]: plain data (the
 //! health snapshot's watch, the log sinks, the event history) and the small
