@@ -154,35 +154,35 @@ fn status_line(h: &HealthStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runner_core::health::{HealthInputs, SessionPhase, health_report};
     use runner_types::{DegradedReason, GuestRole, GuestStatus, SandboxTier, StartupStatus};
 
     fn health(guests: Vec<GuestStatus>, degraded: &[&str]) -> HealthStatus {
-        HealthStatus {
-            user_id: "alice".into(),
-            healthy: true,
+        let startup = StartupStatus {
             sandbox_tier: SandboxTier::Process,
-            startup_status: StartupStatus {
-                sandbox_tier: SandboxTier::Process,
-                sidecar_available: true,
-                shell_available: true,
-                browser_available: false,
-                degraded_reasons: degraded
-                    .iter()
-                    .map(|c| DegradedReason {
-                        code: (*c).into(),
-                        detail: String::new(),
-                    })
-                    .collect(),
-            },
+            sidecar_available: true,
             shell_available: true,
             browser_available: false,
-            shutdown: false,
-            message: None,
-            log_dir: None,
-            runtime_pid: None,
-            runtime_container_name: None,
-            guests,
-        }
+            degraded_reasons: Vec::new(),
+        };
+        let degraded: Vec<DegradedReason> = degraded
+            .iter()
+            .map(|c| DegradedReason {
+                code: (*c).into(),
+                detail: String::new(),
+            })
+            .collect();
+        health_report(&HealthInputs {
+            user_id: "alice",
+            tier: SandboxTier::Process,
+            startup: &startup,
+            phase: &SessionPhase::Running,
+            log_dir: "/nowhere",
+            guests: &guests,
+            sidecar_linked: true,
+            log_bytes_dropped: &[],
+            degraded: &degraded,
+        })
     }
 
     fn guest(role: GuestRole, state: GuestState, ready: Option<bool>) -> GuestStatus {

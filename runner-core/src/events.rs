@@ -8,6 +8,7 @@
 //! ring, or a foreign cursor, are reported as an [`EventGap`], never
 //! skipped silently.
 
+use crate::clock::unix_ms_now;
 use crate::control::since::rfc3339_ms;
 use runner_types::GuestRole;
 use runner_types::events::{EventGap, EventKind, EventRecord};
@@ -95,7 +96,7 @@ impl EventHistory {
         }
         ring.records.push_back(EventRecord {
             seq,
-            timestamp: rfc3339_ms(now_ms()),
+            timestamp: rfc3339_ms(unix_ms_now()),
             role,
             kind,
         });
@@ -159,12 +160,6 @@ impl EventHistory {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod events;

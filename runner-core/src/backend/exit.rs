@@ -4,7 +4,6 @@
 //! [`ExitWatch`] clones can await the exit or peek at it.
 
 use runner_types::{ExitStatus, GuestExit};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Sends the exit, once.
@@ -60,13 +59,9 @@ impl ExitWatch {
 
 /// A [`GuestExit`] stamped with the current time.
 pub fn exit_now(status: ExitStatus, oom_killed: bool) -> GuestExit {
-    let at_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     GuestExit {
         status,
-        at_unix_ms,
+        at_unix_ms: crate::clock::unix_ms_now(),
         oom_killed,
         engine_lost: false,
     }

@@ -16,7 +16,8 @@
 
 use super::chunk::Chunk;
 use super::queue::{FULL_WAIT, Tally};
-use super::sink::{LogSink, now_ms};
+use super::sink::LogSink;
+use crate::clock::unix_ms_now;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -445,7 +446,7 @@ impl Pump {
                 h.overflowing = true;
                 // Queued before counted: whoever sees the count can rely on
                 // the writer knowing of the gap.
-                h.last_seq = self.sink.push_dropped(n, now_ms());
+                h.last_seq = self.sink.push_dropped(n, unix_ms_now());
                 self.tally.dropped.fetch_add(n, Ordering::Relaxed);
                 self.sink.count_dropped(n);
                 Some(chunk)

@@ -6,6 +6,7 @@ use super::chunk::Chunk;
 use super::queue::{DEFAULT_QUEUE_BYTES, Item, Pushed, Tally, WRITER_LINGER, WriteQueue};
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
+use crate::clock::unix_ms_now;
 use crate::config::LogLimits;
 use crate::workspace::file::check_runner_dir;
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// Chunks buffered per live subscriber before it lags. A chunk is at most
@@ -353,7 +354,7 @@ impl Shared {
         let out = if followed {
             self.write_followed(&mut writer, chunk)
         } else {
-            writer.write_chunk(chunk, now_ms())
+            writer.write_chunk(chunk, unix_ms_now())
         };
         drop(writer);
         self.bytes_written.fetch_add(out.written, Ordering::Relaxed);
@@ -375,11 +376,11 @@ impl Shared {
                 // account for it as a failed write.
                 Err(error) => {
                     tracing::warn!(path = %self.path.display(), %error, "Cannot read a log chunk for followers");
-                    return writer.write_chunk(chunk, now_ms());
+                    return writer.write_chunk(chunk, unix_ms_now());
                 }
             },
         };
-        let out = writer.write(&data, now_ms());
+        let out = writer.write(&data, unix_ms_now());
         if let Some(live) = self.live.get()
             && live.send(data).is_err()
         {
@@ -401,13 +402,6 @@ impl Shared {
         // A panic mid-write leaves the writer usable (it reopens on error).
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

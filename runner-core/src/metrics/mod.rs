@@ -206,14 +206,6 @@ impl RunnerMetrics {
     }
 }
 
-/// Milliseconds since the Unix epoch now (0 if the clock is before it).
-pub fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Keeps a session in its runner's metrics; dropping it removes the session.
 #[derive(Debug)]
 pub struct SessionRegistration {
@@ -279,6 +271,8 @@ pub fn request_op(request: &ControlRequest) -> &'static str {
         ControlRequest::Events(_) => "events",
     }
 }
+
+pub use crate::clock::unix_ms_now;
 
 #[cfg(test)]
 mod tests;

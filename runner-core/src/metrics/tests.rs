@@ -4,7 +4,6 @@
 use super::*;
 use crate::config::LogLimits;
 use runner_types::{GuestRole, GuestState, GuestStatus, LogStream, StartupStatus};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Parses `text` with a Prometheus text-format parser.
 pub(crate) fn parse(text: &str) -> prometheus_parse::Scrape {
@@ -29,33 +28,24 @@ pub(crate) fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&s
 }
 
 fn health(user: &str, guests: Vec<GuestStatus>) -> HealthStatus {
-    HealthStatus {
-        user_id: user.into(),
-        healthy: true,
+    let startup = StartupStatus {
         sandbox_tier: SandboxTier::Process,
-        startup_status: StartupStatus {
-            sandbox_tier: SandboxTier::Process,
-            sidecar_available: false,
-            shell_available: false,
-            browser_available: false,
-            degraded_reasons: vec![],
-        },
+        sidecar_available: false,
         shell_available: false,
         browser_available: false,
-        shutdown: false,
-        message: None,
-        log_dir: None,
-        runtime_pid: None,
-        runtime_container_name: None,
-        guests,
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+        degraded_reasons: vec![],
+    };
+    crate::health::health_report(&crate::health::HealthInputs {
+        user_id: user,
+        tier: SandboxTier::Process,
+        startup: &startup,
+        phase: &crate::health::SessionPhase::Running,
+        log_dir: "/nowhere",
+        guests: &guests,
+        sidecar_linked: true,
+        log_bytes_dropped: &[],
+        degraded: &[],
+    })
 }
 
 #[test]
@@ -82,7 +72,7 @@ async fn a_registered_session_is_scraped_until_dropped() {
     runtime.state = GuestState::Running;
     runtime.pid = Some(nix::unistd::getpgrp().as_raw() as u32);
     runtime.restarts = 2;
-    runtime.started_at_unix_ms = Some(now_ms() - 5_000);
+    runtime.started_at_unix_ms = Some(crate::clock::unix_ms_now() - 5_000);
     let sidecar = GuestStatus::starting(GuestRole::Sidecar);
     let (_tx, rx) = watch::channel(health("alice", vec![sidecar, runtime]));
     let metrics = RunnerMetrics::default();

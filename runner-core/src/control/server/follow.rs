@@ -6,7 +6,7 @@ use super::cursor::StreamCursors;
 use super::handler::Handler;
 use super::log_lines::{LINES_BUDGET, batches, encode_line, keep_newest};
 use super::logs::{Labels, Page, logs_frame, name, start_of};
-use super::now_ms;
+use crate::clock::unix_ms_now;
 use crate::control::since::rfc3339_ms;
 use crate::logs::{LineSplitter, LogBacklog, LogCursor, LogQuery, LogSink};
 use futures::StreamExt;
@@ -299,7 +299,7 @@ impl Feed {
             match item {
                 Item::Bytes(role, stream, bytes) => {
                     taken += bytes.len();
-                    let (m, at) = (self.labels.meta(role, stream), rfc3339_ms(now_ms()));
+                    let (m, at) = (self.labels.meta(role, stream), rfc3339_ms(unix_ms_now()));
                     let state = self.state(role, stream);
                     if let Some(pos) = &mut state.pos {
                         pos.pos += bytes.len() as u64;

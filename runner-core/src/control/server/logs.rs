@@ -2,11 +2,12 @@
 //! oldest lines after a cursor), or a follow stream (see `follow.rs`).
 //! Every answer carries a cursor: where its lines end in each stream.
 
+use super::ServerContext;
 use super::cursor::StreamCursors;
 use super::follow::follow;
 use super::handler::{Flow, Handler};
 use super::log_lines::{EntryMeta, LINES_BUDGET, encode_line, keep_newest, line_wire_len};
-use super::{ServerContext, now_ms};
+use crate::clock::unix_ms_now;
 use crate::control::since::{SinceError, since_ms};
 use crate::logs::{LinesAfter, LogCursor, LogQuery, LogSink, Loss};
 use runner_types::control::{
@@ -68,7 +69,7 @@ fn query(req: &LogsRequest, files: usize) -> Result<LogQuery, SinceError> {
     let q = LogQuery::tail(req.tail.unwrap_or(DEFAULT_LOG_TAIL))
         .max_bytes(MAX_CONTROL_FRAME / files.max(1));
     Ok(match &req.since {
-        Some(s) => q.since(since_ms(s, now_ms())?),
+        Some(s) => q.since(since_ms(s, unix_ms_now())?),
         None => q,
     })
 }

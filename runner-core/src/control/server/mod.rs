@@ -30,7 +30,7 @@ use crate::events::EventHistory;
 use crate::logs::LogSink;
 use runner_types::HealthStatus;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 pub use tokio_util::sync::CancellationToken;
 
@@ -94,11 +94,4 @@ impl Default for ControlLimits {
             close_bound: DEFAULT_CLOSE_BOUND,
         }
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
