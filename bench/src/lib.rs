@@ -57,6 +57,30 @@ pub fn demo_guest_runner(dir: &Path, program: &Path) -> runner_actors::Runner {
     )
 }
 
+/// A runner with `config` whose only backend runs this benchmark binary
+/// itself, re-executed with `flag`, as the runtime guest (no sidecar).
+pub fn self_exec_runner(
+    config: runner_core::config::RunnerConfig,
+    flag: &str,
+) -> runner_actors::Runner {
+    let exe = std::env::current_exe().expect("own path");
+    let backend = runner_core::backend::process::ProcessBackend::new(
+        runner_core::backend::process::ProcessBackendConfig {
+            runtime: runner_core::config::GuestCommand {
+                program: exe,
+                args: vec![flag.into()],
+                env: std::collections::BTreeMap::new(),
+            },
+            sidecar: None,
+            search_path: None,
+        },
+    );
+    runner_actors::Runner::new(
+        config,
+        runner_actors::Backends::new().with(std::sync::Arc::new(backend)),
+    )
+}
+
 /// Percentile (0..=100) of a sorted sample.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -119,12 +119,16 @@ impl SessionEvent {
             }
             Self::ShutdownStarted => (None, EventKind::Stopping),
             Self::ShutdownComplete => (None, EventKind::Stopped),
-            _ => return self.guest_to_wire(),
+            Self::GuestStarted { .. }
+            | Self::GuestExited { .. }
+            | Self::GuestRestarting { .. }
+            | Self::LogBytesDropped { .. } => return self.guest_to_wire(),
         };
         Some((role, kind))
     }
 
-    /// [`Self::to_wire`] for a guest's launches, exits and output loss.
+    /// [`Self::to_wire`] for a guest's launches, exits and output loss (the
+    /// only variants it is called with).
     fn guest_to_wire(&self) -> Option<(Option<GuestRole>, EventKind)> {
         let (role, kind) = match self {
             Self::GuestStarted {

@@ -381,9 +381,14 @@ fn relaunch_failed(role: GuestRole, source: LaunchError) -> FailureReason {
 }
 
 fn notify_failed(state: &GuestActorState, reason: FailureReason) {
-    let msg = SessionMsg::GuestFailed { reason };
+    tell_supervisor(state, SessionMsg::GuestFailed { reason });
+}
+
+/// Casts `msg` to the session supervisor; a gone supervisor (the session
+/// is ending) is not an error.
+fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
     if state.args.supervisor.cast(msg).is_err() {
-        tracing::debug!("supervisor gone; failure not reported");
+        tracing::debug!("supervisor gone; message dropped");
     }
 }
 
@@ -396,14 +401,7 @@ fn set_state(state: &mut GuestActorState, new: GuestState) {
 
 /// Sends the guest's status to the supervisor (which republishes health).
 fn report_status(state: &GuestActorState) {
-    if state
-        .args
-        .supervisor
-        .cast(SessionMsg::GuestUpdate(state.status.clone()))
-        .is_err()
-    {
-        tracing::debug!("supervisor gone; status not reported");
-    }
+    tell_supervisor(state, SessionMsg::GuestUpdate(state.status.clone()));
 }
 
 fn emit(state: &GuestActorState, event: SessionEvent) {

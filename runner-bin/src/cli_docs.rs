@@ -31,7 +31,15 @@ pub fn man_pages(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    const SUBCOMMANDS: [&str; 6] = ["status", "stop", "logs", "metrics", "completions", "man"];
+    const SUBCOMMANDS: [&str; 7] = [
+        "status",
+        "stop",
+        "logs",
+        "events",
+        "metrics",
+        "completions",
+        "man",
+    ];
 
     #[test]
     fn completions_name_every_subcommand() {

@@ -160,8 +160,11 @@ async fn stop(target: &Target) -> anyhow::Result<()> {
     }
     // The session lock is released only once the whole shutdown is done
     // (the socket goes away at its first step).
-    let (_, path) = socket_of(target)?;
-    let run = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let run = client
+        .path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while SessionLock::is_held(&run) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -177,12 +180,13 @@ async fn logs(target: &Target, req: LogsRequest, json: bool) -> anyhow::Result<(
     let (_, mut client) = connect(target).await?;
     let prefix = req.role == RoleSelector::All || req.stream == StreamSelector::Both;
     let show_cursor = req.after.is_some() && !json;
+    let mode = output_mode(json);
     if !req.follow {
         let ControlResponse::Logs(chunk) = ask(&mut client, &ControlRequest::Logs(req)).await?
         else {
             bail!("The daemon answered logs with something else");
         };
-        print_chunk(&chunk, prefix, json)?;
+        print_chunk(&chunk, prefix, mode)?;
         if show_cursor {
             print_cursor(&chunk);
         }
@@ -191,7 +195,7 @@ async fn logs(target: &Target, req: LogsRequest, json: bool) -> anyhow::Result<(
     let mut chunks = Box::pin(client.follow_logs(req));
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
-        print_chunk(&chunk, prefix, json)?;
+        print_chunk(&chunk, prefix, mode)?;
         if show_cursor {
             print_cursor(&chunk);
         }
@@ -207,24 +211,26 @@ pub(crate) fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()>
     }
 }
 
-/// The answer's cursor and any loss, on stderr (stdout stays the lines).
+/// The answer's cursor on stderr (stdout stays the lines; a loss is among
+/// the warnings printed with them).
 fn print_cursor(chunk: &LogsResponse) {
-    for w in &chunk.warnings {
-        eprintln!("warning: {w}");
-    }
     if let Some(cursor) = &chunk.cursor {
         eprintln!("cursor={cursor}");
     }
 }
 
-fn print_chunk(chunk: &LogsResponse, prefix: bool, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let mode = if json {
+/// How `logs` prints: JSON lines, escaped for a terminal, or raw.
+fn output_mode(json: bool) -> output::Mode {
+    if json {
         output::Mode::Json
-    } else if std::io::IsTerminal::is_terminal(&out) {
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         output::Mode::Terminal
     } else {
         output::Mode::Raw
-    };
+    }
+}
+
+fn print_chunk(chunk: &LogsResponse, prefix: bool, mode: output::Mode) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     quiet_on_broken_pipe(output::write_chunk(&mut out, chunk, prefix, mode))
 }

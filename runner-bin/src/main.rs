@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             (true, _) => daemon::run(cli.daemon_args, start_rlimits).await,
             (false, Some(cmd)) => client::run(cmd).await,
             (false, None) => Err(anyhow::anyhow!(
-                "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs, metrics); see --help"
+                "Nothing to do: pass --daemon --user <id>, or a subcommand (status, stop, logs, events, metrics); see --help"
             )),
         }
     });

@@ -66,6 +66,9 @@ impl ServiceNotify {
     /// `READY=1` the first time the session is settled, `STATUS=` when
     /// the status line changes, `STOPPING=1` once health says shutdown.
     pub fn on_health(&mut self, health: &HealthStatus) {
+        if self.notifier.is_none() {
+            return;
+        }
         if health.shutdown {
             self.stopping();
             return;
@@ -120,10 +123,7 @@ fn status_line(h: &HealthStatus) -> String {
         .guests
         .iter()
         .map(|g| {
-            let state = serde_json::to_value(g.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let state = g.state.as_str();
             match g.ready {
                 Some(true) => format!("{} {state}, ready", g.role),
                 Some(false) => format!("{} {state}, not ready", g.role),

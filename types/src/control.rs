@@ -65,17 +65,13 @@ pub struct LogsRequest {
     #[serde(default)]
     pub format: LogFormat,
     /// Keep the connection open and send new lines as further `logs` frames.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
     /// Resume exactly after this position: a previous answer's `cursor`.
     /// The answer then holds the oldest complete lines after it (at most
     /// `tail`), not the newest; `since` is ignored. This runner's addition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// Guest selector for `logs`.

@@ -15,16 +15,12 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct EventsRequest {
     /// Keep the connection open and send new events as further frames.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
     /// Only events with a sequence number above this (a previous frame's
     /// `cursor`); absent: every event still kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<u64>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// One `events` frame.
@@ -41,7 +37,7 @@ pub struct EventsResponse {
     pub cursor: u64,
     /// More events are kept than fitted this one-shot answer: ask again
     /// with `after: cursor`.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
 }
 

@@ -160,12 +160,8 @@ pub struct GuestExit {
     /// The guest ended because its engine went away (the Docker engine
     /// stopped or restarted): not the guest's failure, so it does not count
     /// against the restart limit.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub engine_lost: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// How a guest ended.

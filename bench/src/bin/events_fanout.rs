@@ -15,15 +15,14 @@
 //! Run: `cargo run --release -p runner-bench --bin events_fanout`.
 
 use futures::StreamExt;
-use runner_actors::{Backends, Runner, SessionEvent};
-use runner_bench::{percentile, short_tempdir};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_actors::{Runner, SessionEvent};
+use runner_bench::{ms, percentile, self_exec_runner, short_tempdir};
+use runner_core::config::RunnerConfig;
 use runner_core::control::ControlClient;
 use runner_types::config::RestartPolicy;
 use runner_types::events::{EventKind, EventsRequest};
 use runner_types::{ControlRequest, GuestRole};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -50,22 +49,12 @@ fn crash_guest() -> ! {
 }
 
 fn runner(dir: &std::path::Path) -> Runner {
-    let exe = std::env::current_exe().expect("own path");
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: GuestCommand {
-            program: exe,
-            args: vec!["--crash-guest".into()],
-            env: BTreeMap::new(),
-        },
-        sidecar: None,
-        search_path: None,
-    });
     let mut config = RunnerConfig::defaults(dir);
     config.restart.policy = RestartPolicy::Always;
     config.restart.max_restarts = u32::MAX;
     config.restart.backoff_initial = Duration::from_millis(5);
     config.restart.backoff_max = Duration::from_millis(5);
-    Runner::new(config, Backends::new().with(Arc::new(backend)))
+    self_exec_runner(config, "--crash-guest")
 }
 
 /// Counts launches in-process and stamps when each was seen, until `end`.
@@ -139,9 +128,9 @@ async fn round(n: usize, followers: usize) -> Round {
             after: None,
         });
         let json = serde_json::to_vec(&req).expect("encode");
-        let len = u32::try_from(json.len()).expect("small frame");
-        stream.write_all(&len.to_be_bytes()).await.expect("send");
-        stream.write_all(&json).await.expect("send");
+        let frame = runner_types::frame::encode(&json, runner_types::frame::MAX_CONTROL_FRAME)
+            .expect("frame");
+        stream.write_all(&frame).await.expect("send");
         stalled = Some(stream);
     }
     let tasks: Vec<_> = (0..followers)
@@ -161,10 +150,6 @@ async fn round(n: usize, followers: usize) -> Round {
     drop(stalled);
     session.shutdown(BOUND).await.expect("shutdown");
     r
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 #[tokio::main]

@@ -12,15 +12,11 @@
 //! Run: `cargo run --release -p runner-bench --bin follow_latency`.
 
 use futures::StreamExt;
-use runner_actors::{Backends, Runner};
-use runner_bench::{percentile, short_tempdir};
-use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
-use runner_core::config::{GuestCommand, RunnerConfig};
+use runner_bench::{percentile, self_exec_runner, short_tempdir};
+use runner_core::config::RunnerConfig;
 use runner_core::control::ControlClient;
 use runner_types::control::{LogsRequest, RoleSelector, StreamSelector};
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -95,20 +91,7 @@ async fn pipe_round() -> Vec<Duration> {
 /// control socket.
 async fn runner_round(n: usize) -> Vec<Duration> {
     let dir = short_tempdir();
-    let exe = std::env::current_exe().expect("own path");
-    let backend = ProcessBackend::new(ProcessBackendConfig {
-        runtime: GuestCommand {
-            program: exe,
-            args: vec!["--writer-guest".into()],
-            env: BTreeMap::new(),
-        },
-        sidecar: None,
-        search_path: None,
-    });
-    let runner = Runner::new(
-        RunnerConfig::defaults(dir.path()),
-        Backends::new().with(Arc::new(backend)),
-    );
+    let runner = self_exec_runner(RunnerConfig::defaults(dir.path()), "--writer-guest");
     let session = runner
         .start_session(&format!("follow{n}"))
         .await

@@ -2,10 +2,13 @@
 //! reported degraded as [`ENGINE_UNREACHABLE`], polled with backoff, and
 //! relaunched when the engine answers, outside the restart limit.
 
-use super::{GuestActorState, GuestMsg, notify_failed, on_launch, relaunch_failed, set_state};
+use super::{
+    GuestActorState, GuestMsg, notify_failed, on_launch, relaunch_failed, set_state,
+    tell_supervisor,
+};
 use crate::session::SessionMsg;
 use ractor::ActorRef;
-use runner_types::{DegradedReason, GuestState};
+use runner_types::{DegradedReason, GuestRole, GuestState};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -51,13 +54,7 @@ pub(super) async fn on_engine_check(
     if state.args.backend.engine_ready().await {
         match on_launch(myself, state).await {
             Ok(_) => {
-                tell_supervisor(
-                    state,
-                    SessionMsg::Recovered {
-                        role,
-                        code: ENGINE_UNREACHABLE.to_owned(),
-                    },
-                );
+                engine_recovered(state, role);
                 return;
             }
             // The engine answers but the launch failed anyway (its image
@@ -65,13 +62,7 @@ pub(super) async fn on_engine_check(
             // outage to wait out.
             Err(e) if state.args.backend.engine_ready().await => {
                 tracing::error!(%role, error = %e, "relaunch after the engine came back failed");
-                tell_supervisor(
-                    state,
-                    SessionMsg::Recovered {
-                        role,
-                        code: ENGINE_UNREACHABLE.to_owned(),
-                    },
-                );
+                engine_recovered(state, role);
                 notify_failed(state, relaunch_failed(role, e));
                 return;
             }
@@ -82,7 +73,10 @@ pub(super) async fn on_engine_check(
     }
     // on_launch bumps the generation only on success; keep waiting.
     let generation = state.generation;
-    set_state(state, GuestState::BackingOff);
+    // A relaunch that failed moved the guest on; otherwise it still waits.
+    if state.status.state != GuestState::BackingOff {
+        set_state(state, GuestState::BackingOff);
+    }
     let next = (delay * 2).min(ENGINE_BACKOFF_MAX);
     myself.send_after(next, move || GuestMsg::EngineCheck {
         generation,
@@ -90,8 +84,8 @@ pub(super) async fn on_engine_check(
     });
 }
 
-pub(super) fn tell_supervisor(state: &GuestActorState, msg: SessionMsg) {
-    if state.args.supervisor.cast(msg).is_err() {
-        tracing::debug!("supervisor gone");
-    }
+/// The engine answers again: `engine_unreachable` no longer applies.
+fn engine_recovered(state: &GuestActorState, role: GuestRole) {
+    let code = ENGINE_UNREACHABLE.to_owned();
+    tell_supervisor(state, SessionMsg::Recovered { role, code });
 }

@@ -2,7 +2,7 @@
 //! launch; the guest is reported ready once it passes, and `not_ready`
 //! (degraded, not failed) while it misses its timeout.
 
-use super::engine::tell_supervisor;
+use super::tell_supervisor;
 use super::{GuestActorState, GuestMsg, report_status};
 use crate::session::SessionMsg;
 use ractor::ActorRef;

@@ -241,11 +241,7 @@ impl LogSink {
     /// at once then, instead of lingering to batch them: a follower waits
     /// for every byte it is shown.
     pub fn is_followed(&self) -> bool {
-        self.inner
-            .shared
-            .live
-            .get()
-            .is_some_and(|live| live.receiver_count() > 0)
+        self.inner.shared.is_followed()
     }
 
     /// Reads lines from the log files (see [`LogQuery`]). Runs on a
@@ -300,6 +296,13 @@ impl LogSink {
 }
 
 impl Shared {
+    /// Whether anyone follows the live feed now.
+    fn is_followed(&self) -> bool {
+        self.live
+            .get()
+            .is_some_and(|live| live.receiver_count() > 0)
+    }
+
     /// Starts a writer thread (the queue has work and none runs).
     fn start_writer(self: &Arc<Self>) {
         let shared = self.clone();
@@ -346,11 +349,7 @@ impl Shared {
     /// Writes a chunk to the files and, if anyone follows, the live feed.
     fn write(&self, chunk: &Chunk) -> WriteOutcome {
         let mut writer = self.lock_writer();
-        let followed = chunk.len() > 0
-            && self
-                .live
-                .get()
-                .is_some_and(|live| live.receiver_count() > 0);
+        let followed = chunk.len() > 0 && self.is_followed();
         let out = if followed {
             self.write_followed(&mut writer, chunk)
         } else {

@@ -238,8 +238,8 @@ impl Handler {
 
     /// Sends one response within `timeout`; `false` if the client is gone.
     pub(super) async fn send_within(&mut self, resp: ControlResponse, timeout: Duration) -> bool {
-        if let (RequestResult::Ok, ControlResponse::Error(e)) = (self.result, &resp) {
-            self.result = RequestResult::Error(e.code);
+        if self.result == RequestResult::Ok {
+            self.result = RequestResult::of(&resp);
         }
         match tokio::time::timeout(timeout, self.conn.send(resp)).await {
             Ok(Ok(())) => true,
