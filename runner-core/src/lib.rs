@@ -24,6 +24,7 @@ pub mod limits;
 pub mod lock;
 pub mod logs;
 pub mod metrics;
+pub mod procfs;
 pub mod readiness;
 pub mod restart;
 pub mod user;

@@ -301,11 +301,7 @@ pub fn pids_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
 
 /// Whether a process with this pid exists (a zombie counts as gone).
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state letter follows the parenthesised command name.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-    })
+    runner_core::procfs::process_running(pid)
 }
 
 /// Waits up to `within` for `pid` to be gone (see [`process_alive`]).

@@ -120,15 +120,8 @@ async fn a_failed_setup_step_is_reported_as_that_step() {
 
 /// `(ppid, pgrp, session)` from `/proc/<pid>/stat`.
 fn stat_ids(pid: u32) -> (u32, u32, u32) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    let f: Vec<u32> = rest
-        .split_whitespace()
-        .skip(1)
-        .take(3)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    (f[0], f[1], f[2])
+    let stat = runner_core::procfs::ProcStat::of(pid).expect("the guest's stat");
+    (stat.ppid, stat.pgrp, stat.session)
 }
 
 /// A perl guest (perl is part of every Debian-like base system) that

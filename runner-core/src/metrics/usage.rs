@@ -6,8 +6,8 @@
 //! Plain reads of pseudo-files that the kernel fills in memory; nothing
 //! here touches a disk.
 
+use crate::procfs::ProcStat;
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What a guest uses.
@@ -94,13 +94,13 @@ impl ProcessGroups {
             };
             let path = proc_root.join(pid).join("stat");
             // A process may exit between the listing and the read: skip it.
-            if read_into(&path, &mut buf).is_err() {
-                continue;
-            }
-            if let Some(stat) = parse_stat(&buf)
+            if let Some(stat) = ProcStat::read_at(&path, &mut buf)
                 && wanted.contains(&stat.pgrp)
             {
-                let usage = stat.usage(units);
+                let usage = Usage {
+                    cpu_seconds: stat.cpu_ticks as f64 / units.ticks_per_second,
+                    resident_bytes: stat.rss_pages * units.page_bytes,
+                };
                 out.by_group.entry(stat.pgrp).or_default().add(usage);
             }
         }
@@ -111,47 +111,6 @@ impl ProcessGroups {
     pub fn group(&self, pgid: u32) -> Option<Usage> {
         self.by_group.get(&pgid).copied()
     }
-}
-
-fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    buf.clear();
-    std::fs::File::open(path)?.read_to_end(buf)?;
-    Ok(())
-}
-
-/// The fields of `/proc/<pid>/stat` used here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    pgrp: u32,
-    /// utime + stime + cutime + cstime, in clock ticks.
-    ticks: u64,
-    /// Resident set, in pages.
-    rss_pages: u64,
-}
-
-impl Stat {
-    fn usage(self, units: Units) -> Usage {
-        Usage {
-            cpu_seconds: self.ticks as f64 / units.ticks_per_second,
-            resident_bytes: self.rss_pages * units.page_bytes,
-        }
-    }
-}
-
-/// Parses a stat line. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn parse_stat(line: &[u8]) -> Option<Stat> {
-    let close = line.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
-    // After the name: field 3 (state) is index 0, so field N is N - 3.
-    let fields: Vec<&str> = rest.split_ascii_whitespace().take(22).collect();
-    let num = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
-    let ticks = num(14)? + num(15)? + num(16)? + num(17)?;
-    Some(Stat {
-        pgrp: u32::try_from(num(5)?).ok()?,
-        ticks,
-        rss_pages: num(24)?,
-    })
 }
 
 /// Usage of the container with id `id`, from its cgroup: cgroup v1
@@ -204,21 +163,6 @@ fn stat_value(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_are_counted_after_the_name() {
-        let line = b"4242 (a b) c)) S 1 4240 4240 0 -1 4194560 10 0 0 0 7 3 2 1 20 0 1 0 555 1000000 250 18446744073709551615\n";
-        assert_eq!(
-            parse_stat(line),
-            Some(Stat {
-                pgrp: 4240,
-                ticks: 13,
-                rss_pages: 250
-            })
-        );
-        assert_eq!(parse_stat(b"4242 (x) S 1 2"), None);
-        assert_eq!(parse_stat(b"garbage"), None);
-    }
 
     #[test]
     fn this_process_group_has_cpu_and_memory() {

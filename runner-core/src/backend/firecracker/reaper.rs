@@ -16,6 +16,7 @@
 
 use super::jail::JailLayout;
 use super::launch::remove_if_present;
+use crate::procfs::{ProcStat, process_running};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runner_types::GuestRole;
@@ -91,7 +92,7 @@ pub fn reap(record: &Path, jail: Option<&JailLayout>) -> Reaped {
     let deadline = Instant::now() + REAP_WAIT;
     let mut survivors: Vec<u32> = targets.clone();
     loop {
-        survivors.retain(|p| is_running(*p));
+        survivors.retain(|p| process_running(*p));
         let listed = cgroups.iter().any(|d| !cgroup_procs(d).is_empty());
         if (survivors.is_empty() && !listed) || Instant::now() >= deadline {
             break;
@@ -146,20 +147,9 @@ fn read_record(path: &Path) -> Option<(u32, u64)> {
     Some((pid, start))
 }
 
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot).
+/// Start time of `pid` in clock ticks since boot (see [`ProcStat`]).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised name; field 3 (state) is index 0.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-    })
+    ProcStat::of(pid).map(|stat| stat.start_time)
 }
 
 #[cfg(test)]
