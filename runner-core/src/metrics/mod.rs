@@ -28,6 +28,7 @@ mod collect;
 pub mod usage;
 
 use crate::logs::LogSink;
+use bytes::Bytes;
 use collect::SessionsCollector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -183,9 +184,10 @@ impl RunnerMetrics {
         }
     }
 
-    /// The answer to a `metrics` control request: the exposition, or an
-    /// `internal` error if it does not fit in one frame.
-    pub async fn control_answer(&self) -> ControlResponse {
+    /// The answer to a `metrics` control request, serialised once: the
+    /// exposition's JSON, or an `internal` error if it does not fit in
+    /// one frame.
+    pub async fn control_answer(&self) -> Result<Bytes, ControlResponse> {
         let answer = ControlResponse::Metrics(MetricsResponse {
             text: self.scrape().await,
         });
@@ -196,12 +198,12 @@ impl RunnerMetrics {
             })
         };
         match serde_json::to_vec(&answer) {
-            Ok(json) if json.len() <= MAX_CONTROL_FRAME => answer,
-            Ok(json) => error(format!(
+            Ok(json) if json.len() <= MAX_CONTROL_FRAME => Ok(Bytes::from(json)),
+            Ok(json) => Err(error(format!(
                 "The metrics ({} bytes) exceed the {MAX_CONTROL_FRAME}-byte frame limit",
                 json.len()
-            )),
-            Err(e) => error(format!("Cannot encode the metrics: {e}")),
+            ))),
+            Err(e) => Err(error(format!("Cannot encode the metrics: {e}"))),
         }
     }
 }

@@ -112,10 +112,10 @@ impl Handler {
             ControlRequest::ShutdownUser { user_id } => self.on_shutdown_user(user_id).await,
             ControlRequest::Logs(req) => logs::answer(self, req).await,
             ControlRequest::Events(req) => events::answer(self, req).await,
-            ControlRequest::Metrics(_) => {
-                let answer = self.ctx.metrics.control_answer().await;
-                self.reply(answer).await
-            }
+            ControlRequest::Metrics(_) => match self.ctx.metrics.control_answer().await {
+                Ok(json) => self.reply_encoded(json).await,
+                Err(error) => self.reply(error).await,
+            },
         };
         self.ctx.metrics.control_request(op, self.result);
         flow
@@ -174,10 +174,13 @@ impl Handler {
                 }
             }
         };
-        let sent = tokio::time::timeout(
-            self.limits.write_timeout,
-            self.conn.send(EncodedJson(answer)),
-        );
+        self.reply_encoded(answer).await
+    }
+
+    /// Sends an answer already serialised to JSON within the write timeout.
+    async fn reply_encoded(&mut self, json: Bytes) -> Flow {
+        let sent =
+            tokio::time::timeout(self.limits.write_timeout, self.conn.send(EncodedJson(json)));
         Flow::from_sent(matches!(sent.await, Ok(Ok(()))))
     }
 
