@@ -36,9 +36,25 @@ pub fn encode_line(meta: EntryMeta, bytes: &[u8], timestamp: Option<String>) -> 
     }
 }
 
-/// JSON size of a line inside the `lines` array, comma included.
+/// JSON size of a line inside the `lines` array, comma included: counted
+/// while serialising, without building the text.
 pub fn line_wire_len(line: &LogEntry) -> usize {
-    serde_json::to_vec(line).map_or(usize::MAX, |v| v.len() + 1)
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, line).map_or(usize::MAX, |()| counter.0 + 1)
+}
+
+/// A writer that only counts what it is given.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Keeps the newest lines of `lines` (oldest first) whose JSON fits in
@@ -109,6 +125,20 @@ mod tests {
 
     fn line(s: &str) -> LogEntry {
         encode_line(meta(LogFormat::Text), s.as_bytes(), None)
+    }
+
+    #[test]
+    fn wire_len_is_the_serialised_length_plus_a_comma() {
+        for text in [
+            "",
+            "plain",
+            "quote \" backslash \\ tab \t",
+            "\u{1}\u{7f} é ☃",
+        ] {
+            let entry = line(text);
+            let json = serde_json::to_vec(&entry).unwrap();
+            assert_eq!(line_wire_len(&entry), json.len() + 1, "{text:?}");
+        }
     }
 
     #[test]
