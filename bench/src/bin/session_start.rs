@@ -20,13 +20,18 @@
 //! Baseline: the same two guests spawned directly with `tokio::process`
 //! (workspace provisioned beforehand, outside the clock), the same envelope
 //! frames written to their stdin, `envelope=` read straight from their
-//! stdout pipes; then SIGTERM to both and wait for both. `ROUNDS` samples
-//! each, interleaved, after one warm-up of each.
+//! stdout pipes; then SIGTERM to both and wait for both. The session stops
+//! its guests in order (runtime, then sidecar, each awaited), so a second
+//! stop baseline does that ordered work with the bare guests too: SIGTERM
+//! the runtime, wait for it, SIGTERM the sidecar, wait for it. `ROUNDS`
+//! samples each, interleaved, after one warm-up of each.
 //!
 //! With `--spans`, a tracing layer also records how long each of the
 //! session's debug spans took (provisioning, lock, log files, actors,
 //! launches, control socket, and each shutdown step) and prints their
-//! medians: where the time goes.
+//! medians, for known users' sessions and new users' first sessions apart
+//! (a new user's provisioning allocates and durably records a uid, which
+//! takes far longer): where the time goes.
 //!
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
@@ -61,14 +66,28 @@ async fn main() {
 
     // The warm-up also makes "known" a user whose workspace and guest uid
     // already exist, as for every session after a user's first.
+    let kind = |k| {
+        if let Some(spans) = &spans {
+            spans.set_kind(k);
+        }
+    };
+    kind(SessionKind::WarmUp);
     ours(&runner, "known").await;
-    bare(&guest, &bare_root, "warm").await;
-    let (mut known, mut new, mut base) =
-        (Samples::default(), Samples::default(), Samples::default());
+    bare(&guest, &bare_root, "warm", StopOrder::AtOnce).await;
+    bare(&guest, &bare_root, "warm-o", StopOrder::Ordered).await;
+    let (mut known, mut new, mut base, mut ordered) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
     for i in 0..ROUNDS {
+        kind(SessionKind::Known);
         known.push(ours(&runner, "known").await);
-        base.push(bare(&guest, &bare_root, &format!("b{i}")).await);
+        base.push(bare(&guest, &bare_root, &format!("b{i}"), StopOrder::AtOnce).await);
+        kind(SessionKind::New);
         new.push(ours(&runner, &format!("s{i}")).await);
+        ordered.push(bare(&guest, &bare_root, &format!("o{i}"), StopOrder::Ordered).await);
     }
 
     println!(
@@ -88,9 +107,14 @@ async fn main() {
         &mut base.ready,
     );
     row(
-        "session stop (shutdown until done)",
+        "session stop (shutdown until done; baseline: SIGTERM both at once, wait for both)",
         &mut known.stopped,
         &mut base.stopped,
+    );
+    row(
+        "session stop (shutdown until done; baseline: SIGTERM runtime, wait, then sidecar, wait)",
+        &mut known.stopped,
+        &mut ordered.stopped,
     );
     row(
         "first session of a new user: start -> both envelopes read",
@@ -102,10 +126,25 @@ async fn main() {
     }
 }
 
-/// Wall time of every closed span of the runner's crates, by name (and
-/// role, where the span has one).
+/// Which sessions the spans being recorded belong to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum SessionKind {
+    /// The first session (and the bare warm-ups), not printed.
+    #[default]
+    WarmUp,
+    /// A known user's session (its workspace and guest uid exist).
+    Known,
+    /// A new user's first session.
+    New,
+}
+
+/// Wall time of every closed span of the runner's crates, by the kind of
+/// session and by name (and role, where the span has one).
 #[derive(Clone, Default)]
-struct SpanTimes(Arc<Mutex<BTreeMap<String, Vec<Duration>>>>);
+struct SpanTimes {
+    times: Arc<Mutex<BTreeMap<(SessionKind, String), Vec<Duration>>>>,
+    kind: Arc<Mutex<SessionKind>>,
+}
 
 /// When a span was created, and its key.
 struct Opened(Instant, String);
@@ -118,18 +157,28 @@ impl SpanTimes {
         times
     }
 
+    /// Spans closing from now on count for `kind`.
+    fn set_kind(&self, kind: SessionKind) {
+        *self.kind.lock().expect("span kind") = kind;
+    }
+
     fn print(&self) {
-        let mut times = self.0.lock().expect("span times");
-        println!();
-        println!("| span (all sessions, warm-up included) | count | median | p90 |");
-        println!("| --- | --- | --- | --- |");
-        for (name, samples) in times.iter_mut() {
-            let count = samples.len();
-            println!(
-                "| `{name}` | {count} | {} | {} |",
-                ms(median(samples)),
-                ms(percentile(samples, 90.0))
-            );
+        let mut times = self.times.lock().expect("span times");
+        for (kind, title) in [
+            (SessionKind::Known, "known user's session"),
+            (SessionKind::New, "new user's first session"),
+        ] {
+            println!();
+            println!("| span ({title}) | count | median | p90 |");
+            println!("| --- | --- | --- | --- |");
+            for ((_, name), samples) in times.iter_mut().filter(|((k, _), _)| *k == kind) {
+                let count = samples.len();
+                println!(
+                    "| `{name}` | {count} | {} | {} |",
+                    ms(median(samples)),
+                    ms(percentile(samples, 90.0))
+                );
+            }
         }
     }
 }
@@ -169,8 +218,12 @@ where
     fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
         if let Some(Opened(at, key)) = span.extensions().get::<Opened>() {
-            let mut times = self.0.lock().expect("span times");
-            times.entry(key.clone()).or_default().push(at.elapsed());
+            let kind = *self.kind.lock().expect("span kind");
+            let mut times = self.times.lock().expect("span times");
+            times
+                .entry((kind, key.clone()))
+                .or_default()
+                .push(at.elapsed());
         }
     }
 }
@@ -231,6 +284,9 @@ async fn ours(runner: &Runner, user: &str) -> Sample {
     let t = Instant::now();
     let report = session.shutdown(BOUND).await.expect("shutdown");
     let stopped = t.elapsed();
+    if std::env::var_os("TMPDBG").is_some() {
+        eprintln!("DBG took {:?} stopped {:?}", report.took, stopped);
+    }
     assert!(report.cut_streams.is_empty(), "{report:?}");
     Sample {
         returned,
@@ -239,9 +295,19 @@ async fn ours(runner: &Runner, user: &str) -> Sample {
     }
 }
 
+/// How the baseline stops its two guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopOrder {
+    /// SIGTERM both, then wait for both.
+    AtOnce,
+    /// SIGTERM the runtime and wait for it, then the same for the sidecar:
+    /// the order a session stops its guests in.
+    Ordered,
+}
+
 /// The baseline: spawn both (frames written), until both envelopes are
-/// read, SIGTERM both until both are reaped.
-async fn bare(program: &Path, root: &Path, user: &str) -> Sample {
+/// read, then stop both in `order` until both are reaped.
+async fn bare(program: &Path, root: &Path, user: &str, order: StopOrder) -> Sample {
     let user = UserId::new(user).expect("user id");
     let ws = Workspace::provision(root, &user, &MountOverrides::default()).expect("workspace");
     let side_frame = session_like_envelope_frame(&user, &ws, GuestRole::Sidecar);
@@ -255,9 +321,19 @@ async fn bare(program: &Path, root: &Path, user: &str) -> Sample {
     let ready = t.elapsed();
 
     let t = Instant::now();
-    runtime.terminate();
-    sidecar.terminate();
-    join(runtime.wait(BOUND), sidecar.wait(BOUND)).await;
+    match order {
+        StopOrder::AtOnce => {
+            runtime.terminate();
+            sidecar.terminate();
+            join(runtime.wait(BOUND), sidecar.wait(BOUND)).await;
+        }
+        StopOrder::Ordered => {
+            runtime.terminate();
+            runtime.wait(BOUND).await;
+            sidecar.terminate();
+            sidecar.wait(BOUND).await;
+        }
+    }
     Sample {
         returned,
         ready,
