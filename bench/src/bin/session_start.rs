@@ -138,11 +138,14 @@ enum SessionKind {
     New,
 }
 
+/// Span durations by kind of session and span key.
+type SpanSamples = BTreeMap<(SessionKind, String), Vec<Duration>>;
+
 /// Wall time of every closed span of the runner's crates, by the kind of
 /// session and by name (and role, where the span has one).
 #[derive(Clone, Default)]
 struct SpanTimes {
-    times: Arc<Mutex<BTreeMap<(SessionKind, String), Vec<Duration>>>>,
+    times: Arc<Mutex<SpanSamples>>,
     kind: Arc<Mutex<SessionKind>>,
 }
 
