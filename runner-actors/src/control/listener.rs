@@ -100,22 +100,13 @@ impl ControlListenerHandle {
         ctx: ControlContext,
         limits: ControlLimits,
     ) -> Result<Self, SessionError> {
-        // File-system work: on the blocking pool, so a session start can
-        // launch its guests meanwhile (its threads are in the runtime's
-        // context, which the listener registers with).
-        let (workspace, link) = (ctx.workspace.clone(), ctx.ipc_link);
-        let bound = tokio::task::spawn_blocking(move || ControlSocket::bind(&workspace, link))
-            .await
-            .map_err(|source| SessionError::BlockingTask {
-                what: "control socket bind",
-                source,
+        let (socket, listener) =
+            ControlSocket::bind(&ctx.workspace, ctx.ipc_link).map_err(|e| match e {
+                ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
+                ControlSocketError::Bind { path, source } => {
+                    SessionError::ControlSocket { path, source }
+                }
             })?;
-        let (socket, listener) = bound.map_err(|e| match e {
-            ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
-            ControlSocketError::Bind { path, source } => {
-                SessionError::ControlSocket { path, source }
-            }
-        })?;
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(listener, ctx.server_context(), limits, stop.clone()));
         let args = ControlListenerArgs {
