@@ -31,10 +31,9 @@
 //! launches, control socket, and each shutdown step) and prints their
 //! medians, for known users' sessions and new users' first sessions apart
 //! (a new user's provisioning allocates and durably records a uid, which
-//! takes far longer): where the time goes. Spans overlap where the work
-//! does: `session.control_socket` runs while the guests launch, and
-//! `session.root`, `session.identity`, `session.workspace` and
-//! `session.lock` are the parts of `session.provision`.
+//! takes far longer): where the time goes. `session.root`,
+//! `session.identity`, `session.workspace` and `session.lock` are the parts
+//! of `session.provision`.
 //!
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 

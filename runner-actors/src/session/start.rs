@@ -1,7 +1,5 @@
 //! Session start: pumps, then the sidecar, then the runtime (with the
-//! sidecar's endpoint in its envelope); the control listener is bound while
-//! the guests launch (it needs the pumps, not the guests), so its socket
-//! setup is not added to the start's length.
+//! sidecar's endpoint in its envelope), then the control listener.
 
 use super::{SessionMsg, SessionState, on_guest_update};
 use crate::control::{ControlContext, ControlLimits, ControlListenerHandle};
@@ -117,7 +115,12 @@ pub(super) async fn on_start(
     spawn_pumps(myself, state, &roles)
         .instrument(tracing::debug_span!("session.log_pumps"))
         .await?;
-    launch_guests_and_serve(myself, state, roles).await?;
+    launch_guests(myself, state, roles).await?;
+    if state.args.serve_control {
+        serve_control(myself, state)
+            .instrument(tracing::debug_span!("session.control_socket"))
+            .await?;
+    }
     state.metrics_registration = Some(state.args.metrics.register(SessionSource {
         user: state.args.user.to_string(),
         tier: state.args.tier,
@@ -191,43 +194,12 @@ async fn launch_guests(
     Ok(())
 }
 
-/// Launches the guests and, at the same time, starts the control listener
-/// (if the session serves one). A listener that came up is kept in the
-/// state even when a launch failed, so the shutdown that follows stops it;
-/// a launch failure is reported before a listener failure.
-async fn launch_guests_and_serve(
+/// Starts the control listener on `run/runner-control.sock`.
+async fn serve_control(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
-    roles: Vec<GuestRole>,
 ) -> Result<(), SessionError> {
-    let control = state
-        .args
-        .serve_control
-        .then(|| control_context(myself, state));
-    let (cell, limits) = (myself.get_cell(), state.args.control_limits);
-    let serve = async move {
-        match control {
-            Some(ctx) => ControlListenerHandle::spawn_with(cell, ctx, limits)
-                .instrument(tracing::debug_span!("session.control_socket"))
-                .await
-                .map(Some),
-            None => Ok(None),
-        }
-    };
-    let (launched, served) = tokio::join!(launch_guests(myself, state, roles), serve);
-    let served = match served {
-        Ok(listener) => {
-            state.listener = listener;
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
-    launched.and(served)
-}
-
-/// What the control listener serves from.
-fn control_context(myself: &ActorRef<SessionMsg>, state: &SessionState) -> ControlContext {
-    ControlContext {
+    let ctx = ControlContext {
         user: state.args.user.clone(),
         workspace: state.args.workspace.clone(),
         health: state.args.health_tx.subscribe(),
@@ -237,7 +209,12 @@ fn control_context(myself: &ActorRef<SessionMsg>, state: &SessionState) -> Contr
         shutdown_deadline: state.args.shutdown_bound(),
         ipc_link: state.args.config.control.ipc_socket_link,
         metrics: state.args.metrics.clone(),
-    }
+    };
+    let listener =
+        ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
+            .await?;
+    state.listener = Some(listener);
+    Ok(())
 }
 
 async fn spawn_guest(
