@@ -101,9 +101,12 @@ impl SessionLock {
                 // "replace via truncate" heuristic), which made every
                 // session's stop wait for the disk.
                 let pid = std::process::id().to_string();
+                let left = lock.metadata().map_err(io)?.len();
                 lock.rewind().map_err(io)?;
                 lock.write_all(pid.as_bytes()).map_err(io)?;
-                lock.set_len(pid.len() as u64).map_err(io)?;
+                if left > pid.len() as u64 {
+                    lock.set_len(pid.len() as u64).map_err(io)?;
+                }
                 Ok(Some(Self {
                     lock: Some(lock),
                     path: path.to_path_buf(),
