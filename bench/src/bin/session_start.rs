@@ -15,7 +15,10 @@
 //! Sessions are measured for a known user (its workspace and guest uid
 //! exist: every session after the user's first) and, in one more row, for
 //! a new user each round (provisioning creates the directories and the
-//! guest uid is allocated and recorded durably, two fsyncs).
+//! guest uid is allocated and recorded durably, two fsyncs). The known
+//! user's main row starts from removed log files (its sessions create
+//! them); a second row keeps them, as a real user's logs are kept between
+//! sessions, and looks for the lines past their old ends.
 //!
 //! Baseline: the same two guests spawned directly with `tokio::process`
 //! (workspace provisioned beforehand, outside the clock), the same envelope
@@ -41,13 +44,13 @@ use futures::future::join;
 use runner_actors::Runner;
 use runner_bench::{
     BareGuest, demo_guest_runner, median, ms, percentile, session_like_envelope_frame,
-    short_tempdir, stdout_log, wait_for_logs,
+    short_tempdir,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use runner_types::GuestRole;
+use runner_types::{GuestRole, LogStream};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -74,10 +77,11 @@ async fn main() {
         }
     };
     kind(SessionKind::WarmUp);
-    ours(&runner, "known").await;
+    ours(&runner, "known", OldLogs::Removed).await;
     bare(&guest, &bare_root, "warm", StopOrder::AtOnce).await;
     bare(&guest, &bare_root, "warm-o", StopOrder::Ordered).await;
-    let (mut known, mut new, mut base, mut ordered) = (
+    let (mut known, mut new, mut base, mut ordered, mut kept) = (
+        Samples::default(),
         Samples::default(),
         Samples::default(),
         Samples::default(),
@@ -85,10 +89,12 @@ async fn main() {
     );
     for i in 0..ROUNDS {
         kind(SessionKind::Known);
-        known.push(ours(&runner, "known").await);
+        known.push(ours(&runner, "known", OldLogs::Removed).await);
         base.push(bare(&guest, &bare_root, &format!("b{i}"), StopOrder::AtOnce).await);
         kind(SessionKind::New);
-        new.push(ours(&runner, &format!("s{i}")).await);
+        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed).await);
+        kind(SessionKind::WarmUp);
+        kept.push(ours(&runner, "known", OldLogs::Kept).await);
         ordered.push(bare(&guest, &bare_root, &format!("o{i}"), StopOrder::Ordered).await);
     }
 
@@ -117,6 +123,11 @@ async fn main() {
         "session stop (shutdown until done; baseline: SIGTERM runtime, wait, then sidecar, wait)",
         &mut known.stopped,
         &mut ordered.stopped,
+    );
+    row(
+        "known user, logs kept from its last session: start -> both envelopes read",
+        &mut kept.ready,
+        &mut base.ready,
     );
     row(
         "first session of a new user: start -> both envelopes read",
@@ -267,36 +278,79 @@ fn row(name: &str, ours: &mut [Duration], base: &mut [Duration]) {
     );
 }
 
+/// What a session finds in its user's `logs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldLogs {
+    /// Removed before the start (outside the clock): the session creates
+    /// its log files.
+    Removed,
+    /// Kept, as a known user's logs are between sessions: the session
+    /// appends, and only what lies past their old ends counts.
+    Kept,
+}
+
 /// One session: start call, until both envelopes are in the logs, shutdown.
-async fn ours(runner: &Runner, user: &str) -> Sample {
-    // A known user's logs hold the last session's `envelope=` lines: start
-    // from empty logs, outside the clock, so only this session's count.
-    let logs = runner.config().workspace_root.join(user).join("logs");
-    if let Ok(entries) = std::fs::read_dir(&logs) {
+async fn ours(runner: &Runner, user: &str, old: OldLogs) -> Sample {
+    // A known user's logs hold the last session's `envelope=` lines: only
+    // this session's count.
+    let dir = runner.config().workspace_root.join(user).join("logs");
+    if old == OldLogs::Removed
+        && let Ok(entries) = std::fs::read_dir(&dir)
+    {
         for entry in entries {
             std::fs::remove_file(entry.expect("log dir entry").path()).expect("old log removed");
         }
     }
+    let logs: Vec<(PathBuf, u64)> = [GuestRole::Runtime, GuestRole::Sidecar]
+        .map(|r| {
+            let path = dir.join(LogStream::Stdout.file_name(r));
+            let end = std::fs::metadata(&path).map_or(0, |m| m.len());
+            (path, end)
+        })
+        .to_vec();
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
-    let logs = [GuestRole::Runtime, GuestRole::Sidecar]
-        .map(|r| stdout_log(session.workspace(), r))
-        .to_vec();
-    wait_for_logs(logs, "envelope=", BOUND).await;
+    wait_for_logs_past(logs, "envelope=").await;
     let ready = t.elapsed();
 
     let t = Instant::now();
     let report = session.shutdown(BOUND).await.expect("shutdown");
     let stopped = t.elapsed();
-    if std::env::var_os("TMPDBG").is_some() {
-        eprintln!("DBG took {:?} stopped {:?}", report.took, stopped);
-    }
     assert!(report.cut_streams.is_empty(), "{report:?}");
     Sample {
         returned,
         ready,
         stopped,
+    }
+}
+
+/// Blocks (on a blocking thread) until each file has `needle` past its
+/// offset, re-reading every 200 µs, as `runner_bench::wait_for_files` does
+/// for whole files.
+async fn wait_for_logs_past(logs: Vec<(PathBuf, u64)>, needle: &'static str) {
+    let found = |(path, from): &(PathBuf, u64)| {
+        std::fs::read(path).is_ok_and(|b| {
+            b.get(*from as usize..)
+                .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+    };
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + BOUND;
+        let mut pending = logs;
+        loop {
+            pending.retain(|l| !found(l));
+            match pending.first() {
+                None => return Ok(()),
+                Some((p, _)) if Instant::now() >= deadline => return Err(p.clone()),
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    })
+    .await
+    .expect("log waiter thread");
+    if let Err(path) = waited {
+        panic!("{} has no {needle:?} after {BOUND:?}", path.display());
     }
 }
 
