@@ -14,6 +14,7 @@ use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
 use runner_core::metrics::RunnerMetrics;
+use runner_core::workspace::WorkspaceRoot;
 use runner_core::{UserId, Workspace};
 use runner_types::{HealthStatus, SandboxTier};
 use std::sync::Arc;
@@ -410,15 +411,14 @@ fn provision_and_lock(
     tier: SandboxTier,
 ) -> Result<Provisioned, SessionError> {
     let euid = nix::unistd::geteuid().as_raw();
+    // Checked and opened once: the uid record and the user's directory are
+    // both opened relative to this fd.
+    let root = tracing::debug_span!("session.root")
+        .in_scope(|| WorkspaceRoot::open_for(&config.workspace_root, user))?;
     let identity = tracing::debug_span!("session.identity")
-        .in_scope(|| identity::resolve_guest_user(config, user, tier, euid))?;
+        .in_scope(|| identity::resolve_guest_user_in(config, &root, user, tier, euid))?;
     let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
-        Workspace::provision_for(
-            &config.workspace_root,
-            user,
-            &config.user(user).mounts,
-            identity.run_as,
-        )
+        Workspace::provision_in(&root, user, &config.user(user).mounts, identity.run_as)
     })?;
     let lock =
         tracing::debug_span!("session.lock").in_scope(|| SessionLock::acquire(&workspace.run));

@@ -95,9 +95,18 @@ impl SessionLock {
                 if !names_file(path, &lock) {
                     return Ok(None);
                 }
-                lock.set_len(0).map_err(io)?;
+                // The pid, then cut whatever a crashed holder left after
+                // it. Never a truncation to zero: on ext4 that marks the
+                // file for a forced write-back when it is closed (the
+                // "replace via truncate" heuristic), which made every
+                // session's stop wait for the disk.
+                let pid = std::process::id().to_string();
+                let left = lock.metadata().map_err(io)?.len();
                 lock.rewind().map_err(io)?;
-                write!(lock, "{}", std::process::id()).map_err(io)?;
+                lock.write_all(pid.as_bytes()).map_err(io)?;
+                if left > pid.len() as u64 {
+                    lock.set_len(pid.len() as u64).map_err(io)?;
+                }
                 Ok(Some(Self {
                     lock: Some(lock),
                     path: path.to_path_buf(),
@@ -206,5 +215,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!SessionLock::is_held(dir.path()));
         assert!(!dir.path().join(LOCK_NAME).exists());
+    }
+
+    #[test]
+    fn a_crashed_holders_longer_pid_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_NAME);
+        std::fs::write(&path, b"99999999999 left by a crashed runner").unwrap();
+        let lock = SessionLock::acquire(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(lock);
+        assert!(!path.exists(), "lock file left behind");
     }
 }

@@ -15,18 +15,28 @@
 //! Sessions are measured for a known user (its workspace and guest uid
 //! exist: every session after the user's first) and, in one more row, for
 //! a new user each round (provisioning creates the directories and the
-//! guest uid is allocated and recorded durably, two fsyncs).
+//! guest uid is allocated and recorded durably, two fsyncs). The known
+//! user's main row starts from removed log files (its sessions create
+//! them); a second row keeps them, as a real user's logs are kept between
+//! sessions, and looks for the lines past their old ends.
 //!
 //! Baseline: the same two guests spawned directly with `tokio::process`
 //! (workspace provisioned beforehand, outside the clock), the same envelope
 //! frames written to their stdin, `envelope=` read straight from their
-//! stdout pipes; then SIGTERM to both and wait for both. `ROUNDS` samples
-//! each, interleaved, after one warm-up of each.
+//! stdout pipes; then SIGTERM to both and wait for both. The session stops
+//! its guests in order (runtime, then sidecar, each awaited), so a second
+//! stop baseline does that ordered work with the bare guests too: SIGTERM
+//! the runtime, wait for it, SIGTERM the sidecar, wait for it. `ROUNDS`
+//! samples each, interleaved, after one warm-up of each.
 //!
 //! With `--spans`, a tracing layer also records how long each of the
 //! session's debug spans took (provisioning, lock, log files, actors,
 //! launches, control socket, and each shutdown step) and prints their
-//! medians: where the time goes.
+//! medians, for known users' sessions and new users' first sessions apart
+//! (a new user's provisioning allocates and durably records a uid, which
+//! takes far longer): where the time goes. `session.root`,
+//! `session.identity`, `session.workspace` and `session.lock` are the parts
+//! of `session.provision`.
 //!
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
@@ -34,13 +44,13 @@ use futures::future::join;
 use runner_actors::Runner;
 use runner_bench::{
     BareGuest, demo_guest_runner, median, ms, percentile, session_like_envelope_frame,
-    short_tempdir, stdout_log, wait_for_logs,
+    short_tempdir,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
-use runner_types::GuestRole;
+use runner_types::{GuestRole, LogStream};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -61,14 +71,31 @@ async fn main() {
 
     // The warm-up also makes "known" a user whose workspace and guest uid
     // already exist, as for every session after a user's first.
-    ours(&runner, "known").await;
-    bare(&guest, &bare_root, "warm").await;
-    let (mut known, mut new, mut base) =
-        (Samples::default(), Samples::default(), Samples::default());
+    let kind = |k| {
+        if let Some(spans) = &spans {
+            spans.set_kind(k);
+        }
+    };
+    kind(SessionKind::WarmUp);
+    ours(&runner, "known", OldLogs::Removed).await;
+    bare(&guest, &bare_root, "warm", StopOrder::AtOnce).await;
+    bare(&guest, &bare_root, "warm-o", StopOrder::Ordered).await;
+    let (mut known, mut new, mut base, mut ordered, mut kept) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
     for i in 0..ROUNDS {
-        known.push(ours(&runner, "known").await);
-        base.push(bare(&guest, &bare_root, &format!("b{i}")).await);
-        new.push(ours(&runner, &format!("s{i}")).await);
+        kind(SessionKind::Known);
+        known.push(ours(&runner, "known", OldLogs::Removed).await);
+        base.push(bare(&guest, &bare_root, &format!("b{i}"), StopOrder::AtOnce).await);
+        kind(SessionKind::New);
+        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed).await);
+        kind(SessionKind::WarmUp);
+        kept.push(ours(&runner, "known", OldLogs::Kept).await);
+        ordered.push(bare(&guest, &bare_root, &format!("o{i}"), StopOrder::Ordered).await);
     }
 
     println!(
@@ -88,9 +115,19 @@ async fn main() {
         &mut base.ready,
     );
     row(
-        "session stop (shutdown until done)",
+        "session stop (shutdown until done; baseline: SIGTERM both at once, wait for both)",
         &mut known.stopped,
         &mut base.stopped,
+    );
+    row(
+        "session stop (shutdown until done; baseline: SIGTERM runtime, wait, then sidecar, wait)",
+        &mut known.stopped,
+        &mut ordered.stopped,
+    );
+    row(
+        "known user, logs kept from its last session: start -> both envelopes read",
+        &mut kept.ready,
+        &mut base.ready,
     );
     row(
         "first session of a new user: start -> both envelopes read",
@@ -102,10 +139,28 @@ async fn main() {
     }
 }
 
-/// Wall time of every closed span of the runner's crates, by name (and
-/// role, where the span has one).
+/// Which sessions the spans being recorded belong to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum SessionKind {
+    /// The first session (and the bare warm-ups), not printed.
+    #[default]
+    WarmUp,
+    /// A known user's session (its workspace and guest uid exist).
+    Known,
+    /// A new user's first session.
+    New,
+}
+
+/// Span durations by kind of session and span key.
+type SpanSamples = BTreeMap<(SessionKind, String), Vec<Duration>>;
+
+/// Wall time of every closed span of the runner's crates, by the kind of
+/// session and by name (and role, where the span has one).
 #[derive(Clone, Default)]
-struct SpanTimes(Arc<Mutex<BTreeMap<String, Vec<Duration>>>>);
+struct SpanTimes {
+    times: Arc<Mutex<SpanSamples>>,
+    kind: Arc<Mutex<SessionKind>>,
+}
 
 /// When a span was created, and its key.
 struct Opened(Instant, String);
@@ -118,18 +173,28 @@ impl SpanTimes {
         times
     }
 
+    /// Spans closing from now on count for `kind`.
+    fn set_kind(&self, kind: SessionKind) {
+        *self.kind.lock().expect("span kind") = kind;
+    }
+
     fn print(&self) {
-        let mut times = self.0.lock().expect("span times");
-        println!();
-        println!("| span (all sessions, warm-up included) | count | median | p90 |");
-        println!("| --- | --- | --- | --- |");
-        for (name, samples) in times.iter_mut() {
-            let count = samples.len();
-            println!(
-                "| `{name}` | {count} | {} | {} |",
-                ms(median(samples)),
-                ms(percentile(samples, 90.0))
-            );
+        let mut times = self.times.lock().expect("span times");
+        for (kind, title) in [
+            (SessionKind::Known, "known user's session"),
+            (SessionKind::New, "new user's first session"),
+        ] {
+            println!();
+            println!("| span ({title}) | count | median | p90 |");
+            println!("| --- | --- | --- | --- |");
+            for ((_, name), samples) in times.iter_mut().filter(|((k, _), _)| *k == kind) {
+                let count = samples.len();
+                println!(
+                    "| `{name}` | {count} | {} | {} |",
+                    ms(median(samples)),
+                    ms(percentile(samples, 90.0))
+                );
+            }
         }
     }
 }
@@ -169,8 +234,12 @@ where
     fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
         if let Some(Opened(at, key)) = span.extensions().get::<Opened>() {
-            let mut times = self.0.lock().expect("span times");
-            times.entry(key.clone()).or_default().push(at.elapsed());
+            let kind = *self.kind.lock().expect("span kind");
+            let mut times = self.times.lock().expect("span times");
+            times
+                .entry((kind, key.clone()))
+                .or_default()
+                .push(at.elapsed());
         }
     }
 }
@@ -209,23 +278,40 @@ fn row(name: &str, ours: &mut [Duration], base: &mut [Duration]) {
     );
 }
 
+/// What a session finds in its user's `logs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldLogs {
+    /// Removed before the start (outside the clock): the session creates
+    /// its log files.
+    Removed,
+    /// Kept, as a known user's logs are between sessions: the session
+    /// appends, and only what lies past their old ends counts.
+    Kept,
+}
+
 /// One session: start call, until both envelopes are in the logs, shutdown.
-async fn ours(runner: &Runner, user: &str) -> Sample {
-    // A known user's logs hold the last session's `envelope=` lines: start
-    // from empty logs, outside the clock, so only this session's count.
-    let logs = runner.config().workspace_root.join(user).join("logs");
-    if let Ok(entries) = std::fs::read_dir(&logs) {
+async fn ours(runner: &Runner, user: &str, old: OldLogs) -> Sample {
+    // A known user's logs hold the last session's `envelope=` lines: only
+    // this session's count.
+    let dir = runner.config().workspace_root.join(user).join("logs");
+    if old == OldLogs::Removed
+        && let Ok(entries) = std::fs::read_dir(&dir)
+    {
         for entry in entries {
             std::fs::remove_file(entry.expect("log dir entry").path()).expect("old log removed");
         }
     }
+    let logs: Vec<(PathBuf, u64)> = [GuestRole::Runtime, GuestRole::Sidecar]
+        .map(|r| {
+            let path = dir.join(LogStream::Stdout.file_name(r));
+            let end = std::fs::metadata(&path).map_or(0, |m| m.len());
+            (path, end)
+        })
+        .to_vec();
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
-    let logs = [GuestRole::Runtime, GuestRole::Sidecar]
-        .map(|r| stdout_log(session.workspace(), r))
-        .to_vec();
-    wait_for_logs(logs, "envelope=", BOUND).await;
+    wait_for_logs_past(logs, "envelope=").await;
     let ready = t.elapsed();
 
     let t = Instant::now();
@@ -239,9 +325,48 @@ async fn ours(runner: &Runner, user: &str) -> Sample {
     }
 }
 
+/// Blocks (on a blocking thread) until each file has `needle` past its
+/// offset, re-reading every 200 µs, as `runner_bench::wait_for_files` does
+/// for whole files.
+async fn wait_for_logs_past(logs: Vec<(PathBuf, u64)>, needle: &'static str) {
+    let found = |(path, from): &(PathBuf, u64)| {
+        std::fs::read(path).is_ok_and(|b| {
+            b.get(*from as usize..)
+                .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+    };
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + BOUND;
+        let mut pending = logs;
+        loop {
+            pending.retain(|l| !found(l));
+            match pending.first() {
+                None => return Ok(()),
+                Some((p, _)) if Instant::now() >= deadline => return Err(p.clone()),
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    })
+    .await
+    .expect("log waiter thread");
+    if let Err(path) = waited {
+        panic!("{} has no {needle:?} after {BOUND:?}", path.display());
+    }
+}
+
+/// How the baseline stops its two guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopOrder {
+    /// SIGTERM both, then wait for both.
+    AtOnce,
+    /// SIGTERM the runtime and wait for it, then the same for the sidecar:
+    /// the order a session stops its guests in.
+    Ordered,
+}
+
 /// The baseline: spawn both (frames written), until both envelopes are
-/// read, SIGTERM both until both are reaped.
-async fn bare(program: &Path, root: &Path, user: &str) -> Sample {
+/// read, then stop both in `order` until both are reaped.
+async fn bare(program: &Path, root: &Path, user: &str, order: StopOrder) -> Sample {
     let user = UserId::new(user).expect("user id");
     let ws = Workspace::provision(root, &user, &MountOverrides::default()).expect("workspace");
     let side_frame = session_like_envelope_frame(&user, &ws, GuestRole::Sidecar);
@@ -255,9 +380,19 @@ async fn bare(program: &Path, root: &Path, user: &str) -> Sample {
     let ready = t.elapsed();
 
     let t = Instant::now();
-    runtime.terminate();
-    sidecar.terminate();
-    join(runtime.wait(BOUND), sidecar.wait(BOUND)).await;
+    match order {
+        StopOrder::AtOnce => {
+            runtime.terminate();
+            sidecar.terminate();
+            join(runtime.wait(BOUND), sidecar.wait(BOUND)).await;
+        }
+        StopOrder::Ordered => {
+            runtime.terminate();
+            runtime.wait(BOUND).await;
+            sidecar.terminate();
+            sidecar.wait(BOUND).await;
+        }
+    }
     Sample {
         returned,
         ready,

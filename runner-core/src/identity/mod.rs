@@ -28,7 +28,7 @@
 mod resolve;
 mod store;
 
-pub use resolve::{IdentityDecision, IdentityError, resolve_guest_user};
+pub use resolve::{IdentityDecision, IdentityError, resolve_guest_user, resolve_guest_user_in};
 pub use store::STORE_FILE_NAME;
 
 use runner_types::DegradedReason;

@@ -5,6 +5,7 @@ use super::store::LockedStore;
 use super::{GuestIdRange, GuestIdentityChoice, GuestUser};
 use crate::UserId;
 use crate::config::RunnerConfig;
+use crate::workspace::WorkspaceRoot;
 use nix::unistd::{Gid, Group, Uid, User};
 use runner_types::SandboxTier;
 use std::collections::BTreeMap;
@@ -138,6 +139,29 @@ pub fn resolve_guest_user(
     tier: SandboxTier,
     runner_uid: u32,
 ) -> Result<IdentityDecision, IdentityError> {
+    resolve(config, None, user, tier, runner_uid)
+}
+
+/// As [`resolve_guest_user`], with the record opened below `root` (the
+/// checked and opened `config.workspace_root`), so a session start walks
+/// the root's ancestors once for the record and its workspace.
+pub fn resolve_guest_user_in(
+    config: &RunnerConfig,
+    root: &WorkspaceRoot,
+    user: &UserId,
+    tier: SandboxTier,
+    runner_uid: u32,
+) -> Result<IdentityDecision, IdentityError> {
+    resolve(config, Some(root), user, tier, runner_uid)
+}
+
+fn resolve(
+    config: &RunnerConfig,
+    root: Option<&WorkspaceRoot>,
+    user: &UserId,
+    tier: SandboxTier,
+    runner_uid: u32,
+) -> Result<IdentityDecision, IdentityError> {
     let decided = |g| IdentityDecision {
         run_as: Some(g),
         runs_as_root: false,
@@ -154,7 +178,7 @@ pub fn resolve_guest_user(
             runs_as_root: true,
         }),
         GuestIdentityChoice::Explicit(g) => {
-            let store = LockedStore::open(&config.workspace_root)?;
+            let store = lock_store(config, root)?;
             if let Some(other) = holder(&store.records.uids, g.uid, user) {
                 return Err(IdentityError::UidOfAnotherUser {
                     user: user.to_string(),
@@ -170,15 +194,31 @@ pub fn resolve_guest_user(
             {
                 return docker_user(value).map(decided);
             }
-            allocate(config, user).map(decided)
+            allocate(config, root, user).map(decided)
         }
     }
 }
 
+/// The record, locked: below `root` if it is open, else below
+/// `config.workspace_root` (checked and opened now).
+fn lock_store(
+    config: &RunnerConfig,
+    root: Option<&WorkspaceRoot>,
+) -> Result<LockedStore, IdentityError> {
+    match root {
+        Some(root) => LockedStore::open_in(root),
+        None => LockedStore::open(&config.workspace_root),
+    }
+}
+
 /// The user's recorded uid, or a new one recorded now.
-fn allocate(config: &RunnerConfig, user: &UserId) -> Result<GuestUser, IdentityError> {
+fn allocate(
+    config: &RunnerConfig,
+    root: Option<&WorkspaceRoot>,
+    user: &UserId,
+) -> Result<GuestUser, IdentityError> {
     let explicit = explicit_uids(config);
-    let mut store = LockedStore::open(&config.workspace_root)?;
+    let mut store = lock_store(config, root)?;
     let path = config.workspace_root.join(super::STORE_FILE_NAME);
     if let Some(&uid) = store.records.uids.get(user.as_str()) {
         if let Some(other) = explicit.get(&uid).filter(|o| *o != user.as_str()) {

@@ -11,14 +11,14 @@
 //! starts over if not.
 //!
 //! Nothing below `workspace_root` is trusted: the root is opened after the
-//! workspace's StrictModes check ([`Workspace::open_root`]), and the record
+//! workspace's StrictModes check ([`WorkspaceRoot`]), and the record
 //! is opened, replaced and re-checked relative to the root's directory fd,
 //! with `O_NOFOLLOW` (a symlink is refused) and `O_NONBLOCK` (a FIFO cannot
 //! hang the open). It must be a regular file owned by the runner that
 //! nobody else can write.
 
 use super::resolve::IdentityError;
-use crate::Workspace;
+use crate::workspace::WorkspaceRoot;
 use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
@@ -62,8 +62,20 @@ impl LockedStore {
     /// Opens (creating it if needed) and locks the record under `root`,
     /// after checking `root` (and creating it when it does not exist yet).
     pub(super) fn open(root: &Path) -> Result<Self, IdentityError> {
-        let (canonical, root_fd) = Workspace::open_root(root).map_err(Box::new)?;
-        let path = canonical.join(STORE_FILE_NAME);
+        let root = WorkspaceRoot::open(root).map_err(Box::new)?;
+        Self::open_in(&root)
+    }
+
+    /// As [`Self::open`], under a root already checked and opened.
+    pub(super) fn open_in(root: &WorkspaceRoot) -> Result<Self, IdentityError> {
+        let path = root.path().join(STORE_FILE_NAME);
+        let root_fd = root
+            .fd()
+            .try_clone()
+            .map_err(|source| IdentityError::Store {
+                path: path.clone(),
+                source,
+            })?;
         let runner_uid = nix::unistd::geteuid().as_raw();
         let errno = |e: nix::Error| IdentityError::Store {
             path: path.clone(),

@@ -40,6 +40,7 @@ mod trusted_root;
 pub use control_socket::{ControlSocket, ControlSocketError};
 pub use error::{AncestorProblem, ModeRequirement, MountConflict, MountKey, Owner, WorkspaceError};
 pub use file::{FileKind, HostFileError, OpenHow};
+pub use trusted_root::WorkspaceRoot;
 
 use crate::identity::GuestUser;
 use crate::user::UserId;
@@ -126,19 +127,25 @@ impl Workspace {
         mounts: &MountOverrides,
         guest: Option<GuestUser>,
     ) -> Result<Self, WorkspaceError> {
-        if !workspace_root.is_absolute() {
-            return Err(WorkspaceError::RelativeRoot {
-                path: workspace_root.to_path_buf(),
-            });
-        }
-        let resolved = trusted_root::resolve(workspace_root)?;
-        let mut ws = Self::layout(&resolved.path, user, &MountOverrides::default());
+        let root = WorkspaceRoot::open_for(workspace_root, user)?;
+        Self::provision_in(&root, user, mounts, guest)
+    }
+
+    /// As [`Self::provision_for`], below a root already checked and opened
+    /// (see [`WorkspaceRoot::open_for`]): the user's directory is opened
+    /// relative to the root's fd.
+    pub fn provision_in(
+        root: &WorkspaceRoot,
+        user: &UserId,
+        mounts: &MountOverrides,
+        guest: Option<GuestUser>,
+    ) -> Result<Self, WorkspaceError> {
+        let mut ws = Self::layout(root.path(), user, &MountOverrides::default());
         ws.check_socket_paths()?;
         let runner_uid = nix::unistd::geteuid().as_raw();
         let policy = Policy::new(runner_uid, guest);
-        let root_fd = trusted_root::open(&resolved, runner_uid)?;
         let user_fd = ensure_dir(
-            &root_fd,
+            root.fd(),
             &ws.user_root,
             OsStr::new(user.as_str()),
             policy.user_root(),
@@ -162,16 +169,9 @@ impl Workspace {
     /// Opens `workspace_root` after the same StrictModes check as
     /// [`Self::provision_for`] (creating its missing parts), for runner files
     /// kept at the root itself, such as the guest uid record. Returns the
-    /// canonical root and its directory fd.
+    /// canonical root and its directory fd ([`WorkspaceRoot::open`]).
     pub fn open_root(workspace_root: &Path) -> Result<(PathBuf, OwnedFd), WorkspaceError> {
-        if !workspace_root.is_absolute() {
-            return Err(WorkspaceError::RelativeRoot {
-                path: workspace_root.to_path_buf(),
-            });
-        }
-        let resolved = trusted_root::resolve(workspace_root)?;
-        let fd = trusted_root::open(&resolved, nix::unistd::geteuid().as_raw())?;
-        Ok((resolved.path, fd))
+        WorkspaceRoot::open(workspace_root).map(WorkspaceRoot::into_parts)
     }
 
     /// `run/runner-control.sock`.

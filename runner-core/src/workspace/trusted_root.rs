@@ -15,6 +15,8 @@
 
 use super::dirs::{mkdir_at, open_dir_at};
 use super::error::{AncestorProblem, WorkspaceError};
+use super::{MountOverrides, Workspace};
+use crate::user::UserId;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, fstat};
 use std::ffi::OsString;
@@ -23,6 +25,65 @@ use std::path::{Component, Path, PathBuf};
 
 /// Mode of workspace-root directories the runner creates.
 const ROOT_DIR_MODE: u32 = 0o755;
+
+/// The workspace root, checked (StrictModes, from `/` down) and open: its
+/// canonical path and its directory fd. One start opens it once and does
+/// everything below it (the guest uid record, the user's directory)
+/// relative to this fd, so the walk is not repeated and what was checked
+/// is what is used.
+#[derive(Debug)]
+pub struct WorkspaceRoot {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl WorkspaceRoot {
+    /// Checks and opens `workspace_root` (absolute), creating its missing
+    /// parts (mode 0755).
+    pub fn open(workspace_root: &Path) -> Result<Self, WorkspaceError> {
+        Self::open_checking(workspace_root, None)
+    }
+
+    /// As [`Self::open`], but first fails with
+    /// [`WorkspaceError::SocketPathTooLong`], before anything is created,
+    /// if a socket of `user`'s workspace would be too long to bind.
+    pub fn open_for(workspace_root: &Path, user: &UserId) -> Result<Self, WorkspaceError> {
+        Self::open_checking(workspace_root, Some(user))
+    }
+
+    fn open_checking(workspace_root: &Path, user: Option<&UserId>) -> Result<Self, WorkspaceError> {
+        if !workspace_root.is_absolute() {
+            return Err(WorkspaceError::RelativeRoot {
+                path: workspace_root.to_path_buf(),
+            });
+        }
+        let resolved = resolve(workspace_root)?;
+        if let Some(user) = user {
+            Workspace::layout(&resolved.path, user, &MountOverrides::default())
+                .check_socket_paths()?;
+        }
+        let fd = open(&resolved, nix::unistd::geteuid().as_raw())?;
+        Ok(Self {
+            path: resolved.path,
+            fd,
+        })
+    }
+
+    /// The canonical path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open directory.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The path and the fd.
+    pub fn into_parts(self) -> (PathBuf, OwnedFd) {
+        (self.path, self.fd)
+    }
+}
 
 /// The workspace root resolved without touching the disk beyond lookups:
 /// the canonical path of its deepest existing ancestor plus the names still
@@ -179,5 +240,61 @@ mod tests {
                 Err(e) => panic!("{e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_open_root_is_used_through_its_fd_not_its_path() {
+        // The root is checked and opened once; what is provisioned below it
+        // lands in the directory that was checked, even if its path is made
+        // to name another directory afterwards.
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::new("alice").unwrap();
+        let root = WorkspaceRoot::open_for(&dir.path().join("ws"), &user).unwrap();
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::rename(dir.path().join("ws"), dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&other, dir.path().join("ws")).unwrap();
+        Workspace::provision_in(&root, &user, &MountOverrides::default(), None).unwrap();
+        assert!(dir.path().join("moved/alice/run").is_dir());
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_planted_user_directory_link_is_refused_below_an_open_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::new("alice").unwrap();
+        let root = WorkspaceRoot::open(dir.path()).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(target.path(), dir.path().join("alice")).unwrap();
+        let err = Workspace::provision_in(&root, &user, &MountOverrides::default(), None);
+        assert!(
+            matches!(
+                err,
+                Err(WorkspaceError::NotADirectory {
+                    found: crate::workspace::FileKind::Symlink,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn open_for_checks_socket_paths_before_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(100));
+        let user = UserId::new("alice").unwrap();
+        let err = WorkspaceRoot::open_for(&deep, &user).unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::SocketPathTooLong { max: 107, .. }),
+            "{err:?}"
+        );
+        assert!(!deep.exists());
+        let err = WorkspaceRoot::open(Path::new("relative")).unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::RelativeRoot { .. }),
+            "{err:?}"
+        );
     }
 }

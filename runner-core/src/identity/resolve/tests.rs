@@ -274,3 +274,42 @@ fn concurrent_first_starts_all_get_distinct_uids() {
         assert_eq!(uid_of(&config, &format!("user{n}")), *uid);
     }
 }
+
+#[test]
+fn a_shared_root_gives_the_same_uid_and_the_workspace_lands_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&dir.path().join("ws"));
+    let root = WorkspaceRoot::open_for(&c.workspace_root, &id("alice")).unwrap();
+    let shared = resolve_guest_user_in(&c, &root, &id("alice"), SandboxTier::Process, ROOT)
+        .unwrap()
+        .run_as
+        .unwrap();
+    // The same record, read through a root opened by path.
+    assert_eq!(uid_of(&c, "alice"), shared.uid);
+    let ws = crate::Workspace::provision_in(
+        &root,
+        &id("alice"),
+        &crate::workspace::MountOverrides::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ws.user_root, root.path().join("alice"));
+    assert!(ws.run.is_dir() && ws.logs.is_dir());
+}
+
+#[test]
+fn a_shared_root_refuses_a_planted_record_link_and_leaves_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join(STORE_FILE_NAME)).unwrap();
+    let root = WorkspaceRoot::open(dir.path()).unwrap();
+    let err =
+        resolve_guest_user_in(&c, &root, &id("alice"), SandboxTier::Process, ROOT).unwrap_err();
+    assert!(
+        matches!(err, IdentityError::StoreNotRegular { .. }),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+}
