@@ -130,6 +130,21 @@ pub struct SessionState {
     metrics_registration: Option<runner_core::metrics::SessionRegistration>,
 }
 
+/// The drop guard: however the supervisor ends (a shutdown, a panic, being
+/// killed), the tasks it owns end with it — every log copy task (bytes
+/// already read are still written), the loss watchers, and the control
+/// listener (whose own drop guard stops its server and removes its socket).
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        for pump in &self.pumps {
+            pump.stop();
+        }
+        for watcher in &self.loss_watchers {
+            watcher.abort();
+        }
+    }
+}
+
 impl Actor for SessionSupervisor {
     type Msg = SessionMsg;
     type State = SessionState;
@@ -210,11 +225,16 @@ impl Actor for SessionSupervisor {
         // child exits. Guest exits are events handled by the guest actors; a
         // child *actor* failing is a bug, and the session reports it.
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let reason = FailureReason::ChildFailed {
-                child: which_child(state, cell.get_id()),
-                error: err.to_string(),
-            };
-            on_failed(state, reason);
+            match failed_guest(state, cell.get_id()) {
+                Some(role) => {
+                    let reason = FailureReason::ChildFailed {
+                        child: SessionChild::Guest(role),
+                        error: err.to_string(),
+                    };
+                    on_failed(state, reason);
+                }
+                None => tracing::error!(error = %err, "unknown child actor failed"),
+            }
         }
         Ok(())
     }
@@ -301,19 +321,14 @@ fn on_degraded(
     publish_health(state);
 }
 
-/// The child with actor id `id`: a guest, a log pump, or else the only
-/// other child a supervisor has, its control listener.
-fn which_child(state: &SessionState, id: ractor::ActorId) -> SessionChild {
-    if let Some(g) = state.guests.iter().find(|g| g.actor().get_id() == id) {
-        return SessionChild::Guest(g.role());
-    }
-    match state.pumps.iter().find(|p| p.id() == id) {
-        Some(p) => SessionChild::LogPump {
-            role: p.role(),
-            stream: p.stream(),
-        },
-        None => SessionChild::ControlListener,
-    }
+/// The guest whose actor has id `id` (guests are a supervisor's only
+/// child actors: log pumps and the control listener are tasks it owns).
+fn failed_guest(state: &SessionState, id: ractor::ActorId) -> Option<GuestRole> {
+    state
+        .guests
+        .iter()
+        .find(|g| g.actor().get_id() == id)
+        .map(GuestHandle::role)
 }
 
 fn on_failed(state: &mut SessionState, reason: FailureReason) {
@@ -342,7 +357,7 @@ async fn on_shutdown(
     state.args.quiescing.store(true, Ordering::SeqCst);
 
     // 1. No new control work; the socket file goes away with the listener.
-    if let Some(listener) = state.listener.take() {
+    if let Some(mut listener) = state.listener.take() {
         listener
             .stop(left().min(LISTENER_STOP_BOUND))
             .instrument(tracing::debug_span!("shutdown.listener"))
@@ -371,7 +386,9 @@ async fn on_shutdown(
         .instrument(tracing::debug_span!("shutdown.children"))
         .await;
     state.guests.clear();
-    state.pumps.clear();
+    for pump in state.pumps.drain(..) {
+        pump.stop();
+    }
     for watcher in state.loss_watchers.drain(..) {
         watcher.abort();
     }
