@@ -154,7 +154,8 @@ async fn main() {
     let dir = short_tempdir();
     let runner = demo_guest_runner(dir.path(), &guest);
 
-    let (logs_kib, logs_heap_kib) = logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
+    let (logs_kib, logs_heap_kib) =
+        logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
     let clock = Instant::now();
     eprintln!(
         "{:>6.1}s [1/6] bare baseline: {} guest processes",
@@ -390,7 +391,8 @@ async fn logs_layer_alone(dir: &Path, sessions: usize) -> (f64, f64) {
     // Let every pump reach its first wait.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per = (vm_rss_kib().saturating_sub(before)) as f64 / sessions as f64;
-    let heap = LIVE_HEAP.load(Relaxed).saturating_sub(heap_before) as f64 / 1024.0 / sessions as f64;
+    let heap =
+        LIVE_HEAP.load(Relaxed).saturating_sub(heap_before) as f64 / 1024.0 / sessions as f64;
     for (pump, _sink, w) in held {
         drop(w);
         pump.finish(BOUND).await;

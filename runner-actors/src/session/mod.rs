@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── LogPumpActor × N     one per (guest, stream), alive for the whole session
 //! ├── GuestActor(sidecar)  started first; its endpoint goes into the runtime's envelope
 //! ├── GuestActor(runtime)
-//! └── ControlListenerActor (optional)
+//! │   owned as tasks (not actors), see `LogPumpHandle`, `ControlListenerHandle`:
+//! ├── log pumps × N        one per (guest, stream), alive for the whole session
+//! └── control listener     (optional)
 //! ```
 //!
 //! Messages: `Start` (answered; launches everything in order), `GuestUpdate`
@@ -15,13 +16,17 @@
 //! Shutdown guarantee, in order and bounded: the control listener stops (no
 //! new work; its socket is removed) → runtime stopped → sidecar stopped (each
 //! grace then force, then its per-launch resources removed) → every log pump
-//! drained to EOF or cut at `log_drain` → children stopped *by us* and awaited,
-//! so each child's `post_stop` runs (ractor would otherwise kill linked
-//! children without it). A child exiting never stops the supervisor: the
-//! default `handle_supervisor_evt` is overridden.
+//! drained to EOF or cut at `log_drain` → guest actors stopped *by us* and
+//! awaited, so each one's `post_stop` runs (ractor would otherwise kill
+//! linked children without it) → the pumps' copy tasks stopped. A child
+//! exiting never stops the supervisor: the default `handle_supervisor_evt`
+//! is overridden. The state's drop guard stops the pumps and the listener
+//! however the supervisor ends.
 
 mod handle;
 mod start;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use handle::SUPERVISOR_EXIT_BOUND;
 pub use handle::{FORCED_STOP_BOUND, SessionHandle};

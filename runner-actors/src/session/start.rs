@@ -140,12 +140,9 @@ async fn spawn_pumps(
         .iter()
         .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
         .collect();
-    let pumps = LogPumpHandle::open_all(
-        &state.args.workspace.logs,
-        streams,
-        state.args.config.logs,
-    )
-    .await?;
+    let pumps =
+        LogPumpHandle::open_all(&state.args.workspace.logs, streams, state.args.config.logs)
+            .await?;
     for pump in pumps {
         state
             .loss_watchers
