@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// Events a live subscriber may fall behind by before it lags.
-const LIVE_CAPACITY: usize = 256;
+/// Events a live subscriber may fall behind by before it lags (the
+/// broadcast allocates every slot up front, per session: 64 keep a
+/// session's start and several restarts; a subscriber that lags anyway
+/// learns how many it missed, and the history still has them).
+const LIVE_CAPACITY: usize = 64;
 /// Longest text (failure reason, degraded detail) an event carries on the
 /// wire, so a frame of events always fits.
 const MAX_EVENT_TEXT: usize = 2048;

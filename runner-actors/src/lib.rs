@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── LogPumpActor × N       one per (guest, stream)
 //! ├── GuestActor(sidecar)    started first
 //! ├── GuestActor(runtime)    gets the sidecar's endpoint in its envelope
-//! └── ControlListenerActor   run/runner-control.sock; a task per connection
+//! │   tasks the supervisor owns (not actors):
+//! ├── log pumps × N          one per (guest, stream)
+//! └── control listener       run/runner-control.sock; a task per connection
 //! ```
 //!
 //! Embedding:

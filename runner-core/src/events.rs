@@ -73,7 +73,9 @@ impl EventHistory {
     pub fn starting_at(capacity: usize, first: u64) -> Self {
         let first = first.max(1);
         let ring = Ring {
-            records: VecDeque::with_capacity(capacity.clamp(1, DEFAULT_EVENT_HISTORY)),
+            // Grown as events come: most sessions record a handful, and a
+            // thousand sessions must not each hold room for the maximum.
+            records: VecDeque::new(),
             capacity: capacity.max(1),
             first,
             next: first,

@@ -25,7 +25,9 @@
 //! A session that fails to start is counted and reported, and the rest of
 //! the run uses the sessions that did start.
 //!
-//! Run: `cargo run --release -p runner-bench --bin session_scale`.
+//! Run: `cargo run --release -p runner-bench --bin session_scale [N]
+//! [--heap]`; `--heap` also counts the live heap (every allocation updates
+//! one shared counter, which slows the run down a little).
 
 use futures::StreamExt;
 use futures::future::join_all;
@@ -38,8 +40,79 @@ use runner_bench::{
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
 use runner_types::{ControlResponse, GuestRole};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicIsize};
 use std::time::{Duration, Instant};
+
+/// Every allocation goes through [`CountingAlloc`]; with `--heap` it counts
+/// them, so the footprint can tell the live heap (what the runner's data
+/// structures hold) from the resident memory malloc keeps for it (arenas,
+/// fragmentation). Off by default: a counter every thread updates costs
+/// time of its own.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Bytes currently allocated through the global allocator (since counting
+/// began: frees of older allocations may take it below zero).
+static LIVE_HEAP: AtomicIsize = AtomicIsize::new(0);
+/// Whether [`CountingAlloc`] counts (`--heap`).
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Adds `bytes` (negative: frees) to [`LIVE_HEAP`] while counting.
+fn count(bytes: isize) {
+    if COUNTING.load(Relaxed) {
+        LIVE_HEAP.fetch_add(bytes, Relaxed);
+    }
+}
+
+fn signed(n: usize) -> isize {
+    isize::try_from(n).unwrap_or(isize::MAX)
+}
+
+/// The system allocator, counting the bytes it hands out.
+struct CountingAlloc;
+
+// SAFETY: every call forwards its arguments unchanged to the system
+// allocator, which upholds `GlobalAlloc`'s contract; the counter is
+// only bookkeeping.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count(signed(layout.size()));
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count(signed(layout.size()));
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (that is, from `System`)
+        // with `layout`, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) };
+        count(-signed(layout.size()));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`, and `new_size` is the caller's valid size.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            count(signed(new_size) - signed(layout.size()));
+        }
+        p
+    }
+}
 
 /// Sessions when no count is given on the command line.
 const DEFAULT_SESSIONS: usize = 500;
@@ -60,6 +133,7 @@ struct Fleet {
 /// The runner's own resource use at one moment.
 struct Footprint {
     rss_kib: u64,
+    heap_kib: i64,
     pte_kib: u64,
     fds: u64,
     fd_kinds: std::collections::BTreeMap<String, usize>,
@@ -70,6 +144,7 @@ impl Footprint {
     fn now() -> Self {
         Self {
             rss_kib: vm_rss_kib(),
+            heap_kib: (LIVE_HEAP.load(Relaxed) / 1024) as i64,
             pte_kib: proc_status("VmPTE").unwrap_or(0),
             fds: open_fds() as u64,
             fd_kinds: runner_bench::open_fd_kinds(),
@@ -88,15 +163,20 @@ struct Bare {
 
 #[tokio::main]
 async fn main() {
-    let sessions: usize = std::env::args()
-        .nth(1)
-        .map_or(DEFAULT_SESSIONS, |a| a.parse().expect("session count"));
+    let mut sessions = DEFAULT_SESSIONS;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--heap" => COUNTING.store(true, Relaxed),
+            n => sessions = n.parse().expect("session count"),
+        }
+    }
     raise_fd_limit(sessions);
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
     let runner = demo_guest_runner(dir.path(), &guest);
 
-    let logs_kib = logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
+    let (logs_kib, logs_heap_kib) =
+        logs_layer_alone(&dir.path().join("logs-alone"), sessions).await;
     let clock = Instant::now();
     eprintln!(
         "{:>6.1}s [1/6] bare baseline: {} guest processes",
@@ -237,6 +317,14 @@ async fn main() {
         after.rss_kib as f64 / 1024.0,
         per(before.rss_kib, after.rss_kib)
     );
+    if COUNTING.load(Relaxed) {
+        println!(
+            "| live heap (bytes allocated and not freed; `--heap`) | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+            before.heap_kib as f64 / 1024.0,
+            after.heap_kib as f64 / 1024.0,
+            (after.heap_kib - before.heap_kib) as f64 / started as f64
+        );
+    }
     println!(
         "| page tables (VmPTE; copied by every fork) | {} KiB | {} KiB | {:.2} KiB |",
         before.pte_kib,
@@ -262,8 +350,13 @@ async fn main() {
         after.threads,
         per(before.threads, after.threads)
     );
+    let logs_heap = if COUNTING.load(Relaxed) {
+        format!(" (live heap {logs_heap_kib:.1} KiB)")
+    } else {
+        String::new()
+    };
     println!(
-        "| of which the logs layer alone (4 sinks + 4 idle pumps on pipes per session, measured apart) | | | {logs_kib:.1} KiB |"
+        "| of which the logs layer alone (4 sinks + 4 idle pumps on pipes per session, measured apart) | | | {logs_kib:.1} KiB{logs_heap} |"
     );
     println!();
     println!("| health_check (sequential, persistent connections) | samples | p50 | p99 |");
@@ -304,12 +397,13 @@ async fn main() {
 /// The logs layer's share of a session's memory, measured on its own: 4
 /// sinks per session, each fed by an idle pump on a pipe (what a session
 /// with two quiet guests holds), resident memory after minus before, per
-/// session.
-async fn logs_layer_alone(dir: &Path, sessions: usize) -> f64 {
+/// session, and the live heap's growth likewise.
+async fn logs_layer_alone(dir: &Path, sessions: usize) -> (f64, f64) {
     use runner_core::config::LogLimits;
     use runner_core::logs::{LogPump, LogSink};
     use runner_types::LogStream;
     let before = vm_rss_kib();
+    let heap_before = LIVE_HEAP.load(Relaxed);
     let mut held = Vec::new();
     for i in 0..sessions {
         let logs = dir.join(i.to_string());
@@ -325,11 +419,12 @@ async fn logs_layer_alone(dir: &Path, sessions: usize) -> f64 {
     // Let every pump reach its first wait.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per = (vm_rss_kib().saturating_sub(before)) as f64 / sessions as f64;
+    let heap = (LIVE_HEAP.load(Relaxed) - heap_before) as f64 / 1024.0 / sessions as f64;
     for (pump, _sink, w) in held {
         drop(w);
         pump.finish(BOUND).await;
     }
-    per
+    (per, heap)
 }
 
 /// Raises the soft open-file limit to the hard one: each session holds a

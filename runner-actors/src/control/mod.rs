@@ -1,11 +1,12 @@
-//! The control plane: [`ControlListenerActor`] owns the socket file and
-//! runs the server of `runner_core::control::server` in a task; each
+//! The control plane: [`ControlListenerHandle`], owned by the session
+//! supervisor, holds the socket file and runs the server of
+//! `runner_core::control::server` in a task; each
 //! connection is served by its own task there, so a slow or hostile client
 //! never blocks another.
 
 mod listener;
 
-pub use listener::{ControlListenerActor, ControlListenerHandle, ControlListenerMsg};
+pub use listener::ControlListenerHandle;
 pub use runner_core::control::server::{
     ControlLimits, DEFAULT_CLOSE_BOUND, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,

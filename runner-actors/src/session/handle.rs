@@ -100,7 +100,7 @@ impl SessionHandle {
     /// Subscribes to lifecycle events.
     ///
     /// The first call (on any clone) gets a receiver subscribed before the
-    /// session started, so it also sees the start itself (the first 256
+    /// session started, so it also sees the start itself (the first 64
     /// events are kept); later calls see events from the moment of the call.
     pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
         let first = self

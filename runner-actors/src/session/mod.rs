@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── LogPumpActor × N     one per (guest, stream), alive for the whole session
 //! ├── GuestActor(sidecar)  started first; its endpoint goes into the runtime's envelope
 //! ├── GuestActor(runtime)
-//! └── ControlListenerActor (optional)
+//! │   owned as tasks (not actors), see `LogPumpHandle`, `ControlListenerHandle`:
+//! ├── log pumps × N        one per (guest, stream), alive for the whole session
+//! └── control listener     (optional)
 //! ```
 //!
 //! Messages: `Start` (answered; launches everything in order), `GuestUpdate`
@@ -15,13 +16,17 @@
 //! Shutdown guarantee, in order and bounded: the control listener stops (no
 //! new work; its socket is removed) → runtime stopped → sidecar stopped (each
 //! grace then force, then its per-launch resources removed) → every log pump
-//! drained to EOF or cut at `log_drain` → children stopped *by us* and awaited,
-//! so each child's `post_stop` runs (ractor would otherwise kill linked
-//! children without it). A child exiting never stops the supervisor: the
-//! default `handle_supervisor_evt` is overridden.
+//! drained to EOF or cut at `log_drain` → guest actors stopped *by us* and
+//! awaited, so each one's `post_stop` runs (ractor would otherwise kill
+//! linked children without it) → the pumps' copy tasks stopped. A child
+//! exiting never stops the supervisor: the default `handle_supervisor_evt`
+//! is overridden. The state's drop guard stops the pumps and the listener
+//! however the supervisor ends.
 
 mod handle;
 mod start;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use handle::SUPERVISOR_EXIT_BOUND;
 pub use handle::{FORCED_STOP_BOUND, SessionHandle};
@@ -130,6 +135,21 @@ pub struct SessionState {
     metrics_registration: Option<runner_core::metrics::SessionRegistration>,
 }
 
+/// The drop guard: however the supervisor ends (a shutdown, a panic, being
+/// killed), the tasks it owns end with it — every log copy task (bytes
+/// already read are still written), the loss watchers, and the control
+/// listener (whose own drop guard stops its server and removes its socket).
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        for pump in &self.pumps {
+            pump.stop();
+        }
+        for watcher in &self.loss_watchers {
+            watcher.abort();
+        }
+    }
+}
+
 impl Actor for SessionSupervisor {
     type Msg = SessionMsg;
     type State = SessionState;
@@ -210,11 +230,16 @@ impl Actor for SessionSupervisor {
         // child exits. Guest exits are events handled by the guest actors; a
         // child *actor* failing is a bug, and the session reports it.
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let reason = FailureReason::ChildFailed {
-                child: which_child(state, cell.get_id()),
-                error: err.to_string(),
-            };
-            on_failed(state, reason);
+            match failed_guest(state, cell.get_id()) {
+                Some(role) => {
+                    let reason = FailureReason::ChildFailed {
+                        child: SessionChild::Guest(role),
+                        error: err.to_string(),
+                    };
+                    on_failed(state, reason);
+                }
+                None => tracing::error!(error = %err, "unknown child actor failed"),
+            }
         }
         Ok(())
     }
@@ -301,19 +326,14 @@ fn on_degraded(
     publish_health(state);
 }
 
-/// The child with actor id `id`: a guest, a log pump, or else the only
-/// other child a supervisor has, its control listener.
-fn which_child(state: &SessionState, id: ractor::ActorId) -> SessionChild {
-    if let Some(g) = state.guests.iter().find(|g| g.actor().get_id() == id) {
-        return SessionChild::Guest(g.role());
-    }
-    match state.pumps.iter().find(|p| p.id() == id) {
-        Some(p) => SessionChild::LogPump {
-            role: p.role(),
-            stream: p.stream(),
-        },
-        None => SessionChild::ControlListener,
-    }
+/// The guest whose actor has id `id` (guests are a supervisor's only
+/// child actors: log pumps and the control listener are tasks it owns).
+fn failed_guest(state: &SessionState, id: ractor::ActorId) -> Option<GuestRole> {
+    state
+        .guests
+        .iter()
+        .find(|g| g.actor().get_id() == id)
+        .map(GuestHandle::role)
 }
 
 fn on_failed(state: &mut SessionState, reason: FailureReason) {
@@ -342,7 +362,7 @@ async fn on_shutdown(
     state.args.quiescing.store(true, Ordering::SeqCst);
 
     // 1. No new control work; the socket file goes away with the listener.
-    if let Some(listener) = state.listener.take() {
+    if let Some(mut listener) = state.listener.take() {
         listener
             .stop(left().min(LISTENER_STOP_BOUND))
             .instrument(tracing::debug_span!("shutdown.listener"))
@@ -371,7 +391,9 @@ async fn on_shutdown(
         .instrument(tracing::debug_span!("shutdown.children"))
         .await;
     state.guests.clear();
-    state.pumps.clear();
+    for pump in state.pumps.drain(..) {
+        pump.stop();
+    }
     for watcher in state.loss_watchers.drain(..) {
         watcher.abort();
     }

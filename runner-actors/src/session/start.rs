@@ -140,13 +140,9 @@ async fn spawn_pumps(
         .iter()
         .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
         .collect();
-    let pumps = LogPumpHandle::spawn_all(
-        myself.get_cell(),
-        &state.args.workspace.logs,
-        streams,
-        state.args.config.logs,
-    )
-    .await?;
+    let pumps =
+        LogPumpHandle::open_all(&state.args.workspace.logs, streams, state.args.config.logs)
+            .await?;
     for pump in pumps {
         state
             .loss_watchers
@@ -210,9 +206,7 @@ async fn serve_control(
         ipc_link: state.args.config.control.ipc_socket_link,
         metrics: state.args.metrics.clone(),
     };
-    let listener =
-        ControlListenerHandle::spawn_with(myself.get_cell(), ctx, state.args.control_limits)
-            .await?;
+    let listener = ControlListenerHandle::spawn_with(ctx, state.args.control_limits)?;
     state.listener = Some(listener);
     Ok(())
 }
