@@ -134,6 +134,22 @@ impl PipeChunk {
         self.read.as_fd()
     }
 
+    /// Empties it for reuse after a write that took `written` of its
+    /// bytes: bytes a failed write left behind (already counted as lost)
+    /// are read and discarded.
+    pub(crate) fn clear(&mut self, written: u64) -> io::Result<()> {
+        let left = if written == self.len as u64 {
+            0
+        } else {
+            usize::try_from(rustix::io::ioctl_fionread(&self.read)?).unwrap_or(usize::MAX)
+        };
+        if left > 0 {
+            self.read_rest(left)?;
+        }
+        self.len = 0;
+        Ok(())
+    }
+
     /// Reads the `left` bytes it still holds into memory (the copy path: a
     /// file that refuses `splice`, or live followers who need the bytes).
     pub(crate) fn read_rest(&self, left: usize) -> io::Result<Vec<u8>> {

@@ -40,6 +40,7 @@
 //!   atomic load per chunk while nobody follows.
 
 mod chunk;
+mod drain;
 mod error;
 pub mod gaps;
 pub mod index;
@@ -51,6 +52,7 @@ mod rotate;
 mod sink;
 mod splice;
 
+pub use drain::{DRAIN_IDLE, STALL_BOUND};
 pub use error::LogError;
 pub use gaps::{GapRecord, read_gaps};
 pub use lines::LineSplitter;

@@ -296,15 +296,15 @@ impl Pump {
 pub(super) struct Pump {
     pub(super) sink: LogSink,
     pub(super) tuning: PumpTuning,
-    progress: Arc<AtomicU64>,
-    tally: Arc<Tally>,
+    pub(super) progress: Arc<AtomicU64>,
+    pub(super) tally: Arc<Tally>,
 }
 
 /// Where the pump stands with the sink's queue.
 #[derive(Debug, Default)]
 pub(super) struct Handover {
     /// Sequence number of the last item this pump queued.
-    last_seq: u64,
+    pub(super) last_seq: u64,
     /// The queue refused a chunk and has not taken one since.
     overflowing: bool,
 }
@@ -327,6 +327,8 @@ impl Pump {
         };
         // The owner bounds this wait (`PumpHandle::finish`).
         self.sink.queue().handled(handover.last_seq).await;
+        // In drain mode the writer reads for the pump.
+        report.bytes_read = self.progress.load(Ordering::Relaxed);
         report.bytes_written = self.tally.written.load(Ordering::Relaxed);
         report.bytes_dropped = self.tally.dropped.load(Ordering::Relaxed);
         tracing::debug!(
@@ -342,7 +344,7 @@ impl Pump {
     /// Counts `n` bytes read.
     pub(super) fn note_read(&self, report: &mut PumpReport, n: usize) {
         report.bytes_read += n as u64;
-        self.progress.store(report.bytes_read, Ordering::Relaxed);
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The copy path: read into the buffer; hand it over when full, when
