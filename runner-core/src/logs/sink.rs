@@ -370,9 +370,14 @@ impl Shared {
                     self.queue.finished(seq, None);
                 }
                 Item::Drain(job) => {
-                    let ran = drain(*job, &self.queue, || {
-                        self.drains.fetch_add(1, Ordering::Relaxed);
-                    }, |chunk| self.write(chunk));
+                    let ran = drain(
+                        *job,
+                        &self.queue,
+                        || {
+                            self.drains.fetch_add(1, Ordering::Relaxed);
+                        },
+                        |chunk| self.write(chunk),
+                    );
                     if ran == DrainEnd::Returned {
                         self.drain_returns.fetch_add(1, Ordering::Relaxed);
                     }

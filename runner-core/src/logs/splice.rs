@@ -72,9 +72,8 @@ impl Pump {
                 Ok(registered) => registered,
                 Err(source) => return PumpEnd::ReadFailed { source },
             };
-            let may_drain = self.sink.queue().is_handled(drain_seq);
             if let Some(end) = self
-                .splice_until_busy(&registered, may_drain, stop, report, handover)
+                .splice_until_busy(&registered, drain_seq, stop, report, handover)
                 .await
             {
                 return end;
@@ -90,12 +89,13 @@ impl Pump {
         }
     }
 
-    /// Moves `pipe` into chunks until it ends (`Some`) or, if `may_drain`,
-    /// until it is busy enough for drain mode (`None`).
+    /// Moves `pipe` into chunks until it ends (`Some`) or until it is busy
+    /// enough for drain mode (`None`; only once the writer has finished the
+    /// last drain job, `drain_seq`).
     async fn splice_until_busy(
         &self,
         pipe: &AsyncFd<Arc<OwnedFd>>,
-        may_drain: bool,
+        drain_seq: u64,
         stop: &mut oneshot::Receiver<()>,
         report: &mut PumpReport,
         handover: &mut Handover,
@@ -109,7 +109,7 @@ impl Pump {
                 // A send or a dropped handle both mean stop.
                 _ = &mut *stop => Step::Ended(PumpEnd::Cut),
                 ready = pipe.readable() => match ready {
-                    Ok(guard) => self.move_ready(guard, &mut batch, may_drain, report, handover).await,
+                    Ok(guard) => self.move_ready(guard, &mut batch, drain_seq, report, handover).await,
                     Err(source) => Step::Ended(PumpEnd::ReadFailed { source }),
                 },
                 () = &mut linger, if batch.flush_by.is_some() => {
@@ -119,7 +119,10 @@ impl Pump {
                 }
             };
             match step {
-                Step::Drained => self.after_drained(&mut batch, linger.as_mut(), handover).await,
+                Step::Drained => {
+                    self.after_drained(&mut batch, linger.as_mut(), handover)
+                        .await
+                }
                 Step::Busy => return None,
                 Step::Ended(end) => {
                     self.hand_over_pipe(&mut batch.chunk, handover).await;
@@ -158,13 +161,14 @@ impl Pump {
     }
 
     /// Moves what the guest's pipe holds, handing over chunks as they
-    /// fill, until the pipe is empty or ends, or (if `may_drain`) a chunk
-    /// fills before its linger ran out: the stream is busy.
+    /// fill, until the pipe is empty or ends, or a chunk fills before its
+    /// linger ran out: the stream is busy (drain mode, once the writer has
+    /// finished the last drain job, `drain_seq`).
     async fn move_ready(
         &self,
         mut guard: AsyncFdReadyGuard<'_, Arc<OwnedFd>>,
         batch: &mut Batch,
-        may_drain: bool,
+        drain_seq: u64,
         report: &mut PumpReport,
         handover: &mut Handover,
     ) -> Step {
@@ -211,7 +215,7 @@ impl Pump {
                 let early = batch.flush_by.is_some_and(|at| Instant::now() < at);
                 batch.flush_by = None;
                 let queued = self.hand_over_pipe(&mut batch.chunk, handover).await;
-                if may_drain && early && queued {
+                if early && queued && self.sink.queue().is_handled(drain_seq) {
                     return Step::Busy;
                 }
             }
