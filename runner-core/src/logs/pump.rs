@@ -348,7 +348,9 @@ impl Pump {
     }
 
     /// The copy path: read into the buffer; hand it over when full, when
-    /// its oldest byte has waited `linger`, or at the end.
+    /// its oldest byte has waited `linger`, or at the end. The first bytes
+    /// after a quiet spell (nothing read for a linger) are handed over as
+    /// soon as the stream has nothing more to read right away.
     async fn copy_reader(
         &self,
         mut reader: GuestReader,
@@ -361,16 +363,17 @@ impl Pump {
         let mut end: Option<PumpEnd> = None;
         // When the oldest byte in `buf` must be handed over.
         let mut flush_by: Option<Instant> = None;
-        let mut linger_fired = false;
+        // Hand over once the reader has nothing more (after a quiet spell).
+        let mut eager = false;
+        let mut read_at: Option<Instant> = None;
+        let mut fired = false;
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         loop {
-            let due = flush_by.is_some_and(|t| {
-                end.is_some() || linger_fired || buf.len() >= cap || Instant::now() >= t
-            });
+            let due = flush_by
+                .is_some_and(|t| end.is_some() || fired || buf.len() >= cap || Instant::now() >= t);
             if due {
-                flush_by = None;
-                linger_fired = false;
+                (flush_by, fired, eager) = (None, false, false);
                 buf = self.hand_over_buffer(buf, handover).await;
             }
             if let Some(reason) = end.take() {
@@ -391,11 +394,14 @@ impl Pump {
                     Ok(0) => end = Some(PumpEnd::Eof),
                     Ok(n) => {
                         self.note_read(report, n);
+                        let now = Instant::now();
                         if flush_by.is_none() {
-                            let at = Instant::now() + self.linger();
+                            let at = now + self.linger();
                             flush_by = Some(at);
                             linger.as_mut().reset(at);
+                            eager = self.first_linger(read_at, now).is_zero();
                         }
+                        read_at = Some(now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(source) => {
@@ -403,7 +409,10 @@ impl Pump {
                         end = Some(PumpEnd::ReadFailed { source });
                     }
                 },
-                () = &mut linger, if flush_by.is_some() => linger_fired = true,
+                // Polled only when the read above is pending: nothing more
+                // to batch right now.
+                () = std::future::ready(()), if eager => fired = true,
+                () = &mut linger, if flush_by.is_some() => fired = true,
             }
         }
     }

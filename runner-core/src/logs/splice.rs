@@ -225,7 +225,7 @@ impl Pump {
     /// How long the first bytes of a chunk may wait: at once after a quiet
     /// spell (the stream moved nothing for a linger: a lone line is not
     /// held back), else the linger (a busy stream's writes are batched).
-    fn first_linger(&self, moved_at: Option<Instant>, now: Instant) -> Duration {
+    pub(super) fn first_linger(&self, moved_at: Option<Instant>, now: Instant) -> Duration {
         let linger = self.linger();
         match moved_at {
             Some(at) if now.saturating_duration_since(at) < linger => linger,
