@@ -9,7 +9,8 @@
 //! [`PipeChunk`] is a pipe-to-pipe splice (page references move, nothing is
 //! copied and no file system is involved), so a pump can always do it on a
 //! runtime worker; only the writer, on its own thread, touches the file,
-//! and a stuck write holds only that chunk's pipe.
+//! and a stuck write holds only that chunk's pipe. The writer's drain mode
+//! ([`super::drain`]) keeps the same rule with one reused [`PipeChunk`].
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -10,9 +10,14 @@
 //! ([`GuestStream::Reader`]) is read into buffers. Chunks are handed over
 //! when full or when their oldest byte has waited [`PumpTuning::linger`],
 //! so a fast producer's many small pipe writes become few large file
-//! writes. A chunk the full queue cannot take (the disk stalls) is dropped
-//! and counted after at most [`super::queue::FULL_WAIT`], never held back by
-//! leaving the pipe unread.
+//! writes; the first bytes after a quiet spell (nothing read for a linger)
+//! are handed over as soon as the stream has nothing more to read, so a
+//! lone line is never held back. A pipe busy enough to fill a chunk before
+//! its linger runs out is handed to the writer thread to drain itself
+//! (see [`super::drain`]) until it quiets down. A chunk the full queue
+//! cannot take (the disk stalls) is dropped and counted after at most
+//! [`super::queue::FULL_WAIT`], never held back by leaving the pipe
+//! unread.
 
 use super::chunk::Chunk;
 use super::queue::{FULL_WAIT, Tally};

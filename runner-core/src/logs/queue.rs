@@ -12,6 +12,10 @@
 //! loss as a gap (see [`super::gaps`]).
 //!
 //!
+//! Besides chunks and drop records, the queue carries drain jobs (a busy
+//! guest pipe the writer drains itself, see [`super::drain`]); a writer in
+//! drain mode gives the pipe back as soon as anything else is queued.
+//!
 //! The queue also decides when a writer runs: the push that finds no
 //! writer running says so (`Pushed::start_writer`) and the sink starts
 //! one; a writer that finds no work for [`WRITER_LINGER`] ends. So a sink

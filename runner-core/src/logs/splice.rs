@@ -6,7 +6,11 @@
 //! follows the log or the file refuses `splice`.
 //!
 //! A chunk is handed over when it is full, when its oldest byte has waited
-//! [`super::PumpTuning::linger`], or at the end. Should no pipe be
+//! [`super::PumpTuning::linger`] (at once for the first bytes after a quiet
+//! spell), or at the end. A chunk that fills before its linger runs out
+//! means a busy stream: the guest's pipe then goes to the writer thread
+//! (drain mode, [`super::drain`]) until the writer gives it back or the
+//! pump's watchdog takes it back from a stalled write. Should no pipe be
 //! available for a chunk (out of file descriptors), the pump reads the
 //! guest's pipe into memory instead, so the pipe is drained whatever
 //! happens.
