@@ -368,10 +368,9 @@ impl Pump {
         let mut end: Option<PumpEnd> = None;
         // When the oldest byte in `buf` must be handed over.
         let mut flush_by: Option<Instant> = None;
-        // Hand over once the reader has nothing more (after a quiet spell).
-        let mut eager = false;
-        let mut read_at: Option<Instant> = None;
-        let mut fired = false;
+        // `eager`: hand over once the reader has nothing more (the first
+        // bytes after a quiet spell); `fired`: hand over now.
+        let (mut eager, mut fired, mut read_at) = (false, false, None);
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         loop {
@@ -385,11 +384,7 @@ impl Pump {
                 return reason;
             }
             // Small while waiting for output, full size once it flows.
-            let want = if buf.is_empty() {
-                IDLE_BUFFER.min(cap)
-            } else {
-                cap
-            };
+            let want = cap.min(if buf.is_empty() { IDLE_BUFFER } else { cap });
             buf.reserve_exact(want.saturating_sub(buf.len()));
             tokio::select! {
                 biased;
