@@ -29,6 +29,7 @@ use super::chunk::{Chunk, Fill, PipeChunk};
 use super::pump::{Handover, Pump, PumpEnd};
 use super::queue::{Tally, WriteQueue};
 use super::rotate::WriteOutcome;
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -237,10 +238,19 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
                 return Some(Handback::Yielded);
             }
         };
-        let mut moved_at = Instant::now();
+        // What the guest's pipe holds when full: a shorter move emptied it,
+        // so the next round waits for bytes instead of hearing EAGAIN.
+        let guest_size = fcntl(&*self.job.pipe, FcntlArg::F_GETPIPE_SZ)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX);
+        let (mut moved_at, mut emptied) = (Instant::now(), false);
         loop {
             if self.job.ctl.stop.load(Ordering::SeqCst) || self.queue.has_items() {
                 return Some(Handback::Yielded);
+            }
+            if emptied {
+                wait_readable(&self.job.pipe, POLL_SLICE);
             }
             let Chunk::Pipe(pipe) = &mut own else {
                 return Some(Handback::Yielded);
@@ -248,7 +258,7 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
             match pipe.fill_from(self.job.pipe.as_fd()) {
                 Ok(Fill::Moved(n)) => {
                     self.job.ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
-                    moved_at = Instant::now();
+                    (moved_at, emptied) = (Instant::now(), n < guest_size);
                     if !self.write_out(&mut own) {
                         return None;
                     }
@@ -260,7 +270,7 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
                     if moved_at.elapsed() >= DRAIN_IDLE {
                         return Some(Handback::Idle);
                     }
-                    wait_readable(&self.job.pipe, POLL_SLICE);
+                    emptied = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Some(Handback::Failed(error)),
