@@ -9,7 +9,8 @@
 //! [`PipeChunk`] is a pipe-to-pipe splice (page references move, nothing is
 //! copied and no file system is involved), so a pump can always do it on a
 //! runtime worker; only the writer, on its own thread, touches the file,
-//! and a stuck write holds only that chunk's pipe.
+//! and a stuck write holds only that chunk's pipe. The writer's drain mode
+//! ([`super::drain`]) keeps the same rule with one reused [`PipeChunk`].
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -132,6 +133,22 @@ impl PipeChunk {
     /// The read end, for the writer's splice into the file.
     pub(crate) fn reader(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
+    }
+
+    /// Empties it for reuse after a write that took `written` of its
+    /// bytes: bytes a failed write left behind (already counted as lost)
+    /// are read and discarded.
+    pub(crate) fn clear(&mut self, written: u64) -> io::Result<()> {
+        let left = if written == self.len as u64 {
+            0
+        } else {
+            usize::try_from(rustix::io::ioctl_fionread(&self.read)?).unwrap_or(usize::MAX)
+        };
+        if left > 0 {
+            self.read_rest(left)?;
+        }
+        self.len = 0;
+        Ok(())
     }
 
     /// Reads the `left` bytes it still holds into memory (the copy path: a

@@ -20,7 +20,10 @@
 //!   out of its stream and hands chunks to the sink's bounded queue
 //!   (default [`DEFAULT_QUEUE_BYTES`], see [`queue`]); the sink's writer
 //!   thread, which runs only while there is output, writes, rotates and
-//!   indexes. A pump keeps reading until EOF whatever
+//!   indexes. A busy pipe stream is drained by the writer thread itself
+//!   (drain mode, see `drain`): no runtime wake-up per guest write, and a
+//!   watchdog takes the pipe back from a writer stuck in a file write
+//!   ([`STALL_BOUND`]), so the guest's pipe is still never left undrained. A pump keeps reading until EOF whatever
 //!   the bytes are and whatever the disk does: a buffer the full queue
 //!   cannot take (a stalled disk) and bytes a write loses (ENOSPC, EIO) are
 //!   counted ([`SinkStats::bytes_dropped`], [`LogSink::watch_dropped`]),
@@ -40,6 +43,7 @@
 //!   atomic load per chunk while nobody follows.
 
 mod chunk;
+mod drain;
 mod error;
 pub mod gaps;
 pub mod index;
@@ -51,6 +55,7 @@ mod rotate;
 mod sink;
 mod splice;
 
+pub use drain::{DRAIN_IDLE, STALL_BOUND};
 pub use error::LogError;
 pub use gaps::{GapRecord, read_gaps};
 pub use lines::LineSplitter;

@@ -10,9 +10,14 @@
 //! ([`GuestStream::Reader`]) is read into buffers. Chunks are handed over
 //! when full or when their oldest byte has waited [`PumpTuning::linger`],
 //! so a fast producer's many small pipe writes become few large file
-//! writes. A chunk the full queue cannot take (the disk stalls) is dropped
-//! and counted after at most [`super::queue::FULL_WAIT`], never held back by
-//! leaving the pipe unread.
+//! writes; the first bytes after a quiet spell (nothing read for a linger)
+//! are handed over as soon as the stream has nothing more to read, so a
+//! lone line is never held back. A pipe busy enough to fill a chunk before
+//! its linger runs out is handed to the writer thread to drain itself
+//! (see [`super::drain`]) until it quiets down. A chunk the full queue
+//! cannot take (the disk stalls) is dropped and counted after at most
+//! [`super::queue::FULL_WAIT`], never held back by leaving the pipe
+//! unread.
 
 use super::chunk::Chunk;
 use super::queue::{FULL_WAIT, Tally};
@@ -296,15 +301,15 @@ impl Pump {
 pub(super) struct Pump {
     pub(super) sink: LogSink,
     pub(super) tuning: PumpTuning,
-    progress: Arc<AtomicU64>,
-    tally: Arc<Tally>,
+    pub(super) progress: Arc<AtomicU64>,
+    pub(super) tally: Arc<Tally>,
 }
 
 /// Where the pump stands with the sink's queue.
 #[derive(Debug, Default)]
 pub(super) struct Handover {
     /// Sequence number of the last item this pump queued.
-    last_seq: u64,
+    pub(super) last_seq: u64,
     /// The queue refused a chunk and has not taken one since.
     overflowing: bool,
 }
@@ -327,6 +332,8 @@ impl Pump {
         };
         // The owner bounds this wait (`PumpHandle::finish`).
         self.sink.queue().handled(handover.last_seq).await;
+        // In drain mode the writer reads for the pump.
+        report.bytes_read = self.progress.load(Ordering::Relaxed);
         report.bytes_written = self.tally.written.load(Ordering::Relaxed);
         report.bytes_dropped = self.tally.dropped.load(Ordering::Relaxed);
         tracing::debug!(
@@ -342,11 +349,13 @@ impl Pump {
     /// Counts `n` bytes read.
     pub(super) fn note_read(&self, report: &mut PumpReport, n: usize) {
         report.bytes_read += n as u64;
-        self.progress.store(report.bytes_read, Ordering::Relaxed);
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The copy path: read into the buffer; hand it over when full, when
-    /// its oldest byte has waited `linger`, or at the end.
+    /// its oldest byte has waited `linger`, or at the end. The first bytes
+    /// after a quiet spell (nothing read for a linger) are handed over as
+    /// soon as the stream has nothing more to read right away.
     async fn copy_reader(
         &self,
         mut reader: GuestReader,
@@ -359,27 +368,23 @@ impl Pump {
         let mut end: Option<PumpEnd> = None;
         // When the oldest byte in `buf` must be handed over.
         let mut flush_by: Option<Instant> = None;
-        let mut linger_fired = false;
+        // `eager`: hand over once the reader has nothing more (the first
+        // bytes after a quiet spell); `fired`: hand over now.
+        let (mut eager, mut fired, mut read_at) = (false, false, None);
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         loop {
-            let due = flush_by.is_some_and(|t| {
-                end.is_some() || linger_fired || buf.len() >= cap || Instant::now() >= t
-            });
+            let due = flush_by
+                .is_some_and(|t| end.is_some() || fired || buf.len() >= cap || Instant::now() >= t);
             if due {
-                flush_by = None;
-                linger_fired = false;
+                (flush_by, fired, eager) = (None, false, false);
                 buf = self.hand_over_buffer(buf, handover).await;
             }
             if let Some(reason) = end.take() {
                 return reason;
             }
             // Small while waiting for output, full size once it flows.
-            let want = if buf.is_empty() {
-                IDLE_BUFFER.min(cap)
-            } else {
-                cap
-            };
+            let want = cap.min(if buf.is_empty() { IDLE_BUFFER } else { cap });
             buf.reserve_exact(want.saturating_sub(buf.len()));
             tokio::select! {
                 biased;
@@ -389,11 +394,14 @@ impl Pump {
                     Ok(0) => end = Some(PumpEnd::Eof),
                     Ok(n) => {
                         self.note_read(report, n);
+                        let now = Instant::now();
                         if flush_by.is_none() {
-                            let at = Instant::now() + self.linger();
+                            let at = now + self.linger();
                             flush_by = Some(at);
                             linger.as_mut().reset(at);
+                            eager = self.first_linger(read_at, now).is_zero();
                         }
+                        read_at = Some(now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(source) => {
@@ -401,7 +409,10 @@ impl Pump {
                         end = Some(PumpEnd::ReadFailed { source });
                     }
                 },
-                () = &mut linger, if flush_by.is_some() => linger_fired = true,
+                // Polled only when the read above is pending: nothing more
+                // to batch right now.
+                () = std::future::ready(()), if eager => fired = true,
+                () = &mut linger, if flush_by.is_some() => fired = true,
             }
         }
     }

@@ -12,6 +12,10 @@
 //! loss as a gap (see [`super::gaps`]).
 //!
 //!
+//! Besides chunks and drop records, the queue carries drain jobs (a busy
+//! guest pipe the writer drains itself, see [`super::drain`]); a writer in
+//! drain mode gives the pipe back as soon as anything else is queued.
+//!
 //! The queue also decides when a writer runs: the push that finds no
 //! writer running says so (`Pushed::start_writer`) and the sink starts
 //! one; a writer that finds no work for [`WRITER_LINGER`] ends. So a sink
@@ -20,6 +24,7 @@
 //! [`LogSink::open_with_queue`]: super::LogSink::open_with_queue
 
 use super::chunk::Chunk;
+use super::drain::DrainJob;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -57,6 +62,9 @@ pub(crate) enum Item {
     Data { chunk: Chunk, tally: Arc<Tally> },
     /// Bytes a pump had to drop here (the queue was full).
     Dropped { bytes: u64, at_ms: u64 },
+    /// A busy guest pipe for the writer to drain itself (see
+    /// [`super::drain`]).
+    Drain(Box<DrainJob>),
 }
 
 #[derive(Default)]
@@ -173,6 +181,28 @@ impl WriteQueue {
         drop(state);
         self.has_work.notify_one();
         Pushed { seq, start_writer }
+    }
+
+    /// Queues a drain job (it holds no bytes, so it always fits).
+    pub(crate) fn push_drain(&self, job: DrainJob) -> Pushed {
+        let mut state = self.lock();
+        state.pushed += 1;
+        let seq = state.pushed;
+        state.items.push_back((seq, Item::Drain(Box::new(job))));
+        let start_writer = !std::mem::replace(&mut state.writer, true);
+        drop(state);
+        self.has_work.notify_one();
+        Pushed { seq, start_writer }
+    }
+
+    /// Whether items wait behind the one the writer works on.
+    pub(crate) fn has_items(&self) -> bool {
+        !self.lock().items.is_empty()
+    }
+
+    /// Whether the writer has finished item `seq` and all before it.
+    pub(crate) fn is_handled(&self, seq: u64) -> bool {
+        self.done.load(Ordering::Acquire) >= seq
     }
 
     /// The writer could not be started: the next push tries again.

@@ -3,6 +3,7 @@
 
 use super::LogError;
 use super::chunk::Chunk;
+use super::drain::{DrainEnd, DrainJob, drain};
 use super::queue::{DEFAULT_QUEUE_BYTES, Item, Pushed, Tally, WRITER_LINGER, WriteQueue};
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
@@ -41,6 +42,13 @@ pub struct SinkStats {
     /// a copy through user space (the rest were copied: container
     /// streams, followed logs, files that refuse `splice`).
     pub bytes_spliced: u64,
+    /// Times the writer thread took a busy guest pipe over to drain it
+    /// itself (see the module docs of `runner_core::logs`).
+    pub drains: u64,
+    /// Times it gave one back (idle, EOF, stop, other work queued).
+    pub drain_returns: u64,
+    /// Times a pump took its pipe back from a writer stuck in a file write.
+    pub drain_takeovers: u64,
 }
 
 /// The log of one guest stream: `<logs dir>/<role label>.<stream>.log` with
@@ -91,6 +99,9 @@ struct Shared {
     bytes_dropped: AtomicU64,
     rotations: AtomicU64,
     bytes_spliced: AtomicU64,
+    drains: AtomicU64,
+    drain_returns: AtomicU64,
+    drain_takeovers: AtomicU64,
     /// Total of `bytes_dropped`, for watchers.
     dropped_watch: watch::Sender<u64>,
 }
@@ -150,6 +161,9 @@ impl LogSink {
             bytes_dropped: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
             bytes_spliced: AtomicU64::new(0),
+            drains: AtomicU64::new(0),
+            drain_returns: AtomicU64::new(0),
+            drain_takeovers: AtomicU64::new(0),
             dropped_watch: watch::Sender::new(0),
         });
         Ok(Self {
@@ -180,6 +194,9 @@ impl LogSink {
             bytes_dropped: s.bytes_dropped.load(Ordering::Relaxed),
             rotations: s.rotations.load(Ordering::Relaxed),
             bytes_spliced: s.bytes_spliced.load(Ordering::Relaxed),
+            drains: s.drains.load(Ordering::Relaxed),
+            drain_returns: s.drain_returns.load(Ordering::Relaxed),
+            drain_takeovers: s.drain_takeovers.load(Ordering::Relaxed),
         }
     }
 
@@ -211,6 +228,21 @@ impl LogSink {
     pub(crate) fn push_dropped(&self, bytes: u64, at_ms: u64) -> u64 {
         let pushed = self.queue().push_dropped(bytes, at_ms);
         self.started(pushed)
+    }
+
+    /// Queues a drain job (see [`super::drain`]); returns its sequence
+    /// number.
+    pub(crate) fn push_drain(&self, job: DrainJob) -> u64 {
+        let pushed = self.queue().push_drain(job);
+        self.started(pushed)
+    }
+
+    /// Counts a pump taking its pipe back from a stalled writer.
+    pub(crate) fn count_takeover(&self) {
+        self.inner
+            .shared
+            .drain_takeovers
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn started(&self, pushed: Pushed) -> u64 {
@@ -335,6 +367,20 @@ impl Shared {
                     // Record the gap now if the disk takes it (else before
                     // the next bytes that reach the file).
                     self.write(&Chunk::Bytes(Vec::new()));
+                    self.queue.finished(seq, None);
+                }
+                Item::Drain(job) => {
+                    let ran = drain(
+                        *job,
+                        &self.queue,
+                        || {
+                            self.drains.fetch_add(1, Ordering::Relaxed);
+                        },
+                        |chunk| self.write(chunk),
+                    );
+                    if ran == DrainEnd::Returned {
+                        self.drain_returns.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.queue.finished(seq, None);
                 }
             }
