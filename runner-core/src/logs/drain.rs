@@ -238,6 +238,15 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
                 return Some(Handback::Yielded);
             }
         };
+        // A busy guest's pipe is enlarged to the drain pipe's size, so the
+        // guest keeps writing while a file write runs and each round moves
+        // more. Idle pipes keep the default size: only streams that were
+        // busy pay for the larger one. Refused over an unprivileged user's
+        // pipe quota; then the default stays.
+        let want = i32::try_from(self.job.pipe_bytes).unwrap_or(i32::MAX);
+        if let Err(error) = fcntl(&*self.job.pipe, FcntlArg::F_SETPIPE_SZ(want)) {
+            tracing::trace!(%error, "Cannot enlarge a busy guest's pipe");
+        }
         // What the guest's pipe holds when full: a shorter move emptied it,
         // so the next round waits for bytes instead of hearing EAGAIN.
         let guest_size = fcntl(&*self.job.pipe, FcntlArg::F_GETPIPE_SZ)
