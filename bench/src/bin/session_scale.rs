@@ -8,6 +8,9 @@
 //!    `tokio::process` (same bootstrap frames on stdin, workspaces made
 //!    beforehand), sequentially: until all were spawned, until all printed
 //!    `envelope=` on their stdout pipes; then SIGTERM to all and wait for all.
+//!    Then the same again, stopped the way the runner must stop a session
+//!    (SIGTERM the runtime, wait, then the sidecar), all sessions at once:
+//!    the like-for-like baseline for the shutdown in step 5.
 //! 2. Baseline: `health_check` latency on one session alone (the same
 //!    number of sequential requests as step 4 sends in total).
 //! 3. N sessions started one after another: total time until the last
@@ -183,7 +186,21 @@ async fn main() {
         clock.elapsed().as_secs_f64(),
         2 * sessions
     );
-    let bare = bare_fleet(&guest, &dir.path().join("bare"), sessions).await;
+    let bare = bare_fleet(
+        &guest,
+        &dir.path().join("bare"),
+        sessions,
+        StopOrder::AllAtOnce,
+    )
+    .await;
+    let ordered = bare_fleet(
+        &guest,
+        &dir.path().join("ordered"),
+        sessions,
+        StopOrder::Ordered,
+    )
+    .await
+    .stopped;
 
     eprintln!(
         "{:>6.1}s [2/6] health baseline: one session",
@@ -392,6 +409,22 @@ async fn main() {
         par_stop,
         bare.stopped,
     );
+    println!();
+    println!(
+        "| shutdown, all at once | ours | baseline: the same {} bare guests, each session in the runner's order (SIGTERM runtime, wait, then sidecar, wait), all sessions at once | ratio |",
+        2 * sessions
+    );
+    println!("| --- | --- | --- | --- |");
+    ratio_row(
+        &format!("{started} sessions (sequentially started)"),
+        seq_stop,
+        ordered,
+    );
+    ratio_row(
+        &format!("{} sessions (started 16 at a time)", par.sessions.len()),
+        par_stop,
+        ordered,
+    );
 }
 
 /// The logs layer's share of a session's memory, measured on its own: 4
@@ -549,8 +582,19 @@ async fn health(sockets: &[PathBuf], rounds: usize) -> Vec<Duration> {
     latencies
 }
 
-/// The baseline: 2 x `count` guests spawned directly, in session order.
-async fn bare_fleet(program: &Path, root: &Path, count: usize) -> Bare {
+/// How the bare baseline stops its guests.
+#[derive(Clone, Copy, PartialEq)]
+enum StopOrder {
+    /// SIGTERM to every guest, then wait for all.
+    AllAtOnce,
+    /// Per session as the runner must: SIGTERM the runtime, wait for it,
+    /// then the sidecar; all sessions at once.
+    Ordered,
+}
+
+/// The baseline: 2 x `count` guests spawned directly, in session order
+/// (sidecar, then runtime, for each session).
+async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder) -> Bare {
     let t = Instant::now();
     let mut plans = Vec::with_capacity(count);
     for i in 0..count {
@@ -573,10 +617,26 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize) -> Bare {
     let ready = t.elapsed();
 
     let t = Instant::now();
-    for g in &guests {
-        g.terminate();
+    match order {
+        StopOrder::AllAtOnce => {
+            for g in &guests {
+                g.terminate();
+            }
+            join_all(guests.iter_mut().map(|g| g.wait(BOUND))).await;
+        }
+        StopOrder::Ordered => {
+            join_all(guests.chunks_mut(2).map(|pair| async move {
+                let [sidecar, runtime] = pair else {
+                    unreachable!("guests come in pairs")
+                };
+                runtime.terminate();
+                runtime.wait(BOUND).await;
+                sidecar.terminate();
+                sidecar.wait(BOUND).await;
+            }))
+            .await;
+        }
     }
-    join_all(guests.iter_mut().map(|g| g.wait(BOUND))).await;
     Bare {
         provisioned,
         spawned,

@@ -261,11 +261,9 @@ fn free_uid(
     explicit: &BTreeMap<u32, String>,
     owners: &std::collections::BTreeSet<u32>,
 ) -> Result<u32, IdentityError> {
+    let recorded: std::collections::BTreeSet<u32> = records.values().copied().collect();
     for uid in range.uids() {
-        if records.values().any(|&u| u == uid)
-            || explicit.contains_key(&uid)
-            || owners.contains(&uid)
-        {
+        if recorded.contains(&uid) || explicit.contains_key(&uid) || owners.contains(&uid) {
             continue;
         }
         if account_named(uid)?.is_none() {
