@@ -61,3 +61,28 @@ async fn a_quiet_streams_first_bytes_are_not_held_back() {
     assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
     assert_eq!(std::fs::read(err.path()).unwrap(), b"envelope=2\nmore\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pipes_first_few_writes_all_reach_the_file_at_once() {
+    // A guest's start-up lines are often separate writes microseconds
+    // apart (the demo guest's `ack` then `envelope=`): with an hour-long
+    // linger, each of the first few still reaches the file at once.
+    let dir = tempfile::tempdir().unwrap();
+    let out = sink(dir.path(), LogStream::Stdout, limits(1 << 20, 2));
+    let (rx, tx) = std::io::pipe().unwrap();
+    let pump = LogPump::spawn_tuned(piped(Ok(rx.into())), &out, hour_linger());
+    let mut tx = std::fs::File::from(std::os::fd::OwnedFd::from(tx));
+    let mut want = Vec::new();
+    for line in ["ack\n", "envelope=3\n", "third\n", "fourth\n"] {
+        tx.write_all(line.as_bytes()).unwrap();
+        want.extend_from_slice(line.as_bytes());
+        wait_for_file(&out, &want).await;
+    }
+    // From here on the stream counts as busy: its bytes are batched, and
+    // the end of the stream hands them over.
+    tx.write_all(b"fifth\n").unwrap();
+    drop(tx);
+    assert!(matches!(pump.finish(WAIT).await.end, PumpEnd::Eof));
+    want.extend_from_slice(b"fifth\n");
+    assert_eq!(std::fs::read(out.path()).unwrap(), want);
+}

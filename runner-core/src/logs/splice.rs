@@ -6,8 +6,8 @@
 //! follows the log or the file refuses `splice`.
 //!
 //! A chunk is handed over when it is full, when its oldest byte has waited
-//! [`super::PumpTuning::linger`] (at once for the first bytes after a quiet
-//! spell), or at the end. A chunk that fills before its linger runs out
+//! [`super::PumpTuning::linger`] (at once for the first few chunks after a
+//! quiet spell), or at the end. A chunk that fills before its linger runs out
 //! means a busy stream: the guest's pipe then goes to the writer thread
 //! (drain mode, [`super::drain`]) until the writer gives it back or the
 //! pump's watchdog takes it back from a stalled write. Should no pipe be
@@ -50,7 +50,15 @@ struct Batch {
     /// When the pump last moved bytes (the stream is quiet if not within
     /// a linger).
     moved_at: Option<Instant>,
+    /// Chunks still to be handed over at once since the stream was last
+    /// quiet (see [`Pump::pipe_linger`]).
+    eager: u8,
 }
+
+/// Chunks handed over without lingering after a quiet spell: a guest's few
+/// start-up lines (often separate writes microseconds apart) reach the file
+/// at once; a stream that keeps writing is batched from the next chunk on.
+const EAGER_CHUNKS: u8 = 4;
 
 impl Pump {
     /// Moves `pipe` into chunks until EOF, a read error or `stop`; a busy
@@ -194,7 +202,8 @@ impl Pump {
                     self.note_read(report, n);
                     let now = Instant::now();
                     if batch.flush_by.is_none() {
-                        batch.flush_by = Some(now + self.first_linger(batch.moved_at, now));
+                        let wait = self.pipe_linger(batch.moved_at, now, &mut batch.eager);
+                        batch.flush_by = Some(now + wait);
                     }
                     batch.moved_at = Some(now);
                     if current.room() > 0 && n < room && drained(&guard) {
@@ -234,6 +243,22 @@ impl Pump {
         match moved_at {
             Some(at) if now.saturating_duration_since(at) < linger => linger,
             _ => Duration::ZERO,
+        }
+    }
+
+    /// [`Self::first_linger`] for the pipe path, which also hands over at
+    /// once the first [`EAGER_CHUNKS`] chunks after a quiet spell (`eager`
+    /// counts them down), not only the first.
+    fn pipe_linger(&self, moved_at: Option<Instant>, now: Instant, eager: &mut u8) -> Duration {
+        if self.first_linger(moved_at, now).is_zero() {
+            *eager = EAGER_CHUNKS;
+        }
+        match eager.checked_sub(1) {
+            Some(left) => {
+                *eager = left;
+                Duration::ZERO
+            }
+            None => self.linger(),
         }
     }
 
