@@ -11,9 +11,8 @@
 //! its output is dropped instead of held back. The writer records each
 //! loss as a gap (see [`super::gaps`]).
 //!
-//!
 //! Besides chunks and drop records, the queue carries drain jobs (a busy
-//! guest pipe the writer drains itself, see [`super::drain`]); a writer in
+//! guest pipe the writer drains itself: drain mode); a writer in
 //! drain mode gives the pipe back as soon as anything else is queued.
 //!
 //! The queue also decides when a writer runs: the push that finds no
