@@ -15,7 +15,7 @@
 //! another item waits in the queue, when the pump is told to stop, and at
 //! EOF or a read error (which end the pump).
 //!
-//! A slow or hung disk must never stall the guest. A file write in drain
+//! A slow or hung disk must not stall the guest for long. A file write in drain
 //! mode holds only the writer's own pipe, never the guest's, but while it
 //! lasts nobody drains the guest's pipe. So ownership of the guest's pipe
 //! is an atomic state: the writer touches it only while it holds it, and
