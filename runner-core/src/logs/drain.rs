@@ -33,10 +33,10 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 /// How long the guest's pipe must stay empty before the writer gives it
 /// back to the pump (an idle stream holds no thread).
@@ -87,8 +87,6 @@ pub(crate) struct DrainCtl {
     stop: AtomicBool,
     /// The pump's count of bytes read (the writer reads for it).
     progress: Arc<AtomicU64>,
-    returned: Mutex<Option<Handback>>,
-    notify: Notify,
 }
 
 /// A drain job as queued for the writer.
@@ -99,6 +97,8 @@ pub(crate) struct DrainJob {
     pub(crate) tally: Arc<Tally>,
     /// Size of the writer's own pipe.
     pub(crate) pipe_bytes: usize,
+    /// Where the writer says why it gave the pipe back.
+    pub(crate) back: oneshot::Sender<Handback>,
 }
 
 impl DrainCtl {
@@ -108,8 +108,6 @@ impl DrainCtl {
             writes: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             progress,
-            returned: Mutex::new(None),
-            notify: Notify::new(),
         }
     }
 
@@ -130,36 +128,11 @@ impl DrainCtl {
         self.shift(WRITING, HELD)
     }
 
-    /// Writer: gives the pipe back (it holds it).
-    fn give_back(&self, why: Handback) {
-        *self.returned.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-        self.state.store(RETURNED, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
     /// Pump: stop draining (the writer gives the pipe up at its next look;
     /// a job not started yet is skipped).
     fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.shift(QUEUED, RECLAIMED);
-    }
-
-    /// Pump: waits for the writer to give the pipe back.
-    async fn returned(&self) -> Handback {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(why) = self
-                .returned
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-            {
-                return why;
-            }
-            notified.await;
-        }
     }
 
     /// Pump's watchdog: takes the pipe back if the same file write (or the
@@ -215,7 +188,9 @@ pub(crate) fn drain(
     };
     match drainer.run() {
         Some(why) => {
-            job.ctl.give_back(why);
+            job.ctl.state.store(RETURNED, Ordering::SeqCst);
+            // The pump may have stopped waiting (it was stopped itself).
+            let _ = job.back.send(why);
             DrainEnd::Returned
         }
         None => DrainEnd::TakenBack,
@@ -341,11 +316,13 @@ impl Pump {
         drain_seq: &mut u64,
     ) -> Drained {
         let ctl = Arc::new(DrainCtl::new(self.progress.clone()));
+        let (back, mut returned) = oneshot::channel();
         let job = DrainJob {
             pipe,
             ctl: ctl.clone(),
             tally: self.tally.clone(),
             pipe_bytes: self.tuning.pipe_chunk,
+            back,
         };
         *drain_seq = self.sink.push_drain(job);
         handover.last_seq = *drain_seq;
@@ -359,10 +336,12 @@ impl Pump {
                     ctl.request_stop();
                     return Drained::Ended(PumpEnd::Cut);
                 }
-                why = ctl.returned() => return match why {
-                    Handback::Eof => Drained::Ended(PumpEnd::Eof),
-                    Handback::Failed(source) => Drained::Ended(PumpEnd::ReadFailed { source }),
-                    Handback::Idle | Handback::Yielded => Drained::Resume,
+                why = &mut returned => return match why {
+                    Ok(Handback::Eof) => Drained::Ended(PumpEnd::Eof),
+                    Ok(Handback::Failed(source)) => Drained::Ended(PumpEnd::ReadFailed { source }),
+                    // Dropped unanswered: the writer no longer touches the
+                    // pipe (its thread ended), so the pump goes on.
+                    Ok(Handback::Idle | Handback::Yielded) | Err(_) => Drained::Resume,
                 },
                 _ = watchdog.tick() => if ctl.reclaim_if_stalled(&mut seen) {
                     self.sink.count_takeover();
