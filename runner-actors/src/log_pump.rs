@@ -146,7 +146,8 @@ impl LogPumpHandle {
         drop(pumps);
     }
 
-    /// Copy tasks attached and not yet ended.
+    /// Copy tasks attached and not yet ended (for tests).
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.lock()
             .as_ref()

@@ -13,9 +13,10 @@
 //! without waiting (abort, then remove), so a supervisor that dies without
 //! a shutdown leaves neither a server nor a socket behind.
 
-use super::{ControlContext, ControlLimits};
+use super::ControlLimits;
 use crate::error::SessionError;
-use runner_core::control::server::{CancellationToken, serve};
+use runner_core::Workspace;
+use runner_core::control::server::{CancellationToken, ServerContext, serve};
 use runner_core::workspace::{ControlSocket, ControlSocketError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -32,23 +33,24 @@ pub struct ControlListenerHandle {
 }
 
 impl ControlListenerHandle {
-    /// Binds `run/runner-control.sock` (mode 0600, a stale socket removed
-    /// first) and starts serving it. Must be called within a Tokio runtime.
-    pub fn spawn(ctx: ControlContext) -> Result<Self, SessionError> {
-        Self::spawn_with(ctx, ControlLimits::default())
-    }
-
-    /// As [`ControlListenerHandle::spawn`], with explicit limits.
-    pub fn spawn_with(ctx: ControlContext, limits: ControlLimits) -> Result<Self, SessionError> {
-        let (socket, listener) =
-            ControlSocket::bind(&ctx.workspace, ctx.ipc_link).map_err(|e| match e {
-                ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
-                ControlSocketError::Bind { path, source } => {
-                    SessionError::ControlSocket { path, source }
-                }
-            })?;
+    /// Binds `workspace`'s `run/runner-control.sock` (mode 0600, a stale
+    /// socket removed first; with `ipc_link` also the `ipc/` link to it)
+    /// and starts serving `ctx` on it. Must be called within a Tokio
+    /// runtime.
+    pub fn spawn(
+        workspace: &Workspace,
+        ipc_link: bool,
+        ctx: ServerContext,
+        limits: ControlLimits,
+    ) -> Result<Self, SessionError> {
+        let (socket, listener) = ControlSocket::bind(workspace, ipc_link).map_err(|e| match e {
+            ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
+            ControlSocketError::Bind { path, source } => {
+                SessionError::ControlSocket { path, source }
+            }
+        })?;
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, ctx.server_context(), limits, stop.clone()));
+        let server = tokio::spawn(serve(listener, ctx, limits, stop.clone()));
         Ok(Self {
             socket: Some(socket),
             server,

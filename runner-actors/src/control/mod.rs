@@ -12,53 +12,16 @@ pub use runner_core::control::server::{
     DEFAULT_WRITE_TIMEOUT,
 };
 
-use crate::log_pump::LogPumpHandle;
 use crate::session::SessionMsg;
 use ractor::ActorRef;
-use runner_core::control::server::{ServerContext, SessionControl};
-use runner_core::events::EventHistory;
-use runner_core::{UserId, Workspace};
-use runner_types::HealthStatus;
+use runner_core::control::server::SessionControl;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-/// What the control listener needs from the session.
-#[derive(Clone)]
-pub struct ControlContext {
-    /// The session's user (checked by `shutdown_user`).
-    pub user: UserId,
-    /// The workspace (socket path, log files).
-    pub workspace: Workspace,
-    /// Latest health snapshot.
-    pub health: watch::Receiver<HealthStatus>,
-    /// The supervisor, to request shutdown.
-    pub supervisor: ActorRef<SessionMsg>,
-    /// Log sinks, for `logs` and `logs` with `follow`.
-    pub pumps: Vec<LogPumpHandle>,
-    /// The session's kept events, for `events`.
-    pub events: EventHistory,
-    /// Deadline passed with a `shutdown_user` request.
-    pub shutdown_deadline: Duration,
-    /// Keep `ipc/runner-control.sock` linked to the socket while serving.
-    pub ipc_link: bool,
-    /// The runner's metrics: answers `metrics`, counts requests.
-    pub metrics: runner_core::metrics::RunnerMetrics,
-}
-
-impl ControlContext {
-    /// The server's view: plain data and the supervisor behind a trait.
-    fn server_context(&self) -> ServerContext {
-        ServerContext {
-            user: self.user.clone(),
-            health: self.health.clone(),
-            logs: self.pumps.iter().map(|p| p.sink().clone()).collect(),
-            events: self.events.clone(),
-            session: Arc::new(Supervisor(self.supervisor.clone())),
-            shutdown_deadline: self.shutdown_deadline,
-            metrics: self.metrics.clone(),
-        }
-    }
+/// The session supervisor as the control server sees it (the server knows
+/// no actors).
+pub(crate) fn supervisor_control(supervisor: ActorRef<SessionMsg>) -> Arc<dyn SessionControl> {
+    Arc::new(Supervisor(supervisor))
 }
 
 /// The session supervisor, as the server sees it.

@@ -2,7 +2,7 @@
 //! sidecar's endpoint in its envelope), then the control listener.
 
 use super::{SessionMsg, SessionState, on_guest_update};
-use crate::control::{ControlContext, ControlLimits, ControlListenerHandle};
+use crate::control::{ControlLimits, ControlListenerHandle, supervisor_control};
 use crate::error::SessionError;
 use crate::events::EventBus;
 use crate::guest::{GuestActor, GuestArgs, GuestHandle};
@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 use runner_core::backend::{LaunchSpec, SandboxBackend};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope};
 use runner_core::config::{RunnerConfig, UserConfig};
+use runner_core::control::server::ServerContext;
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::SessionPhase;
 use runner_core::metrics::{RunnerMetrics, SessionSource};
@@ -195,18 +196,21 @@ async fn serve_control(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
 ) -> Result<(), SessionError> {
-    let ctx = ControlContext {
+    let ctx = ServerContext {
         user: state.args.user.clone(),
-        workspace: state.args.workspace.clone(),
         health: state.args.health_tx.subscribe(),
-        supervisor: myself.clone(),
-        pumps: state.pumps.clone(),
+        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
         events: state.args.events.history().clone(),
+        session: supervisor_control(myself.clone()),
         shutdown_deadline: state.args.shutdown_bound(),
-        ipc_link: state.args.config.control.ipc_socket_link,
         metrics: state.args.metrics.clone(),
     };
-    let listener = ControlListenerHandle::spawn_with(ctx, state.args.control_limits)?;
+    let listener = ControlListenerHandle::spawn(
+        &state.args.workspace,
+        state.args.config.control.ipc_socket_link,
+        ctx,
+        state.args.control_limits,
+    )?;
     state.listener = Some(listener);
     Ok(())
 }
