@@ -9,7 +9,8 @@ use runner_actors::{FORCED_STOP_BOUND, Runner, SessionError, SessionHandle, Sess
 use runner_core::backend::clean_start::StartRlimits;
 use runner_core::config::RunnerConfig;
 use runner_core::health::SessionPhase;
-use runner_core::identity::resolve_guest_user;
+use runner_core::identity::resolve_guest_user_in;
+use runner_core::workspace::WorkspaceRoot;
 use runner_core::{UserId, Workspace};
 use runner_types::SandboxTier;
 use std::io::Write;
@@ -117,10 +118,18 @@ fn configure(
 /// live session per user) is taken by the start, which decides the identity
 /// again: the allocation is recorded, so it is the same.
 fn provision(config: &RunnerConfig, user_id: &UserId, tier: SandboxTier) -> anyhow::Result<()> {
-    let identity = resolve_guest_user(config, user_id, tier, nix::unistd::geteuid().as_raw())
-        .with_context(|| format!("Cannot decide the host uid of user {user_id}'s guests"))?;
+    // Checked and opened once for the uid record and the user's directory.
+    let root = WorkspaceRoot::open_for(&config.workspace_root, user_id)?;
+    let identity = resolve_guest_user_in(
+        config,
+        &root,
+        user_id,
+        tier,
+        nix::unistd::geteuid().as_raw(),
+    )
+    .with_context(|| format!("Cannot decide the host uid of user {user_id}'s guests"))?;
     let mounts = config.user(user_id).mounts;
-    Workspace::provision_for(&config.workspace_root, user_id, &mounts, identity.run_as)?;
+    Workspace::provision_in(&root, user_id, &mounts, identity.run_as)?;
     match identity.run_as {
         Some(g) => tracing::info!(uid = g.uid, gid = g.gid, "guests run as their own uid"),
         None if identity.runs_as_root => {

@@ -166,14 +166,6 @@ impl Workspace {
         Ok(ws)
     }
 
-    /// Opens `workspace_root` after the same StrictModes check as
-    /// [`Self::provision_for`] (creating its missing parts), for runner files
-    /// kept at the root itself, such as the guest uid record. Returns the
-    /// canonical root and its directory fd ([`WorkspaceRoot::open`]).
-    pub fn open_root(workspace_root: &Path) -> Result<(PathBuf, OwnedFd), WorkspaceError> {
-        WorkspaceRoot::open(workspace_root).map(WorkspaceRoot::into_parts)
-    }
-
     /// `run/runner-control.sock`.
     pub fn control_socket(&self) -> PathBuf {
         self.run.join(CONTROL_SOCKET_NAME)

@@ -78,11 +78,6 @@ impl WorkspaceRoot {
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
-
-    /// The path and the fd.
-    pub fn into_parts(self) -> (PathBuf, OwnedFd) {
-        (self.path, self.fd)
-    }
 }
 
 /// The workspace root resolved without touching the disk beyond lookups:
