@@ -130,14 +130,8 @@ impl WriteQueue {
             return Err(chunk);
         }
         state.queued += chunk.len();
-        state.pushed += 1;
-        let seq = state.pushed;
         let tally = tally.clone();
-        state.items.push_back((seq, Item::Data { chunk, tally }));
-        let start_writer = !std::mem::replace(&mut state.writer, true);
-        drop(state);
-        self.has_work.notify_one();
-        Ok(Pushed { seq, start_writer })
+        Ok(self.append(state, Item::Data { chunk, tally }))
     }
 
     /// [`Self::try_push`], waiting up to `wait` for room.
@@ -173,21 +167,20 @@ impl WriteQueue {
                 start_writer: false,
             };
         }
-        state.pushed += 1;
-        let seq = state.pushed;
-        state.items.push_back((seq, Item::Dropped { bytes, at_ms }));
-        let start_writer = !std::mem::replace(&mut state.writer, true);
-        drop(state);
-        self.has_work.notify_one();
-        Pushed { seq, start_writer }
+        self.append(state, Item::Dropped { bytes, at_ms })
     }
 
     /// Queues a drain job (it holds no bytes, so it always fits).
     pub(crate) fn push_drain(&self, job: DrainJob) -> Pushed {
-        let mut state = self.lock();
+        self.append(self.lock(), Item::Drain(Box::new(job)))
+    }
+
+    /// Appends `item` under its next sequence number and wakes the writer
+    /// (or says that one must be started).
+    fn append(&self, mut state: MutexGuard<'_, State>, item: Item) -> Pushed {
         state.pushed += 1;
         let seq = state.pushed;
-        state.items.push_back((seq, Item::Drain(Box::new(job))));
+        state.items.push_back((seq, item));
         let start_writer = !std::mem::replace(&mut state.writer, true);
         drop(state);
         self.has_work.notify_one();
