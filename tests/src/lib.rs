@@ -11,6 +11,8 @@
 //!   pipeline's fixtures.
 //! - [`daemon`]: `runner-bin --daemon` as a child (start, wait for it to
 //!   serve, signal, bounded waits).
+//! - [`mount`]: an ext4 image on a loop mount that a test can freeze, so
+//!   writes to it hang (the stuck-disk tests).
 //! - [`procfs`]: a process's `/proc` status fields, limits and descriptors.
 //! - [`envelope`]: envelopes built by the runner's own `bootstrap` code.
 //! - [`contract`]: the one suite every backend must pass.
@@ -22,6 +24,7 @@ pub mod docker;
 pub mod envelope;
 pub mod firecracker;
 pub mod logs;
+pub mod mount;
 pub mod process;
 pub mod procfs;
 

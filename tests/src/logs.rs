@@ -1,8 +1,11 @@
 //! Shared fixtures of the `logs_*` tests: the noise guest, reference output
-//! files, and comparing a rotated log with a reference byte for byte.
+//! files, comparing a rotated log with a reference byte for byte, and one
+//! whole byte-exact pump run ([`pump_noise_exactly`]).
 
 use runner_core::config::LogLimits;
-use runner_core::logs::{GuestReader, GuestStream, LogSink, rotated_path};
+use runner_core::logs::{
+    GuestReader, GuestStream, LogPump, LogSink, PumpEnd, PumpReport, PumpTuning, rotated_path,
+};
 use runner_types::{GuestRole, LogStream};
 use std::fs::File;
 use std::io::Read;
@@ -13,6 +16,15 @@ use tokio::io::AsyncRead;
 
 /// Bound on any single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+const MIB: u64 = 1 << 20;
+
+/// Bytes the noise guest writes in a [`pump_noise_exactly`] run.
+pub const EXACT_NOISE_BYTES: u64 = 24 * MIB + 777;
+
+/// Log file cap of a [`pump_noise_exactly`] run: no multiple of a page or
+/// a chunk, so most rotations happen in the middle of a chunk.
+pub const EXACT_NOISE_CAP: u64 = MIB + 12_345;
 
 /// Path of the noise guest (built once per test process).
 pub fn noise_guest() -> PathBuf {
@@ -138,6 +150,50 @@ pub fn assert_same_stream(reference: &Path, parts: &[PathBuf]) {
         }
         offset += n as u64;
     }
+}
+
+/// Pumps [`EXACT_NOISE_BYTES`] of the noise guest's stdout (seeded with
+/// `seed`) through a pump tuned with `tuning` into a sink in `<dir>/logs`
+/// capped at [`EXACT_NOISE_CAP`] (40 files), to EOF. Asserts what every
+/// such run must hold: the guest succeeded, the pump ended at EOF having
+/// read and written every byte, every byte was spliced, the file rotated
+/// once per cap, and the log and its rotations are the guest's stream byte
+/// for byte. Returns the report and the sink for the caller's own checks.
+pub async fn pump_noise_exactly(
+    dir: &Path,
+    seed: u32,
+    tuning: PumpTuning,
+) -> (PumpReport, LogSink) {
+    let total = EXACT_NOISE_BYTES;
+    let total_arg = total.to_string();
+    let seed_arg = seed.to_string();
+    // Odd write sizes: guest pipe pages hold partial pages, and chunks end
+    // mid-page.
+    let args = [
+        "--stdout-bytes",
+        total_arg.as_str(),
+        "--seed",
+        seed_arg.as_str(),
+        "--chunk",
+        "4097",
+    ];
+    let (reference, _) = reference_output(&args, dir);
+    let cap = EXACT_NOISE_CAP;
+    let sink = sink(&dir.join("logs"), LogStream::Stdout, limits(cap, 40));
+    let mut child = spawn_noise(&args);
+    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
+    let report = LogPump::spawn_tuned(stdout, &sink, tuning)
+        .finish(WAIT)
+        .await;
+    assert!(child.wait().await.unwrap().success());
+
+    assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+    assert_eq!((report.bytes_read, report.bytes_written), (total, total));
+    let stats = sink.stats();
+    assert_eq!(stats.bytes_spliced, total, "every byte spliced: {stats:?}");
+    assert_eq!(stats.rotations, total / cap);
+    assert_same_stream(&reference, &rotated_files(sink.path()));
+    (report, sink)
 }
 
 /// Wall-clock ms since the Unix epoch.

@@ -5,12 +5,13 @@
 //! (the pump takes the pipe back from the stuck writer, drops and counts,
 //! and the guest is never blocked).
 
-use runner_core::logs::{LogPump, LogQuery, LogSink, PumpEnd, PumpTuning, read_gaps};
+use runner_core::config::LogLimits;
+use runner_core::logs::{LogPump, LogQuery, LogSink, PumpEnd, PumpHandle, PumpTuning, read_gaps};
 use runner_tests::logs::*;
+use runner_tests::mount::{FreezableMount, MountPoint};
 use runner_types::LogStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -43,34 +44,10 @@ async fn wait_stats(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_stream_is_byte_exact_across_rotations_to_eof() {
     let dir = tempfile::tempdir().unwrap();
-    let total = 24 * MIB + 777;
-    let total_arg = total.to_string();
-    let args = [
-        "--stdout-bytes",
-        total_arg.as_str(),
-        "--seed",
-        "5",
-        "--chunk",
-        "4097",
-    ];
-    let (reference, _) = reference_output(&args, dir.path());
-    let cap = MIB + 12_345;
-    let sink = sink(&dir.path().join("logs"), LogStream::Stdout, limits(cap, 40));
-    let mut child = spawn_noise(&args);
-    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
-    let report = LogPump::spawn_tuned(stdout, &sink, eager_drain())
-        .finish(WAIT)
-        .await;
-    assert!(child.wait().await.unwrap().success());
-
-    assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
-    assert_eq!((report.bytes_read, report.bytes_written), (total, total));
+    let (_, sink) = pump_noise_exactly(dir.path(), 5, eager_drain()).await;
     let stats = sink.stats();
     assert!(stats.drains >= 1, "drain mode never ran: {stats:?}");
     assert_eq!(stats.drains, stats.drain_returns, "{stats:?}");
-    assert_eq!(stats.bytes_spliced, total, "every byte spliced: {stats:?}");
-    assert_eq!(stats.rotations, total / cap);
-    assert_same_stream(&reference, &rotated_files(sink.path()));
 }
 
 /// Writes `bytes` pseudo-random bytes to a file named `name` in `dir`.
@@ -154,6 +131,24 @@ async fn an_idle_stream_is_given_back_and_drained_again_when_busy() {
     );
 }
 
+/// A sink for stdout in `logs` with `limits`, fed by `yes` through a pump
+/// tuned for drain mode; returns once the sink's writer drains the pipe and
+/// has written more than a MiB.
+async fn yes_in_drain_mode(
+    logs: &Path,
+    limits: LogLimits,
+) -> (LogSink, tokio::process::Child, PumpHandle) {
+    let sink = sink(logs, LogStream::Stdout, limits);
+    let mut child = spawn_sh("exec yes");
+    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
+    let pump = LogPump::spawn_tuned(stdout, &sink, eager_drain());
+    wait_stats(&sink, "drain mode", |s| {
+        s.drains >= 1 && s.bytes_written > MIB
+    })
+    .await;
+    (sink, child, pump)
+}
+
 /// `y\n` repeated: whatever prefix of it reached the log.
 fn assert_yes_prefix(bytes: &[u8]) {
     let bad = bytes
@@ -166,18 +161,8 @@ fn assert_yes_prefix(bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_while_draining_keeps_what_was_read() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(
-        &dir.path().join("logs"),
-        LogStream::Stdout,
-        limits(4 * MIB, 100),
-    );
-    let mut child = spawn_sh("exec yes");
-    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
-    let pump = LogPump::spawn_tuned(stdout, &sink, eager_drain());
-    wait_stats(&sink, "drain mode", |s| {
-        s.drains >= 1 && s.bytes_written > MIB
-    })
-    .await;
+    let (sink, mut child, pump) =
+        yes_in_drain_mode(&dir.path().join("logs"), limits(4 * MIB, 100)).await;
 
     // The drain timeout runs out at once: the pump is stopped mid-drain.
     let report = pump.finish(Duration::ZERO).await;
@@ -198,18 +183,8 @@ async fn a_stream_cut_while_draining_keeps_what_was_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_sees_a_drained_stream_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(
-        &dir.path().join("logs"),
-        LogStream::Stdout,
-        limits(4 * MIB, 100),
-    );
-    let mut child = spawn_sh("exec yes");
-    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
-    let pump = LogPump::spawn_tuned(stdout, &sink, eager_drain());
-    wait_stats(&sink, "drain mode", |s| {
-        s.drains >= 1 && s.bytes_written > MIB
-    })
-    .await;
+    let (sink, mut child, pump) =
+        yes_in_drain_mode(&dir.path().join("logs"), limits(4 * MIB, 100)).await;
 
     let (lines, mut live) = sink.follow(LogQuery::tail(1)).await.unwrap();
     assert_eq!(lines.lines, vec![b"y".to_vec()]);
@@ -233,54 +208,6 @@ async fn a_follower_sees_a_drained_stream_exactly() {
     assert_yes_prefix(&seen[from..]);
 }
 
-fn run(cmd: &mut Command) {
-    let status = cmd.status().expect("run helper command");
-    assert!(status.success(), "{cmd:?}: {status}");
-}
-
-/// An ext4 image mounted at `path`, frozen on demand; thawed and unmounted
-/// when dropped, also when the test fails.
-struct FreezableMount {
-    path: PathBuf,
-}
-
-impl FreezableMount {
-    fn mount(image: &Path, path: &Path) -> Self {
-        std::fs::create_dir(path).unwrap();
-        run(Command::new("truncate").arg("-s").arg("64M").arg(image));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(path));
-        let mount = Self {
-            path: path.to_path_buf(),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
-        mount
-    }
-
-    fn freeze(&self) {
-        run(Command::new("fsfreeze").arg("--freeze").arg(&self.path));
-    }
-
-    fn thaw(&self) {
-        // Already thawed is fine.
-        let _ = Command::new("fsfreeze")
-            .arg("--unfreeze")
-            .arg(&self.path)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for FreezableMount {
-    fn drop(&mut self) {
-        self.thaw();
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
-
 /// The disk hangs while a busy stream is drained by the writer: the writer
 /// is stuck in a file write, the pump takes the guest's pipe back, queues
 /// what fits and drops (and counts) the rest, so the guest goes on
@@ -290,15 +217,13 @@ impl Drop for FreezableMount {
 async fn a_frozen_disk_never_stalls_a_drained_guest() {
     assert!(nix::unistd::geteuid().is_root(), "this test mounts");
     let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
-    let mount = FreezableMount::mount(&dir.path().join("img"), &dir.path().join("logs"));
-    let sink = sink(&mount.path, LogStream::Stdout, limits(8 * MIB, 2));
-    let mut child = spawn_sh("exec yes");
-    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
-    let pump = LogPump::spawn_tuned(stdout, &sink, eager_drain());
-    wait_stats(&sink, "drain mode", |s| {
-        s.drains >= 1 && s.bytes_written > MIB
-    })
-    .await;
+    let mount = FreezableMount::mount(
+        &dir.path().join("img"),
+        &dir.path().join("logs"),
+        64,
+        MountPoint::Create,
+    );
+    let (sink, mut child, pump) = yes_in_drain_mode(mount.path(), limits(8 * MIB, 2)).await;
 
     mount.freeze();
     // The guest keeps going: far more than the write queue holds is read

@@ -15,47 +15,21 @@ const MIB: u64 = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_splices_and_rotation_inside_a_chunk_stay_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let total = 24 * MIB + 777;
-    let total_arg = total.to_string();
-    // Odd write sizes: guest pipe pages hold partial pages, and chunks end
-    // mid-page.
-    let args = [
-        "--stdout-bytes",
-        total_arg.as_str(),
-        "--seed",
-        "11",
-        "--chunk",
-        "4097",
-    ];
-    let (reference, _) = reference_output(&args, dir.path());
-
-    // A file cap that is no multiple of a page or a chunk: most rotations
-    // happen in the middle of a chunk's splice.
-    let cap = MIB + 12_345;
-    let logs = dir.path().join("logs");
-    let sink = sink(&logs, LogStream::Stdout, limits(cap, 40));
     let tuning = PumpTuning {
         pipe_chunk: 12 * 1024,
         linger: Duration::from_micros(200),
         ..PumpTuning::default()
     };
-    let mut child = spawn_noise(&args);
-    let stdout = piped(child.stdout.take().unwrap().into_owned_fd());
-    let report = LogPump::spawn_tuned(stdout, &sink, tuning)
-        .finish(WAIT)
-        .await;
-    assert!(child.wait().await.unwrap().success());
-
-    assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
-    assert_eq!((report.bytes_read, report.bytes_written), (total, total));
-    let stats = sink.stats();
-    assert_eq!(stats.bytes_spliced, total, "every byte spliced: {stats:?}");
-    assert_eq!(stats.rotations, total / cap);
+    let (_, sink) = pump_noise_exactly(dir.path(), 11, tuning).await;
     let files = rotated_files(sink.path());
     for f in &files[..files.len() - 1] {
-        assert_eq!(std::fs::metadata(f).unwrap().len(), cap, "{}", f.display());
+        assert_eq!(
+            std::fs::metadata(f).unwrap().len(),
+            EXACT_NOISE_CAP,
+            "{}",
+            f.display()
+        );
     }
-    assert_same_stream(&reference, &files);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,10 @@
 
 use runner_core::UserId;
 use runner_tests::daemon::{self, daemon_command};
+use runner_tests::mount::{FreezableMount, MountPoint};
 use runner_tests::process::provision_like_daemon;
 use runner_tests::runner_binary;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -26,56 +25,6 @@ const DRAIN_MS: u64 = 500;
 /// grace (0.5 s), the runtime's shutdown bound (2 s), plus slack for a
 /// loaded machine.
 const FIXED_BOUND: Duration = Duration::from_secs(6);
-
-fn run(cmd: &mut Command) {
-    let status = cmd.status().expect("run helper command");
-    assert!(status.success(), "{cmd:?}: {status}");
-}
-
-/// An ext4 image mounted at `path`; thawed and unmounted when dropped,
-/// also when the test fails.
-struct FrozenMount {
-    path: PathBuf,
-}
-
-impl FrozenMount {
-    fn mount(image: &Path, path: &Path) -> Self {
-        run(Command::new("truncate").arg("-s").arg("32M").arg(image));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(path));
-        let mount = Self {
-            path: path.to_path_buf(),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
-        mount
-    }
-
-    fn freeze(&self) {
-        run(Command::new("fsfreeze").arg("--freeze").arg(&self.path));
-    }
-
-    fn thaw(&self) {
-        // Fails harmlessly when not frozen.
-        let _ = Command::new("fsfreeze")
-            .arg("--unfreeze")
-            .arg(&self.path)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for FrozenMount {
-    fn drop(&mut self) {
-        self.thaw();
-        match Command::new("umount").arg("-l").arg(&self.path).status() {
-            Ok(s) if s.success() => {}
-            other => eprintln!("cannot unmount {}: {other:?}", self.path.display()),
-        }
-    }
-}
 
 /// Kills the daemon if the test fails before it exits.
 /// Killed (not reaped: a reap would block while the disk is frozen) if a
@@ -99,7 +48,12 @@ fn sigterm_ends_the_daemon_even_when_log_writes_hang() {
     let config = runner_core::config::RunnerConfig::defaults(tmp.path());
     assert_eq!(config.workspace_root, root);
     let ws = provision_like_daemon(tmp.path(), &user);
-    let mount = FrozenMount::mount(&tmp.path().join("logs.img"), &ws.logs);
+    let mount = FreezableMount::mount(
+        &tmp.path().join("logs.img"),
+        &ws.logs,
+        32,
+        MountPoint::Existing,
+    );
 
     let bin = runner_binary();
     let cfg = tmp.path().join("runner.toml");
