@@ -10,8 +10,10 @@
 //! - **`--live N`**: every guest launched through the backend stays alive
 //!   (one per session, N in the end), and with each round the process also
 //!   holds `--ballast-kib K` (default 110, the runner's measured memory per
-//!   session) more touched memory, so the process grows the way a runner
-//!   hosting N sessions does. Each round launches one guest three ways,
+//!   session) more touched memory and `--ballast-fds F` (default 5) more
+//!   open descriptors, so the process grows the way a runner hosting N
+//!   sessions does (each round's guest holds 3 more: its stdout and stderr
+//!   pipes and its pidfd; the runner measures about 8 per session). Each round launches one guest three ways,
 //!   interleaved: through the backend, the bare `posix_spawn` baseline, and
 //!   a bare spawn with an empty `pre_exec` hook (which makes std `fork` the
 //!   whole process: how the backend launched before); the two bare guests
@@ -72,9 +74,12 @@ async fn main() {
     match flag(&args, "--live") {
         None => one_session(&setup).await,
         Some(n) => {
-            let ballast_kib = flag(&args, "--ballast-kib").unwrap_or(110);
+            let ballast = Ballast {
+                kib: flag(&args, "--ballast-kib").unwrap_or(110),
+                fds: flag(&args, "--ballast-fds").unwrap_or(5),
+            };
             let with_fork = !args.iter().any(|a| a == "--no-fork");
-            live(&setup, n, ballast_kib, with_fork).await
+            live(&setup, n, ballast, with_fork).await
         }
     }
 }
@@ -214,18 +219,29 @@ impl Series {
     }
 }
 
-async fn live(setup: &Setup, n: usize, ballast_kib: usize, with_fork: bool) {
+/// What each `--live` round adds to the process besides its guest.
+#[derive(Clone, Copy)]
+struct Ballast {
+    kib: usize,
+    fds: usize,
+}
+
+async fn live(setup: &Setup, n: usize, per_round: Ballast, with_fork: bool) {
     raise_open_file_limit();
     let mut ours = Series::new("ProcessBackend::launch", n);
     let mut posix = Series::new("bare spawn (posix_spawn)", n);
     let mut fork = Series::new("bare spawn with pre_exec (fork)", n);
     let mut guests = Vec::with_capacity(n);
     let mut ballast: Vec<Vec<u8>> = Vec::with_capacity(n);
+    let mut held: Vec<std::fs::File> = Vec::with_capacity(n * per_round.fds);
     let rss_start = runner_bench::vm_rss_kib();
     for _ in 0..n {
         // Touched, so that it is really resident (and fork must copy its
         // page tables).
-        ballast.push(vec![1u8; ballast_kib * 1024]);
+        ballast.push(vec![1u8; per_round.kib * 1024]);
+        for _ in 0..per_round.fds {
+            held.push(std::fs::File::open("/dev/null").expect("open /dev/null"));
+        }
         let (took, guest) = setup.ours().await;
         ours.samples.push(took);
         guests.push(guest);
@@ -237,9 +253,12 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize, with_fork: bool) {
         }
     }
     let rss_end = runner_bench::vm_rss_kib();
+    let fds_end = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
     println!(
         "process_launch --live {n}: launch -> envelope read (`ack`), backend guests kept alive, \
-         +{ballast_kib} KiB touched per round; RSS {rss_start} -> {rss_end} KiB"
+         +{} KiB touched and +{} descriptors held per round; RSS {rss_start} -> {rss_end} KiB, \
+         {fds_end} descriptors open at the end",
+        per_round.kib, per_round.fds
     );
     println!();
     println!("| series | median of first {WINDOW} | median of last {WINDOW} | last / first |");
@@ -252,6 +271,7 @@ async fn live(setup: &Setup, n: usize, ballast_kib: usize, with_fork: bool) {
     let stops = guests.into_iter().map(stop);
     futures::future::join_all(stops).await;
     drop(ballast);
+    drop(held);
 }
 
 /// Room for every live guest's pipes (the backend's guests get the limit

@@ -14,13 +14,12 @@
 //!   parent pid: if the runner died between the child's creation and
 //!   `prctl`, the child is already orphaned and refuses to exec.
 //!
-//!   Caveat: Linux fires the signal when the *thread* that created the child
-//!   exits, not the process. The launch runs on a Tokio worker thread, which lives as
-//!   long as its runtime, so guests are also killed when the runtime that
-//!   launched them shuts down — which is the intended lifetime anyway. An
-//!   embedding program must not launch from a short-lived thread (for
-//!   example inside `spawn_blocking`). Grandchildren do not inherit the
-//!   setting (the kernel clears it on fork); the process-group kill covers them.
+//!   Linux fires the signal when the *thread* that created the child exits,
+//!   not the process. Guests are created on the backend's spawn thread
+//!   (`spawn_thread.rs`), which ends only once the backend and every guest
+//!   it created are gone, so no runtime thread retiring can kill a guest.
+//!   Grandchildren do not inherit the setting (the kernel clears it on
+//!   fork); the process-group kill covers them.
 //! - **Cleared environment**: only the configured `env`, then the session's
 //!   extra env (`-e` / `--env-file`), which wins on a clash.
 //! - **Working directory**: the user's workspace directory

@@ -20,6 +20,7 @@
 //! it is watched by Tokio's reactor, and `waitid` on it observes and reaps
 //! exactly that child.
 
+use super::spawn_thread::SpawnThread;
 use crate::backend::exit::{exit_channel, exit_now};
 use crate::backend::{ExitNotifier, ExitWatch, GuestControl, StopError};
 use async_trait::async_trait;
@@ -47,15 +48,19 @@ pub(super) struct ProcessGroup {
     /// True once the leader has been reaped; signals are sent only while it
     /// is false, with the lock held (see the module docs).
     reaped: Mutex<bool>,
+    /// The thread that created the leader, kept alive while the guest is
+    /// supervised: its end fires the guest's parent-death signal.
+    _spawned_by: Option<Arc<SpawnThread>>,
 }
 
 impl ProcessGroup {
     /// The group led by `pid` (the guest was spawned with `setpgid(0, 0)`).
-    pub(super) fn new(role: GuestRole, pid: u32) -> Self {
+    pub(super) fn new(role: GuestRole, pid: u32, spawned_by: Option<Arc<SpawnThread>>) -> Self {
         Self {
             role,
             pgid: Pid::from_raw(pid as i32),
             reaped: Mutex::new(false),
+            _spawned_by: spawned_by,
         }
     }
 

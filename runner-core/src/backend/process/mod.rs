@@ -9,8 +9,10 @@
 //! clean start: umask 077, fds 0-2 only, `no_new_privs`, the runner's start
 //! rlimits plus `RLIMIT_NPROC` and `RLIMIT_CORE = 0` (see `command.rs` and
 //! `clean_start.rs` for every process attribute and why). The process is
-//! created without copying the runner (`spawn.rs`, `child.rs`), so a launch
-//! costs the same with one session or a thousand. The launch then writes
+//! created without copying the runner (`spawn.rs`, `child.rs`), on a thread
+//! whose descriptor table does not grow with the runner's
+//! (`spawn_thread.rs`), so a launch costs the same with one session or a
+//! thousand. The launch then writes
 //! the bootstrap frame to the guest's stdin from a background task bounded
 //! by [`BOOTSTRAP_WRITE_TIMEOUT`] and closes it, and hands back stdout and
 //! stderr as the guest's log streams.
@@ -34,6 +36,7 @@ mod error;
 mod program_fd;
 mod resolve;
 mod spawn;
+mod spawn_thread;
 
 pub use control::STOP_KILL_WAIT;
 pub use error::{NotExecutableReason, ProcessLaunchError, SpawnStep};
@@ -46,11 +49,12 @@ use async_trait::async_trait;
 use control::{ProcessControl, ProcessGroup};
 use runner_types::{GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
 use spawn::{SpawnError, SpawnRequest, Spawned};
+use spawn_thread::SpawnThread;
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
@@ -79,6 +83,9 @@ pub struct ProcessBackendConfig {
 pub struct ProcessBackend {
     config: ProcessBackendConfig,
     start_rlimits: StartRlimits,
+    /// Started at the first launch; `None` inside: it could not be set up,
+    /// and guests are created on the launching thread.
+    spawn_thread: Arc<OnceLock<Option<Arc<SpawnThread>>>>,
 }
 
 impl ProcessBackend {
@@ -89,6 +96,7 @@ impl ProcessBackend {
         Self {
             config,
             start_rlimits: StartRlimits::capture(),
+            spawn_thread: Arc::default(),
         }
     }
 
@@ -223,7 +231,20 @@ impl ProcessBackend {
             run_as: spec.run_as,
             rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
         };
-        spawn::spawn(request).map_err(|e| launch_error(role, program, e))
+        spawn::spawn(request, self.spawn_thread().as_ref())
+            .map_err(|e| launch_error(role, program, e))
+    }
+
+    /// The spawn thread (`spawn_thread.rs`), started on first use.
+    fn spawn_thread(&self) -> Option<Arc<SpawnThread>> {
+        let started = self.spawn_thread.get_or_init(|| match SpawnThread::start() {
+            Ok(thread) => Some(Arc::new(thread)),
+            Err(error) => {
+                info!(%error, "cannot set up the guest spawn thread; guests are created on the launching thread");
+                None
+            }
+        });
+        started.clone()
     }
 }
 
@@ -237,12 +258,21 @@ fn launch_error(role: GuestRole, program: &Path, error: SpawnError) -> ProcessLa
             program,
             source,
         },
-        SpawnError::Child { step, source } => ProcessLaunchError::Start {
-            role,
-            program,
+        SpawnError::Child {
             step,
             source,
-        },
+            unreaped,
+        } => {
+            if let Some(error) = unreaped {
+                warn!(%role, %error, "cannot reap a guest process that failed to start");
+            }
+            ProcessLaunchError::Start {
+                role,
+                program,
+                step,
+                source,
+            }
+        }
     }
 }
 
@@ -257,7 +287,7 @@ type Supervised = (
 /// Starts the exit waiter and attaches the pipes; on failure the guest is
 /// killed again.
 fn supervise(role: GuestRole, spawned: Spawned) -> Result<Supervised, ProcessLaunchError> {
-    let group = Arc::new(ProcessGroup::new(role, spawned.pid));
+    let group = Arc::new(ProcessGroup::new(role, spawned.pid, spawned.spawned_by));
     let exit = control::watch(group.clone(), spawned.pidfd)
         .map_err(|source| ProcessLaunchError::ExitWatch { role, source })?;
     let control = ProcessControl {

@@ -19,6 +19,7 @@
 use super::child::{ChildContext, ChildReport, ExecTarget, Identity, child_main};
 use super::error::SpawnStep;
 use super::program_fd::ProgramHandle;
+use super::spawn_thread::SpawnThread;
 use crate::backend::clean_start::{CleanStart, StartRlimits};
 use crate::identity::GuestUser;
 use nix::libc::{self, c_char, c_int, c_void};
@@ -27,10 +28,10 @@ use rustix::process::{Gid, Uid, WaitId, WaitIdOptions};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use tracing::warn;
+use std::sync::Arc;
 
 /// The child's stack. Its steps are a few small frames of raw syscalls;
 /// this leaves a wide margin, debug builds included.
@@ -60,6 +61,8 @@ pub(super) struct Spawned {
     pub(super) stdin: OwnedFd,
     pub(super) stdout: OwnedFd,
     pub(super) stderr: OwnedFd,
+    /// The spawn thread that created it, if one did.
+    pub(super) spawned_by: Option<Arc<SpawnThread>>,
 }
 
 /// Why a spawn failed.
@@ -69,32 +72,44 @@ pub(super) enum SpawnError {
     Nul { what: &'static str, value: String },
     /// Creating the pipes or the process failed.
     Create(io::Error),
-    /// The child's `step` failed; it has been reaped.
-    Child { step: SpawnStep, source: io::Error },
+    /// The child's `step` failed. It has been reaped, unless `unreaped`
+    /// says why that failed.
+    Child {
+        step: SpawnStep,
+        source: io::Error,
+        unreaped: Option<io::Error>,
+    },
 }
 
-/// Owned C strings and the NULL-terminated pointer array over them.
-struct CStrings {
-    _owned: Vec<CString>,
-    ptrs: Vec<*const c_char>,
+/// Everything the child needs, owned, so that it can be handed to the spawn
+/// thread (`spawn_thread.rs`); the pointer arrays over the strings are built
+/// where the child is created.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    work_dir: CString,
+    exec_path: CString,
+    clean: CleanStart,
+    identity: Option<Identity>,
+    reset_signals: Option<u64>,
 }
 
-impl CStrings {
-    fn new(
-        items: impl IntoIterator<Item = Vec<u8>>,
-        what: &'static str,
-    ) -> Result<Self, SpawnError> {
-        let owned = items
-            .into_iter()
-            .map(|bytes| c_string(bytes, what))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut ptrs: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
-        ptrs.push(std::ptr::null());
-        Ok(Self {
-            _owned: owned,
-            ptrs,
-        })
-    }
+fn c_strings(
+    items: impl IntoIterator<Item = Vec<u8>>,
+    what: &'static str,
+) -> Result<Vec<CString>, SpawnError> {
+    items
+        .into_iter()
+        .map(|bytes| c_string(bytes, what))
+        .collect()
+}
+
+/// The NULL-terminated pointer array over `strings`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    ptrs
 }
 
 fn c_string(bytes: Vec<u8>, what: &'static str) -> Result<CString, SpawnError> {
@@ -108,38 +123,70 @@ fn path_bytes(path: &Path) -> Vec<u8> {
     path.as_os_str().as_bytes().to_vec()
 }
 
-/// Starts `req`'s program; see the module docs.
-pub(super) fn spawn(req: SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
-    let argv0 = path_bytes(req.program.path());
-    let args = req.args.iter().map(|a| OsStr::as_bytes(a).to_vec());
-    let argv = CStrings::new(std::iter::once(argv0).chain(args), "argument")?;
-    let env = req.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes());
-    let envp = CStrings::new(env, "environment variable")?;
-    let work_dir = c_string(path_bytes(req.work_dir), "working directory")?;
-    let exec_path = c_string(path_bytes(req.program.path()), "program path")?;
-    let exec = match req.program.exec_fd() {
-        Some(fd) => ExecTarget::Fd(fd),
-        None => ExecTarget::Path(&exec_path),
-    };
-    let clean = CleanStart::prepare(req.rlimits);
-    let (parent_ends, child_ends) = stdio_pipes().map_err(SpawnError::Create)?;
-    let ctx = ChildContext {
-        reset_signals: signals_to_reset(),
-        stdio: child_ends.each_ref().map(|fd| fd.as_fd()),
-        identity: req.run_as.map(identity),
-        work_dir: &work_dir,
-        clean: &clean,
-        exec,
-        argv: &argv.ptrs,
-        envp: &envp.ptrs,
-        report: ChildReport::default(),
-    };
-    // The child's pipe ends close when this returns.
-    let (pid, pidfd) = clone_child(&ctx).map_err(SpawnError::Create)?;
-    if let Some((step, source)) = ctx.report.failure() {
-        reap_failed(&pidfd);
-        return Err(SpawnError::Child { step, source });
+impl Prepared {
+    /// Checks and converts `req`'s strings and gathers the clean-start data.
+    fn new(req: &SpawnRequest<'_>) -> Result<Self, SpawnError> {
+        let argv0 = path_bytes(req.program.path());
+        let args = req.args.iter().map(|a| OsStr::as_bytes(a).to_vec());
+        let env = req.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes());
+        Ok(Self {
+            argv: c_strings(std::iter::once(argv0).chain(args), "argument")?,
+            envp: c_strings(env, "environment variable")?,
+            work_dir: c_string(path_bytes(req.work_dir), "working directory")?,
+            exec_path: c_string(path_bytes(req.program.path()), "program path")?,
+            clean: CleanStart::prepare(req.rlimits.clone()),
+            identity: req.run_as.map(identity),
+            reset_signals: signals_to_reset(),
+        })
     }
+
+    /// Creates the child on the calling thread, with `stdio` as its 0, 1
+    /// and 2, executing `exec_fd` (or the program's path without one). A
+    /// child that reports a failed step is reaped before this returns.
+    /// Logs nothing: the spawn thread must not (see `spawn_thread.rs`).
+    pub(super) fn create(
+        &self,
+        stdio: [BorrowedFd<'_>; 3],
+        exec_fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(u32, OwnedFd), SpawnError> {
+        let (argv, envp) = (pointers(&self.argv), pointers(&self.envp));
+        let ctx = ChildContext {
+            reset_signals: self.reset_signals,
+            stdio,
+            identity: self.identity,
+            work_dir: &self.work_dir,
+            clean: &self.clean,
+            exec: exec_fd.map_or(ExecTarget::Path(&self.exec_path), ExecTarget::Fd),
+            argv: &argv,
+            envp: &envp,
+            report: ChildReport::default(),
+        };
+        let (pid, pidfd) = clone_child(&ctx).map_err(SpawnError::Create)?;
+        if let Some((step, source)) = ctx.report.failure() {
+            return Err(SpawnError::Child {
+                step,
+                source,
+                unreaped: reap_failed(&pidfd).err(),
+            });
+        }
+        Ok((pid, pidfd))
+    }
+}
+
+/// Starts `req`'s program; see the module docs. With `thread`, the child is
+/// created on that spawn thread, whose descriptor table is small.
+pub(super) fn spawn(
+    req: SpawnRequest<'_>,
+    thread: Option<&Arc<SpawnThread>>,
+) -> Result<Spawned, SpawnError> {
+    let prepared = Prepared::new(&req)?;
+    let (parent_ends, child_ends) = stdio_pipes().map_err(SpawnError::Create)?;
+    let exec_fd = req.program.exec_fd();
+    // The child's pipe ends close when this returns.
+    let (pid, pidfd) = match thread {
+        Some(thread) => thread.create(prepared, &child_ends, exec_fd)?,
+        None => prepared.create(child_ends.each_ref().map(|fd| fd.as_fd()), exec_fd)?,
+    };
     let [stdin, stdout, stderr] = parent_ends;
     Ok(Spawned {
         pid,
@@ -147,6 +194,7 @@ pub(super) fn spawn(req: SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
         stdin,
         stdout,
         stderr,
+        spawned_by: thread.cloned(),
     })
 }
 
@@ -256,22 +304,21 @@ impl SignalsBlocked {
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None) {
-            warn!(error = %e, "cannot restore the spawning thread's signal mask");
-        }
+        // Cannot fail: the mask and `how` are valid. Nothing is logged
+        // here, because this runs on the spawn thread too.
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }
 
 /// Reaps a child that reported a failed step (it has exited or is about
 /// to: it returned from its entry point).
-fn reap_failed(pidfd: &OwnedFd) {
+fn reap_failed(pidfd: &OwnedFd) -> io::Result<()> {
     loop {
         match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => warn!(error = %e, "cannot reap a guest process that failed to start"),
-            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(()),
         }
-        return;
     }
 }
 
