@@ -1,7 +1,9 @@
 //! Process backend, the spawn itself: a failed setup step or exec is a
 //! typed error naming the program and the step; the new process starts
-//! clean as its own `/proc` files show; and launches from many threads at
-//! once, while other threads allocate, all start the right program.
+//! clean as its own `/proc` files show; launches from many threads at
+//! once, while other threads allocate, all start the right program; and a
+//! guest outlives its dropped backend (its parent-death signal is tied to
+//! the backend's spawn thread).
 
 use runner_core::backend::process::{ProcessBackend, ProcessLaunchError, SpawnStep};
 use runner_core::backend::{GuestIdentity, LaunchError, LaunchedGuest, SandboxBackend};
@@ -258,4 +260,30 @@ async fn launches_from_many_threads_at_once_each_start_their_own_program() {
         assert_eq!(line, Some(format!("n={n}")));
         assert_eq!(status, ExitStatus::Code(7));
     }
+}
+
+/// Guests are created on the backend's spawn thread, and the kernel fires
+/// their parent-death signal when that thread ends: it must live on while
+/// a guest runs, even once the backend itself is dropped.
+#[tokio::test]
+async fn a_guest_outlives_its_dropped_backend_until_stopped() {
+    let fx = Fixture::new();
+    let backend = runtime_only(pdeathsig_reporter());
+    let mut launched = launch_result(&fx, &backend, None).await.unwrap();
+    let (mut out, _err) = take_outputs(&mut launched);
+    assert_eq!(out.until("pdeathsig=", PROMPT).await, "9");
+    drop(backend);
+    // Another backend's whole launch and exit: time for a spawn thread
+    // that wrongly ended with its backend to have killed the first guest.
+    let other = runtime_only(command("/bin/sh", &["-c", "exit 0"]));
+    let mut quick = launch_result(&fx, &other, None).await.unwrap();
+    assert_eq!(quick.exit.wait().await.status, ExitStatus::Code(0));
+    drop(other);
+    assert_eq!(out.next(PROMPT).await.as_deref(), Some("ready"));
+    let exit = launched.control.stop(PROMPT).await.expect("stop");
+    assert_eq!(
+        exit.status,
+        ExitStatus::Signal(nix::libc::SIGTERM),
+        "stopped by the runner, not killed by a parent-death signal"
+    );
 }
