@@ -20,7 +20,7 @@ use runner_types::{GuestRole, LogStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -73,6 +73,19 @@ fn start(events: EventHistory) -> Server {
 }
 
 fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) -> Server {
+    let limits = ControlLimits {
+        read_timeout: T * 3,
+        ..ControlLimits::default()
+    };
+    start_limited(events, logs, dir, limits)
+}
+
+fn start_limited(
+    events: EventHistory,
+    logs: Vec<LogSink>,
+    dir: tempfile::TempDir,
+    limits: ControlLimits,
+) -> Server {
     let path = dir.path().join("control.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let recorder = Arc::new(Recorder::default());
@@ -87,10 +100,6 @@ fn start_with(events: EventHistory, logs: Vec<LogSink>, dir: tempfile::TempDir) 
         metrics: metrics.clone(),
     };
     let stop = CancellationToken::new();
-    let limits = ControlLimits {
-        read_timeout: T * 3,
-        ..ControlLimits::default()
-    };
     let task = tokio::spawn(serve(listener, ctx, limits, stop.clone()));
     Server {
         _dir: dir,
@@ -389,5 +398,53 @@ async fn requests_are_counted_by_op_and_result() {
     assert!(
         text.contains(r#"runner_control_requests_total{op="metrics",result="ok"} 1"#),
         "{text}"
+    );
+    // Back to an op counted before, after others on the same connection.
+    client
+        .request(&ControlRequest::HealthCheck, T)
+        .await
+        .unwrap();
+    let text = s.metrics.render();
+    assert!(
+        text.contains(r#"runner_control_requests_total{op="health_check",result="ok"} 3"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_dropped_after_the_write_timeout() {
+    let limits = ControlLimits {
+        read_timeout: T * 3,
+        write_timeout: Duration::from_millis(200),
+        ..ControlLimits::default()
+    };
+    let s = start_limited(
+        EventHistory::new(8),
+        Vec::new(),
+        tempfile::tempdir().unwrap(),
+        limits,
+    );
+    let request = serde_json::to_vec(&ControlRequest::HealthCheck).unwrap();
+    let frame =
+        runner_types::frame::encode(&request, runner_types::frame::MAX_CONTROL_FRAME).unwrap();
+    // Ask again and again, never read: the answers fill the socket, the
+    // server's next answer cannot be written, and once the write timeout
+    // has passed the server drops the connection, which fails our writes.
+    let (_unread, mut write) = UnixStream::connect(&s.path).await.unwrap().into_split();
+    let failed = tokio::time::timeout(T, async {
+        loop {
+            if let Err(e) = write.write_all(&frame).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a client that never reads is dropped");
+    assert!(
+        matches!(
+            failed.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{failed}"
     );
 }

@@ -13,14 +13,20 @@
 //! way of handing over a stream (a pipe, spliced; a stream this busy is
 //! drained by the sink's writer thread itself). The runtime is
 //! multi-threaded with two workers, like the daemon's on this two-core
-//! machine.
+//! machine. Each pair is followed by a bare splice loop doing the same job
+//! (`run_floor`): the CPU the kernel itself charges for it.
 //!
-//! `log_pump [GiB] [pairs]` (defaults 2 and 5).
+//! `log_pump [GiB] [pairs] [rows]` (defaults 2, 5 and every row). `rows`
+//! picks rows by comma-separated tags, all of which must match: `zeros`,
+//! `lines`, `quiet`, `hog` (for example `zeros,quiet`, for profiling one
+//! row).
 
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
 use nix::sys::resource::{UsageWho, getrusage};
 use runner_bench::median;
 use runner_core::config::LogLimits;
-use runner_core::logs::{LogPump, LogSink, PumpEnd};
+use runner_core::logs::{LogPump, LogSink, PumpEnd, rotated_path};
 use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -126,6 +132,64 @@ async fn run_pump(dir: &Path, work: Workload, bytes: u64) -> (Duration, Duration
     (wall, used)
 }
 
+/// The kernel's own share of the job: `producer` spliced straight into
+/// the log file by a bare loop on this thread (splices of at most 1 MiB
+/// from a 1 MiB pipe, the same rotation by unlink and rename; no queue,
+/// no index, no threads): this process's CPU time. The pump's CPU is read
+/// against it: what the pump costs beyond it is the pump's own.
+fn run_floor(dir: &Path, work: Workload, bytes: u64) -> Duration {
+    let logs = dir.join("floor");
+    std::fs::create_dir(&logs).expect("floor dir");
+    let base = logs.join("floor.log");
+    let limits = LogLimits::default();
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .expect("open floor log")
+    };
+    let cpu_before = cpu(UsageWho::RUSAGE_SELF);
+    let mut child = Command::new("sh")
+        .args(["-c", &work.producer(bytes)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn producer");
+    let pipe = child.stdout.take().expect("stdout");
+    fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(1 << 20)).expect("pipe size");
+    let (mut file, mut len, mut total) = (open(&base), 0u64, 0u64);
+    loop {
+        if len == limits.max_file_bytes {
+            let oldest = rotated_path(&base, limits.max_files);
+            std::fs::remove_file(&oldest)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .expect("remove oldest");
+            for n in (1..=limits.max_files).rev() {
+                let from = rotated_path(&base, n - 1);
+                if from.exists() {
+                    std::fs::rename(&from, rotated_path(&base, n)).expect("rotate");
+                }
+            }
+            (file, len) = (open(&base), 0);
+        }
+        let want = (limits.max_file_bytes - len).min(1 << 20) as usize;
+        match splice(&pipe, None, &file, None, want, SpliceFFlags::SPLICE_F_MOVE) {
+            Ok(0) => break,
+            Ok(n) => (len, total) = (len + n as u64, total + n as u64),
+            Err(Errno::EINTR) => {}
+            Err(e) => panic!("floor splice: {e}"),
+        }
+    }
+    let used = cpu(UsageWho::RUSAGE_SELF) - cpu_before;
+    assert!(child.wait().expect("wait producer").success());
+    assert_eq!(total, bytes);
+    std::fs::remove_dir_all(&logs).expect("remove floor logs");
+    used
+}
+
 /// A process spinning on one core until dropped.
 struct Hog(std::process::Child);
 
@@ -155,6 +219,7 @@ struct Series {
     cat: Vec<Duration>,
     pump: Vec<Duration>,
     cpu: Vec<Duration>,
+    floor: Vec<Duration>,
     ratios: Vec<f64>,
 }
 
@@ -169,6 +234,7 @@ fn series(
         cat: Vec::new(),
         pump: Vec::new(),
         cpu: Vec::new(),
+        floor: Vec::new(),
         ratios: Vec::new(),
     };
     for pair in 0..pairs {
@@ -192,6 +258,8 @@ fn series(
         s.cat.push(c);
         s.pump.push(p);
         s.cpu.push(used);
+        nix::unistd::sync();
+        s.floor.push(run_floor(dir, work, bytes));
     }
     s
 }
@@ -204,6 +272,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let gib: u64 = args.next().map_or(2, |a| a.parse().expect("GiB"));
     let pairs: usize = args.next().map_or(5, |a| a.parse().expect("pairs"));
+    let rows = args.next().unwrap_or_default();
     let bytes = gib << 30;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,19 +284,31 @@ fn main() {
         "log_pump: {gib} GiB through a pipe into a log on tmpfs, {pairs} interleaved pairs per row"
     );
     println!(
-        "| workload | other load | cat median | pump median | ratio (median of pairs) | ratio range | runner CPU median |"
+        "| workload | other load | cat median | pump median | ratio (median of pairs) | ratio range | runner CPU median | bare splice loop CPU median |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for hog in [false, true] {
         for work in [Workload::Zeros, Workload::Lines] {
+            let tags = [
+                if work == Workload::Zeros {
+                    "zeros"
+                } else {
+                    "lines"
+                },
+                if hog { "hog" } else { "quiet" },
+            ];
+            if !rows.split(',').all(|t| t.is_empty() || tags.contains(&t)) {
+                continue;
+            }
             let _hog = hog.then(Hog::start);
             let mut s = series(&runtime, dir.path(), work, bytes, pairs);
             let mut ratios = s.ratios.clone();
             ratios.sort_by(f64::total_cmp);
             let ratio = ratios[ratios.len() / 2];
             let cpu_per_gib = median(&mut s.cpu).as_secs_f64() / gib as f64;
+            let floor_per_gib = median(&mut s.floor).as_secs_f64() / gib as f64;
             println!(
-                "| {} | {} | {:.0} MiB/s | {:.0} MiB/s | {ratio:.2}× | {:.2}–{:.2}× | {cpu_per_gib:.2} s/GiB |",
+                "| {} | {} | {:.0} MiB/s | {:.0} MiB/s | {ratio:.2}× | {:.2}–{:.2}× | {cpu_per_gib:.2} s/GiB | {floor_per_gib:.2} s/GiB |",
                 work.name(),
                 if hog { "1 CPU-bound process" } else { "none" },
                 mib_per_s(bytes, median(&mut s.cat)),

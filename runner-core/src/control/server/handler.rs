@@ -12,15 +12,18 @@ use super::{ControlLimits, ServerContext, events, logs};
 use crate::control::{ControlCodecError, EncodedJson, ServerCodec};
 use crate::metrics::{self, RequestResult};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use runner_types::control::{ControlError, ShutdownStatus};
 use runner_types::{ControlErrorCode, ControlRequest, ControlResponse, HealthStatus};
 use serde::Serialize;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -62,6 +65,9 @@ pub(super) struct Handler {
     /// How the request being answered went, for the request metrics: the
     /// first error response sent for it, else `Ok`.
     result: RequestResult,
+    /// The request counter used last, with its op and result: a client
+    /// repeating one op is counted without the metrics family's lookup.
+    counted: Option<(&'static str, RequestResult, Counter)>,
 }
 
 /// `{"op":"health_status","payload":...}` without cloning the snapshot.
@@ -89,6 +95,7 @@ impl Handler {
             last_request: now,
             health_answer: None,
             result: RequestResult::Ok,
+            counted: None,
         }
     }
 
@@ -117,8 +124,23 @@ impl Handler {
                 Err(error) => self.reply(error).await,
             },
         };
-        self.ctx.metrics.control_request(op, self.result);
+        self.count(op);
         flow
+    }
+
+    /// Counts the request just answered (`op`, [`Self::result`]).
+    fn count(&mut self, op: &'static str) {
+        let result = self.result;
+        match &self.counted {
+            Some((last_op, last_result, counter)) if *last_op == op && *last_result == result => {
+                counter.inc();
+            }
+            _ => {
+                let counter = self.ctx.metrics.control_counter(op, result);
+                counter.inc();
+                self.counted = Some((op, result, counter));
+            }
+        }
     }
 
     /// The next request; `None` when the connection should end (client
@@ -179,9 +201,27 @@ impl Handler {
 
     /// Sends an answer already serialised to JSON within the write timeout.
     async fn reply_encoded(&mut self, json: Bytes) -> Flow {
-        let sent =
-            tokio::time::timeout(self.limits.write_timeout, self.conn.send(EncodedJson(json)));
-        Flow::from_sent(matches!(sent.await, Ok(Ok(()))))
+        let sent = self
+            .send_bounded(EncodedJson(json), self.limits.write_timeout)
+            .await;
+        Flow::from_sent(matches!(sent, Ok(Ok(()))))
+    }
+
+    /// Sends `item` within `timeout`. A send that completes at once (the
+    /// socket had room: the usual case) arms no timer.
+    async fn send_bounded<I>(
+        &mut self,
+        item: I,
+        timeout: Duration,
+    ) -> Result<Result<(), ControlCodecError>, Elapsed>
+    where
+        Framed<UnixStream, ServerCodec>: Sink<I, Error = ControlCodecError>,
+    {
+        let mut send = std::pin::pin!(self.conn.send(item));
+        if let Poll::Ready(sent) = futures::poll!(send.as_mut()) {
+            return Ok(sent);
+        }
+        tokio::time::timeout(timeout, send).await
     }
 
     async fn on_bad_frame(&mut self, e: ControlCodecError) {
@@ -244,7 +284,7 @@ impl Handler {
         if self.result == RequestResult::Ok {
             self.result = RequestResult::of(&resp);
         }
-        match tokio::time::timeout(timeout, self.conn.send(resp)).await {
+        match self.send_bounded(resp, timeout).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control write failed");
