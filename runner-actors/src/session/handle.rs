@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long a forced shutdown may take once the guests' stops are under way:
 /// the kill and reap of each guest (the backend's stop overrun, a few
@@ -136,7 +137,9 @@ impl SessionHandle {
             }
             Err(e) => return Err(e),
         };
-        self.wait_terminated(SUPERVISOR_EXIT_BOUND).await;
+        self.wait_terminated(SUPERVISOR_EXIT_BOUND)
+            .instrument(tracing::debug_span!("shutdown.terminated"))
+            .await;
         Ok(report)
     }
 
