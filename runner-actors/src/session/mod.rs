@@ -13,12 +13,14 @@
 //! and `GuestFailed` (from guest actors), `LogLoss` (from a task watching
 //! each log sink's dropped-bytes count), `Shutdown` (answered).
 //!
-//! Shutdown guarantee, in order and bounded: the control listener stops (no
-//! new work; its socket is removed) → runtime stopped → sidecar stopped (each
-//! grace then force, then its per-launch resources removed) → every log pump
-//! drained to EOF or cut at `log_drain` → guest actors stopped *by us* and
-//! awaited, so each one's `post_stop` runs (ractor would otherwise kill
-//! linked children without it) → the pumps' copy tasks stopped. A child
+//! Shutdown guarantee, in order and bounded: the control listener stops
+//! accepting (no new work; its server winds down and its socket is removed
+//! while the guests stop) → runtime stopped → sidecar stopped (each grace
+//! then force, then its per-launch resources removed; each guest's actor is
+//! told to stop once its guest has) → every log pump drained to EOF or cut
+//! at `log_drain` → guest actors awaited, stopped *by us*, so each one's
+//! `post_stop` runs (ractor would otherwise kill linked children without
+//! it) → the pumps' copy tasks stopped. A child
 //! exiting never stops the supervisor: the default `handle_supervisor_evt`
 //! is overridden. The state's drop guard stops the pumps and the listener
 //! however the supervisor ends.
