@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// How long a forced shutdown may take once the guests' stops are under way:
 /// the kill and reap of each guest (the backend's stop overrun, a few
@@ -134,9 +133,7 @@ impl SessionHandle {
                 Err(_) => Err(HandleError::Timeout(wait)),
             };
         };
-        let ended = tokio::time::timeout(wait + SUPERVISOR_EXIT_BOUND, join)
-            .instrument(tracing::debug_span!("shutdown.terminated"))
-            .await;
+        let ended = tokio::time::timeout(wait + SUPERVISOR_EXIT_BOUND, join).await;
         match ended {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "session supervisor task failed"),
