@@ -286,6 +286,54 @@ async fn shutdown_is_bounded_with_stubborn_guests_and_open_streams() {
 }
 
 #[tokio::test]
+async fn shutdown_stops_the_runtime_before_the_sidecar_and_removes_the_socket() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    // The runtime sits out its grace: the sidecar's stop must still wait.
+    let fake = fake.with_stop_behavior(StopBehavior::IgnoreTerm);
+    let runner = runner(s.config.clone(), &fake);
+    let session = runner
+        .start_session_with("gina", SessionOptions::default())
+        .await
+        .unwrap();
+    let mut events = session.events();
+    let (sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
+    let socket = session.control_socket().expect("serves control");
+    assert!(socket.exists(), "{}", socket.display());
+
+    session.shutdown(session.shutdown_bound()).await.unwrap();
+
+    assert!(!socket.exists(), "socket left behind: {}", socket.display());
+    assert_eq!(runtime.stop_calls(), 1);
+    assert_eq!(sidecar.stop_calls(), 1);
+    let mut stops = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("events until the shutdown completed")
+            .expect("no event lost");
+        match event {
+            SessionEvent::GuestState { role, state }
+                if matches!(state, GuestState::Stopping | GuestState::Stopped) =>
+            {
+                stops.push((role, state));
+            }
+            SessionEvent::ShutdownComplete => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        stops,
+        [
+            (GuestRole::Runtime, GuestState::Stopping),
+            (GuestRole::Runtime, GuestState::Stopped),
+            (GuestRole::Sidecar, GuestState::Stopping),
+            (GuestRole::Sidecar, GuestState::Stopped),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn many_sessions_share_one_process_without_names_colliding() {
     let s = setup();
     let (fake, mut launches) = fake();

@@ -22,7 +22,12 @@
 //! 4. `health_check` over each session's own socket (one persistent
 //!    connection per session, one request per session per round, sessions
 //!    in turn, several rounds) while all N run: p50 and p99.
-//! 5. All N sessions shut down at once: until every shutdown returned.
+//! 5. All N sessions shut down at once: until every shutdown returned, and
+//!    the CPU time this process used meanwhile (`getrusage`: every runner
+//!    thread, log writers included; not the guests), beside the CPU the
+//!    bare baseline's process used to stop and reap its guests. Wall time
+//!    on a loaded machine mostly measures the load; the CPU per session is
+//!    the runner's own cost.
 //! 6. Again N sessions, started 16 at a time, and shut down at once.
 //!
 //! A session that fails to start is counted and reported, and the rest of
@@ -162,6 +167,8 @@ struct Bare {
     spawned: Duration,
     ready: Duration,
     stopped: Duration,
+    /// CPU time this process used while the guests stopped.
+    stopped_cpu: Duration,
 }
 
 #[tokio::main]
@@ -243,14 +250,14 @@ async fn main() {
         "{:>6.1}s [5/6] shutting {started} sessions down at once",
         clock.elapsed().as_secs_f64()
     );
-    let (seq_stop, seq_stop_failed) = stop_fleet(&seq.sessions).await;
+    let seq_stop = stop_fleet(&seq.sessions).await;
 
     eprintln!(
         "{:>6.1}s [6/6] {sessions} sessions, {PARALLEL_STARTS} starts at a time",
         clock.elapsed().as_secs_f64()
     );
     let par = start_fleet(&runner, "c", PARALLEL_STARTS, sessions).await;
-    let (par_stop, par_stop_failed) = stop_fleet(&par.sessions).await;
+    let par_stop = stop_fleet(&par.sessions).await;
 
     // Removing 1500 workspaces takes a while on some file systems; say so.
     let t = Instant::now();
@@ -274,8 +281,11 @@ async fn main() {
             );
         }
     }
-    if seq_stop_failed + par_stop_failed > 0 {
-        println!("  shutdowns FAILED: {seq_stop_failed} + {par_stop_failed}");
+    if seq_stop.failed + par_stop.failed > 0 {
+        println!(
+            "  shutdowns FAILED: {} + {}",
+            seq_stop.failed, par_stop.failed
+        );
     }
     println!();
     println!(
@@ -401,12 +411,12 @@ async fn main() {
     println!("| --- | --- | --- | --- |");
     ratio_row(
         &format!("{started} sessions (sequentially started)"),
-        seq_stop,
+        seq_stop.took,
         bare.stopped,
     );
     ratio_row(
         &format!("{} sessions (started 16 at a time)", par.sessions.len()),
-        par_stop,
+        par_stop.took,
         bare.stopped,
     );
     println!();
@@ -417,14 +427,32 @@ async fn main() {
     println!("| --- | --- | --- | --- |");
     ratio_row(
         &format!("{started} sessions (sequentially started)"),
-        seq_stop,
+        seq_stop.took,
         ordered,
     );
     ratio_row(
         &format!("{} sessions (started 16 at a time)", par.sessions.len()),
-        par_stop,
+        par_stop.took,
         ordered,
     );
+    println!();
+    println!(
+        "| CPU of this process during the shutdown (runner threads and log writers; guests excluded) | total | per session | baseline: reaping {} bare guests (tokio::process), per session |",
+        2 * sessions
+    );
+    println!("| --- | --- | --- | --- |");
+    let per = |cpu: Duration, n: usize| us(cpu / u32::try_from(n.max(1)).unwrap_or(u32::MAX));
+    for (name, stop, n) in [
+        ("sequentially started", &seq_stop, started),
+        ("started 16 at a time", &par_stop, par.sessions.len()),
+    ] {
+        println!(
+            "| {n} sessions ({name}) | {} | {} | {} |",
+            ms(stop.cpu),
+            per(stop.cpu, n),
+            per(bare.stopped_cpu, sessions)
+        );
+    }
 }
 
 /// The logs layer's share of a session's memory, measured on its own: 4
@@ -545,12 +573,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Shuts every session down at once; (time until all returned, failures).
-async fn stop_fleet(sessions: &[SessionHandle]) -> (Duration, usize) {
-    let t = Instant::now();
+/// What shutting a fleet down took.
+struct Stopped {
+    /// Until every shutdown returned.
+    took: Duration,
+    /// CPU time this process (every thread of the runner, log writers
+    /// included) used meanwhile.
+    cpu: Duration,
+    failed: usize,
+}
+
+/// Shuts every session down at once.
+async fn stop_fleet(sessions: &[SessionHandle]) -> Stopped {
+    let (t, cpu) = (Instant::now(), own_cpu());
     let results = join_all(sessions.iter().map(|s| s.shutdown(BOUND))).await;
-    let took = t.elapsed();
-    (took, results.iter().filter(|r| r.is_err()).count())
+    Stopped {
+        took: t.elapsed(),
+        cpu: own_cpu().saturating_sub(cpu),
+        failed: results.iter().filter(|r| r.is_err()).count(),
+    }
+}
+
+/// User plus system CPU time of this process so far (all its threads,
+/// ended ones included).
+fn own_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// One persistent connection per socket; one untimed round that checks
@@ -616,7 +668,7 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder)
     join_all(guests.iter_mut().map(|g| g.wait_envelope(BOUND))).await;
     let ready = t.elapsed();
 
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), own_cpu());
     match order {
         StopOrder::AllAtOnce => {
             for g in &guests {
@@ -642,5 +694,6 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder)
         spawned,
         ready,
         stopped: t.elapsed(),
+        stopped_cpu: own_cpu().saturating_sub(cpu),
     }
 }

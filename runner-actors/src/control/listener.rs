@@ -59,10 +59,18 @@ impl ControlListenerHandle {
         })
     }
 
+    /// Stops accepting at once: the server takes no new connection and
+    /// tells open ones to close. [`Self::stop`] then waits for it and
+    /// removes the socket; a shutdown calls this first so that the guests'
+    /// stops need not wait for the connections to close.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
     /// Stops serving — open connections get the close bound, but at most
     /// `timeout`, to finish — and removes the socket.
     pub async fn stop(&mut self, timeout: Duration) {
-        self.stop.cancel();
+        self.close();
         let bound = (self.close_bound + STOP_MARGIN).min(timeout);
         if tokio::time::timeout(bound, &mut self.server).await.is_err() {
             tracing::warn!("control server overran its close bound; aborted");

@@ -2,7 +2,6 @@
 
 use super::{SessionMsg, ShutdownReport};
 use crate::HandleError;
-use crate::call::call;
 use crate::events::{EventBus, SessionEvent};
 use ractor::ActorRef;
 use runner_core::health::SessionPhase;
@@ -115,27 +114,49 @@ impl SessionHandle {
     /// timings still apply within it). Returns what was stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, HandleError> {
         let wait = deadline + REPLY_MARGIN;
-        let asked = call(
-            &self.actor,
-            |reply| SessionMsg::Shutdown {
-                deadline,
-                reply: Some(reply),
-            },
-            wait,
-        )
-        .await;
-        let report = match asked {
-            Ok(report) => report,
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let asked = self.actor.cast(SessionMsg::Shutdown {
+            deadline,
+            reply: Some(reply.into()),
+        });
+        if asked.is_err() {
+            return self.overtaken(wait).await;
+        }
+        // The supervisor's task ends right after it answers, and this
+        // returns only once it has: waiting for the end alone (the answer
+        // is read afterwards) wakes this caller once instead of twice.
+        let Some(join) = self.join.lock().await.take() else {
+            // Another caller waits for the task's end; wait for the answer.
+            return match tokio::time::timeout(wait, answer).await {
+                Ok(Ok(report)) => Ok(report),
+                Ok(Err(_)) => self.overtaken(wait).await,
+                Err(_) => Err(HandleError::Timeout(wait)),
+            };
+        };
+        let ended = tokio::time::timeout(wait + SUPERVISOR_EXIT_BOUND, join).await;
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "session supervisor task failed"),
+            Err(_) => tracing::warn!("session supervisor still running after shutdown"),
+        }
+        match answer.try_recv() {
+            Ok(report) => Ok(report),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                Err(HandleError::Timeout(wait))
+            }
             // Another shutdown (a signal, shutdown_user) got there first and
             // our request was dropped with the actor: report that one.
-            Err(HandleError::Gone) => {
-                if !self.wait_stopped(wait).await {
-                    return Err(HandleError::Gone);
-                }
-                self.report.borrow().clone().ok_or(HandleError::Gone)?
-            }
-            Err(e) => return Err(e),
-        };
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.overtaken(wait).await,
+        }
+    }
+
+    /// The report of the shutdown that overtook ours, once the session has
+    /// stopped (bounded by `wait`).
+    async fn overtaken(&self, wait: Duration) -> Result<ShutdownReport, HandleError> {
+        if !self.wait_stopped(wait).await {
+            return Err(HandleError::Gone);
+        }
+        let report = self.report.borrow().clone().ok_or(HandleError::Gone)?;
         self.wait_terminated(SUPERVISOR_EXIT_BOUND).await;
         Ok(report)
     }

@@ -13,12 +13,14 @@
 //! and `GuestFailed` (from guest actors), `LogLoss` (from a task watching
 //! each log sink's dropped-bytes count), `Shutdown` (answered).
 //!
-//! Shutdown guarantee, in order and bounded: the control listener stops (no
-//! new work; its socket is removed) → runtime stopped → sidecar stopped (each
-//! grace then force, then its per-launch resources removed) → every log pump
-//! drained to EOF or cut at `log_drain` → guest actors stopped *by us* and
-//! awaited, so each one's `post_stop` runs (ractor would otherwise kill
-//! linked children without it) → the pumps' copy tasks stopped. A child
+//! Shutdown guarantee, in order and bounded: the control listener stops
+//! accepting (no new work; its server winds down and its socket is removed
+//! while the guests stop) → runtime stopped → sidecar stopped (each grace
+//! then force, then its per-launch resources removed; each guest's actor is
+//! told to stop once its guest has) → every log pump drained to EOF or cut
+//! at `log_drain` → guest actors awaited, stopped *by us*, so each one's
+//! `post_stop` runs (ractor would otherwise kill linked children without
+//! it) → the pumps' copy tasks stopped. A child
 //! exiting never stops the supervisor: the default `handle_supervisor_evt`
 //! is overridden. The state's drop guard stops the pumps and the listener
 //! however the supervisor ends.
@@ -53,6 +55,8 @@ const LISTENER_STOP_BOUND: Duration = Duration::from_secs(2);
 /// Least time the children get to run their `post_stop` at the end of a
 /// shutdown, even when the caller's deadline is spent.
 const CHILDREN_STOP_MIN: Duration = Duration::from_secs(2);
+/// The reason the supervisor gives its child actors when it stops them.
+const CHILD_STOP_REASON: &str = "session shutdown";
 
 /// Messages of [`SessionSupervisor`].
 pub enum SessionMsg {
@@ -361,17 +365,26 @@ async fn on_shutdown(
     // From here on an exiting guest is not restarted.
     state.args.quiescing.store(true, Ordering::SeqCst);
 
-    // 1. No new control work; the socket file goes away with the listener.
-    if let Some(mut listener) = state.listener.take() {
-        listener
-            .stop(left().min(LISTENER_STOP_BOUND))
-            .instrument(tracing::debug_span!("shutdown.listener"))
-            .await;
+    // 1. No new control work: the listener stops accepting now. Its server
+    //    winds down (open connections send their last frames) and its
+    //    socket file is removed while the guests stop: waiting for that
+    //    first would only delay the stops.
+    let listener = state.listener.take();
+    if let Some(listener) = &listener {
+        listener.close();
     }
-    // 2. Runtime, then sidecar.
-    stop_guests(state, deadline.saturating_sub(started.elapsed()))
-        .instrument(tracing::debug_span!("shutdown.guests"))
-        .await;
+    let listener_bound = left().min(LISTENER_STOP_BOUND);
+    let listener_stop = async move {
+        if let Some(mut listener) = listener {
+            listener.stop(listener_bound).await;
+        }
+    }
+    .instrument(tracing::debug_span!("shutdown.listener"));
+    // 2. Runtime, then sidecar; each guest's actor is told to stop as soon
+    //    as its guest has stopped.
+    let guests = stop_guests(state, deadline.saturating_sub(started.elapsed()))
+        .instrument(tracing::debug_span!("shutdown.guests"));
+    tokio::join!(listener_stop, guests);
     // 3. Drain every pump to EOF, all at once, bounded by log_drain (not at
     //    all when forced: what is left is cut).
     let drain = if state.args.force.is_cancelled() {
@@ -382,15 +395,16 @@ async fn on_shutdown(
     let (cut_streams, stuck_logs) = drain_pumps(&state.pumps, drain)
         .instrument(tracing::debug_span!("shutdown.drain"))
         .await;
-    // 4. Stop children ourselves so their post_stop runs, and wait for them
-    //    (a guest actor's post_stop still stops its guest, bounded).
+    // 4. Wait for the guest actors, stopped by us (above) so that each
+    //    one's post_stop runs (a guest actor's post_stop still stops its
+    //    guest, bounded); then whatever child is left.
     let overrun = state.args.backend.stop_overrun();
     let children_bound = CHILDREN_STOP_MIN.max(left()) + overrun;
-    myself
-        .stop_children_and_wait(Some("session shutdown".into()), Some(children_bound))
+    stop_children(myself, &state.guests, children_bound)
         .instrument(tracing::debug_span!("shutdown.children"))
         .await;
     state.guests.clear();
+    let _finish = tracing::debug_span!("shutdown.finish").entered();
     for pump in state.pumps.drain(..) {
         pump.stop();
     }
@@ -428,11 +442,39 @@ async fn stop_guests(state: &mut SessionState, left: Duration) {
             let stop = g
                 .stop(grace, grace + overrun)
                 .instrument(tracing::debug_span!("shutdown.stop_guest", %role));
-            match stop.await {
+            let stopped = stop.await;
+            // Its actor has nothing left to do: it winds down while the
+            // next guest stops (`stop_children` waits for it).
+            g.actor().stop(Some(CHILD_STOP_REASON.into()));
+            match stopped {
                 Ok(status) => on_guest_update(state, status),
                 Err(e) => tracing::error!(%role, error = %e, "guest did not stop in time"),
             }
         }
+    }
+}
+
+/// Stops every guest actor (those already told to stop are only waited
+/// for) and waits for them within `bound`, so each one's `post_stop` has
+/// run; then stops and waits for any other child actor the same way.
+async fn stop_children(myself: &ActorRef<SessionMsg>, guests: &[GuestHandle], bound: Duration) {
+    let waits = guests.iter().map(|g| {
+        g.actor().stop(Some(CHILD_STOP_REASON.into()));
+        g.actor().wait(Some(bound))
+    });
+    for (g, waited) in guests.iter().zip(futures::future::join_all(waits).await) {
+        if waited.is_err() {
+            tracing::warn!(role = %g.role(), ?bound, "guest actor still running after its stop");
+        }
+    }
+    let others = myself
+        .get_children()
+        .into_iter()
+        .any(|c| guests.iter().all(|g| g.actor().get_id() != c.get_id()));
+    if others {
+        myself
+            .stop_children_and_wait(Some(CHILD_STOP_REASON.into()), Some(bound))
+            .await;
     }
 }
 
