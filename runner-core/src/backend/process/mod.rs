@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// How long the runner keeps trying to hand a guest its bootstrap frame. A
 /// guest that has not read it by then gets its stdin closed (it will see a
@@ -137,6 +137,7 @@ impl SandboxBackend for ProcessBackend {
             .envelope
             .to_frame()
             .map_err(|source| ProcessLaunchError::Envelope { role, source })?;
+        let checks = tracing::debug_span!("process.checks").entered();
         let program =
             resolve::resolve_program(role, &cmd.program, self.config.search_path.as_deref())?;
         let work_dir = &spec.workspace.user_root;
@@ -147,9 +148,15 @@ impl SandboxBackend for ProcessBackend {
             }
             .into());
         }
-        let spawned = self.spawn_retrying(cmd, &program, &spec).await?;
+        drop(checks);
+        let spawned = self
+            .spawn_retrying(cmd, &program, &spec)
+            .instrument(tracing::debug_span!("process.spawn"))
+            .await?;
         let pid = spawned.pid;
-        let (control, exit, stdin, stdout, stderr) = supervise(role, spawned)?;
+        let supervised =
+            tracing::debug_span!("process.supervise").in_scope(|| supervise(role, spawned));
+        let (control, exit, stdin, stdout, stderr) = supervised?;
         tokio::spawn(write_bootstrap(role, pid, stdin, frame));
         let uid = spec.run_as.map(|g| g.uid);
         info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
