@@ -67,7 +67,7 @@ async fn drain_waits_for_eof_and_keeps_every_byte() {
     drop(tx);
     let drained = pumps.drain(BOUND).await;
     assert!(!drained.cut && !drained.writes_stuck, "{drained:?}");
-    let logged = std::fs::read_to_string(pumps.sink().path()).expect("log file");
+    let logged = std::fs::read_to_string(pumps.sink().expect("open").path()).expect("log file");
     assert!(logged.contains("last words"), "{logged:?}");
     assert_eq!(pumps.running(), 0);
 }

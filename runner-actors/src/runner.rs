@@ -94,6 +94,9 @@ pub struct Runner {
     backends: Backends,
     sessions_started: AtomicU64,
     metrics: RunnerMetrics,
+    /// Ids the host's account databases did not know, remembered briefly
+    /// (see [`identity::AccountCache`]).
+    accounts: Arc<identity::AccountCache>,
 }
 
 impl Runner {
@@ -104,6 +107,7 @@ impl Runner {
             backends,
             sessions_started: AtomicU64::new(0),
             metrics: RunnerMetrics::default(),
+            accounts: Arc::default(),
         }
     }
 
@@ -179,10 +183,11 @@ impl Runner {
         tier: SandboxTier,
     ) -> Result<Provisioned, SessionError> {
         let config = self.config.clone();
+        let accounts = self.accounts.clone();
         let user = user.clone();
         let span = tracing::debug_span!("session.provision");
         tokio::task::spawn_blocking(move || {
-            span.in_scope(|| provision_and_lock(&config, &user, tier))
+            span.in_scope(|| provision_and_lock(&config, &accounts, &user, tier))
         })
         .await
         .map_err(|source| SessionError::BlockingTask {
@@ -407,6 +412,7 @@ impl Drop for StartGuard {
 /// takes the session lock. Blocking.
 fn provision_and_lock(
     config: &RunnerConfig,
+    accounts: &identity::AccountCache,
     user: &UserId,
     tier: SandboxTier,
 ) -> Result<Provisioned, SessionError> {
@@ -416,7 +422,9 @@ fn provision_and_lock(
     let root = tracing::debug_span!("session.root")
         .in_scope(|| WorkspaceRoot::open_for(&config.workspace_root, user))?;
     let identity = tracing::debug_span!("session.identity")
-        .in_scope(|| identity::resolve_guest_user_in(config, &root, user, tier, euid))?;
+        .in_scope(|| {
+            identity::resolve_guest_user_cached(config, &root, user, tier, euid, accounts)
+        })?;
     let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
         Workspace::provision_in(&root, user, &config.user(user).mounts, identity.run_as)
     })?;

@@ -1,8 +1,10 @@
-//! Session start: pumps, then the sidecar, then the runtime (with the
-//! sidecar's endpoint in its envelope), then the control listener.
+//! Session start: the sidecar, then the runtime (with the sidecar's
+//! endpoint in its envelope), while the log files are opened and the
+//! control socket is bound on the blocking pool; then the pumps get their
+//! open logs and the control socket is served.
 
 use super::{SessionMsg, SessionState, on_guest_update};
-use crate::control::{ControlLimits, ControlListenerHandle, supervisor_control};
+use crate::control::{BoundControlSocket, ControlLimits, supervisor_control};
 use crate::error::SessionError;
 use crate::events::EventBus;
 use crate::guest::{GuestActor, GuestArgs, GuestHandle};
@@ -14,6 +16,7 @@ use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::control::server::ServerContext;
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::SessionPhase;
+use runner_core::logs::LogSink;
 use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::{UserId, Workspace};
 use runner_types::{
@@ -106,19 +109,34 @@ pub(super) async fn on_start(
     for role in &roles {
         on_guest_update(state, GuestStatus::starting(*role));
     }
-    state
-        .args
-        .backend
-        .prepare_session(&state.args.user, &state.args.workspace)
-        .instrument(tracing::debug_span!("session.prepare"))
+    let streams: Vec<(GuestRole, LogStream)> = roles
+        .iter()
+        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
+        .collect();
+    // The log files and the control socket are file-system work: it runs on
+    // the blocking pool while the guests launch. A guest's output waits in
+    // its pipe until its log is open; the socket is served once both guests
+    // run.
+    let files = open_files(&state.args, streams.clone());
+    state.pumps = streams
+        .iter()
+        .map(|&(role, stream)| LogPumpHandle::unopened(role, stream))
+        .collect();
+    let launched = prepare_and_launch(myself, state, roles).await;
+    // Awaited even when a launch failed, so that nothing opened or bound
+    // for this session outlives its failed start (and its lock).
+    let files = files
+        .instrument(tracing::debug_span!("session.files_wait"))
         .await
-        .map_err(SessionError::Prepare)?;
-    spawn_pumps(myself, state, &roles)
-        .instrument(tracing::debug_span!("session.log_pumps"))
-        .await?;
-    launch_guests(myself, state, roles).await?;
-    if state.args.serve_control {
-        serve_control(myself, state)
+        .map_err(|source| SessionError::BlockingTask {
+            what: "opening logs and binding the control socket",
+            source,
+        });
+    launched?;
+    let (sinks, control) = files??;
+    open_pumps(myself, state, sinks);
+    if let Some(bound) = control {
+        serve_control(myself, state, bound)
             .instrument(tracing::debug_span!("session.control_socket"))
             .await?;
     }
@@ -126,31 +144,74 @@ pub(super) async fn on_start(
         user: state.args.user.to_string(),
         tier: state.args.tier,
         health: state.args.health_tx.subscribe(),
-        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+        logs: sinks_of(state),
     }));
     Ok(())
 }
 
-/// One log pump per guest stream, each with a task reporting its loss.
-async fn spawn_pumps(
+/// The backend's pre-flight, then the guests.
+async fn prepare_and_launch(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
-    roles: &[GuestRole],
+    roles: Vec<GuestRole>,
 ) -> Result<(), SessionError> {
-    let streams = roles
-        .iter()
-        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
-        .collect();
-    let pumps =
-        LogPumpHandle::open_all(&state.args.workspace.logs, streams, state.args.config.logs)
-            .await?;
-    for pump in pumps {
-        state
-            .loss_watchers
-            .push(watch_log_loss(myself.clone(), &pump));
-        state.pumps.push(pump);
+    state
+        .args
+        .backend
+        .prepare_session(&state.args.user, &state.args.workspace)
+        .instrument(tracing::debug_span!("session.prepare"))
+        .await
+        .map_err(SessionError::Prepare)?;
+    launch_guests(myself, state, roles).await
+}
+
+/// A session's open log sinks (in its pumps' order) and its bound control
+/// socket (`None` when it serves none).
+type SessionFiles = (Vec<LogSink>, Option<BoundControlSocket>);
+
+/// Opens the log sink of each of `streams` and binds the control socket,
+/// on the blocking pool.
+fn open_files(
+    args: &SessionArgs,
+    streams: Vec<(GuestRole, LogStream)>,
+) -> JoinHandle<Result<SessionFiles, SessionError>> {
+    let logs = args.workspace.logs.clone();
+    let limits = args.config.logs;
+    let control = args
+        .serve_control
+        .then(|| (args.workspace.clone(), args.config.control.ipc_socket_link));
+    let span = tracing::debug_span!("session.files");
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let sinks = tracing::debug_span!("session.log_sinks")
+                .in_scope(|| LogPumpHandle::open_sinks(&logs, &streams, limits))?;
+            let bound = control.map(|(workspace, link)| {
+                tracing::debug_span!("session.control_bind")
+                    .in_scope(|| BoundControlSocket::bind(&workspace, link))
+            });
+            Ok((sinks, bound.transpose()?))
+        })
+    })
+}
+
+/// Hands each pump its open sink (starting the copy of what its guest
+/// wrote so far), with a task reporting the sink's loss.
+fn open_pumps(myself: &ActorRef<SessionMsg>, state: &mut SessionState, sinks: Vec<LogSink>) {
+    for (pump, sink) in state.pumps.iter().zip(sinks) {
+        pump.open_with(sink);
+        if let Some(watcher) = watch_log_loss(myself.clone(), pump) {
+            state.loss_watchers.push(watcher);
+        }
     }
-    Ok(())
+}
+
+/// The pumps' open sinks.
+fn sinks_of(state: &SessionState) -> Vec<LogSink> {
+    state
+        .pumps
+        .iter()
+        .filter_map(|p| p.sink().cloned())
+        .collect()
 }
 
 /// Launches the guests in `roles`' order, the runtime with the sidecar's
@@ -191,27 +252,22 @@ async fn launch_guests(
     Ok(())
 }
 
-/// Starts the control listener on `run/runner-control.sock`.
+/// Serves the control socket bound for the session.
 async fn serve_control(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
+    bound: BoundControlSocket,
 ) -> Result<(), SessionError> {
     let ctx = ServerContext {
         user: state.args.user.clone(),
         health: state.args.health_tx.subscribe(),
-        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+        logs: sinks_of(state),
         events: state.args.events.history().clone(),
         session: supervisor_control(myself.clone()),
         shutdown_deadline: state.args.shutdown_bound(),
         metrics: state.args.metrics.clone(),
     };
-    let listener = ControlListenerHandle::spawn(
-        &state.args.workspace,
-        state.args.config.control.ipc_socket_link,
-        ctx,
-        state.args.control_limits,
-    )?;
-    state.listener = Some(listener);
+    state.listener = Some(bound.serve(ctx, state.args.control_limits)?);
     Ok(())
 }
 
@@ -274,11 +330,14 @@ async fn spawn_guest(
 pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Reports growth of `pump`'s dropped-bytes count to the supervisor, at
-/// most once per [`LOSS_REPORT_INTERVAL`].
-fn watch_log_loss(supervisor: ActorRef<SessionMsg>, pump: &LogPumpHandle) -> JoinHandle<()> {
-    let mut dropped = pump.sink().watch_dropped();
+/// most once per [`LOSS_REPORT_INTERVAL`] (`None`: its sink is not open).
+fn watch_log_loss(
+    supervisor: ActorRef<SessionMsg>,
+    pump: &LogPumpHandle,
+) -> Option<JoinHandle<()>> {
+    let mut dropped = pump.sink()?.watch_dropped();
     let (role, stream) = (pump.role(), pump.stream());
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         while dropped.changed().await.is_ok() {
             let total = *dropped.borrow_and_update();
             let loss = SessionMsg::LogLoss {
@@ -291,5 +350,5 @@ fn watch_log_loss(supervisor: ActorRef<SessionMsg>, pump: &LogPumpHandle) -> Joi
             }
             tokio::time::sleep(LOSS_REPORT_INTERVAL).await;
         }
-    })
+    }))
 }
