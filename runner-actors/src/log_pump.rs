@@ -184,7 +184,11 @@ impl LogPumpHandle {
         let pumps = {
             let mut attached = self.lock();
             attached.waiting.clear();
-            attached.running.as_mut().map(std::mem::take).unwrap_or_default()
+            attached
+                .running
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default()
         };
         let reports = futures::future::join_all(pumps.into_iter().map(|p| p.finish(timeout))).await;
         Drained {
@@ -198,7 +202,10 @@ impl LogPumpHandle {
     pub fn stop(&self) {
         let (pumps, waiting) = {
             let mut attached = self.lock();
-            (attached.running.take(), std::mem::take(&mut attached.waiting))
+            (
+                attached.running.take(),
+                std::mem::take(&mut attached.waiting),
+            )
         };
         drop((pumps, waiting));
     }

@@ -421,10 +421,9 @@ fn provision_and_lock(
     // both opened relative to this fd.
     let root = tracing::debug_span!("session.root")
         .in_scope(|| WorkspaceRoot::open_for(&config.workspace_root, user))?;
-    let identity = tracing::debug_span!("session.identity")
-        .in_scope(|| {
-            identity::resolve_guest_user_cached(config, &root, user, tier, euid, accounts)
-        })?;
+    let identity = tracing::debug_span!("session.identity").in_scope(|| {
+        identity::resolve_guest_user_cached(config, &root, user, tier, euid, accounts)
+    })?;
     let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
         Workspace::provision_in(&root, user, &config.user(user).mounts, identity.run_as)
     })?;

@@ -132,12 +132,17 @@ async fn a_control_socket_that_cannot_be_bound_fails_the_start_and_leaves_no_gue
         "{err:?}"
     );
     let left = processes_mentioning(&workspace.user_root);
-    assert!(left.is_empty(), "guests of the failed start still run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "guests of the failed start still run: {left:?}"
+    );
     assert_eq!(
         std::fs::read(workspace.control_socket()).unwrap(),
         b"not a socket"
     );
-    let link = workspace.ipc.join(runner_core::workspace::CONTROL_SOCKET_NAME);
+    let link = workspace
+        .ipc
+        .join(runner_core::workspace::CONTROL_SOCKET_NAME);
     assert!(std::fs::symlink_metadata(&link).is_err(), "ipc link left");
 
     // Nothing of the failed start holds the user: the next one starts.

@@ -34,9 +34,15 @@
 //! launches, control socket, and each shutdown step) and prints their
 //! medians, for known users' sessions and new users' first sessions apart
 //! (a new user's provisioning allocates and durably records a uid, which
-//! takes far longer): where the time goes. `session.root`,
-//! `session.identity`, `session.workspace` and `session.lock` are the parts
-//! of `session.provision`.
+//! takes far longer): where the time goes, and when each span starts
+//! (median offset from the start or stop call), which shows what overlaps.
+//! `session.root`, `session.identity`, `session.workspace` and
+//! `session.lock` are the parts of `session.provision`;
+//! `session.log_sinks` and `session.control_bind` those of
+//! `session.files`, which runs on the blocking pool while the guests launch
+//! (`session.launch`, with `guest.backend_launch` and its parts
+//! `process.checks`, `process.spawn`, `process.supervise`);
+//! `session.files_wait` is how long the start then still waits for it.
 //!
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 

@@ -1,13 +1,13 @@
 //! Deciding a session's guest identity (the rules are in the module docs of
 //! [`crate::identity`]).
 
+use super::AccountCache;
+use super::accounts::account_named;
 use super::store::LockedStore;
 use super::{GuestIdRange, GuestIdentityChoice, GuestUser};
 use crate::UserId;
 use crate::config::RunnerConfig;
 use crate::workspace::WorkspaceRoot;
-use super::AccountCache;
-use super::accounts::account_named;
 use nix::unistd::User;
 use runner_types::SandboxTier;
 use std::collections::BTreeMap;
