@@ -11,9 +11,10 @@
 //! `clean_start.rs` for every process attribute and why). The process is
 //! created without copying the runner (`spawn.rs`, `child.rs`), so a launch
 //! costs the same with one session or a thousand. The launch then writes
-//! the bootstrap frame to the guest's stdin from a background task bounded
-//! by [`BOOTSTRAP_WRITE_TIMEOUT`] and closes it, and hands back stdout and
-//! stderr as the guest's log streams.
+//! the bootstrap frame to the guest's stdin — at once as far as the pipe
+//! takes it (a whole envelope fits an empty pipe), the rest from a
+//! background task bounded by [`BOOTSTRAP_WRITE_TIMEOUT`] — and closes it,
+//! and hands back stdout and stderr as the guest's log streams.
 //!
 //! A waiter task per guest reaps it and publishes its exit; stopping sends
 //! SIGTERM to the group, waits out the grace period, then SIGKILLs the group
@@ -157,7 +158,9 @@ impl SandboxBackend for ProcessBackend {
         let supervised =
             tracing::debug_span!("process.supervise").in_scope(|| supervise(role, spawned));
         let (control, exit, stdin, stdout, stderr) = supervised?;
-        tokio::spawn(write_bootstrap(role, pid, stdin, frame));
+        if let Some((stdin, rest)) = write_bootstrap_now(role, pid, stdin, frame) {
+            tokio::spawn(write_bootstrap(role, pid, stdin, rest));
+        }
         let uid = spec.run_as.map(|g| g.uid);
         info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
@@ -288,6 +291,37 @@ fn attach(
     let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(err("stdout"))?;
     let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(err("stderr"))?;
     Ok((stdin, stdout, stderr))
+}
+
+/// Writes as much of the frame as the pipe takes without waiting (a whole
+/// envelope fits in an empty pipe), and closes stdin once it is all
+/// written. The guest then has its envelope whenever it reads, however busy
+/// the runtime's workers are. Returns stdin and what is left of the frame
+/// when the pipe is full.
+fn write_bootstrap_now(
+    role: GuestRole,
+    pid: u32,
+    stdin: pipe::Sender,
+    mut frame: Vec<u8>,
+) -> Option<(pipe::Sender, Vec<u8>)> {
+    while !frame.is_empty() {
+        match stdin.try_write(&frame) {
+            Ok(n) => drop(frame.drain(..n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Some((stdin, frame)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                debug!(%role, pid, "guest closed stdin before reading its bootstrap frame");
+                return None;
+            }
+            Err(e) => {
+                warn!(%role, pid, error = %e, "cannot write the bootstrap frame");
+                return None;
+            }
+        }
+    }
+    debug!(%role, pid, "bootstrap frame written");
+    // Dropping `stdin` closes the pipe: the guest sees EOF after the frame.
+    None
 }
 
 /// Writes the frame and closes stdin, bounded by [`BOOTSTRAP_WRITE_TIMEOUT`].
