@@ -24,7 +24,7 @@
 //! however the supervisor ends.
 
 mod handle;
-mod start;
+pub(crate) mod start;
 #[cfg(test)]
 mod tests;
 

@@ -61,7 +61,6 @@ pub struct SessionArgs {
     /// Whether the runtime can reach the sidecar, on tiers where the runner
     /// links them (`None`: always).
     pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
-    pub(crate) serve_control: bool,
     pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,
     pub(crate) phase_tx: watch::Sender<SessionPhase>,
@@ -78,9 +77,24 @@ pub struct SessionArgs {
     pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
     /// The runner's metrics, where the session registers itself.
     pub(crate) metrics: RunnerMetrics,
+    /// The provisioning task, which goes on to open the session's log
+    /// files and bind its control socket, and then hands them over with
+    /// the session lock; taken by the start.
+    pub(crate) files: Option<FilesJob>,
     /// Held for the session's life: one session per user and workspace.
-    pub(crate) _lock: runner_core::lock::SessionLock,
+    /// The files job hands it over (it holds it until then, so nothing it
+    /// opened or bound outlives the lock, whatever happens to the start).
+    pub(crate) lock: Option<runner_core::lock::SessionLock>,
 }
+
+/// The files job: its files (or why they could not be had) and the session
+/// lock, or `None` when provisioning itself failed or nobody waited for it.
+pub(crate) type FilesJob = JoinHandle<
+    Option<(
+        Result<SessionFiles, SessionError>,
+        runner_core::lock::SessionLock,
+    )>,
+>;
 
 impl SessionArgs {
     /// A bound on an ordered shutdown with the configured timings.
@@ -94,11 +108,24 @@ impl SessionArgs {
     }
 
     fn roles(&self) -> Vec<GuestRole> {
-        GuestRole::START_ORDER
-            .into_iter()
-            .filter(|r| *r == GuestRole::Runtime || self.has_sidecar())
-            .collect()
+        session_roles(self.has_sidecar())
     }
+}
+
+/// A session's guests, in start order.
+fn session_roles(has_sidecar: bool) -> Vec<GuestRole> {
+    GuestRole::START_ORDER
+        .into_iter()
+        .filter(|r| *r == GuestRole::Runtime || has_sidecar)
+        .collect()
+}
+
+/// Every (guest, stream) of a session, in its pumps' order.
+fn session_streams(has_sidecar: bool) -> Vec<(GuestRole, LogStream)> {
+    session_roles(has_sidecar)
+        .into_iter()
+        .flat_map(|role| LogStream::ALL.map(|stream| (role, stream)))
+        .collect()
 }
 
 pub(super) async fn on_start(
@@ -109,31 +136,22 @@ pub(super) async fn on_start(
     for role in &roles {
         on_guest_update(state, GuestStatus::starting(*role));
     }
-    let streams: Vec<(GuestRole, LogStream)> = roles
-        .iter()
-        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
-        .collect();
-    // The log files and the control socket are file-system work: it runs on
-    // the blocking pool while the guests launch. A guest's output waits in
-    // its pipe until its log is open; the socket is served once both guests
-    // run.
-    let files = open_files(&state.args, streams.clone());
-    state.pumps = streams
-        .iter()
-        .map(|&(role, stream)| LogPumpHandle::unopened(role, stream))
+    // The log files and the control socket are file-system work: the
+    // provisioning task does it on the blocking pool while the guests
+    // launch. A guest's output waits in its pipe until its log is open;
+    // the socket is served once both guests run.
+    state.pumps = session_streams(state.args.has_sidecar())
+        .into_iter()
+        .map(|(role, stream)| LogPumpHandle::unopened(role, stream))
         .collect();
     let launched = prepare_and_launch(myself, state, roles).await;
     // Awaited even when a launch failed, so that nothing opened or bound
     // for this session outlives its failed start (and its lock).
-    let files = files
+    let files = take_files(state)
         .instrument(tracing::debug_span!("session.files_wait"))
-        .await
-        .map_err(|source| SessionError::BlockingTask {
-            what: "opening logs and binding the control socket",
-            source,
-        });
+        .await;
     launched?;
-    let (sinks, control) = files??;
+    let (sinks, control) = files?;
     open_pumps(myself, state, sinks);
     if let Some(bound) = control {
         serve_control(myself, state, bound)
@@ -167,31 +185,46 @@ async fn prepare_and_launch(
 
 /// A session's open log sinks (in its pumps' order) and its bound control
 /// socket (`None` when it serves none).
-type SessionFiles = (Vec<LogSink>, Option<BoundControlSocket>);
+pub(crate) type SessionFiles = (Vec<LogSink>, Option<BoundControlSocket>);
 
-/// Opens the log sink of each of `streams` and binds the control socket,
-/// on the blocking pool.
-fn open_files(
-    args: &SessionArgs,
-    streams: Vec<(GuestRole, LogStream)>,
-) -> JoinHandle<Result<SessionFiles, SessionError>> {
-    let logs = args.workspace.logs.clone();
-    let limits = args.config.logs;
-    let control = args
-        .serve_control
-        .then(|| (args.workspace.clone(), args.config.control.ipc_socket_link));
-    let span = tracing::debug_span!("session.files");
-    tokio::task::spawn_blocking(move || {
-        span.in_scope(|| {
-            let sinks = tracing::debug_span!("session.log_sinks")
-                .in_scope(|| LogPumpHandle::open_sinks(&logs, &streams, limits))?;
-            let bound = control.map(|(workspace, link)| {
-                tracing::debug_span!("session.control_bind")
-                    .in_scope(|| BoundControlSocket::bind(&workspace, link))
-            });
-            Ok((sinks, bound.transpose()?))
-        })
-    })
+/// What the files job needs besides the provisioned workspace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FilesPlan {
+    /// The session has a sidecar (its streams get logs too).
+    pub(crate) has_sidecar: bool,
+    /// Log limits.
+    pub(crate) limits: runner_core::config::LogLimits,
+    /// Bind the control socket (`Some`), with its `ipc/` link (`true`).
+    pub(crate) control: Option<bool>,
+}
+
+/// Opens the session's log sinks and binds its control socket. Blocking:
+/// the provisioning task runs it once the workspace is ready.
+pub(crate) fn open_files(
+    workspace: &runner_core::Workspace,
+    plan: FilesPlan,
+) -> Result<SessionFiles, SessionError> {
+    let streams = session_streams(plan.has_sidecar);
+    let sinks = tracing::debug_span!("session.log_sinks")
+        .in_scope(|| LogPumpHandle::open_sinks(&workspace.logs, &streams, plan.limits))?;
+    let bound = plan.control.map(|link| {
+        tracing::debug_span!("session.control_bind")
+            .in_scope(|| BoundControlSocket::bind(workspace, link))
+    });
+    Ok((sinks, bound.transpose()?))
+}
+
+/// Waits for the files job: its files, with the session lock moved into
+/// the session's arguments.
+async fn take_files(state: &mut SessionState) -> Result<SessionFiles, SessionError> {
+    let job = state.args.files.take().ok_or(SessionError::Gone)?;
+    let done = job.await.map_err(|source| SessionError::BlockingTask {
+        what: "opening logs and binding the control socket",
+        source,
+    })?;
+    let (files, lock) = done.ok_or(SessionError::Gone)?;
+    state.args.lock = Some(lock);
+    files
 }
 
 /// Hands each pump its open sink (starting the copy of what its guest
