@@ -198,10 +198,10 @@ impl Runner {
         let accounts = self.accounts.clone();
         let user = user.clone();
         let span = tracing::debug_span!("session.provision");
-        let files_span = tracing::debug_span!("session.files");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = tokio::task::spawn_blocking(move || {
             let provisioned = span.in_scope(|| provision_and_lock(&config, &accounts, &user, tier));
+            drop(span); // closes it: the files below are `session.files`
             let (identity, workspace, lock) = match provisioned {
                 Ok(p) => p,
                 Err(e) => {
@@ -213,7 +213,8 @@ impl Runner {
             if tx.send(Ok((identity, workspace.clone()))).is_err() {
                 return None; // the start was dropped: let the lock go
             }
-            let files = files_span.in_scope(|| start::open_files(&workspace, plan));
+            let files = tracing::debug_span!("session.files")
+                .in_scope(|| start::open_files(&workspace, plan));
             Some((files, lock))
         });
         match rx.await {
