@@ -264,7 +264,7 @@ async fn launch_guests(
             GuestRole::Sidecar => None,
         };
         let guest = spawn_guest(myself, state, role, endpoint)
-            .instrument(tracing::debug_span!("session.spawn_guest_actor"))
+            .instrument(tracing::debug_span!("session.spawn_guest_actor", %role))
             .await?;
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
