@@ -205,8 +205,9 @@ impl Runner {
             let (identity, workspace, lock) = match provisioned {
                 Ok(p) => p,
                 Err(e) => {
-                    // The caller waits for this answer (or is gone).
-                    drop(tx.send(Err(e)));
+                    if tx.send(Err(e)).is_err() {
+                        tracing::debug!("session start dropped during provisioning");
+                    }
                     return None;
                 }
             };

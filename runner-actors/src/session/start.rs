@@ -217,6 +217,9 @@ pub(crate) fn open_files(
 /// Waits for the files job: its files, with the session lock moved into
 /// the session's arguments.
 async fn take_files(state: &mut SessionState) -> Result<SessionFiles, SessionError> {
+    // The runner always gives a started session its job, and a job whose
+    // provisioning succeeded always answers: `Gone` covers what cannot
+    // happen (a second start).
     let job = state.args.files.take().ok_or(SessionError::Gone)?;
     let done = job.await.map_err(|source| SessionError::BlockingTask {
         what: "opening logs and binding the control socket",
