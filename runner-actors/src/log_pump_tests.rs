@@ -67,7 +67,7 @@ async fn drain_waits_for_eof_and_keeps_every_byte() {
     drop(tx);
     let drained = pumps.drain(BOUND).await;
     assert!(!drained.cut && !drained.writes_stuck, "{drained:?}");
-    let logged = std::fs::read_to_string(pumps.sink().path()).expect("log file");
+    let logged = std::fs::read_to_string(pumps.sink().expect("open").path()).expect("log file");
     assert!(logged.contains("last words"), "{logged:?}");
     assert_eq!(pumps.running(), 0);
 }
@@ -105,5 +105,45 @@ async fn dropping_every_clone_ends_copy_tasks() {
     let tx = attach_pipe(&pumps);
     drop(pumps);
     drop(copy);
+    wait_reader_closed(&tx).await;
+}
+
+#[tokio::test]
+async fn output_written_before_the_sink_opened_is_logged_byte_exact_and_in_order() {
+    let dir = logs_dir();
+    let pumps = LogPumpHandle::unopened(GuestRole::Runtime, LogStream::Stdout);
+    // Two launches' streams, both attached and written to before the sink
+    // exists: invalid UTF-8, no final newline.
+    let mut want = Vec::new();
+    for bytes in [&b"first \xff\xfe launch\n"[..], b"second \x80 no newline"] {
+        let tx = attach_pipe(&pumps);
+        tx.writable().await.expect("writable");
+        assert_eq!(tx.try_write(bytes).expect("write"), bytes.len());
+        want.extend_from_slice(bytes);
+    }
+    assert_eq!(pumps.running(), 0, "no copy before the sink opens");
+    assert!(pumps.sink().is_none());
+
+    let sink = LogSink::open(
+        dir.path(),
+        GuestRole::Runtime,
+        LogStream::Stdout,
+        LogLimits::default(),
+    )
+    .expect("sink");
+    pumps.open_with(sink);
+    let drained = pumps.drain(BOUND).await;
+    assert!(!drained.cut && !drained.writes_stuck, "{drained:?}");
+    let logged = std::fs::read(pumps.sink().expect("open").path()).expect("log file");
+    assert_eq!(logged, want);
+}
+
+#[tokio::test]
+async fn a_stream_waiting_for_a_sink_that_never_opens_is_closed_by_the_drain() {
+    // A failed start: the guest launched, its log could not be opened.
+    let pumps = LogPumpHandle::unopened(GuestRole::Sidecar, LogStream::Stderr);
+    let tx = attach_pipe(&pumps);
+    let drained = pumps.drain(BOUND).await;
+    assert_eq!(drained, super::Drained::default());
     wait_reader_closed(&tx).await;
 }

@@ -4,6 +4,7 @@ use crate::control::ControlLimits;
 use crate::error::SessionError;
 use crate::events::EventBus;
 use crate::events::SessionEvent;
+use crate::session::start::{self, FilesJob, FilesPlan};
 use crate::session::{LAUNCH_TIMEOUT, SessionArgs, SessionHandle, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use runner_core::backend::SandboxBackend;
@@ -94,6 +95,9 @@ pub struct Runner {
     backends: Backends,
     sessions_started: AtomicU64,
     metrics: RunnerMetrics,
+    /// Ids the host's account databases did not know, remembered briefly
+    /// (see [`identity::AccountCache`]).
+    accounts: Arc<identity::AccountCache>,
 }
 
 impl Runner {
@@ -104,6 +108,7 @@ impl Runner {
             backends,
             sessions_started: AtomicU64::new(0),
             metrics: RunnerMetrics::default(),
+            accounts: Arc::default(),
         }
     }
 
@@ -157,7 +162,14 @@ impl Runner {
             .backends
             .get(tier)
             .ok_or(SessionError::NoBackend { tier })?;
-        let provisioned = self.provision(&user, tier).await?;
+        let plan = FilesPlan {
+            has_sidecar: backend.has_sidecar(),
+            limits: self.config.logs,
+            control: options
+                .serve_control
+                .then_some(self.config.control.ipc_socket_link),
+        };
+        let provisioned = self.provision(&user, tier, plan).await?;
         let (args, handle) = self.session_args(user, tier, backend, provisioned, options, &cancel);
         let (actor, join) = Actor::spawn(None, SessionSupervisor, args)
             .instrument(tracing::debug_span!("session.spawn_supervisor"))
@@ -172,23 +184,51 @@ impl Runner {
     /// The guest identity (root runs every guest under its user's own uid,
     /// see runner_core::identity; anyone else runs guests as itself), the
     /// workspace and the lock file: file-system work, so it runs on the
-    /// blocking pool, never on a runtime worker.
+    /// blocking pool, never on a runtime worker. The same task then goes on
+    /// to open the session's log files and bind its control socket (see
+    /// [`FilesPlan`]) while the start goes ahead; it holds the session lock
+    /// until it hands both over.
     async fn provision(
         &self,
         user: &UserId,
         tier: SandboxTier,
+        plan: FilesPlan,
     ) -> Result<Provisioned, SessionError> {
         let config = self.config.clone();
+        let accounts = self.accounts.clone();
         let user = user.clone();
         let span = tracing::debug_span!("session.provision");
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| provision_and_lock(&config, &user, tier))
-        })
-        .await
-        .map_err(|source| SessionError::BlockingTask {
-            what: "workspace provisioning",
-            source,
-        })?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = tokio::task::spawn_blocking(move || {
+            let provisioned = span.in_scope(|| provision_and_lock(&config, &accounts, &user, tier));
+            drop(span); // closes it: the files below are `session.files`
+            let (identity, workspace, lock) = match provisioned {
+                Ok(p) => p,
+                Err(e) => {
+                    if tx.send(Err(e)).is_err() {
+                        tracing::debug!("session start dropped during provisioning");
+                    }
+                    return None;
+                }
+            };
+            if tx.send(Ok((identity, workspace.clone()))).is_err() {
+                return None; // the start was dropped: let the lock go
+            }
+            let files = tracing::debug_span!("session.files")
+                .in_scope(|| start::open_files(&workspace, plan));
+            Some((files, lock))
+        });
+        match rx.await {
+            Ok(provisioned) => provisioned.map(|(identity, workspace)| (identity, workspace, job)),
+            // The task ended without answering: it panicked.
+            Err(_) => Err(match job.await {
+                Err(source) => SessionError::BlockingTask {
+                    what: "workspace provisioning",
+                    source,
+                },
+                Ok(_) => SessionError::Gone,
+            }),
+        }
     }
 
     /// The supervisor's arguments, and the parts of its handle that exist
@@ -198,7 +238,7 @@ impl Runner {
         user: UserId,
         tier: SandboxTier,
         backend: Arc<dyn SandboxBackend>,
-        (identity, workspace, lock): Provisioned,
+        (identity, workspace, files): Provisioned,
         options: SessionOptions,
         cancel: &CancellationToken,
     ) -> (SessionArgs, HandleParts) {
@@ -226,7 +266,6 @@ impl Runner {
             env,
             readiness: self.config.readiness_for(&user),
             sidecar_link,
-            serve_control: options.serve_control,
             control_limits: options.control_limits,
             health_tx,
             phase_tx,
@@ -236,7 +275,8 @@ impl Runner {
             start_cancel: cancel.clone(),
             report_tx,
             metrics: self.metrics.clone(),
-            _lock: lock,
+            files: Some(files),
+            lock: None,
         };
         let parts = HandleParts {
             user,
@@ -267,9 +307,9 @@ impl Runner {
 /// by the guest actor) and the listener, with room to spare.
 const START_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// What provisioning yields: the guests' identity, the workspace and the
-/// session lock.
-type Provisioned = (identity::IdentityDecision, Workspace, SessionLock);
+/// What provisioning yields: the guests' identity, the workspace, and the
+/// task that goes on to open the session's files (and holds its lock).
+type Provisioned = (identity::IdentityDecision, Workspace, FilesJob);
 
 /// A [`SessionHandle`] without its supervisor.
 struct HandleParts {
@@ -407,16 +447,18 @@ impl Drop for StartGuard {
 /// takes the session lock. Blocking.
 fn provision_and_lock(
     config: &RunnerConfig,
+    accounts: &identity::AccountCache,
     user: &UserId,
     tier: SandboxTier,
-) -> Result<Provisioned, SessionError> {
+) -> Result<(identity::IdentityDecision, Workspace, SessionLock), SessionError> {
     let euid = nix::unistd::geteuid().as_raw();
     // Checked and opened once: the uid record and the user's directory are
     // both opened relative to this fd.
     let root = tracing::debug_span!("session.root")
         .in_scope(|| WorkspaceRoot::open_for(&config.workspace_root, user))?;
-    let identity = tracing::debug_span!("session.identity")
-        .in_scope(|| identity::resolve_guest_user_in(config, &root, user, tier, euid))?;
+    let identity = tracing::debug_span!("session.identity").in_scope(|| {
+        identity::resolve_guest_user_cached(config, &root, user, tier, euid, accounts)
+    })?;
     let workspace = tracing::debug_span!("session.workspace").in_scope(|| {
         Workspace::provision_in(&root, user, &config.user(user).mounts, identity.run_as)
     })?;

@@ -89,3 +89,65 @@ async fn stubborn_guest_tree_is_gone_after_a_bounded_shutdown() {
     let text = String::from_utf8_lossy(&std::fs::read(&runtime_log).unwrap()).into_owned();
     assert!(text.contains("sigterm ignored"), "{text}");
 }
+
+/// Pids of the processes whose command line mentions `dir` (a session's
+/// guests are started with `--workspace-root <user dir>`).
+fn processes_mentioning(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_that_cannot_be_bound_fails_the_start_and_leaves_no_guest() {
+    // The socket is bound while the guests launch: its failure comes after
+    // both are running, and the failed start must stop them.
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let mut config = RunnerConfig::defaults(dir.path());
+    config.shutdown.grace = Duration::from_millis(500);
+    let runner = process_runner(
+        config,
+        demo(&["--role", "runtime"]),
+        Some(demo(&["--role", "sidecar"])),
+    );
+    let first = runner.start_session("blocked").await.unwrap();
+    let workspace = first.workspace().clone();
+    first.shutdown(Duration::from_secs(20)).await.unwrap();
+    assert!(processes_mentioning(&workspace.user_root).is_empty());
+
+    // A regular file where the socket goes: refused, never replaced.
+    std::fs::write(workspace.control_socket(), b"not a socket").unwrap();
+    let err = runner.start_session("blocked").await.unwrap_err();
+    assert!(
+        matches!(err, runner_actors::SessionError::ControlSocketPath { .. }),
+        "{err:?}"
+    );
+    let left = processes_mentioning(&workspace.user_root);
+    assert!(
+        left.is_empty(),
+        "guests of the failed start still run: {left:?}"
+    );
+    assert_eq!(
+        std::fs::read(workspace.control_socket()).unwrap(),
+        b"not a socket"
+    );
+    let link = workspace
+        .ipc
+        .join(runner_core::workspace::CONTROL_SOCKET_NAME);
+    assert!(std::fs::symlink_metadata(&link).is_err(), "ipc link left");
+
+    // Nothing of the failed start holds the user: the next one starts.
+    std::fs::remove_file(workspace.control_socket()).unwrap();
+    let again = runner.start_session("blocked").await.unwrap();
+    assert!(again.workspace().control_socket().exists());
+    again.shutdown(Duration::from_secs(20)).await.unwrap();
+}

@@ -99,6 +99,32 @@ async fn runtime_launch_failure_tears_the_sidecar_down() {
 }
 
 #[tokio::test]
+async fn a_control_socket_that_cannot_be_bound_stops_both_launched_guests() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let runner = runner(s.config.clone(), &fake);
+    let first = start_session(&runner, "carol").await;
+    let socket = first.workspace().control_socket();
+    first.shutdown(Duration::from_secs(10)).await.unwrap();
+    sidecar_and_runtime(&mut launches).await;
+    // A directory where the socket goes: the bind refuses it, after the
+    // guests it overlaps with have launched.
+    std::fs::create_dir(&socket).unwrap();
+    let err = runner
+        .start_session_with("carol", SessionOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::ControlSocketPath { .. }),
+        "{err:?}"
+    );
+    let (sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
+    assert_eq!(runtime.stop_calls(), 1, "runtime was not stopped");
+    assert_eq!(sidecar.stop_calls(), 1, "sidecar was not stopped");
+    assert!(socket.is_dir(), "the directory in the way was touched");
+}
+
+#[tokio::test]
 async fn crash_restarts_with_backoff_and_output_keeps_flowing_into_the_same_file() {
     let s = setup();
     let (fake, mut launches) = fake();

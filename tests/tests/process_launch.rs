@@ -191,3 +191,25 @@ async fn guest_that_never_reads_stdin_does_not_block_launch() {
     let exit = guest.control.stop(Duration::from_secs(5)).await.unwrap();
     assert_eq!(exit.status, ExitStatus::Signal(15));
 }
+
+#[tokio::test]
+async fn an_envelope_larger_than_the_pipe_arrives_whole() {
+    // The launch writes what the pipe takes at once and the rest from a
+    // task, as the guest reads.
+    let fx = Fixture::new();
+    let backend = runtime_only(demo(&["--heartbeat-ms", "60000"]));
+    let sent = big_envelope(&fx, &backend);
+    let mut guest = tokio::time::timeout(
+        PROMPT,
+        backend.launch(fx.spec(GuestRole::Runtime, sent.clone())),
+    )
+    .await
+    .expect("launch does not wait for the guest to read")
+    .unwrap();
+    let (mut out, _err) = take_outputs(&mut guest);
+    let json = out.until("envelope=", PROMPT).await;
+    let got = BootstrapEnvelope::from_json(json.as_bytes()).unwrap();
+    assert_eq!(got, sent);
+    let exit = guest.control.stop(PROMPT).await.unwrap();
+    assert_eq!(exit.status, ExitStatus::Code(0));
+}

@@ -34,9 +34,15 @@
 //! launches, control socket, and each shutdown step) and prints their
 //! medians, for known users' sessions and new users' first sessions apart
 //! (a new user's provisioning allocates and durably records a uid, which
-//! takes far longer): where the time goes. `session.root`,
-//! `session.identity`, `session.workspace` and `session.lock` are the parts
-//! of `session.provision`.
+//! takes far longer): where the time goes, and when each span starts
+//! (median offset from the start or stop call), which shows what overlaps.
+//! `session.root`, `session.identity`, `session.workspace` and
+//! `session.lock` are the parts of `session.provision`;
+//! `session.log_sinks` and `session.control_bind` those of
+//! `session.files`, which runs on the blocking pool while the guests launch
+//! (`session.launch`, with `guest.backend_launch` and its parts
+//! `process.checks`, `process.spawn`, `process.supervise`);
+//! `session.files_wait` is how long the start then still waits for it.
 //!
 //! Run: `cargo run --release -p runner-bench --bin session_start [-- --spans]`.
 
@@ -77,7 +83,7 @@ async fn main() {
         }
     };
     kind(SessionKind::WarmUp);
-    ours(&runner, "known", OldLogs::Removed).await;
+    ours(&runner, "known", OldLogs::Removed, spans.as_ref()).await;
     bare(&guest, &bare_root, "warm", StopOrder::AtOnce).await;
     bare(&guest, &bare_root, "warm-o", StopOrder::Ordered).await;
     let (mut known, mut new, mut base, mut ordered, mut kept) = (
@@ -89,12 +95,12 @@ async fn main() {
     );
     for i in 0..ROUNDS {
         kind(SessionKind::Known);
-        known.push(ours(&runner, "known", OldLogs::Removed).await);
+        known.push(ours(&runner, "known", OldLogs::Removed, spans.as_ref()).await);
         base.push(bare(&guest, &bare_root, &format!("b{i}"), StopOrder::AtOnce).await);
         kind(SessionKind::New);
-        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed).await);
+        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed, spans.as_ref()).await);
         kind(SessionKind::WarmUp);
-        kept.push(ours(&runner, "known", OldLogs::Kept).await);
+        kept.push(ours(&runner, "known", OldLogs::Kept, spans.as_ref()).await);
         ordered.push(bare(&guest, &bare_root, &format!("o{i}"), StopOrder::Ordered).await);
     }
 
@@ -151,8 +157,9 @@ enum SessionKind {
     New,
 }
 
-/// Span durations by kind of session and span key.
-type SpanSamples = BTreeMap<(SessionKind, String), Vec<Duration>>;
+/// Span durations, and their start's offset from the start (or stop) call
+/// they belong to, by kind of session and span key.
+type SpanSamples = BTreeMap<(SessionKind, String), (Vec<Duration>, Vec<Duration>)>;
 
 /// Wall time of every closed span of the runner's crates, by the kind of
 /// session and by name (and role, where the span has one).
@@ -160,10 +167,12 @@ type SpanSamples = BTreeMap<(SessionKind, String), Vec<Duration>>;
 struct SpanTimes {
     times: Arc<Mutex<SpanSamples>>,
     kind: Arc<Mutex<SessionKind>>,
+    /// When the current start (or stop) call began.
+    phase: Arc<Mutex<Option<Instant>>>,
 }
 
-/// When a span was created, and its key.
-struct Opened(Instant, String);
+/// When a span was created, its offset from its phase's start, and its key.
+struct Opened(Instant, Duration, String);
 
 impl SpanTimes {
     fn install() -> Self {
@@ -178,6 +187,11 @@ impl SpanTimes {
         *self.kind.lock().expect("span kind") = kind;
     }
 
+    /// A start or stop call begins now: later spans' offsets count from here.
+    fn mark_phase(&self) {
+        *self.phase.lock().expect("span phase") = Some(Instant::now());
+    }
+
     fn print(&self) {
         let mut times = self.times.lock().expect("span times");
         for (kind, title) in [
@@ -185,14 +199,18 @@ impl SpanTimes {
             (SessionKind::New, "new user's first session"),
         ] {
             println!();
-            println!("| span ({title}) | count | median | p90 |");
-            println!("| --- | --- | --- | --- |");
-            for ((_, name), samples) in times.iter_mut().filter(|((k, _), _)| *k == kind) {
+            println!(
+                "| span ({title}) | count | median | p90 | median start (from the start or stop call) |"
+            );
+            println!("| --- | --- | --- | --- | --- |");
+            for ((_, name), (samples, offsets)) in times.iter_mut().filter(|((k, _), _)| *k == kind)
+            {
                 let count = samples.len();
                 println!(
-                    "| `{name}` | {count} | {} | {} |",
+                    "| `{name}` | {count} | {} | {} | {} |",
                     ms(median(samples)),
-                    ms(percentile(samples, 90.0))
+                    ms(percentile(samples, 90.0)),
+                    ms(median(offsets))
                 );
             }
         }
@@ -226,20 +244,22 @@ where
     ) {
         let mut key = attrs.metadata().name().to_owned();
         attrs.record(&mut RoleField(&mut key));
+        let now = Instant::now();
+        let phase = *self.phase.lock().expect("span phase");
+        let offset = phase.map_or(Duration::ZERO, |p| now.saturating_duration_since(p));
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Opened(Instant::now(), key));
+            span.extensions_mut().insert(Opened(now, offset, key));
         }
     }
 
     fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
-        if let Some(Opened(at, key)) = span.extensions().get::<Opened>() {
+        if let Some(Opened(at, offset, key)) = span.extensions().get::<Opened>() {
             let kind = *self.kind.lock().expect("span kind");
             let mut times = self.times.lock().expect("span times");
-            times
-                .entry((kind, key.clone()))
-                .or_default()
-                .push(at.elapsed());
+            let (took, offsets) = times.entry((kind, key.clone())).or_default();
+            took.push(at.elapsed());
+            offsets.push(*offset);
         }
     }
 }
@@ -290,7 +310,8 @@ enum OldLogs {
 }
 
 /// One session: start call, until both envelopes are in the logs, shutdown.
-async fn ours(runner: &Runner, user: &str, old: OldLogs) -> Sample {
+async fn ours(runner: &Runner, user: &str, old: OldLogs, spans: Option<&SpanTimes>) -> Sample {
+    let mark = || spans.inspect(|s| s.mark_phase());
     // A known user's logs hold the last session's `envelope=` lines: only
     // this session's count.
     let dir = runner.config().workspace_root.join(user).join("logs");
@@ -308,12 +329,14 @@ async fn ours(runner: &Runner, user: &str, old: OldLogs) -> Sample {
             (path, end)
         })
         .to_vec();
+    mark();
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
     wait_for_logs_past(logs, "envelope=").await;
     let ready = t.elapsed();
 
+    mark();
     let t = Instant::now();
     let report = session.shutdown(BOUND).await.expect("shutdown");
     let stopped = t.elapsed();

@@ -43,20 +43,8 @@ impl ControlListenerHandle {
         ctx: ServerContext,
         limits: ControlLimits,
     ) -> Result<Self, SessionError> {
-        let (socket, listener) = ControlSocket::bind(workspace, ipc_link).map_err(|e| match e {
-            ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
-            ControlSocketError::Bind { path, source } => {
-                SessionError::ControlSocket { path, source }
-            }
-        })?;
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, ctx, limits, stop.clone()));
-        Ok(Self {
-            socket: Some(socket),
-            server,
-            stop,
-            close_bound: limits.close_bound,
-        })
+        let bound = BoundControlSocket::bind(workspace, ipc_link)?;
+        bound.serve(ctx, limits)
     }
 
     /// Stops accepting at once: the server takes no new connection and
@@ -76,6 +64,70 @@ impl ControlListenerHandle {
             tracing::warn!("control server overran its close bound; aborted");
             self.server.abort();
         }
+        if let Some(socket) = self.socket.take() {
+            socket.remove();
+        }
+    }
+}
+
+/// A bound control socket not served yet (bound on the blocking pool while
+/// a session's guests launch). Dropped unserved, it removes its socket
+/// file and `ipc/` link.
+#[derive(Debug)]
+pub struct BoundControlSocket {
+    socket: Option<ControlSocket>,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl BoundControlSocket {
+    /// Binds as [`ControlListenerHandle::spawn`] does, without a runtime
+    /// (blocking: run it on the blocking pool).
+    pub fn bind(workspace: &Workspace, ipc_link: bool) -> Result<Self, SessionError> {
+        let (socket, listener) =
+            ControlSocket::bind_std(workspace, ipc_link).map_err(|e| match e {
+                ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
+                ControlSocketError::Bind { path, source } => {
+                    SessionError::ControlSocket { path, source }
+                }
+            })?;
+        Ok(Self {
+            socket: Some(socket),
+            listener: Some(listener),
+        })
+    }
+
+    /// Starts serving `ctx` on the socket. Must be called within a Tokio
+    /// runtime.
+    pub fn serve(
+        mut self,
+        ctx: ServerContext,
+        limits: ControlLimits,
+    ) -> Result<ControlListenerHandle, SessionError> {
+        let (Some(socket), Some(listener)) = (self.socket.take(), self.listener.take()) else {
+            unreachable!("taken only here, which consumes the value")
+        };
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(source) => {
+                let path = socket.path().to_path_buf();
+                socket.remove();
+                return Err(SessionError::ControlSocket { path, source });
+            }
+        };
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, ctx, limits, stop.clone()));
+        Ok(ControlListenerHandle {
+            socket: Some(socket),
+            server,
+            stop,
+            close_bound: limits.close_bound,
+        })
+    }
+}
+
+impl Drop for BoundControlSocket {
+    fn drop(&mut self) {
+        drop(self.listener.take());
         if let Some(socket) = self.socket.take() {
             socket.remove();
         }

@@ -6,6 +6,7 @@
 
 mod listener;
 
+pub(crate) use listener::BoundControlSocket;
 pub use listener::ControlListenerHandle;
 pub use runner_core::control::server::{
     ControlLimits, DEFAULT_CLOSE_BOUND, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,

@@ -26,7 +26,7 @@
 //! however the supervisor ends.
 
 mod handle;
-mod start;
+pub(crate) mod start;
 #[cfg(test)]
 mod tests;
 
@@ -495,7 +495,7 @@ async fn drain_pumps(
         .iter()
         .zip(pumps)
         .filter(|(d, _)| d.writes_stuck)
-        .map(|(_, p)| p.sink().path().to_path_buf())
+        .filter_map(|(_, p)| p.sink().map(|s| s.path().to_path_buf()))
         .collect::<Vec<_>>();
     if !cut_streams.is_empty() {
         tracing::warn!(?cut_streams, "log pumps cut at the drain timeout");

@@ -1,8 +1,10 @@
-//! Session start: pumps, then the sidecar, then the runtime (with the
-//! sidecar's endpoint in its envelope), then the control listener.
+//! Session start: the sidecar, then the runtime (with the sidecar's
+//! endpoint in its envelope), while the log files are opened and the
+//! control socket is bound on the blocking pool; then the pumps get their
+//! open logs and the control socket is served.
 
 use super::{SessionMsg, SessionState, on_guest_update};
-use crate::control::{ControlLimits, ControlListenerHandle, supervisor_control};
+use crate::control::{BoundControlSocket, ControlLimits, supervisor_control};
 use crate::error::SessionError;
 use crate::events::EventBus;
 use crate::guest::{GuestActor, GuestArgs, GuestHandle};
@@ -14,6 +16,7 @@ use runner_core::config::{RunnerConfig, UserConfig};
 use runner_core::control::server::ServerContext;
 use runner_core::guest_env::GuestEnv;
 use runner_core::health::SessionPhase;
+use runner_core::logs::LogSink;
 use runner_core::metrics::{RunnerMetrics, SessionSource};
 use runner_core::{UserId, Workspace};
 use runner_types::{
@@ -58,7 +61,6 @@ pub struct SessionArgs {
     /// Whether the runtime can reach the sidecar, on tiers where the runner
     /// links them (`None`: always).
     pub(crate) sidecar_link: Option<watch::Receiver<bool>>,
-    pub(crate) serve_control: bool,
     pub(crate) control_limits: ControlLimits,
     pub(crate) health_tx: watch::Sender<HealthStatus>,
     pub(crate) phase_tx: watch::Sender<SessionPhase>,
@@ -75,9 +77,24 @@ pub struct SessionArgs {
     pub(crate) report_tx: watch::Sender<Option<super::ShutdownReport>>,
     /// The runner's metrics, where the session registers itself.
     pub(crate) metrics: RunnerMetrics,
+    /// The provisioning task, which goes on to open the session's log
+    /// files and bind its control socket, and then hands them over with
+    /// the session lock; taken by the start.
+    pub(crate) files: Option<FilesJob>,
     /// Held for the session's life: one session per user and workspace.
-    pub(crate) _lock: runner_core::lock::SessionLock,
+    /// The files job hands it over (it holds it until then, so nothing it
+    /// opened or bound outlives the lock, whatever happens to the start).
+    pub(crate) lock: Option<runner_core::lock::SessionLock>,
 }
+
+/// The files job: its files (or why they could not be had) and the session
+/// lock, or `None` when provisioning itself failed or nobody waited for it.
+pub(crate) type FilesJob = JoinHandle<
+    Option<(
+        Result<SessionFiles, SessionError>,
+        runner_core::lock::SessionLock,
+    )>,
+>;
 
 impl SessionArgs {
     /// A bound on an ordered shutdown with the configured timings.
@@ -91,11 +108,24 @@ impl SessionArgs {
     }
 
     fn roles(&self) -> Vec<GuestRole> {
-        GuestRole::START_ORDER
-            .into_iter()
-            .filter(|r| *r == GuestRole::Runtime || self.has_sidecar())
-            .collect()
+        session_roles(self.has_sidecar())
     }
+}
+
+/// A session's guests, in start order.
+fn session_roles(has_sidecar: bool) -> Vec<GuestRole> {
+    GuestRole::START_ORDER
+        .into_iter()
+        .filter(|r| *r == GuestRole::Runtime || has_sidecar)
+        .collect()
+}
+
+/// Every (guest, stream) of a session, in its pumps' order.
+fn session_streams(has_sidecar: bool) -> Vec<(GuestRole, LogStream)> {
+    session_roles(has_sidecar)
+        .into_iter()
+        .flat_map(|role| LogStream::ALL.map(|stream| (role, stream)))
+        .collect()
 }
 
 pub(super) async fn on_start(
@@ -106,19 +136,25 @@ pub(super) async fn on_start(
     for role in &roles {
         on_guest_update(state, GuestStatus::starting(*role));
     }
-    state
-        .args
-        .backend
-        .prepare_session(&state.args.user, &state.args.workspace)
-        .instrument(tracing::debug_span!("session.prepare"))
-        .await
-        .map_err(SessionError::Prepare)?;
-    spawn_pumps(myself, state, &roles)
-        .instrument(tracing::debug_span!("session.log_pumps"))
-        .await?;
-    launch_guests(myself, state, roles).await?;
-    if state.args.serve_control {
-        serve_control(myself, state)
+    // The log files and the control socket are file-system work: the
+    // provisioning task does it on the blocking pool while the guests
+    // launch. A guest's output waits in its pipe until its log is open;
+    // the socket is served once both guests run.
+    state.pumps = session_streams(state.args.has_sidecar())
+        .into_iter()
+        .map(|(role, stream)| LogPumpHandle::unopened(role, stream))
+        .collect();
+    let launched = prepare_and_launch(myself, state, roles).await;
+    // Awaited even when a launch failed, so that nothing opened or bound
+    // for this session outlives its failed start (and its lock).
+    let files = take_files(state)
+        .instrument(tracing::debug_span!("session.files_wait"))
+        .await;
+    launched?;
+    let (sinks, control) = files?;
+    open_pumps(myself, state, sinks);
+    if let Some(bound) = control {
+        serve_control(myself, state, bound)
             .instrument(tracing::debug_span!("session.control_socket"))
             .await?;
     }
@@ -126,31 +162,92 @@ pub(super) async fn on_start(
         user: state.args.user.to_string(),
         tier: state.args.tier,
         health: state.args.health_tx.subscribe(),
-        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+        logs: sinks_of(state),
     }));
     Ok(())
 }
 
-/// One log pump per guest stream, each with a task reporting its loss.
-async fn spawn_pumps(
+/// The backend's pre-flight, then the guests.
+async fn prepare_and_launch(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
-    roles: &[GuestRole],
+    roles: Vec<GuestRole>,
 ) -> Result<(), SessionError> {
-    let streams = roles
-        .iter()
-        .flat_map(|role| LogStream::ALL.map(|stream| (*role, stream)))
-        .collect();
-    let pumps =
-        LogPumpHandle::open_all(&state.args.workspace.logs, streams, state.args.config.logs)
-            .await?;
-    for pump in pumps {
-        state
-            .loss_watchers
-            .push(watch_log_loss(myself.clone(), &pump));
-        state.pumps.push(pump);
+    state
+        .args
+        .backend
+        .prepare_session(&state.args.user, &state.args.workspace)
+        .instrument(tracing::debug_span!("session.prepare"))
+        .await
+        .map_err(SessionError::Prepare)?;
+    launch_guests(myself, state, roles).await
+}
+
+/// A session's open log sinks (in its pumps' order) and its bound control
+/// socket (`None` when it serves none).
+pub(crate) type SessionFiles = (Vec<LogSink>, Option<BoundControlSocket>);
+
+/// What the files job needs besides the provisioned workspace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FilesPlan {
+    /// The session has a sidecar (its streams get logs too).
+    pub(crate) has_sidecar: bool,
+    /// Log limits.
+    pub(crate) limits: runner_core::config::LogLimits,
+    /// Bind the control socket (`Some`), with its `ipc/` link (`true`).
+    pub(crate) control: Option<bool>,
+}
+
+/// Opens the session's log sinks and binds its control socket. Blocking:
+/// the provisioning task runs it once the workspace is ready.
+pub(crate) fn open_files(
+    workspace: &runner_core::Workspace,
+    plan: FilesPlan,
+) -> Result<SessionFiles, SessionError> {
+    let streams = session_streams(plan.has_sidecar);
+    let sinks = tracing::debug_span!("session.log_sinks")
+        .in_scope(|| LogPumpHandle::open_sinks(&workspace.logs, &streams, plan.limits))?;
+    let bound = plan.control.map(|link| {
+        tracing::debug_span!("session.control_bind")
+            .in_scope(|| BoundControlSocket::bind(workspace, link))
+    });
+    Ok((sinks, bound.transpose()?))
+}
+
+/// Waits for the files job: its files, with the session lock moved into
+/// the session's arguments.
+async fn take_files(state: &mut SessionState) -> Result<SessionFiles, SessionError> {
+    // The runner always gives a started session its job, and a job whose
+    // provisioning succeeded always answers: `Gone` covers what cannot
+    // happen (a second start).
+    let job = state.args.files.take().ok_or(SessionError::Gone)?;
+    let done = job.await.map_err(|source| SessionError::BlockingTask {
+        what: "opening logs and binding the control socket",
+        source,
+    })?;
+    let (files, lock) = done.ok_or(SessionError::Gone)?;
+    state.args.lock = Some(lock);
+    files
+}
+
+/// Hands each pump its open sink (starting the copy of what its guest
+/// wrote so far), with a task reporting the sink's loss.
+fn open_pumps(myself: &ActorRef<SessionMsg>, state: &mut SessionState, sinks: Vec<LogSink>) {
+    for (pump, sink) in state.pumps.iter().zip(sinks) {
+        pump.open_with(sink);
+        if let Some(watcher) = watch_log_loss(myself.clone(), pump) {
+            state.loss_watchers.push(watcher);
+        }
     }
-    Ok(())
+}
+
+/// The pumps' open sinks.
+fn sinks_of(state: &SessionState) -> Vec<LogSink> {
+    state
+        .pumps
+        .iter()
+        .filter_map(|p| p.sink().cloned())
+        .collect()
 }
 
 /// Launches the guests in `roles`' order, the runtime with the sidecar's
@@ -170,7 +267,7 @@ async fn launch_guests(
             GuestRole::Sidecar => None,
         };
         let guest = spawn_guest(myself, state, role, endpoint)
-            .instrument(tracing::debug_span!("session.spawn_guest_actor"))
+            .instrument(tracing::debug_span!("session.spawn_guest_actor", %role))
             .await?;
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
@@ -191,27 +288,22 @@ async fn launch_guests(
     Ok(())
 }
 
-/// Starts the control listener on `run/runner-control.sock`.
+/// Serves the control socket bound for the session.
 async fn serve_control(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
+    bound: BoundControlSocket,
 ) -> Result<(), SessionError> {
     let ctx = ServerContext {
         user: state.args.user.clone(),
         health: state.args.health_tx.subscribe(),
-        logs: state.pumps.iter().map(|p| p.sink().clone()).collect(),
+        logs: sinks_of(state),
         events: state.args.events.history().clone(),
         session: supervisor_control(myself.clone()),
         shutdown_deadline: state.args.shutdown_bound(),
         metrics: state.args.metrics.clone(),
     };
-    let listener = ControlListenerHandle::spawn(
-        &state.args.workspace,
-        state.args.config.control.ipc_socket_link,
-        ctx,
-        state.args.control_limits,
-    )?;
-    state.listener = Some(listener);
+    state.listener = Some(bound.serve(ctx, state.args.control_limits)?);
     Ok(())
 }
 
@@ -274,11 +366,14 @@ async fn spawn_guest(
 pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Reports growth of `pump`'s dropped-bytes count to the supervisor, at
-/// most once per [`LOSS_REPORT_INTERVAL`].
-fn watch_log_loss(supervisor: ActorRef<SessionMsg>, pump: &LogPumpHandle) -> JoinHandle<()> {
-    let mut dropped = pump.sink().watch_dropped();
+/// most once per [`LOSS_REPORT_INTERVAL`] (`None`: its sink is not open).
+fn watch_log_loss(
+    supervisor: ActorRef<SessionMsg>,
+    pump: &LogPumpHandle,
+) -> Option<JoinHandle<()>> {
+    let mut dropped = pump.sink()?.watch_dropped();
     let (role, stream) = (pump.role(), pump.stream());
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         while dropped.changed().await.is_ok() {
             let total = *dropped.borrow_and_update();
             let loss = SessionMsg::LogLoss {
@@ -291,5 +386,5 @@ fn watch_log_loss(supervisor: ActorRef<SessionMsg>, pump: &LogPumpHandle) -> Joi
             }
             tokio::time::sleep(LOSS_REPORT_INTERVAL).await;
         }
-    })
+    }))
 }

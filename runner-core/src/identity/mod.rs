@@ -25,10 +25,15 @@
 //! When the runner is not root it cannot switch uids: guests run as the
 //! runner's own uid and [`crate::backend::LaunchSpec::run_as`] is `None`.
 
+mod accounts;
 mod resolve;
 mod store;
 
-pub use resolve::{IdentityDecision, IdentityError, resolve_guest_user, resolve_guest_user_in};
+pub use accounts::{ACCOUNT_CACHE_TTL, AccountCache};
+pub use resolve::{
+    IdentityDecision, IdentityError, resolve_guest_user, resolve_guest_user_cached,
+    resolve_guest_user_in,
+};
 pub use store::STORE_FILE_NAME;
 
 use runner_types::DegradedReason;

@@ -1,12 +1,14 @@
 //! Deciding a session's guest identity (the rules are in the module docs of
 //! [`crate::identity`]).
 
+use super::AccountCache;
+use super::accounts::account_named;
 use super::store::LockedStore;
 use super::{GuestIdRange, GuestIdentityChoice, GuestUser};
 use crate::UserId;
 use crate::config::RunnerConfig;
 use crate::workspace::WorkspaceRoot;
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::User;
 use runner_types::SandboxTier;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,7 +141,7 @@ pub fn resolve_guest_user(
     tier: SandboxTier,
     runner_uid: u32,
 ) -> Result<IdentityDecision, IdentityError> {
-    resolve(config, None, user, tier, runner_uid)
+    resolve(config, None, user, tier, runner_uid, &Lookup::Fresh)
 }
 
 /// As [`resolve_guest_user`], with the record opened below `root` (the
@@ -152,7 +154,39 @@ pub fn resolve_guest_user_in(
     tier: SandboxTier,
     runner_uid: u32,
 ) -> Result<IdentityDecision, IdentityError> {
-    resolve(config, Some(root), user, tier, runner_uid)
+    resolve(config, Some(root), user, tier, runner_uid, &Lookup::Fresh)
+}
+
+/// As [`resolve_guest_user_in`], taking the host's answer "no such
+/// account" from `accounts` while it is fresh (see
+/// [`super::AccountCache`] for how stale it may be).
+pub fn resolve_guest_user_cached(
+    config: &RunnerConfig,
+    root: &WorkspaceRoot,
+    user: &UserId,
+    tier: SandboxTier,
+    runner_uid: u32,
+    accounts: &AccountCache,
+) -> Result<IdentityDecision, IdentityError> {
+    let lookup = Lookup::Cached(accounts);
+    resolve(config, Some(root), user, tier, runner_uid, &lookup)
+}
+
+/// How account databases are asked.
+enum Lookup<'a> {
+    /// Every time.
+    Fresh,
+    /// Through a cache of unknown ids.
+    Cached(&'a AccountCache),
+}
+
+impl Lookup<'_> {
+    fn account_named(&self, id: u32) -> Result<Option<String>, IdentityError> {
+        match self {
+            Self::Fresh => account_named(id),
+            Self::Cached(cache) => cache.account_named(id),
+        }
+    }
 }
 
 fn resolve(
@@ -161,6 +195,7 @@ fn resolve(
     user: &UserId,
     tier: SandboxTier,
     runner_uid: u32,
+    lookup: &Lookup<'_>,
 ) -> Result<IdentityDecision, IdentityError> {
     let decided = |g| IdentityDecision {
         run_as: Some(g),
@@ -194,7 +229,7 @@ fn resolve(
             {
                 return docker_user(value).map(decided);
             }
-            allocate(config, root, user).map(decided)
+            allocate(config, root, user, lookup).map(decided)
         }
     }
 }
@@ -216,6 +251,7 @@ fn allocate(
     config: &RunnerConfig,
     root: Option<&WorkspaceRoot>,
     user: &UserId,
+    lookup: &Lookup<'_>,
 ) -> Result<GuestUser, IdentityError> {
     let explicit = explicit_uids(config);
     let mut store = lock_store(config, root)?;
@@ -228,7 +264,7 @@ fn allocate(
                 other: other.clone(),
             });
         }
-        if let Some(account) = account_named(uid)? {
+        if let Some(account) = lookup.account_named(uid)? {
             return Err(IdentityError::RecordedUidTaken {
                 user: user.to_string(),
                 uid,
@@ -244,6 +280,7 @@ fn allocate(
         &store.records.uids,
         &explicit,
         &owners,
+        lookup,
     )?;
     store.records.version = 1;
     store.records.uids.insert(user.to_string(), uid);
@@ -260,13 +297,14 @@ fn free_uid(
     records: &BTreeMap<String, u32>,
     explicit: &BTreeMap<u32, String>,
     owners: &std::collections::BTreeSet<u32>,
+    lookup: &Lookup<'_>,
 ) -> Result<u32, IdentityError> {
     let recorded: std::collections::BTreeSet<u32> = records.values().copied().collect();
     for uid in range.uids() {
         if recorded.contains(&uid) || explicit.contains_key(&uid) || owners.contains(&uid) {
             continue;
         }
-        if account_named(uid)?.is_none() {
+        if lookup.account_named(uid)?.is_none() {
             return Ok(uid);
         }
     }
@@ -319,17 +357,6 @@ fn holder(records: &BTreeMap<String, u32>, uid: u32, user: &UserId) -> Option<St
         .iter()
         .find(|(id, u)| **u == uid && id.as_str() != user.as_str())
         .map(|(id, _)| id.clone())
-}
-
-/// The host account with uid `id`, else the group with gid `id`.
-fn account_named(id: u32) -> Result<Option<String>, IdentityError> {
-    let err = |source| IdentityError::Accounts { id, source };
-    if let Some(u) = User::from_uid(Uid::from_raw(id)).map_err(err)? {
-        return Ok(Some(u.name));
-    }
-    Ok(Group::from_gid(Gid::from_raw(id))
-        .map_err(err)?
-        .map(|g| g.name))
 }
 
 /// `[docker] user`: `uid[:gid]` (gid defaults to the uid) or an account

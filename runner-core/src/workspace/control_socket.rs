@@ -11,6 +11,7 @@ use super::file::{HostFileError, remove_stale_socket};
 use crate::control::ipc_link::IpcLink;
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tokio::net::UnixListener;
@@ -54,6 +55,25 @@ impl ControlSocket {
         workspace: &Workspace,
         link: bool,
     ) -> Result<(Self, UnixListener), ControlSocketError> {
+        let (socket, listener) = Self::bind_std(workspace, link)?;
+        match UnixListener::from_std(listener) {
+            Ok(listener) => Ok((socket, listener)),
+            Err(source) => {
+                let path = socket.path.clone();
+                socket.remove();
+                Err(ControlSocketError::Bind { path, source })
+            }
+        }
+    }
+
+    /// As [`Self::bind`], but blocking and outside any runtime: the
+    /// listener is a non-blocking std one, for
+    /// [`tokio::net::UnixListener::from_std`] later. For binding on the
+    /// blocking pool while other work goes on.
+    pub fn bind_std(
+        workspace: &Workspace,
+        link: bool,
+    ) -> Result<(Self, std::os::unix::net::UnixListener), ControlSocketError> {
         let path = workspace.control_socket();
         if remove_stale_socket(&path).map_err(|source| ControlSocketError::Path { source })? {
             tracing::info!(path = %path.display(), "removed stale control socket");
@@ -62,7 +82,7 @@ impl ControlSocket {
             path: path.to_path_buf(),
             source,
         };
-        let listener = UnixListener::bind(&path).map_err(|e| bind_err(&path, e))?;
+        let listener = listen_at(&path).map_err(|e| bind_err(&path, e))?;
         let socket = Self { path, link: None };
         let private = fchmodat(
             AT_FDCWD,
@@ -101,6 +121,17 @@ impl ControlSocket {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove control socket");
         }
     }
+}
+
+/// A non-blocking, close-on-exec Unix stream socket bound at `path` and
+/// listening with tokio's own backlog (1024).
+fn listen_at(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    nix::sys::socket::listen(&fd, Backlog::new(1024)?)?;
+    Ok(fd.into())
 }
 
 #[cfg(test)]

@@ -66,9 +66,22 @@ pub(crate) fn open_dir_at(
     path: &Path,
     name: &OsStr,
 ) -> Result<OwnedFd, WorkspaceError> {
+    open_existing_dir_at(parent, path, name)?.ok_or_else(|| WorkspaceError::Create {
+        path: path.to_path_buf(),
+        source: Errno::ENOENT.into(),
+    })
+}
+
+/// As [`open_dir_at`], with `None` when there is nothing at `name`.
+fn open_existing_dir_at(
+    parent: &OwnedFd,
+    path: &Path,
+    name: &OsStr,
+) -> Result<Option<OwnedFd>, WorkspaceError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     match nix::fcntl::openat(parent, name, flags, Mode::empty()) {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
         Err(Errno::ELOOP) => Err(WorkspaceError::NotADirectory {
             path: path.to_path_buf(),
             found: FileKind::Symlink,
@@ -98,8 +111,15 @@ pub(crate) fn ensure_dir(
     spec: DirSpec,
     runner_uid: u32,
 ) -> Result<OwnedFd, WorkspaceError> {
-    let created = mkdir_at(parent, path, name, spec.mode)?;
-    let fd = open_dir_at(parent, path, name)?;
+    // Opened first: an existing workspace (every start after a user's
+    // first) costs no `mkdirat`.
+    let (fd, created) = match open_existing_dir_at(parent, path, name)? {
+        Some(fd) => (fd, false),
+        None => {
+            let created = mkdir_at(parent, path, name, spec.mode)?;
+            (open_dir_at(parent, path, name)?, created)
+        }
+    };
     let stat = stat_of(&fd, path)?;
     if created {
         // Ours a moment ago; anything else means it was swapped.

@@ -12,9 +12,10 @@
 //! created without copying the runner (`spawn.rs`, `child.rs`), on a thread
 //! whose descriptor table does not grow with the runner's
 //! (`spawn_thread.rs`), so a launch costs the same with one session or a
-//! thousand. The launch then writes
-//! the bootstrap frame to the guest's stdin from a background task bounded
-//! by [`BOOTSTRAP_WRITE_TIMEOUT`] and closes it, and hands back stdout and
+//! thousand. The launch then writes the bootstrap frame to the guest's
+//! stdin — at once as far as the pipe takes it (a whole envelope fits an
+//! empty pipe), the rest from a background task bounded by
+//! [`BOOTSTRAP_WRITE_TIMEOUT`] — and closes it, and hands back stdout and
 //! stderr as the guest's log streams.
 //!
 //! A waiter task per guest reaps it and publishes its exit; stopping sends
@@ -58,7 +59,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// How long the runner keeps trying to hand a guest its bootstrap frame. A
 /// guest that has not read it by then gets its stdin closed (it will see a
@@ -145,6 +146,7 @@ impl SandboxBackend for ProcessBackend {
             .envelope
             .to_frame()
             .map_err(|source| ProcessLaunchError::Envelope { role, source })?;
+        let checks = tracing::debug_span!("process.checks").entered();
         let program =
             resolve::resolve_program(role, &cmd.program, self.config.search_path.as_deref())?;
         let work_dir = &spec.workspace.user_root;
@@ -155,10 +157,18 @@ impl SandboxBackend for ProcessBackend {
             }
             .into());
         }
-        let spawned = self.spawn_retrying(cmd, &program, &spec).await?;
+        drop(checks);
+        let spawned = self
+            .spawn_retrying(cmd, &program, &spec)
+            .instrument(tracing::debug_span!("process.spawn"))
+            .await?;
         let pid = spawned.pid;
-        let (control, exit, stdin, stdout, stderr) = supervise(role, spawned)?;
-        tokio::spawn(write_bootstrap(role, pid, stdin, frame));
+        let supervised =
+            tracing::debug_span!("process.supervise").in_scope(|| supervise(role, spawned));
+        let (control, exit, stdin, stdout, stderr) = supervised?;
+        if let Some((stdin, rest)) = write_bootstrap_now(role, pid, stdin, frame) {
+            tokio::spawn(write_bootstrap(role, pid, stdin, rest));
+        }
         let uid = spec.run_as.map(|g| g.uid);
         info!(%role, pid, program = %program.display(), user = %spec.user_id, ?uid, "guest launched");
         Ok(LaunchedGuest {
@@ -311,6 +321,37 @@ fn attach(
     let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(err("stdout"))?;
     let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(err("stderr"))?;
     Ok((stdin, stdout, stderr))
+}
+
+/// Writes as much of the frame as the pipe takes without waiting (a whole
+/// envelope fits in an empty pipe), and closes stdin once it is all
+/// written. The guest then has its envelope whenever it reads, however busy
+/// the runtime's workers are. Returns stdin and what is left of the frame
+/// when the pipe is full.
+fn write_bootstrap_now(
+    role: GuestRole,
+    pid: u32,
+    stdin: pipe::Sender,
+    mut frame: Vec<u8>,
+) -> Option<(pipe::Sender, Vec<u8>)> {
+    while !frame.is_empty() {
+        match stdin.try_write(&frame) {
+            Ok(n) => drop(frame.drain(..n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Some((stdin, frame)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                debug!(%role, pid, "guest closed stdin before reading its bootstrap frame");
+                return None;
+            }
+            Err(e) => {
+                warn!(%role, pid, error = %e, "cannot write the bootstrap frame");
+                return None;
+            }
+        }
+    }
+    debug!(%role, pid, "bootstrap frame written");
+    // Dropping `stdin` closes the pipe: the guest sees EOF after the frame.
+    None
 }
 
 /// Writes the frame and closes stdin, bounded by [`BOOTSTRAP_WRITE_TIMEOUT`].

@@ -5,6 +5,7 @@
 use super::*;
 use crate::config::UserConfig;
 use crate::identity::{DEFAULT_UID_BASE, GuestIdentityChoice, STORE_FILE_NAME};
+use nix::unistd::{Gid, Group};
 
 const ROOT: u32 = 0;
 
