@@ -262,11 +262,16 @@ async fn launches_from_many_threads_at_once_each_start_their_own_program() {
     }
 }
 
-/// Guests are created on the backend's spawn thread, and the kernel fires
-/// their parent-death signal when that thread ends: it must live on while
-/// a guest runs, even once the backend itself is dropped.
+/// In a runner with many descriptors, guests are created on the backend's
+/// spawn thread, and the kernel fires their parent-death signal when that
+/// thread ends: it must live on while a guest runs, even once the backend
+/// itself is dropped.
 #[tokio::test]
 async fn a_guest_outlives_its_dropped_backend_until_stopped() {
+    // A descriptor numbered 600: the table is then big enough that guests
+    // are created on the spawn thread.
+    let (read, _write) = nix::unistd::pipe().unwrap();
+    let _high = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(600)).unwrap();
     let fx = Fixture::new();
     let backend = runtime_only(pdeathsig_reporter());
     let mut launched = launch_result(&fx, &backend, None).await.unwrap();

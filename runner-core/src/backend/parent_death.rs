@@ -3,12 +3,12 @@
 //! every spawned guest, after any credential change).
 //!
 //! Linux sends the signal when the *thread* that forked the child exits, not
-//! the process. Process-tier guests are created on the backend's spawn
-//! thread (`process/spawn_thread.rs`), which lives as long as the backend
-//! or any guest it created; the few other children (Firecracker, the
-//! jailer) are spawned from tokio worker threads, which live as long as the
-//! runtime, and a runtime shut down while they run kills them, which is the
-//! intent. The child re-checks its parent after arming the signal, closing
+//! the process. In a runner holding many descriptors, process-tier guests
+//! are created on the backend's spawn thread (`process/spawn_thread.rs`),
+//! which lives as long as the backend or any guest it created; other
+//! children are spawned from tokio worker threads, which live as long as
+//! the runtime, and a runtime shut down while they run kills them, which is
+//! the intent. The child re-checks its parent after arming the signal, closing
 //! the race with a runner that died while the child was being created.
 
 use super::process::SpawnStep;

@@ -15,9 +15,14 @@
 //!   `prctl`, the child is already orphaned and refuses to exec.
 //!
 //!   Linux fires the signal when the *thread* that created the child exits,
-//!   not the process. Guests are created on the backend's spawn thread
-//!   (`spawn_thread.rs`), which ends only once the backend and every guest
-//!   it created are gone, so no runtime thread retiring can kill a guest.
+//!   not the process. In a runner holding many descriptors, guests are
+//!   created on the backend's spawn thread (`spawn_thread.rs`), which ends
+//!   only once the backend and every guest it created are gone. Otherwise
+//!   the launch runs on a Tokio worker thread, which lives as long as its
+//!   runtime, so those guests are killed when the runtime that launched
+//!   them shuts down — the intended lifetime anyway; an embedding program
+//!   must not launch from a short-lived thread (inside `spawn_blocking`,
+//!   say).
 //!   Grandchildren do not inherit the setting (the kernel clears it on
 //!   fork); the process-group kill covers them.
 //! - **Cleared environment**: only the configured `env`, then the session's

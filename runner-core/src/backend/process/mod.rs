@@ -9,10 +9,10 @@
 //! clean start: umask 077, fds 0-2 only, `no_new_privs`, the runner's start
 //! rlimits plus `RLIMIT_NPROC` and `RLIMIT_CORE = 0` (see `command.rs` and
 //! `clean_start.rs` for every process attribute and why). The process is
-//! created without copying the runner (`spawn.rs`, `child.rs`), on a thread
-//! whose descriptor table does not grow with the runner's
-//! (`spawn_thread.rs`), so a launch costs the same with one session or a
-//! thousand. The launch then writes the bootstrap frame to the guest's
+//! created without copying the runner (`spawn.rs`, `child.rs`), and once
+//! the runner holds many descriptors on a thread whose descriptor table
+//! does not grow with the runner's (`spawn_thread.rs`), so a launch costs
+//! the same with one session or a thousand. The launch then writes the bootstrap frame to the guest's
 //! stdin — at once as far as the pipe takes it (a whole envelope fits an
 //! empty pipe), the rest from a background task bounded by
 //! [`BOOTSTRAP_WRITE_TIMEOUT`] — and closes it, and hands back stdout and
@@ -50,12 +50,12 @@ use async_trait::async_trait;
 use control::{ProcessControl, ProcessGroup};
 use runner_types::{GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
 use spawn::{SpawnError, SpawnRequest, Spawned};
-use spawn_thread::SpawnThread;
+use spawn_thread::SpawnThreadSlot;
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
@@ -84,9 +84,8 @@ pub struct ProcessBackendConfig {
 pub struct ProcessBackend {
     config: ProcessBackendConfig,
     start_rlimits: StartRlimits,
-    /// Started at the first launch; `None` inside: it could not be set up,
-    /// and guests are created on the launching thread.
-    spawn_thread: Arc<OnceLock<Option<Arc<SpawnThread>>>>,
+    /// Where guests are created once the runner holds many descriptors.
+    spawn_thread: SpawnThreadSlot,
 }
 
 impl ProcessBackend {
@@ -97,7 +96,7 @@ impl ProcessBackend {
         Self {
             config,
             start_rlimits: StartRlimits::capture(),
-            spawn_thread: Arc::default(),
+            spawn_thread: SpawnThreadSlot::default(),
         }
     }
 
@@ -241,20 +240,7 @@ impl ProcessBackend {
             run_as: spec.run_as,
             rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
         };
-        spawn::spawn(request, self.spawn_thread().as_ref())
-            .map_err(|e| launch_error(role, program, e))
-    }
-
-    /// The spawn thread (`spawn_thread.rs`), started on first use.
-    fn spawn_thread(&self) -> Option<Arc<SpawnThread>> {
-        let started = self.spawn_thread.get_or_init(|| match SpawnThread::start() {
-            Ok(thread) => Some(Arc::new(thread)),
-            Err(error) => {
-                info!(%error, "cannot set up the guest spawn thread; guests are created on the launching thread");
-                None
-            }
-        });
-        started.clone()
+        spawn::spawn(request, &self.spawn_thread).map_err(|e| launch_error(role, program, e))
     }
 }
 

@@ -19,7 +19,7 @@
 use super::child::{ChildContext, ChildReport, ExecTarget, Identity, child_main};
 use super::error::SpawnStep;
 use super::program_fd::ProgramHandle;
-use super::spawn_thread::SpawnThread;
+use super::spawn_thread::{SpawnThread, SpawnThreadSlot, THREAD_FROM_FD_SLOTS};
 use crate::backend::clean_start::{CleanStart, StartRlimits};
 use crate::identity::GuestUser;
 use nix::libc::{self, c_char, c_int, c_void};
@@ -125,7 +125,7 @@ fn path_bytes(path: &Path) -> Vec<u8> {
 
 impl Prepared {
     /// Checks and converts `req`'s strings and gathers the clean-start data.
-    fn new(req: &SpawnRequest<'_>) -> Result<Self, SpawnError> {
+    fn new(req: &SpawnRequest<'_>, reset_signals: Option<u64>) -> Result<Self, SpawnError> {
         let argv0 = path_bytes(req.program.path());
         let args = req.args.iter().map(|a| OsStr::as_bytes(a).to_vec());
         let env = req.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes());
@@ -136,7 +136,7 @@ impl Prepared {
             exec_path: c_string(path_bytes(req.program.path()), "program path")?,
             clean: CleanStart::prepare(req.rlimits.clone()),
             identity: req.run_as.map(identity),
-            reset_signals: signals_to_reset(),
+            reset_signals,
         })
     }
 
@@ -173,13 +173,24 @@ impl Prepared {
     }
 }
 
-/// Starts `req`'s program; see the module docs. With `thread`, the child is
-/// created on that spawn thread, whose descriptor table is small.
-pub(super) fn spawn(
+/// Starts `req`'s program; see the module docs. Once the runner's
+/// descriptor table has [`THREAD_FROM_FD_SLOTS`] slots, the child is
+/// created on the spawn thread in `slot`, whose table is small; before, on
+/// the calling thread, which is cheaper while the table is small too.
+pub(super) fn spawn(req: SpawnRequest<'_>, slot: &SpawnThreadSlot) -> Result<Spawned, SpawnError> {
+    let status = SelfStatus::read();
+    let big_table = status.fd_slots.is_some_and(|n| n >= THREAD_FROM_FD_SLOTS);
+    let thread = if big_table { slot.get() } else { None };
+    spawn_with(req, status.reset_signals, thread.as_ref())
+}
+
+/// [`spawn`] on `thread`, or on the calling thread without one.
+pub(super) fn spawn_with(
     req: SpawnRequest<'_>,
+    reset_signals: Option<u64>,
     thread: Option<&Arc<SpawnThread>>,
 ) -> Result<Spawned, SpawnError> {
-    let prepared = Prepared::new(&req)?;
+    let prepared = Prepared::new(&req, reset_signals)?;
     let (parent_ends, child_ends) = stdio_pipes().map_err(SpawnError::Create)?;
     let exec_fd = req.program.exec_fd();
     // The child's pipe ends close when this returns.
@@ -198,6 +209,37 @@ pub(super) fn spawn(
     })
 }
 
+/// What a spawn reads from `/proc/self/status`, in one read.
+struct SelfStatus {
+    /// See [`signals_to_reset`].
+    reset_signals: Option<u64>,
+    /// Slots in the runner's descriptor table (`FDSize`): what bounds the
+    /// cost of copying it into a child.
+    fd_slots: Option<u64>,
+}
+
+impl SelfStatus {
+    fn read() -> Self {
+        match std::fs::read_to_string("/proc/self/status") {
+            Ok(status) => Self {
+                reset_signals: signals_to_reset(&status),
+                fd_slots: field(&status, "FDSize:").and_then(|v| v.parse().ok()),
+            },
+            Err(_) => Self {
+                reset_signals: None,
+                fd_slots: None,
+            },
+        }
+    }
+}
+
+fn field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
 /// The signals the child must put back to their default action: every
 /// caught one, and SIGPIPE if the runner ignores it (Rust programs do), as
 /// bit `n - 1` for signal `n`. Read from `/proc/self/status` in one go,
@@ -205,12 +247,8 @@ pub(super) fn spawn(
 /// `None` when it cannot be read. A handler another thread installs between
 /// this read and the spawn could run in the child only if that very signal
 /// were sent to the child before its `exec`, while nothing knows its pid.
-fn signals_to_reset() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let mask = |key: &str| {
-        let value = status.lines().find_map(|l| l.strip_prefix(key))?;
-        u64::from_str_radix(value.trim(), 16).ok()
-    };
+fn signals_to_reset(status: &str) -> Option<u64> {
+    let mask = |key: &str| u64::from_str_radix(field(status, key)?, 16).ok();
     let sigpipe = 1u64 << (libc::SIGPIPE - 1);
     Some(mask("SigCgt:")? | (mask("SigIgn:")? & sigpipe))
 }
@@ -330,7 +368,9 @@ mod tests {
     fn the_ignored_sigpipe_is_among_the_signals_to_reset() {
         // Rust programs (this test harness too) ignore SIGPIPE; nothing
         // here touches SIGWINCH.
-        let mask = signals_to_reset().expect("/proc/self/status is readable");
+        let mask = SelfStatus::read()
+            .reset_signals
+            .expect("/proc/self/status is readable");
         assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0);
         assert_eq!(mask & (1 << (libc::SIGWINCH - 1)), 0);
     }

@@ -43,11 +43,38 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+
+/// The size of the runner's descriptor table (`FDSize`, slots allocated)
+/// from which children are created on the spawn thread. Below it, copying
+/// the table costs less than handing the spawn to another thread (a
+/// wake-up each way, which on a busy machine can wait for a CPU); the
+/// kernel grows the table in powers of two, so this means a descriptor
+/// numbered 512 or more has been open.
+pub(super) const THREAD_FROM_FD_SLOTS: u64 = 1024;
 
 /// Descriptors one spawn sends to the thread: stdin, stdout, stderr and
 /// the program.
 const MAX_SENT: usize = 4;
+
+/// A backend's spawn thread, started the first time it is needed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SpawnThreadSlot(Arc<OnceLock<Option<Arc<SpawnThread>>>>);
+
+impl SpawnThreadSlot {
+    /// The thread; `None` if it could not be set up (then never retried:
+    /// what refused it, a seccomp profile say, does not change).
+    pub(super) fn get(&self) -> Option<Arc<SpawnThread>> {
+        let started = self.0.get_or_init(|| match SpawnThread::start() {
+            Ok(thread) => Some(Arc::new(thread)),
+            Err(error) => {
+                tracing::info!(%error, "cannot set up the guest spawn thread; guests are created on the launching thread");
+                None
+            }
+        });
+        started.clone()
+    }
+}
 
 /// A handle on the spawn thread; the thread ends when the last is dropped.
 #[derive(Debug)]
@@ -314,14 +341,13 @@ fn receive_fds(socket: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use super::super::program_fd::ProgramHandle;
-    use super::super::spawn::{SpawnRequest, spawn};
+    use super::super::spawn::{SpawnRequest, spawn_with};
     use super::*;
     use crate::backend::clean_start::StartRlimits;
     use rustix::process::WaitIdStatus;
     use std::collections::BTreeMap;
     use std::ffi::OsString;
     use std::path::Path;
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     /// Runs `/bin/sh -c <script>` through `thread` (or on this thread).
@@ -336,7 +362,7 @@ mod tests {
             run_as: None,
             rlimits: StartRlimits::capture(),
         };
-        spawn(req, thread).expect("spawn")
+        spawn_with(req, None, thread).expect("spawn")
     }
 
     fn exit_of(pidfd: &OwnedFd) -> WaitIdStatus {
@@ -406,5 +432,37 @@ mod tests {
         // Its end fired the child's parent-death signal.
         let status = exit_of(&child.pidfd);
         assert_eq!(status.terminating_signal(), Some(nix::libc::SIGKILL));
+    }
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::super::program_fd::ProgramHandle;
+    use super::super::spawn::{SpawnRequest, spawn};
+    use super::*;
+    use crate::backend::clean_start::StartRlimits;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    #[test]
+    fn a_big_descriptor_table_sends_the_spawn_to_the_thread() {
+        // A descriptor numbered 600 grows the table to 1,024 slots.
+        let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let _high = rustix::io::fcntl_dupfd_cloexec(&read, 600).unwrap();
+        let program = ProgramHandle::open(Path::new("/bin/true"), false).unwrap();
+        let req = SpawnRequest {
+            program: &program,
+            args: &[],
+            env: &BTreeMap::new(),
+            work_dir: Path::new("/"),
+            run_as: None,
+            rlimits: StartRlimits::capture(),
+        };
+        let slot = SpawnThreadSlot::default();
+        let child = spawn(req, &slot).expect("spawn");
+        assert!(child.spawned_by.is_some(), "created on the spawn thread");
+        let exit =
+            rustix::process::waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED);
+        assert_eq!(exit.unwrap().unwrap().exit_status(), Some(0));
     }
 }
