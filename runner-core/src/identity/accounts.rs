@@ -91,9 +91,10 @@ impl AccountCache {
         Self::default()
     }
 
-    /// [`account_named`], answered from memory when `id` was found unknown
-    /// less than [`ACCOUNT_CACHE_TTL`] ago and the account files have not
-    /// changed since.
+    /// The host account with uid `id`, else the group with gid `id`;
+    /// answered from memory when `id` was found unknown less than
+    /// [`ACCOUNT_CACHE_TTL`] ago and the account files have not changed
+    /// since.
     pub fn account_named(&self, id: u32) -> Result<Option<String>, IdentityError> {
         self.account_named_at(id, Instant::now(), ACCOUNT_CACHE_TTL)
     }
