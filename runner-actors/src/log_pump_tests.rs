@@ -10,15 +10,19 @@ use tokio::net::unix::pipe;
 
 const BOUND: Duration = Duration::from_secs(10);
 
-fn handle(dir: &tempfile::TempDir) -> LogPumpHandle {
-    let sink = LogSink::open(
+/// The runtime's stdout log in `dir`.
+fn sink(dir: &tempfile::TempDir) -> LogSink {
+    LogSink::open(
         dir.path(),
         GuestRole::Runtime,
         LogStream::Stdout,
         LogLimits::default(),
     )
-    .expect("sink");
-    LogPumpHandle::new(GuestRole::Runtime, LogStream::Stdout, sink)
+    .expect("sink")
+}
+
+fn handle(dir: &tempfile::TempDir) -> LogPumpHandle {
+    LogPumpHandle::new(GuestRole::Runtime, LogStream::Stdout, sink(dir))
 }
 
 fn logs_dir() -> tempfile::TempDir {
@@ -124,14 +128,7 @@ async fn output_written_before_the_sink_opened_is_logged_byte_exact_and_in_order
     assert_eq!(pumps.running(), 0, "no copy before the sink opens");
     assert!(pumps.sink().is_none());
 
-    let sink = LogSink::open(
-        dir.path(),
-        GuestRole::Runtime,
-        LogStream::Stdout,
-        LogLimits::default(),
-    )
-    .expect("sink");
-    pumps.open_with(sink);
+    pumps.open_with(sink(&dir));
     let drained = pumps.drain(BOUND).await;
     assert!(!drained.cut && !drained.writes_stuck, "{drained:?}");
     let logged = std::fs::read(pumps.sink().expect("open").path()).expect("log file");

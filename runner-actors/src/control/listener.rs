@@ -33,20 +33,6 @@ pub struct ControlListenerHandle {
 }
 
 impl ControlListenerHandle {
-    /// Binds `workspace`'s `run/runner-control.sock` (mode 0600, a stale
-    /// socket removed first; with `ipc_link` also the `ipc/` link to it)
-    /// and starts serving `ctx` on it. Must be called within a Tokio
-    /// runtime.
-    pub fn spawn(
-        workspace: &Workspace,
-        ipc_link: bool,
-        ctx: ServerContext,
-        limits: ControlLimits,
-    ) -> Result<Self, SessionError> {
-        let bound = BoundControlSocket::bind(workspace, ipc_link)?;
-        bound.serve(ctx, limits)
-    }
-
     /// Stops accepting at once: the server takes no new connection and
     /// tells open ones to close. [`Self::stop`] then waits for it and
     /// removes the socket; a shutdown calls this first so that the guests'
@@ -80,16 +66,16 @@ pub struct BoundControlSocket {
 }
 
 impl BoundControlSocket {
-    /// Binds as [`ControlListenerHandle::spawn`] does, without a runtime
-    /// (blocking: run it on the blocking pool).
+    /// Binds `workspace`'s `run/runner-control.sock` (mode 0600, a stale
+    /// socket removed first; with `ipc_link` also the `ipc/` link to it).
+    /// Blocking, without a runtime: run it on the blocking pool.
     pub fn bind(workspace: &Workspace, ipc_link: bool) -> Result<Self, SessionError> {
-        let (socket, listener) =
-            ControlSocket::bind_std(workspace, ipc_link).map_err(|e| match e {
-                ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
-                ControlSocketError::Bind { path, source } => {
-                    SessionError::ControlSocket { path, source }
-                }
-            })?;
+        let (socket, listener) = ControlSocket::bind(workspace, ipc_link).map_err(|e| match e {
+            ControlSocketError::Path { source } => SessionError::ControlSocketPath { source },
+            ControlSocketError::Bind { path, source } => {
+                SessionError::ControlSocket { path, source }
+            }
+        })?;
         Ok(Self {
             socket: Some(socket),
             listener: Some(listener),

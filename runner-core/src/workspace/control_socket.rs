@@ -11,10 +11,8 @@ use super::file::{HostFileError, remove_stale_socket};
 use crate::control::ipc_link::IpcLink;
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use tokio::net::UnixListener;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, Error)]
@@ -50,27 +48,9 @@ impl ControlSocket {
     /// first, and with `link` makes `ipc/runner-control.sock` point at it
     /// (a link that cannot be made is logged, not fatal).
     ///
-    /// Must be called within a tokio runtime (the listener registers with it).
+    /// Blocking, and needs no runtime: the listener is a non-blocking std
+    /// one, for [`tokio::net::UnixListener::from_std`] where it is served.
     pub fn bind(
-        workspace: &Workspace,
-        link: bool,
-    ) -> Result<(Self, UnixListener), ControlSocketError> {
-        let (socket, listener) = Self::bind_std(workspace, link)?;
-        match UnixListener::from_std(listener) {
-            Ok(listener) => Ok((socket, listener)),
-            Err(source) => {
-                let path = socket.path.clone();
-                socket.remove();
-                Err(ControlSocketError::Bind { path, source })
-            }
-        }
-    }
-
-    /// As [`Self::bind`], but blocking and outside any runtime: the
-    /// listener is a non-blocking std one, for
-    /// [`tokio::net::UnixListener::from_std`] later. For binding on the
-    /// blocking pool while other work goes on.
-    pub fn bind_std(
         workspace: &Workspace,
         link: bool,
     ) -> Result<(Self, std::os::unix::net::UnixListener), ControlSocketError> {
@@ -123,15 +103,12 @@ impl ControlSocket {
     }
 }
 
-/// A non-blocking, close-on-exec Unix stream socket bound at `path` and
-/// listening with tokio's own backlog (1024).
+/// A non-blocking (close-on-exec, as std makes every socket) Unix stream
+/// socket listening at `path`.
 fn listen_at(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
-    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-    let fd = nix::sys::socket::socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    nix::sys::socket::listen(&fd, Backlog::new(1024)?)?;
-    Ok(fd.into())
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 #[cfg(test)]
