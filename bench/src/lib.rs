@@ -10,6 +10,9 @@
 //! pipe, a raw control-socket connection that measures the server and not
 //! client-side JSON decoding, and the runner's resident memory.
 
+mod log_watch;
+
+pub use log_watch::LogWatch;
 use runner_core::backend::LaunchSpec;
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::bootstrap::{EnvelopeParams, build_envelope, insecure_process_tier};
@@ -22,7 +25,7 @@ use runner_types::{
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdout, Command};
@@ -155,33 +158,32 @@ pub fn stdout_log(workspace: &Workspace, role: GuestRole) -> PathBuf {
     workspace.logs.join(LogStream::Stdout.file_name(role))
 }
 
-/// Blocks until every file in `paths` contains `needle`, re-reading them
-/// every 200 µs; the first file still without it after `timeout` is the
-/// error. Run it on a blocking thread: Tokio's timers have 1 ms resolution,
-/// which would dominate a sub-millisecond start.
-pub fn wait_for_files(paths: &[PathBuf], needle: &str, timeout: Duration) -> Result<(), PathBuf> {
-    let deadline = Instant::now() + timeout;
-    let mut pending: Vec<&PathBuf> = paths.iter().collect();
-    loop {
-        pending.retain(|p| {
-            !std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        });
-        match pending.first() {
-            None => return Ok(()),
-            Some(p) if Instant::now() >= deadline => return Err((*p).clone()),
-            Some(_) => std::thread::sleep(Duration::from_micros(200)),
-        }
-    }
-}
-
-/// [`wait_for_files`] on a blocking thread, panicking on timeout.
+/// Waits (on a blocking thread) until every file in `paths` contains
+/// `needle`, woken by writes to them (see [`LogWatch`]); panics on timeout.
 pub async fn wait_for_logs(paths: Vec<PathBuf>, needle: &'static str, timeout: Duration) {
-    let waited = tokio::task::spawn_blocking(move || wait_for_files(&paths, needle, timeout))
-        .await
-        .expect("log waiter thread");
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut watch = LogWatch::on(paths.iter().filter_map(|p| p.parent()));
+        let files: Vec<(PathBuf, u64)> = paths.into_iter().map(|p| (p, 0)).collect();
+        let waited = watch.wait(&files, needle, timeout);
+        watch.close_in_background();
+        waited
+    })
+    .await
+    .expect("log waiter thread");
     if let Err(path) = waited {
         panic!("{} has no {needle:?} after {timeout:?}", path.display());
     }
+}
+
+/// User plus system CPU time of this process so far (all its threads,
+/// ended ones included; not its children).
+pub fn own_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// The envelope a session would hand `role` of `user` (process tier, the

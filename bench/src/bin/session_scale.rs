@@ -42,8 +42,8 @@ use futures::future::join_all;
 use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
     BareGuest, RawControlConn, demo_guest_runner, health_request_frame, median, ms, open_fds,
-    percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib,
-    wait_for_logs,
+    own_cpu, percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log,
+    vm_rss_kib, wait_for_logs,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -592,17 +592,6 @@ async fn stop_fleet(sessions: &[SessionHandle]) -> Stopped {
         cpu: own_cpu().saturating_sub(cpu),
         failed: results.iter().filter(|r| r.is_err()).count(),
     }
-}
-
-/// User plus system CPU time of this process so far (all its threads,
-/// ended ones included).
-fn own_cpu() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// One persistent connection per socket; one untimed round that checks

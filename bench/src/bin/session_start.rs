@@ -5,9 +5,11 @@
 //!   envelopes, i.e. until each guest's `<role>.stdout.log` contains its
 //!   `envelope=` line. This covers workspace provisioning, the actor tree,
 //!   four log pumps, both launches, the control socket, the bootstrap
-//!   writes and the pumps copying the line into the files. The files are
-//!   polled every 200 µs from a blocking thread, so up to ~0.2 ms of each
-//!   sample is polling granularity.
+//!   writes and the pumps copying the line into the files. A blocking
+//!   thread waits on an inotify watch of the logs directory (set up before
+//!   the clock) and reads a file again on each write to it, so it wakes as
+//!   the line lands, as the baseline's pipe read does, and takes no CPU
+//!   from the start while it waits.
 //! - stop: `SessionHandle::shutdown` until it returns (listener stopped,
 //!   runtime then sidecar SIGTERMed and reaped, pumps drained to EOF,
 //!   actors stopped).
@@ -49,8 +51,8 @@
 use futures::future::join;
 use runner_actors::Runner;
 use runner_bench::{
-    BareGuest, demo_guest_runner, median, ms, percentile, session_like_envelope_frame,
-    short_tempdir,
+    BareGuest, LogWatch, demo_guest_runner, median, ms, own_cpu, percentile,
+    session_like_envelope_frame, short_tempdir,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -140,6 +142,24 @@ async fn main() {
         &mut new.ready,
         &mut base.ready,
     );
+    println!();
+    println!(
+        "| CPU of this process per session, start call to stop done (guests excluded) | median | p90 |"
+    );
+    println!("| --- | --- | --- |");
+    for (name, samples) in [
+        ("known user (logs recreated)", &mut known.cpu),
+        ("known user (logs kept)", &mut kept.cpu),
+        ("new user's first session", &mut new.cpu),
+        ("baseline: bare guests, stopped at once", &mut base.cpu),
+        ("baseline: bare guests, stopped in order", &mut ordered.cpu),
+    ] {
+        println!(
+            "| {name} | {} | {} |",
+            ms(median(samples)),
+            ms(percentile(samples, 90.0))
+        );
+    }
     if let Some(spans) = spans {
         spans.print();
     }
@@ -269,6 +289,9 @@ struct Sample {
     returned: Duration,
     ready: Duration,
     stopped: Duration,
+    /// CPU time of this process from the start call until the stop is
+    /// done (its guests excluded).
+    cpu: Duration,
 }
 
 #[derive(Default)]
@@ -276,6 +299,7 @@ struct Samples {
     returned: Vec<Duration>,
     ready: Vec<Duration>,
     stopped: Vec<Duration>,
+    cpu: Vec<Duration>,
 }
 
 impl Samples {
@@ -283,6 +307,7 @@ impl Samples {
         self.returned.push(s.returned);
         self.ready.push(s.ready);
         self.stopped.push(s.stopped);
+        self.cpu.push(s.cpu);
     }
 }
 
@@ -329,46 +354,37 @@ async fn ours(runner: &Runner, user: &str, old: OldLogs, spans: Option<&SpanTime
             (path, end)
         })
         .to_vec();
+    let watch = LogWatch::on([dir.as_path()]);
     mark();
+    let cpu = own_cpu();
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
-    wait_for_logs_past(logs, "envelope=").await;
+    wait_for_logs_past(watch, logs, "envelope=").await;
     let ready = t.elapsed();
 
     mark();
     let t = Instant::now();
     let report = session.shutdown(BOUND).await.expect("shutdown");
     let stopped = t.elapsed();
+    let cpu = own_cpu().saturating_sub(cpu);
     assert!(report.cut_streams.is_empty(), "{report:?}");
     Sample {
         returned,
         ready,
         stopped,
+        cpu,
     }
 }
 
 /// Blocks (on a blocking thread) until each file has `needle` past its
-/// offset, re-reading every 200 µs, as `runner_bench::wait_for_files` does
-/// for whole files.
-async fn wait_for_logs_past(logs: Vec<(PathBuf, u64)>, needle: &'static str) {
-    let found = |(path, from): &(PathBuf, u64)| {
-        std::fs::read(path).is_ok_and(|b| {
-            b.get(*from as usize..)
-                .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        })
-    };
+/// offset, woken by the runner's writes to them through `watch`, which was
+/// set up before the clock started.
+async fn wait_for_logs_past(mut watch: LogWatch, logs: Vec<(PathBuf, u64)>, needle: &'static str) {
     let waited = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + BOUND;
-        let mut pending = logs;
-        loop {
-            pending.retain(|l| !found(l));
-            match pending.first() {
-                None => return Ok(()),
-                Some((p, _)) if Instant::now() >= deadline => return Err(p.clone()),
-                Some(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
+        let waited = watch.wait(&logs, needle, BOUND);
+        watch.close_in_background();
+        waited
     })
     .await
     .expect("log waiter thread");
@@ -395,6 +411,7 @@ async fn bare(program: &Path, root: &Path, user: &str, order: StopOrder) -> Samp
     let side_frame = session_like_envelope_frame(&user, &ws, GuestRole::Sidecar);
     let run_frame = session_like_envelope_frame(&user, &ws, GuestRole::Runtime);
 
+    let cpu = own_cpu();
     let t = Instant::now();
     let mut sidecar = BareGuest::spawn(program, GuestRole::Sidecar, &ws, &user, &side_frame).await;
     let mut runtime = BareGuest::spawn(program, GuestRole::Runtime, &ws, &user, &run_frame).await;
@@ -416,9 +433,11 @@ async fn bare(program: &Path, root: &Path, user: &str, order: StopOrder) -> Samp
             sidecar.wait(BOUND).await;
         }
     }
+    let stopped = t.elapsed();
     Sample {
         returned,
         ready,
-        stopped: t.elapsed(),
+        stopped,
+        cpu: own_cpu().saturating_sub(cpu),
     }
 }
