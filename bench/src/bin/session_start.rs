@@ -31,8 +31,10 @@
 //! the runtime, wait for it, SIGTERM the sidecar, wait for it. `ROUNDS`
 //! samples each, interleaved, after one warm-up of each.
 //!
-//! With `--spans`, a tracing layer also records how long each of the
-//! session's debug spans took (provisioning, lock, log files, actors,
+//! With `--spans`, further rounds follow (a known user's session and a new
+//! user's, `SPAN_ROUNDS` each, after the timed ones, so that recording
+//! costs nothing in the rows above), in which a tracing layer records how
+//! long each of the session's debug spans took (provisioning, lock, log files, actors,
 //! launches, control socket, and each shutdown step) and prints their
 //! medians, for known users' sessions and new users' first sessions apart
 //! (a new user's provisioning allocates and durably records a uid, which
@@ -64,14 +66,14 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-const ROUNDS: usize = 20;
+const ROUNDS: usize = 60;
+/// Rounds of each kind with spans recorded (`--spans`).
+const SPAN_ROUNDS: usize = 20;
 const BOUND: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() {
-    let spans = std::env::args()
-        .any(|a| a == "--spans")
-        .then(SpanTimes::install);
+    let want_spans = std::env::args().any(|a| a == "--spans");
     let guest = runner_tests::guest_binary("demo-guest");
     let dir = short_tempdir();
     let runner = demo_guest_runner(dir.path(), &guest);
@@ -79,13 +81,7 @@ async fn main() {
 
     // The warm-up also makes "known" a user whose workspace and guest uid
     // already exist, as for every session after a user's first.
-    let kind = |k| {
-        if let Some(spans) = &spans {
-            spans.set_kind(k);
-        }
-    };
-    kind(SessionKind::WarmUp);
-    ours(&runner, "known", OldLogs::Removed, spans.as_ref()).await;
+    ours(&runner, "known", OldLogs::Removed, None).await;
     bare(&guest, &bare_root, "warm", StopOrder::AtOnce).await;
     bare(&guest, &bare_root, "warm-o", StopOrder::Ordered).await;
     let (mut known, mut new, mut base, mut ordered, mut kept) = (
@@ -96,13 +92,10 @@ async fn main() {
         Samples::default(),
     );
     for i in 0..ROUNDS {
-        kind(SessionKind::Known);
-        known.push(ours(&runner, "known", OldLogs::Removed, spans.as_ref()).await);
+        known.push(ours(&runner, "known", OldLogs::Removed, None).await);
         base.push(bare(&guest, &bare_root, &format!("b{i}"), StopOrder::AtOnce).await);
-        kind(SessionKind::New);
-        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed, spans.as_ref()).await);
-        kind(SessionKind::WarmUp);
-        kept.push(ours(&runner, "known", OldLogs::Kept, spans.as_ref()).await);
+        new.push(ours(&runner, &format!("s{i}"), OldLogs::Removed, None).await);
+        kept.push(ours(&runner, "known", OldLogs::Kept, None).await);
         ordered.push(bare(&guest, &bare_root, &format!("o{i}"), StopOrder::Ordered).await);
     }
 
@@ -160,7 +153,16 @@ async fn main() {
             ms(percentile(samples, 90.0))
         );
     }
-    if let Some(spans) = spans {
+    if want_spans {
+        // Rounds of their own, after the timed ones: recording spans costs
+        // the runner time the baseline does not pay.
+        let spans = SpanTimes::install();
+        for i in 0..SPAN_ROUNDS {
+            spans.set_kind(SessionKind::Known);
+            ours(&runner, "known", OldLogs::Removed, Some(&spans)).await;
+            spans.set_kind(SessionKind::New);
+            ours(&runner, &format!("t{i}"), OldLogs::Removed, Some(&spans)).await;
+        }
         spans.print();
     }
 }
@@ -168,7 +170,7 @@ async fn main() {
 /// Which sessions the spans being recorded belong to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 enum SessionKind {
-    /// The first session (and the bare warm-ups), not printed.
+    /// Spans before a kind is set: not printed.
     #[default]
     WarmUp,
     /// A known user's session (its workspace and guest uid exist).
