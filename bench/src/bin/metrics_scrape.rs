@@ -3,6 +3,7 @@
 //! sessions in the same process, each with two real demo guests (runtime
 //! and sidecar, idle) through the process backend.
 //!
+//! Both scrapes wait until every guest runs (past its readiness check).
 //! Each scrape reads every guest's CPU time and memory from `/proc` (one
 //! pass over all processes), every log sink's counters and every health
 //! snapshot, and encodes the OpenMetrics text. Scrapes run one after
@@ -13,6 +14,7 @@
 use runner_actors::{Runner, SessionHandle, SessionOptions};
 use runner_bench::{demo_guest_runner, median, ms, percentile, short_tempdir};
 use runner_core::metrics::usage::ProcessGroups;
+use runner_types::GuestState;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,6 +54,24 @@ async fn scrape(runner: &Runner) -> Scrapes {
     })
     .await
     .expect("scrape thread")
+}
+
+/// Waits until every guest of `sessions` runs (a guest is `starting`
+/// until its readiness check passes, and a scrape reads the processes of
+/// running guests only).
+async fn wait_running(sessions: &[SessionHandle]) {
+    for s in sessions {
+        let mut health = s.watch_health();
+        let waited = tokio::time::timeout(
+            BOUND,
+            health.wait_for(|h| h.guests.iter().all(|g| g.state == GuestState::Running)),
+        )
+        .await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "a session's guests did not all run within {BOUND:?}"
+        );
+    }
 }
 
 /// The `/proc` pass alone, for every guest's process group.
@@ -118,6 +138,7 @@ async fn main() {
             .await
             .expect("start the first session"),
     );
+    wait_running(&sessions).await;
     let mut one = scrape(&runner).await;
     let one_procs = processes_on_host();
     eprintln!("1 session scraped; starting {} more", SESSIONS - 1);
@@ -128,6 +149,7 @@ async fn main() {
             .unwrap_or_else(|e| panic!("start session {i}: {e}"));
         sessions.push(s);
     }
+    wait_running(&sessions).await;
     let mut many = scrape(&runner).await;
     let many_procs = processes_on_host();
     let mut scans = proc_scans(&sessions).await;
