@@ -161,9 +161,21 @@ pub fn stdout_log(workspace: &Workspace, role: GuestRole) -> PathBuf {
 /// Waits (on a blocking thread) until every file in `paths` contains
 /// `needle`, woken by writes to them (see [`LogWatch`]); panics on timeout.
 pub async fn wait_for_logs(paths: Vec<PathBuf>, needle: &'static str, timeout: Duration) {
+    let watch = LogWatch::on(paths.iter().filter_map(|p| p.parent()));
+    let files = paths.into_iter().map(|p| (p, 0)).collect();
+    wait_for_logs_past(watch, files, needle, timeout).await;
+}
+
+/// Waits (on a blocking thread) until each file holds `needle` past its
+/// offset, woken through `watch` (set up before any clock starts), then
+/// closes the watch off the caller's path; panics on timeout.
+pub async fn wait_for_logs_past(
+    mut watch: LogWatch,
+    files: Vec<(PathBuf, u64)>,
+    needle: &'static str,
+    timeout: Duration,
+) {
     let waited = tokio::task::spawn_blocking(move || {
-        let mut watch = LogWatch::on(paths.iter().filter_map(|p| p.parent()));
-        let files: Vec<(PathBuf, u64)> = paths.into_iter().map(|p| (p, 0)).collect();
         let waited = watch.wait(&files, needle, timeout);
         watch.close_in_background();
         waited

@@ -156,12 +156,10 @@ impl LogPumpHandle {
     /// is dropped instead.
     pub fn attach(&self, reader: GuestStream) {
         let mut attached = self.lock();
-        if self.inner.sink.get().is_some() {
-            self.start_copy(&mut attached, reader);
-        } else if attached.running.is_some() {
+        if self.inner.sink.get().is_none() && attached.running.is_some() {
             attached.waiting.push(reader);
         } else {
-            tracing::warn!(stream = %self.inner.name, "log pump stopped; output dropped");
+            self.start_copy(&mut attached, reader);
         }
     }
 

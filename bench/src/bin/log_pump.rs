@@ -23,23 +23,13 @@
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
-use nix::sys::resource::{UsageWho, getrusage};
-use runner_bench::median;
+use runner_bench::{median, own_cpu};
 use runner_core::config::LogLimits;
 use runner_core::logs::{LogPump, LogSink, PumpEnd, rotated_path};
 use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// User + system CPU time of `who` so far.
-fn cpu(who: UsageWho) -> Duration {
-    let usage = getrusage(who).expect("getrusage");
-    let secs = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-    };
-    secs(usage.user_time()) + secs(usage.system_time())
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Workload {
@@ -89,7 +79,7 @@ async fn run_pump(dir: &Path, work: Workload, bytes: u64) -> (Duration, Duration
         LogLimits::default(),
     )
     .expect("sink");
-    let cpu_before = cpu(UsageWho::RUSAGE_SELF);
+    let cpu_before = own_cpu();
     let start = Instant::now();
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", &work.producer(bytes)])
@@ -104,7 +94,7 @@ async fn run_pump(dir: &Path, work: Workload, bytes: u64) -> (Duration, Duration
         .finish(Duration::from_secs(300))
         .await;
     let wall = start.elapsed();
-    let used = cpu(UsageWho::RUSAGE_SELF) - cpu_before;
+    let used = own_cpu() - cpu_before;
     let status = child.wait().await.expect("wait producer");
     assert!(status.success(), "producer failed: {status}");
     assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
@@ -149,7 +139,7 @@ fn run_floor(dir: &Path, work: Workload, bytes: u64) -> Duration {
             .open(path)
             .expect("open floor log")
     };
-    let cpu_before = cpu(UsageWho::RUSAGE_SELF);
+    let cpu_before = own_cpu();
     let mut child = Command::new("sh")
         .args(["-c", &work.producer(bytes)])
         .stdout(Stdio::piped())
@@ -183,7 +173,7 @@ fn run_floor(dir: &Path, work: Workload, bytes: u64) -> Duration {
             Err(e) => panic!("floor splice: {e}"),
         }
     }
-    let used = cpu(UsageWho::RUSAGE_SELF) - cpu_before;
+    let used = own_cpu() - cpu_before;
     assert!(child.wait().expect("wait producer").success());
     assert_eq!(total, bytes);
     std::fs::remove_dir_all(&logs).expect("remove floor logs");

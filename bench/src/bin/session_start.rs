@@ -54,7 +54,7 @@ use futures::future::join;
 use runner_actors::Runner;
 use runner_bench::{
     BareGuest, LogWatch, demo_guest_runner, median, ms, own_cpu, percentile,
-    session_like_envelope_frame, short_tempdir,
+    session_like_envelope_frame, short_tempdir, wait_for_logs_past,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -170,10 +170,8 @@ async fn main() {
 /// Which sessions the spans being recorded belong to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 enum SessionKind {
-    /// Spans before a kind is set: not printed.
-    #[default]
-    WarmUp,
     /// A known user's session (its workspace and guest uid exist).
+    #[default]
     Known,
     /// A new user's first session.
     New,
@@ -362,7 +360,7 @@ async fn ours(runner: &Runner, user: &str, old: OldLogs, spans: Option<&SpanTime
     let t = Instant::now();
     let session = runner.start_session(user).await.expect("start session");
     let returned = t.elapsed();
-    wait_for_logs_past(watch, logs, "envelope=").await;
+    wait_for_logs_past(watch, logs, "envelope=", BOUND).await;
     let ready = t.elapsed();
 
     mark();
@@ -376,22 +374,6 @@ async fn ours(runner: &Runner, user: &str, old: OldLogs, spans: Option<&SpanTime
         ready,
         stopped,
         cpu,
-    }
-}
-
-/// Blocks (on a blocking thread) until each file has `needle` past its
-/// offset, woken by the runner's writes to them through `watch`, which was
-/// set up before the clock started.
-async fn wait_for_logs_past(mut watch: LogWatch, logs: Vec<(PathBuf, u64)>, needle: &'static str) {
-    let waited = tokio::task::spawn_blocking(move || {
-        let waited = watch.wait(&logs, needle, BOUND);
-        watch.close_in_background();
-        waited
-    })
-    .await
-    .expect("log waiter thread");
-    if let Err(path) = waited {
-        panic!("{} has no {needle:?} after {BOUND:?}", path.display());
     }
 }
 

@@ -348,9 +348,9 @@ impl Drop for SignalsBlocked {
     }
 }
 
-/// Reaps a child that reported a failed step (it has exited or is about
-/// to: it returned from its entry point).
-fn reap_failed(pidfd: &OwnedFd) -> io::Result<()> {
+/// Reaps a child that has exited or is about to (it reported a failed
+/// step, or was killed).
+pub(super) fn reap_failed(pidfd: &OwnedFd) -> io::Result<()> {
     loop {
         match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
             Err(rustix::io::Errno::INTR) => continue,

@@ -33,13 +33,13 @@
 //! Where the thread cannot be set up (a seccomp profile refusing `unshare`,
 //! say), the backend creates children on the calling thread instead.
 
-use super::spawn::{Prepared, SpawnError};
+use super::spawn::{Prepared, SpawnError, reap_failed};
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, Signal};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -285,9 +285,7 @@ fn kill_and_reap(pid: u32, pidfd: &OwnedFd) {
         let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
     }
     let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
-    while let Err(rustix::io::Errno::INTR) =
-        rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
-    {}
+    let _ = reap_failed(pidfd);
 }
 
 /// Sends one message carrying `fds`.
@@ -344,7 +342,7 @@ mod tests {
     use super::super::spawn::{SpawnRequest, spawn_with};
     use super::*;
     use crate::backend::clean_start::StartRlimits;
-    use rustix::process::WaitIdStatus;
+    use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
     use std::collections::BTreeMap;
     use std::ffi::OsString;
     use std::path::Path;
@@ -441,6 +439,7 @@ mod choice_tests {
     use super::super::spawn::{SpawnRequest, spawn};
     use super::*;
     use crate::backend::clean_start::StartRlimits;
+    use rustix::process::{WaitId, WaitIdOptions};
     use std::collections::BTreeMap;
     use std::path::Path;
 
