@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── GuestActor(sidecar)    started first
+//! ├── GuestActor(sidecar)    spawned first
 //! ├── GuestActor(runtime)    gets the sidecar's endpoint in its envelope
 //! │   tasks the supervisor owns (not actors):
 //! ├── log pumps × N          one per (guest, stream)

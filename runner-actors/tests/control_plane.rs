@@ -45,8 +45,13 @@ async fn start_with(user: &str, control_limits: ControlLimits) -> Running {
         ..SessionOptions::default()
     };
     let session = runner.start_session_with(user, options).await.unwrap();
-    let sidecar = launches.next(WAIT).await.unwrap();
-    let runtime = launches.next(WAIT).await.unwrap();
+    // The launches run side by side: either may reach the backend first.
+    let first = launches.next(WAIT).await.unwrap();
+    let second = launches.next(WAIT).await.unwrap();
+    let (sidecar, runtime) = match first.spec.role {
+        GuestRole::Sidecar => (first, second),
+        GuestRole::Runtime => (second, first),
+    };
     // The runner (and its config) may go; the session lives on.
     Running {
         _setup: setup,

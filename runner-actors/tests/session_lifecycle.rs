@@ -26,11 +26,15 @@ async fn start_session(runner: &Runner, user: &str) -> SessionHandle {
     runner.start_session_with(user, no_socket()).await.unwrap()
 }
 
-/// The first two guests launched: the sidecar, then the runtime.
+/// The first two guests launched, as (sidecar, runtime): their launches
+/// run side by side, so they may reach the backend in either order.
 async fn sidecar_and_runtime(launches: &mut FakeLaunches) -> (FakeGuest, FakeGuest) {
-    let sidecar = launches.next(WAIT).await.unwrap();
-    let runtime = launches.next(WAIT).await.unwrap();
-    (sidecar, runtime)
+    let first = launches.next(WAIT).await.unwrap();
+    let second = launches.next(WAIT).await.unwrap();
+    match first.spec.role {
+        GuestRole::Sidecar => (first, second),
+        GuestRole::Runtime => (second, first),
+    }
 }
 
 /// Waits (bounded) for the session to fail; why it failed.
@@ -43,18 +47,17 @@ async fn session_failed(events: &mut broadcast::Receiver<SessionEvent>) -> Failu
 }
 
 #[tokio::test]
-async fn sidecar_starts_first_and_runtime_gets_its_endpoint() {
+async fn both_guests_launch_and_the_runtime_gets_the_sidecars_endpoint() {
     let s = setup();
     let (fake, mut launches) = fake();
     let runner = runner(s.config.clone(), &fake);
     let session = start_session(&runner, "alice").await;
 
-    let first = launches.next(WAIT).await.unwrap();
-    let second = launches.next(WAIT).await.unwrap();
-    assert_eq!(first.spec.role, GuestRole::Sidecar);
-    assert_eq!(second.spec.role, GuestRole::Runtime);
-    assert_eq!(first.spec.envelope.sidecar_endpoint, None);
-    let ep = second.spec.envelope.sidecar_endpoint.clone().unwrap();
+    let (sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
+    assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
+    assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    assert_eq!(sidecar.spec.envelope.sidecar_endpoint, None);
+    let ep = runtime.spec.envelope.sidecar_endpoint.clone().unwrap();
     assert_eq!(ep.transport, SidecarTransport::Unix);
     assert_eq!(
         ep.address,
@@ -66,10 +69,40 @@ async fn sidecar_starts_first_and_runtime_gets_its_endpoint() {
     assert!(health.healthy, "{health:?}");
     assert_eq!(health.guests.len(), 2);
     assert_eq!(health.guests[0].role, GuestRole::Sidecar);
-    assert_eq!(health.runtime_pid, Some(second.pid));
+    assert_eq!(health.runtime_pid, Some(runtime.pid));
     session.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(first.stop_calls(), 1);
-    assert_eq!(second.stop_calls(), 1);
+    assert_eq!(sidecar.stop_calls(), 1);
+    assert_eq!(runtime.stop_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_sidecar_launch_failure_fails_the_start_and_stops_the_runtime_launched_beside_it() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    fake.script(GuestRole::Sidecar, [LaunchScript::Fail]);
+    let runner = runner(s.config.clone(), &fake);
+    let err = runner
+        .start_session_with("bob", no_socket())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Launch {
+                role: GuestRole::Sidecar,
+                source: LaunchError::NotConfigured { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    let runtime = launches.next(WAIT).await.unwrap();
+    assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    assert_eq!(runtime.stop_calls(), 1, "runtime was not stopped");
+    assert!(runtime.cleanup_calls() >= 1, "runtime was not cleaned up");
+    assert!(
+        launches.next(Duration::from_millis(300)).await.is_none(),
+        "a guest launched after the failed start"
+    );
 }
 
 #[tokio::test]
@@ -179,10 +212,12 @@ async fn restart_limit_fails_the_session_in_health_and_events() {
     let runner = runner(s.config.clone(), &fake);
     let session = start_session(&runner, "dave").await;
     let mut events = session.events();
-    let _sidecar = launches.next(WAIT).await.unwrap();
+    let (_sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
+    runtime.exit(ExitStatus::Signal(11));
     // max_restarts = 3: the 4th crash inside the window gives up.
-    for _ in 0..4 {
+    for _ in 0..3 {
         let g = launches.next(WAIT).await.expect("relaunch");
+        assert_eq!(g.spec.role, GuestRole::Runtime);
         g.exit(ExitStatus::Signal(11));
     }
     let reason = session_failed(&mut events).await;
@@ -274,8 +309,7 @@ async fn shutdown_is_bounded_with_stubborn_guests_and_open_streams() {
     let fake = fake.with_stop_behavior(StopBehavior::IgnoreTerm);
     let runner = runner(s.config.clone(), &fake);
     let session = start_session(&runner, "frank").await;
-    let sidecar = launches.next(WAIT).await.unwrap();
-    let mut runtime = launches.next(WAIT).await.unwrap();
+    let (sidecar, mut runtime) = sidecar_and_runtime(&mut launches).await;
     runtime
         .write(LogStream::Stderr, b"still talking")
         .await

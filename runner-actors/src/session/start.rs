@@ -1,5 +1,5 @@
-//! Session start: the sidecar, then the runtime (with the sidecar's
-//! endpoint in its envelope), while the log files are opened and the
+//! Session start: both guests launched side by side (the runtime with the
+//! sidecar's endpoint in its envelope), while the log files are opened and the
 //! control socket is bound on the blocking pool; then the pumps get their
 //! open logs and the control socket is served.
 
@@ -250,8 +250,12 @@ fn sinks_of(state: &SessionState) -> Vec<LogSink> {
         .collect()
 }
 
-/// Launches the guests in `roles`' order, the runtime with the sidecar's
-/// endpoint in its envelope.
+/// Launches the guests, the runtime with the sidecar's endpoint in its
+/// envelope. Each guest actor is spawned in `roles`' order (the sidecar
+/// first) and their launches then run side by side: the runtime's
+/// envelope needs only the endpoint, known before the sidecar runs, and a
+/// launch waits for nothing of the other guest's. Every launch is awaited
+/// before an error is returned, the first role's error first.
 async fn launch_guests(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
@@ -261,6 +265,7 @@ async fn launch_guests(
         .args
         .has_sidecar()
         .then(|| state.args.backend.sidecar_endpoint(&state.args.workspace));
+    let mut launches = Vec::with_capacity(roles.len());
     for role in roles {
         let endpoint = match role {
             GuestRole::Runtime => sidecar_endpoint.clone(),
@@ -272,20 +277,24 @@ async fn launch_guests(
         // Pushed before the launch, so a failed or timed-out launch is
         // still stopped (and cleaned up) by the shutdown that follows.
         state.guests.push(guest.clone());
-        // The guest actor bounds the launch itself; this is a backstop. A
-        // cancelled start stops waiting: the shutdown that follows stops the
-        // guest once its (bounded) launch is over.
-        let launch = guest
-            .launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN)
-            .instrument(tracing::debug_span!("session.launch", %role));
-        let launched = tokio::select! {
-            r = launch => r,
-            () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
-        };
-        let launched = launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
-        launched.map_err(|source| SessionError::Launch { role, source })?;
+        // The guest actor bounds the launch itself; this is a backstop.
+        launches.push(
+            async move {
+                let launched = guest.launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN).await;
+                let launched =
+                    launched.map_err(|e| SessionError::LaunchUnanswered { role, source: e })?;
+                launched.map_err(|source| SessionError::Launch { role, source })
+            }
+            .instrument(tracing::debug_span!("session.launch", %role)),
+        );
     }
-    Ok(())
+    // A cancelled start stops waiting: the shutdown that follows stops
+    // each guest once its (bounded) launch is over.
+    let launched = tokio::select! {
+        all = futures::future::join_all(launches) => all,
+        () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),
+    };
+    launched.into_iter().try_for_each(|r| r.map(drop))
 }
 
 /// Serves the control socket bound for the session.
