@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── GuestActor(sidecar)    spawned first
+//! ├── GuestActor(sidecar)    started first
 //! ├── GuestActor(runtime)    gets the sidecar's endpoint in its envelope
 //! │   tasks the supervisor owns (not actors):
 //! ├── log pumps × N          one per (guest, stream)

@@ -26,8 +26,8 @@ async fn start_session(runner: &Runner, user: &str) -> SessionHandle {
     runner.start_session_with(user, no_socket()).await.unwrap()
 }
 
-/// The first two guests launched, as (sidecar, runtime): their launches
-/// run side by side, so they may reach the backend in either order.
+/// The first two guests launched, as (sidecar, runtime), whichever of
+/// them finished its launch first.
 async fn sidecar_and_runtime(launches: &mut FakeLaunches) -> (FakeGuest, FakeGuest) {
     let first = launches.next(WAIT).await.unwrap();
     let second = launches.next(WAIT).await.unwrap();
@@ -47,13 +47,19 @@ async fn session_failed(events: &mut broadcast::Receiver<SessionEvent>) -> Failu
 }
 
 #[tokio::test]
-async fn both_guests_launch_and_the_runtime_gets_the_sidecars_endpoint() {
+async fn sidecar_starts_first_and_runtime_gets_its_endpoint() {
     let s = setup();
     let (fake, mut launches) = fake();
+    // A slow sidecar launch: the runtime's still waits for it to return.
+    fake.script(
+        GuestRole::Sidecar,
+        [LaunchScript::SucceedAfter(Duration::from_millis(300))],
+    );
     let runner = runner(s.config.clone(), &fake);
     let session = start_session(&runner, "alice").await;
 
-    let (sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
+    let sidecar = launches.next(WAIT).await.unwrap();
+    let runtime = launches.next(WAIT).await.unwrap();
     assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
     assert_eq!(runtime.spec.role, GuestRole::Runtime);
     assert_eq!(sidecar.spec.envelope.sidecar_endpoint, None);
@@ -76,9 +82,71 @@ async fn both_guests_launch_and_the_runtime_gets_the_sidecars_endpoint() {
 }
 
 #[tokio::test]
-async fn a_sidecar_launch_failure_fails_the_start_and_stops_the_runtime_launched_beside_it() {
+async fn overlapping_launches_start_the_runtime_while_the_sidecars_launch_goes_on() {
     let s = setup();
     let (fake, mut launches) = fake();
+    let fake = fake.with_overlapping_launches(true);
+    fake.script(
+        GuestRole::Sidecar,
+        [LaunchScript::SucceedAfter(Duration::from_millis(300))],
+    );
+    let runner = runner(s.config.clone(), &fake);
+    let session = start_session(&runner, "alice").await;
+
+    // The runtime's launch did not wait for the slow sidecar's.
+    let runtime = launches.next(WAIT).await.unwrap();
+    let sidecar = launches.next(WAIT).await.unwrap();
+    assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
+    let ep = runtime.spec.envelope.sidecar_endpoint.clone().unwrap();
+    assert_eq!(
+        ep.address,
+        session.workspace().sidecar_socket().display().to_string()
+    );
+    // The start returned only once both had launched.
+    let health = session.health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    assert!(
+        health.guests.iter().all(|g| g.state == GuestState::Running),
+        "{health:?}"
+    );
+    session.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sidecar.stop_calls(), 1);
+    assert_eq!(runtime.stop_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_sidecar_launch_failure_launches_no_runtime() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    fake.script(GuestRole::Sidecar, [LaunchScript::Fail]);
+    let runner = runner(s.config.clone(), &fake);
+    let err = runner
+        .start_session_with("bob", no_socket())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Launch {
+                role: GuestRole::Sidecar,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        fake.launches().iter().all(|l| l.role == GuestRole::Sidecar),
+        "a runtime launch began"
+    );
+    assert!(launches.next(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn an_overlapping_sidecar_launch_failure_stops_the_runtime_launched_beside_it() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let fake = fake.with_overlapping_launches(true);
     fake.script(GuestRole::Sidecar, [LaunchScript::Fail]);
     let runner = runner(s.config.clone(), &fake);
     let err = runner

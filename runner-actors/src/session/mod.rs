@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! SessionSupervisor
-//! ├── GuestActor(sidecar)  spawned first; its endpoint goes into the runtime's envelope
+//! ├── GuestActor(sidecar)  started first; its endpoint goes into the runtime's envelope
 //! ├── GuestActor(runtime)
 //! │   owned as tasks (not actors), see `LogPumpHandle`, `ControlListenerHandle`:
 //! ├── log pumps × N        one per (guest, stream), alive for the whole session
 //! └── control listener     (optional)
 //! ```
 //!
-//! Messages: `Start` (answered; launches everything), `GuestUpdate`
+//! Messages: `Start` (answered; launches everything in order), `GuestUpdate`
 //! and `GuestFailed` (from guest actors), `LogLoss` (from a task watching
 //! each log sink's dropped-bytes count), `Shutdown` (answered).
 //!
@@ -60,8 +60,7 @@ const CHILD_STOP_REASON: &str = "session shutdown";
 
 /// Messages of [`SessionSupervisor`].
 pub enum SessionMsg {
-    /// Launch pumps, guests (side by side, the sidecar asked first) and
-    /// the control listener.
+    /// Launch pumps, guests (sidecar first) and the control listener.
     Start(RpcReplyPort<Result<(), SessionError>>),
     /// A guest's status changed.
     GuestUpdate(GuestStatus),

@@ -1,5 +1,5 @@
-//! Session start: both guests launched side by side (the runtime with the
-//! sidecar's endpoint in its envelope), while the log files are opened and the
+//! Session start: the sidecar, then the runtime (with the sidecar's
+//! endpoint in its envelope; side by side where the backend allows), while the log files are opened and the
 //! control socket is bound on the blocking pool; then the pumps get their
 //! open logs and the control socket is served.
 
@@ -250,12 +250,12 @@ fn sinks_of(state: &SessionState) -> Vec<LogSink> {
         .collect()
 }
 
-/// Launches the guests, the runtime with the sidecar's endpoint in its
-/// envelope. Each guest actor is spawned in `roles`' order (the sidecar
-/// first) and their launches then run side by side: the runtime's
-/// envelope needs only the endpoint, known before the sidecar runs, and a
-/// launch waits for nothing of the other guest's. Every launch is awaited
-/// before an error is returned, the first role's error first.
+/// Launches the guests in `roles`' order (the sidecar first), the runtime
+/// with the sidecar's endpoint in its envelope (known before the sidecar
+/// runs). Each launch begins once the one before it has returned, unless
+/// the backend [overlaps launches](SandboxBackend::overlaps_launches):
+/// then they run side by side. Every launch begun is awaited before an
+/// error is returned, the first role's error first.
 async fn launch_guests(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,
@@ -265,7 +265,8 @@ async fn launch_guests(
         .args
         .has_sidecar()
         .then(|| state.args.backend.sidecar_endpoint(&state.args.workspace));
-    let mut launches = Vec::with_capacity(roles.len());
+    let overlap = state.args.backend.overlaps_launches();
+    let mut pending = Vec::with_capacity(roles.len());
     for role in roles {
         let endpoint = match role {
             GuestRole::Runtime => sidecar_endpoint.clone(),
@@ -278,7 +279,7 @@ async fn launch_guests(
         // still stopped (and cleaned up) by the shutdown that follows.
         state.guests.push(guest.clone());
         // The guest actor bounds the launch itself; this is a backstop.
-        launches.push(
+        pending.push(
             async move {
                 let launched = guest.launch(LAUNCH_TIMEOUT + LAUNCH_ANSWER_MARGIN).await;
                 let launched =
@@ -287,9 +288,20 @@ async fn launch_guests(
             }
             .instrument(tracing::debug_span!("session.launch", %role)),
         );
+        if !overlap {
+            await_launches(state, std::mem::take(&mut pending)).await?;
+        }
     }
-    // A cancelled start stops waiting: the shutdown that follows stops
-    // each guest once its (bounded) launch is over.
+    await_launches(state, pending).await
+}
+
+/// Waits for every launch in `launches` (run side by side); the first
+/// error in their order. A cancelled start stops waiting: the shutdown
+/// that follows stops each guest once its (bounded) launch is over.
+async fn await_launches<T>(
+    state: &SessionState,
+    launches: Vec<impl Future<Output = Result<T, SessionError>>>,
+) -> Result<(), SessionError> {
     let launched = tokio::select! {
         all = futures::future::join_all(launches) => all,
         () = state.args.start_cancel.cancelled() => return Err(SessionError::Cancelled),

@@ -61,6 +61,7 @@ struct Shared {
 pub struct FakeBackend {
     tier: SandboxTier,
     has_sidecar: bool,
+    overlaps_launches: bool,
     stop_behavior: StopBehavior,
     shared: Arc<Mutex<Shared>>,
     launched: mpsc::UnboundedSender<FakeGuest>,
@@ -87,6 +88,7 @@ impl FakeBackend {
         let backend = Self {
             tier,
             has_sidecar: true,
+            overlaps_launches: false,
             stop_behavior: StopBehavior::ExitOnTerm,
             shared: Arc::new(Mutex::new(Shared {
                 next_pid: 10_000,
@@ -106,6 +108,13 @@ impl FakeBackend {
     /// Sets whether a sidecar is configured.
     pub fn with_sidecar(mut self, has_sidecar: bool) -> Self {
         self.has_sidecar = has_sidecar;
+        self
+    }
+
+    /// Sets whether a session may launch the runtime while the sidecar's
+    /// launch is under way (see [`SandboxBackend::overlaps_launches`]).
+    pub fn with_overlapping_launches(mut self, overlaps: bool) -> Self {
+        self.overlaps_launches = overlaps;
         self
     }
 
@@ -146,6 +155,10 @@ impl SandboxBackend for FakeBackend {
 
     fn has_sidecar(&self) -> bool {
         self.has_sidecar
+    }
+
+    fn overlaps_launches(&self) -> bool {
+        self.overlaps_launches
     }
 
     fn sidecar_endpoint(&self, workspace: &Workspace) -> SidecarEndpoint {

@@ -191,6 +191,16 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Whether this backend has a sidecar command/image configured.
     fn has_sidecar(&self) -> bool;
 
+    /// Whether a session may launch its runtime while its sidecar's launch
+    /// is still under way. `false` (the default): the runtime's launch
+    /// begins once the sidecar's has returned, so the sidecar is already
+    /// running its program (a started container, a spawned VM) while the
+    /// runtime's own launch goes on, a head start for it to listen on its
+    /// endpoint before the runtime looks for it.
+    fn overlaps_launches(&self) -> bool {
+        false
+    }
+
     /// The most a [`GuestControl::stop`] may take beyond its grace period
     /// (kill, reap, engine round trips). Callers bound their waits by
     /// `grace + stop_overrun()`.

@@ -126,6 +126,15 @@ impl SandboxBackend for ProcessBackend {
         self.config.sidecar.is_some()
     }
 
+    /// A process launch returns as soon as the process is created, before
+    /// it has run any of its own code, so waiting for the sidecar's launch
+    /// would give it no real head start: the two guests' start-up races
+    /// either way, and the runtime must look for the sidecar's socket
+    /// until it is there. Overlapping the two launches saves the wait.
+    fn overlaps_launches(&self) -> bool {
+        true
+    }
+
     /// `ipc/shell-daemon.sock` in the user's workspace. A path that is not
     /// UTF-8 is passed on lossily: the envelope's address is a JSON string.
     fn sidecar_endpoint(&self, workspace: &Workspace) -> SidecarEndpoint {
