@@ -45,7 +45,8 @@ async fn start_with(user: &str, control_limits: ControlLimits) -> Running {
         ..SessionOptions::default()
     };
     let session = runner.start_session_with(user, options).await.unwrap();
-    // The launches run side by side: either may reach the backend first.
+    // Either guest may finish its launch first (whatever the backend's
+    // launch order, the fake reports a guest when its launch returns).
     let first = launches.next(WAIT).await.unwrap();
     let second = launches.next(WAIT).await.unwrap();
     let (sidecar, runtime) = match first.spec.role {

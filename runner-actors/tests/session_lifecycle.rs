@@ -88,15 +88,29 @@ async fn overlapping_launches_start_the_runtime_while_the_sidecars_launch_goes_o
     let fake = fake.with_overlapping_launches(true);
     fake.script(
         GuestRole::Sidecar,
+        [LaunchScript::SucceedAfter(Duration::from_millis(600))],
+    );
+    fake.script(
+        GuestRole::Runtime,
         [LaunchScript::SucceedAfter(Duration::from_millis(300))],
     );
     let runner = runner(s.config.clone(), &fake);
-    let session = start_session(&runner, "alice").await;
+    let start = runner.start_session_with("alice", no_socket());
+    tokio::pin!(start);
 
-    // The runtime's launch did not wait for the slow sidecar's.
-    let runtime = launches.next(WAIT).await.unwrap();
-    let sidecar = launches.next(WAIT).await.unwrap();
+    // The runtime's launch did not wait for the slow sidecar's: when the
+    // runtime's returned, the sidecar's was still under way (both had
+    // begun, and no sidecar guest had come of it yet).
+    let runtime = tokio::select! {
+        r = &mut start => panic!("start finished before any guest launched: {r:?}"),
+        g = launches.next(WAIT) => g.unwrap(),
+    };
     assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    let begun: Vec<_> = fake.launches().iter().map(|l| l.role).collect();
+    assert_eq!(begun.len(), 2, "{begun:?}");
+    assert!(begun.contains(&GuestRole::Sidecar), "{begun:?}");
+    let session = start.await.unwrap();
+    let sidecar = launches.next(WAIT).await.unwrap();
     assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
     let ep = runtime.spec.envelope.sidecar_endpoint.clone().unwrap();
     assert_eq!(

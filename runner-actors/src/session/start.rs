@@ -1,7 +1,8 @@
 //! Session start: the sidecar, then the runtime (with the sidecar's
-//! endpoint in its envelope; side by side where the backend allows), while the log files are opened and the
-//! control socket is bound on the blocking pool; then the pumps get their
-//! open logs and the control socket is served.
+//! endpoint in its envelope; side by side where the backend allows),
+//! while the log files are opened and the control socket is bound on the
+//! blocking pool; then the pumps get their open logs and the control
+//! socket is served.
 
 use super::{SessionMsg, SessionState, on_guest_update};
 use crate::control::{BoundControlSocket, ControlLimits, supervisor_control};
@@ -254,8 +255,9 @@ fn sinks_of(state: &SessionState) -> Vec<LogSink> {
 /// with the sidecar's endpoint in its envelope (known before the sidecar
 /// runs). Each launch begins once the one before it has returned, unless
 /// the backend [overlaps launches](SandboxBackend::overlaps_launches):
-/// then they run side by side. Every launch begun is awaited before an
-/// error is returned, the first role's error first.
+/// then they run side by side. Unless the start is cancelled, every launch
+/// begun is awaited before an error is returned: the error of the first
+/// guest, in start order, whose launch failed.
 async fn launch_guests(
     myself: &ActorRef<SessionMsg>,
     state: &mut SessionState,

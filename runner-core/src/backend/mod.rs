@@ -193,10 +193,10 @@ pub trait SandboxBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether a session may launch its runtime while its sidecar's launch
     /// is still under way. `false` (the default): the runtime's launch
-    /// begins once the sidecar's has returned, so the sidecar is already
-    /// running its program (a started container, a spawned VM) while the
-    /// runtime's own launch goes on, a head start for it to listen on its
-    /// endpoint before the runtime looks for it.
+    /// begins once the sidecar's has returned (its container started, its
+    /// VM process spawned and booting), so the sidecar gets the runtime's
+    /// whole launch as a head start to listen on its endpoint before the
+    /// runtime looks for it.
     fn overlaps_launches(&self) -> bool {
         false
     }
