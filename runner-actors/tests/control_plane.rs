@@ -45,14 +45,7 @@ async fn start_with(user: &str, control_limits: ControlLimits) -> Running {
         ..SessionOptions::default()
     };
     let session = runner.start_session_with(user, options).await.unwrap();
-    // Either guest may finish its launch first (whatever the backend's
-    // launch order, the fake reports a guest when its launch returns).
-    let first = launches.next(WAIT).await.unwrap();
-    let second = launches.next(WAIT).await.unwrap();
-    let (sidecar, runtime) = match first.spec.role {
-        GuestRole::Sidecar => (first, second),
-        GuestRole::Runtime => (second, first),
-    };
+    let (sidecar, runtime) = sidecar_and_runtime(&mut launches).await;
     // The runner (and its config) may go; the session lives on.
     Running {
         _setup: setup,

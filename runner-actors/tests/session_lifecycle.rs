@@ -7,7 +7,7 @@ use common::*;
 use runner_actors::{Runner, SessionError, SessionEvent, SessionHandle, SessionOptions};
 use runner_core::backend::LaunchError;
 use runner_core::failure::FailureReason;
-use runner_core::fake::{FakeGuest, FakeLaunches, LaunchScript, StopBehavior};
+use runner_core::fake::{FakeBackend, FakeGuest, LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
 use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
@@ -24,17 +24,6 @@ fn no_socket() -> SessionOptions {
 /// A session for `user` on `runner` without a control socket; it must start.
 async fn start_session(runner: &Runner, user: &str) -> SessionHandle {
     runner.start_session_with(user, no_socket()).await.unwrap()
-}
-
-/// The first two guests launched, as (sidecar, runtime), whichever of
-/// them finished its launch first.
-async fn sidecar_and_runtime(launches: &mut FakeLaunches) -> (FakeGuest, FakeGuest) {
-    let first = launches.next(WAIT).await.unwrap();
-    let second = launches.next(WAIT).await.unwrap();
-    match first.spec.role {
-        GuestRole::Sidecar => (first, second),
-        GuestRole::Runtime => (second, first),
-    }
 }
 
 /// Waits (bounded) for the session to fail; why it failed.
@@ -129,26 +118,33 @@ async fn overlapping_launches_start_the_runtime_while_the_sidecars_launch_goes_o
     assert_eq!(runtime.stop_calls(), 1);
 }
 
+/// Starts a session for bob on `fake` with `failing`'s launch scripted to
+/// fail; the launch error the start returned, which must name `failing`.
+async fn start_with_failing_launch(
+    s: &Setup,
+    fake: &FakeBackend,
+    failing: GuestRole,
+) -> LaunchError {
+    fake.script(failing, [LaunchScript::Fail]);
+    let runner = runner(s.config.clone(), fake);
+    match runner.start_session_with("bob", no_socket()).await {
+        Err(SessionError::Launch { role, source }) if role == failing => source,
+        other => panic!("expected {failing}'s launch error, got {other:?}"),
+    }
+}
+
+/// `guest` (launched beside a failed one) was stopped and cleaned up.
+fn assert_torn_down(guest: &FakeGuest) {
+    let role = guest.spec.role;
+    assert_eq!(guest.stop_calls(), 1, "{role} was not stopped");
+    assert!(guest.cleanup_calls() >= 1, "{role} was not cleaned up");
+}
+
 #[tokio::test]
 async fn a_sidecar_launch_failure_launches_no_runtime() {
     let s = setup();
     let (fake, mut launches) = fake();
-    fake.script(GuestRole::Sidecar, [LaunchScript::Fail]);
-    let runner = runner(s.config.clone(), &fake);
-    let err = runner
-        .start_session_with("bob", no_socket())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SessionError::Launch {
-                role: GuestRole::Sidecar,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    start_with_failing_launch(&s, &fake, GuestRole::Sidecar).await;
     assert!(
         fake.launches().iter().all(|l| l.role == GuestRole::Sidecar),
         "a runtime launch began"
@@ -161,26 +157,11 @@ async fn an_overlapping_sidecar_launch_failure_stops_the_runtime_launched_beside
     let s = setup();
     let (fake, mut launches) = fake();
     let fake = fake.with_overlapping_launches(true);
-    fake.script(GuestRole::Sidecar, [LaunchScript::Fail]);
-    let runner = runner(s.config.clone(), &fake);
-    let err = runner
-        .start_session_with("bob", no_socket())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SessionError::Launch {
-                role: GuestRole::Sidecar,
-                source: LaunchError::NotConfigured { .. }
-            }
-        ),
-        "{err:?}"
-    );
+    let err = start_with_failing_launch(&s, &fake, GuestRole::Sidecar).await;
+    assert!(matches!(err, LaunchError::NotConfigured { .. }), "{err:?}");
     let runtime = launches.next(WAIT).await.unwrap();
     assert_eq!(runtime.spec.role, GuestRole::Runtime);
-    assert_eq!(runtime.stop_calls(), 1, "runtime was not stopped");
-    assert!(runtime.cleanup_calls() >= 1, "runtime was not cleaned up");
+    assert_torn_down(&runtime);
     assert!(
         launches.next(Duration::from_millis(300)).await.is_none(),
         "a guest launched after the failed start"
@@ -191,26 +172,11 @@ async fn an_overlapping_sidecar_launch_failure_stops_the_runtime_launched_beside
 async fn runtime_launch_failure_tears_the_sidecar_down() {
     let s = setup();
     let (fake, mut launches) = fake();
-    fake.script(GuestRole::Runtime, [LaunchScript::Fail]);
-    let runner = runner(s.config.clone(), &fake);
-    let err = runner
-        .start_session_with("bob", no_socket())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SessionError::Launch {
-                role: GuestRole::Runtime,
-                source: LaunchError::NotConfigured { .. }
-            }
-        ),
-        "{err:?}"
-    );
+    let err = start_with_failing_launch(&s, &fake, GuestRole::Runtime).await;
+    assert!(matches!(err, LaunchError::NotConfigured { .. }), "{err:?}");
     let sidecar = launches.next(WAIT).await.unwrap();
     assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
-    assert_eq!(sidecar.stop_calls(), 1, "sidecar was not stopped");
-    assert!(sidecar.cleanup_calls() >= 1, "sidecar was not cleaned up");
+    assert_torn_down(&sidecar);
 }
 
 #[tokio::test]

@@ -94,9 +94,9 @@ fn oom(args: &[String]) -> Result<ExitCode> {
     // Without it, at the limit the kernel reclaims them instead of killing
     // us, we fault them (and their read-ahead) back in, which reclaims
     // others, and so on: seen here to delay the kill by 14-23 s in 4 runs
-    // of 10, and by over a minute in CI. Locked, nothing of
-    // ours is reclaimable and the kill comes at once. Our code and data are
-    // about 2 MiB, under the usual 8 MiB lock limit.
+    // of 10, and by over a minute in CI. Locked, nothing of ours is
+    // reclaimable and the kill comes at once. Our code and data are about
+    // 2 MiB, under the usual 8 MiB lock limit.
     if let Err(e) = nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT) {
         eprintln!("probe-guest: cannot lock its pages ({e}); the OOM kill may come late");
     }

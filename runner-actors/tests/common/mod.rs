@@ -5,7 +5,7 @@
 use runner_actors::{Backends, Runner, SessionEvent, SessionHandle};
 use runner_core::backend::process::{ProcessBackend, ProcessBackendConfig};
 use runner_core::config::{GuestCommand, RunnerConfig};
-use runner_core::fake::{FakeBackend, FakeLaunches};
+use runner_core::fake::{FakeBackend, FakeGuest, FakeLaunches};
 use runner_types::{GuestRole, GuestStatus, HealthStatus, SandboxTier};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,17 @@ pub fn process_runner(
 
 pub fn fake() -> (FakeBackend, FakeLaunches) {
     FakeBackend::new(SandboxTier::Process)
+}
+
+/// The first two guests launched, as (sidecar, runtime), whichever of
+/// them finished its launch first.
+pub async fn sidecar_and_runtime(launches: &mut FakeLaunches) -> (FakeGuest, FakeGuest) {
+    let first = launches.next(WAIT).await.unwrap();
+    let second = launches.next(WAIT).await.unwrap();
+    match first.spec.role {
+        GuestRole::Sidecar => (first, second),
+        GuestRole::Runtime => (second, first),
+    }
 }
 
 /// Waits (bounded) for the first event matching `pred`.
