@@ -22,7 +22,7 @@
 
 use crate::error::SessionError;
 use runner_core::config::LogLimits;
-use runner_core::logs::{GuestStream, LogPump, LogSink, PumpEnd, PumpHandle};
+use runner_core::logs::{GuestStream, LogPump, LogSink, PumpEnd, PumpHandle, WriterThreads};
 use runner_types::{GuestRole, LogStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -68,9 +68,10 @@ struct Attached {
 
 impl LogPumpHandle {
     /// Opens the sink of every (`role`, `stream`) of `streams` under
-    /// `logs_dir`, in order. Blocking (opening checks and creates files):
-    /// run it on the blocking pool.
+    /// `logs_dir`, in order, their writers running on `writers`. Blocking
+    /// (opening checks and creates files): run it on the blocking pool.
     pub fn open_sinks(
+        writers: &WriterThreads,
         logs_dir: &Path,
         streams: &[(GuestRole, LogStream)],
         limits: LogLimits,
@@ -78,9 +79,11 @@ impl LogPumpHandle {
         streams
             .iter()
             .map(|&(role, stream)| {
-                LogSink::open(logs_dir, role, stream, limits).map_err(|e| SessionError::Logs {
-                    path: logs_dir.join(stream.file_name(role)),
-                    source: e,
+                LogSink::open_on(writers, logs_dir, role, stream, limits).map_err(|e| {
+                    SessionError::Logs {
+                        path: logs_dir.join(stream.file_name(role)),
+                        source: e,
+                    }
                 })
             })
             .collect()

@@ -14,6 +14,7 @@ use runner_core::guest_env::GuestEnv;
 use runner_core::health::{HealthInputs, SessionPhase, health_report};
 use runner_core::identity;
 use runner_core::lock::{LockError, SessionLock};
+use runner_core::logs::WriterThreads;
 use runner_core::metrics::RunnerMetrics;
 use runner_core::workspace::WorkspaceRoot;
 use runner_core::{UserId, Workspace};
@@ -98,6 +99,9 @@ pub struct Runner {
     /// Ids the host's account databases did not know, remembered briefly
     /// (see [`identity::AccountCache`]).
     accounts: Arc<identity::AccountCache>,
+    /// The threads every session's log writers share (see
+    /// [`WriterThreads`]).
+    log_writers: WriterThreads,
 }
 
 impl Runner {
@@ -109,6 +113,7 @@ impl Runner {
             sessions_started: AtomicU64::new(0),
             metrics: RunnerMetrics::default(),
             accounts: Arc::default(),
+            log_writers: WriterThreads::new(),
         }
     }
 
@@ -165,6 +170,7 @@ impl Runner {
         let plan = FilesPlan {
             has_sidecar: backend.has_sidecar(),
             limits: self.config.logs,
+            writers: self.log_writers.clone(),
             control: options
                 .serve_control
                 .then_some(self.config.control.ipc_socket_link),

@@ -28,7 +28,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-const ROUNDS: usize = 20;
+const ROUNDS: usize = 60;
 /// Bound on any single wait (a VM in mode=exit is done in ~50 ms).
 const BOUND: Duration = Duration::from_secs(20);
 /// Start order of a session.

@@ -189,12 +189,14 @@ async fn prepare_and_launch(
 pub(crate) type SessionFiles = (Vec<LogSink>, Option<BoundControlSocket>);
 
 /// What the files job needs besides the provisioned workspace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct FilesPlan {
     /// The session has a sidecar (its streams get logs too).
     pub(crate) has_sidecar: bool,
     /// Log limits.
     pub(crate) limits: runner_core::config::LogLimits,
+    /// Threads the log writers run on (the runner's).
+    pub(crate) writers: runner_core::logs::WriterThreads,
     /// Bind the control socket (`Some`), with its `ipc/` link (`true`).
     pub(crate) control: Option<bool>,
 }
@@ -206,8 +208,9 @@ pub(crate) fn open_files(
     plan: FilesPlan,
 ) -> Result<SessionFiles, SessionError> {
     let streams = session_streams(plan.has_sidecar);
-    let sinks = tracing::debug_span!("session.log_sinks")
-        .in_scope(|| LogPumpHandle::open_sinks(&workspace.logs, &streams, plan.limits))?;
+    let sinks = tracing::debug_span!("session.log_sinks").in_scope(|| {
+        LogPumpHandle::open_sinks(&plan.writers, &workspace.logs, &streams, plan.limits)
+    })?;
     let bound = plan.control.map(|link| {
         tracing::debug_span!("session.control_bind")
             .in_scope(|| BoundControlSocket::bind(workspace, link))

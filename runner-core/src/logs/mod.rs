@@ -20,7 +20,8 @@
 //!   out of its stream and hands chunks to the sink's bounded queue
 //!   (default [`DEFAULT_QUEUE_BYTES`], see [`queue`]); the sink's writer
 //!   thread, which runs only while there is output, writes, rotates and
-//!   indexes. A busy pipe stream is drained by the writer thread itself
+//!   indexes. Sinks opened on the same [`WriterThreads`] reuse each
+//!   other's ended writers' threads. A busy pipe stream is drained by the writer thread itself
 //!   (drain mode, see `drain`): no runtime wake-up per guest write, and a
 //!   watchdog takes the pipe back from a writer stuck in a file write
 //!   ([`STALL_BOUND`]), so the guest's pipe is still never left undrained. A pump keeps reading until EOF whatever
@@ -54,6 +55,7 @@ mod reader;
 mod rotate;
 mod sink;
 mod splice;
+mod writers;
 
 pub use drain::{DRAIN_IDLE, STALL_BOUND};
 pub use error::LogError;
@@ -68,3 +70,4 @@ pub use reader::{
 };
 pub use rotate::rotated_path;
 pub use sink::{LogSink, SinkStats};
+pub use writers::WriterThreads;

@@ -153,6 +153,7 @@ impl LogPump {
         let (stop_tx, stop_rx) = oneshot::channel();
         let progress = Arc::new(AtomicU64::new(0));
         let pump = Pump {
+            _feeding: Feeding::start(sink),
             sink: sink.clone(),
             tuning: PumpTuning {
                 buffer: tuning.buffer.max(1),
@@ -299,10 +300,32 @@ impl Pump {
 
 /// What the pump task owns besides its stream.
 pub(super) struct Pump {
+    /// Counts the pump among its sink's feeders while the task lives
+    /// (aborted or not).
+    _feeding: Feeding,
     pub(super) sink: LogSink,
     pub(super) tuning: PumpTuning,
     pub(super) progress: Arc<AtomicU64>,
     pub(super) tally: Arc<Tally>,
+}
+
+/// A pump's place among its sink's feeders (see [`super::queue`]): taken
+/// when the pump is spawned, given up when its task ends or is aborted.
+struct Feeding {
+    sink: LogSink,
+}
+
+impl Feeding {
+    fn start(sink: &LogSink) -> Self {
+        sink.queue().feeder_started();
+        Self { sink: sink.clone() }
+    }
+}
+
+impl Drop for Feeding {
+    fn drop(&mut self) {
+        self.sink.queue().feeder_ended();
+    }
 }
 
 /// Where the pump stands with the sink's queue.

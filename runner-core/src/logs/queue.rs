@@ -17,7 +17,9 @@
 //!
 //! The queue also decides when a writer runs: the push that finds no
 //! writer running says so (`Pushed::start_writer`) and the sink starts
-//! one; a writer that finds no work for [`WRITER_LINGER`] ends. So a sink
+//! one; a writer that finds no work for [`WRITER_LINGER`] ends, and so does
+//! one that has emptied the queue while no pump feeds it (the queue counts
+//! its pumps): nothing more can come until a new pump starts. So a sink
 //! holds a thread only while its guest writes, never while it is idle.
 //!
 //! [`LogSink::open_with_queue`]: super::LogSink::open_with_queue
@@ -74,6 +76,11 @@ struct State {
     /// Sequence number of the last item pushed.
     pushed: u64,
     closed: bool,
+    /// Pumps feeding the queue now.
+    feeders: usize,
+    /// How long the writer waits for work before it ends
+    /// ([`WRITER_LINGER`]; tests set others).
+    linger: Duration,
     /// A writer is running (or has been asked to start).
     writer: bool,
     spare: Vec<Vec<u8>>,
@@ -110,7 +117,10 @@ impl std::fmt::Debug for WriteQueue {
 impl WriteQueue {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                linger: WRITER_LINGER,
+                ..State::default()
+            }),
             capacity: capacity.max(1),
             has_work: Condvar::new(),
             done: AtomicU64::new(0),
@@ -183,7 +193,11 @@ impl WriteQueue {
         state.items.push_back((seq, item));
         let start_writer = !std::mem::replace(&mut state.writer, true);
         drop(state);
-        self.has_work.notify_one();
+        // Only a running writer can be waiting (and a wake-up is a system
+        // call even when nobody waits).
+        if !start_writer {
+            self.has_work.notify_one();
+        }
         Pushed { seq, start_writer }
     }
 
@@ -220,25 +234,60 @@ impl WriteQueue {
         }
     }
 
+    /// A pump starts feeding the queue.
+    pub(crate) fn feeder_started(&self) {
+        self.lock().feeders += 1;
+    }
+
+    /// A pump has stopped feeding the queue: once none does, the writer
+    /// ends as soon as it has handled what is queued.
+    pub(crate) fn feeder_ended(&self) {
+        let mut state = self.lock();
+        state.feeders -= 1;
+        let wake = state.feeders == 0 && state.writer;
+        drop(state);
+        if wake {
+            self.has_work.notify_all();
+        }
+    }
+
     /// No more items will come: the writer finishes the queued ones and
     /// ends.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.has_work.notify_all();
+        let mut state = self.lock();
+        state.closed = true;
+        let wake = state.writer;
+        drop(state);
+        if wake {
+            self.has_work.notify_all();
+        }
     }
 
-    /// Writer side: the next item, waiting up to `linger` for one. `None`
-    /// (nothing came, or closed and empty) means the writer must end: the
-    /// queue already counts it as gone, and frees its spare buffers.
-    pub(crate) fn next_within(&self, linger: Duration) -> Option<(u64, Item)> {
-        let deadline = std::time::Instant::now() + linger;
+    /// Whether a writer runs (or has been asked to start).
+    #[cfg(test)]
+    pub(crate) fn writer_running(&self) -> bool {
+        self.lock().writer
+    }
+
+    /// Makes the writer wait `linger` for work before it ends.
+    #[cfg(test)]
+    pub(crate) fn set_linger(&self, linger: Duration) {
+        self.lock().linger = linger;
+    }
+
+    /// Writer side: the next item, waiting up to the linger
+    /// ([`WRITER_LINGER`]) for one. `None` (nothing came, or empty and
+    /// closed or fed by no pump) means the writer must end: the queue
+    /// already counts it as gone, and frees its spare buffers.
+    pub(crate) fn next_item(&self) -> Option<(u64, Item)> {
         let mut state = self.lock();
+        let deadline = std::time::Instant::now() + state.linger;
         loop {
             if let Some(item) = state.items.pop_front() {
                 return Some(item);
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if state.closed || left.is_zero() {
+            if state.closed || state.feeders == 0 || left.is_zero() {
                 state.writer = false;
                 state.spare = Vec::new();
                 return None;

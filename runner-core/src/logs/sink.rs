@@ -4,9 +4,10 @@
 use super::LogError;
 use super::chunk::Chunk;
 use super::drain::{DrainEnd, DrainJob, drain};
-use super::queue::{DEFAULT_QUEUE_BYTES, Item, Pushed, Tally, WRITER_LINGER, WriteQueue};
+use super::queue::{DEFAULT_QUEUE_BYTES, Item, Pushed, Tally, WriteQueue};
 use super::reader::{LogLines, LogQuery, Snapshot};
 use super::rotate::{RotatingWriter, WriteOutcome};
+use super::writers::WriterThreads;
 use crate::clock::unix_ms_now;
 use crate::config::LogLimits;
 use crate::workspace::file::check_runner_dir;
@@ -23,9 +24,6 @@ use tokio::sync::{broadcast, watch};
 /// one pump buffer (128 KiB by default), so a stalled follower pins at most
 /// this many of them.
 const LIVE_CAPACITY: usize = 64;
-
-/// Stack of a writer thread: it only runs the writer's shallow calls.
-const WRITER_STACK: usize = 256 * 1024;
 
 /// Counters of a sink since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,11 +57,14 @@ pub struct SinkStats {
 /// operation, so no runtime worker ever waits on the disk. The writer runs
 /// only while there is output: it starts with the first chunk queued after
 /// a pause and ends (closing the log's files) after
-/// [`super::queue::WRITER_LINGER`] without any, so an idle sink holds
-/// neither a thread nor an open file. At most one writer runs per sink: a
-/// writer stuck on a hung disk holds its own thread and nothing else. Normally one [`super::LogPump`] feeds a sink at a
-/// time, and when it has ended the next one (a restarted guest) appends to
-/// the same files. Should an old stream still be open when a new pump
+/// [`super::queue::WRITER_LINGER`] without any, or as soon as it has
+/// written everything once no pump feeds the sink (its guest's streams
+/// have ended), so an idle sink holds neither a thread nor an open file.
+/// An ended writer's thread waits a while for the next writer of any sink
+/// sharing its [`WriterThreads`]. At most one writer runs per sink: a
+/// writer stuck on a hung disk holds its own thread and nothing else.
+/// Normally one [`super::LogPump`] feeds a sink at a time, and when it has
+/// ended the next one (a restarted guest) appends to the same files. Should an old stream still be open when a new pump
 /// starts (an orphaned grandchild holding the pipe), both are captured,
 /// interleaved at buffer boundaries.
 #[derive(Debug, Clone)]
@@ -104,6 +105,8 @@ struct Shared {
     drain_takeovers: AtomicU64,
     /// Total of `bytes_dropped`, for watchers.
     dropped_watch: watch::Sender<u64>,
+    /// Where the writer runs.
+    writers: WriterThreads,
 }
 
 impl LogSink {
@@ -118,13 +121,28 @@ impl LogSink {
     /// (a FIFO never blocks).
     ///
     /// Blocking (a few file-system calls): call it from the blocking pool.
+    ///
+    /// Its writer runs on threads of its own; sinks opened with
+    /// [`Self::open_on`] on the same [`WriterThreads`] share them.
     pub fn open(
         logs_dir: &Path,
         role: GuestRole,
         stream: LogStream,
         limits: LogLimits,
     ) -> Result<Self, LogError> {
-        Self::open_with_queue(logs_dir, role, stream, limits, DEFAULT_QUEUE_BYTES)
+        Self::open_on(&WriterThreads::new(), logs_dir, role, stream, limits)
+    }
+
+    /// [`Self::open`], the writer running on `writers` (shared with the
+    /// other sinks opened on them; see [`WriterThreads`]).
+    pub fn open_on(
+        writers: &WriterThreads,
+        logs_dir: &Path,
+        role: GuestRole,
+        stream: LogStream,
+        limits: LogLimits,
+    ) -> Result<Self, LogError> {
+        Self::open_with(logs_dir, role, stream, limits, DEFAULT_QUEUE_BYTES, writers)
     }
 
     /// [`Self::open`] with a write queue of `queue_bytes` (at least one
@@ -135,6 +153,18 @@ impl LogSink {
         stream: LogStream,
         limits: LogLimits,
         queue_bytes: usize,
+    ) -> Result<Self, LogError> {
+        let writers = WriterThreads::new();
+        Self::open_with(logs_dir, role, stream, limits, queue_bytes, &writers)
+    }
+
+    fn open_with(
+        logs_dir: &Path,
+        role: GuestRole,
+        stream: LogStream,
+        limits: LogLimits,
+        queue_bytes: usize,
+        writers: &WriterThreads,
     ) -> Result<Self, LogError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -165,6 +195,7 @@ impl LogSink {
             drain_returns: AtomicU64::new(0),
             drain_takeovers: AtomicU64::new(0),
             dropped_watch: watch::Sender::new(0),
+            writers: writers.clone(),
         });
         Ok(Self {
             inner: Arc::new(SinkInner { shared }),
@@ -335,13 +366,10 @@ impl Shared {
             .is_some_and(|live| live.receiver_count() > 0)
     }
 
-    /// Starts a writer thread (the queue has work and none runs).
+    /// Starts the writer (the queue has work and none runs).
     fn start_writer(self: &Arc<Self>) {
         let shared = self.clone();
-        let started = std::thread::Builder::new()
-            .name(format!("log-{}.{}", self.role.label(), self.stream))
-            .stack_size(WRITER_STACK)
-            .spawn(move || shared.write_queued());
+        let started = self.writers.run(Box::new(move || shared.write_queued()));
         if let Err(error) = started {
             // The queue fills and the pump drops (and counts) until a
             // later push starts a writer.
@@ -350,11 +378,12 @@ impl Shared {
         }
     }
 
-    /// The writer thread: writes queued chunks until the queue has been
-    /// empty for [`WRITER_LINGER`] (or is closed and empty), then closes
-    /// the log's files and ends.
+    /// The writer: writes queued chunks until the queue has been empty for
+    /// [`super::queue::WRITER_LINGER`] (or is empty and closed, or fed by no pump), then
+    /// closes the log's files and ends (its thread goes back to the
+    /// [`WriterThreads`]).
     fn write_queued(&self) {
-        while let Some((seq, item)) = self.queue.next_within(WRITER_LINGER) {
+        while let Some((seq, item)) = self.queue.next_item() {
             match item {
                 Item::Data { chunk, tally } => {
                     let out = self.write(&chunk);
@@ -455,8 +484,76 @@ mod tests {
     use crate::logs::{LogPump, PumpEnd, read_gaps};
     use std::sync::mpsc;
     use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
 
     const WAIT: Duration = Duration::from_secs(20);
+
+    /// Whether this process has `path` open.
+    fn has_open(path: &Path) -> bool {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+    }
+
+    /// Polls `ok` until it holds, failing after [`WAIT`].
+    async fn until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_ends_once_no_pump_feeds_the_sink_and_its_thread_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers = WriterThreads::new();
+        let open = |role| {
+            let sink = LogSink::open_on(
+                &writers,
+                &dir.path().join("logs"),
+                role,
+                LogStream::Stdout,
+                LogLimits::default(),
+            )
+            .unwrap();
+            // Only the end of its feeders can end the writer in this test.
+            sink.queue().set_linger(Duration::from_secs(3600));
+            sink
+        };
+        let sink = open(GuestRole::Runtime);
+        let (mut guest, stream) = tokio::io::duplex(1024);
+        let pump = LogPump::spawn(Box::pin(stream) as crate::logs::GuestReader, &sink);
+        guest.write_all(b"first\n").await.unwrap();
+        until("the first line written", || {
+            std::fs::read(sink.path()).unwrap() == b"first\n"
+        })
+        .await;
+        // The guest is quiet but its stream is open: the writer waits for
+        // more with the log open.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sink.queue().writer_running());
+        assert!(has_open(sink.path()));
+
+        drop(guest);
+        let report = pump.finish(WAIT).await;
+        assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+        until("the writer ended", || !sink.queue().writer_running()).await;
+        until("the log closed", || !has_open(sink.path())).await;
+        until("its thread idle", || writers.idle() == 1).await;
+        assert_eq!(writers.threads(), 1, "its thread waits for the next writer");
+
+        // Another sink's writer runs on that same thread.
+        let other = open(GuestRole::Sidecar);
+        let pump = LogPump::spawn(
+            Box::pin(std::io::Cursor::new(b"second\n".to_vec())) as crate::logs::GuestReader,
+            &other,
+        );
+        pump.finish(WAIT).await;
+        assert_eq!(std::fs::read(other.path()).unwrap(), b"second\n");
+        assert_eq!(writers.threads(), 1);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_drops_and_counts_instead_of_blocking_the_reader() {

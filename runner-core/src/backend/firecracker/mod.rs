@@ -365,8 +365,14 @@ impl SandboxBackend for FirecrackerBackend {
     async fn launch(&self, spec: LaunchSpec) -> Result<LaunchedGuest, LaunchError> {
         let this = self.clone();
         let role = spec.role;
-        match tokio::task::spawn_blocking(move || this.prepare_launch(&spec)).await {
-            Ok(prepared) => Ok(prepared?.start()?),
+        let span = tracing::debug_span!("firecracker.prepare");
+        match tokio::task::spawn_blocking(move || span.in_scope(|| this.prepare_launch(&spec)))
+            .await
+        {
+            Ok(prepared) => {
+                let prepared = prepared?;
+                Ok(tracing::debug_span!("firecracker.spawn").in_scope(|| prepared.start())?)
+            }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(FirecrackerLaunchError::Spawn {
                 role,
