@@ -1,10 +1,12 @@
 //! Stopping a real Firecracker VM whose guest ignores Ctrl-Alt-Del: the stop
 //! is bounded by grace plus the kill allowance, the exit is SIGKILL, no
-//! firecracker process remains, and cleanup removes the per-launch files.
+//! firecracker process remains, and cleanup removes the per-launch files;
+//! the VMM itself starts clean and dies with its dropped control.
 
 use runner_core::backend::firecracker::LaunchPaths;
 use runner_core::backend::{GuestIdentity, SandboxBackend};
 use runner_tests::firecracker::*;
+use runner_tests::procfs::status_field;
 use runner_types::{ExitStatus, GuestRole, LogStream};
 use std::time::Duration;
 
@@ -84,4 +86,54 @@ async fn a_relaunch_after_a_crash_replaces_stale_sockets() {
     let exit = second.control.stop(Duration::ZERO).await.unwrap();
     assert_eq!(exit.status, ExitStatus::Signal(9));
     second.control.cleanup().await.unwrap();
+}
+
+/// The VMM is started the way process-tier guests are (created without
+/// copying the runner): in a process group of its own, with an empty
+/// environment, stdin at end of file, the clean start's umask and
+/// `no_new_privs`; and dropping its control kills it.
+#[tokio::test]
+async fn the_vmm_starts_clean_in_its_own_group_and_dies_with_its_control() {
+    if !runner_tests::kvm_or_skip("the_vmm_starts_clean_in_its_own_group") {
+        return;
+    }
+    let fx = Fixture::new("hang", "hang");
+    let backend = fx.backend();
+    let mut guest = backend
+        .launch(fx.spec(GuestRole::Sidecar, &backend))
+        .await
+        .unwrap();
+    let GuestIdentity::MicroVm { pid } = guest.identity else {
+        panic!("identity {:?}", guest.identity);
+    };
+    let (_, console) = read_until(
+        take_output(&mut guest, LogStream::Stdout),
+        "TESTKERNEL hang\n",
+    )
+    .await;
+    let _drain = tokio::spawn(read_to_end(console));
+
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
+    assert_eq!(pgid.as_raw() as u32, pid, "its own process group");
+    assert_ne!(pgid, nix::unistd::getpgrp(), "not the runner's group");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&environ)
+    );
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert!(
+        stdin.to_string_lossy().starts_with("pipe:"),
+        "stdin is {}",
+        stdin.display()
+    );
+    assert_eq!(status_field(pid, "Umask"), "0077");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+
+    drop(guest);
+    assert!(
+        runner_tests::wait_gone(pid, PROMPT).await,
+        "firecracker {pid} outlived its dropped control"
+    );
 }

@@ -25,17 +25,15 @@
 //!    which closes them all: the guest starts with exactly fds 0, 1 and 2.
 //!
 //! Every step is a raw syscall on plain data prepared before the child was
-//! created: no allocation, no lock, async-signal-safe. That makes it usable
-//! both in a forked child (`arm`, for `std::process::Command`) and in a
-//! child that shares the runner's memory until `exec` (the process tier's
-//! vfork-class spawn).
+//! created: no allocation, no lock, async-signal-safe, as it must be in a
+//! child that shares the runner's memory until `exec` (the vfork-class
+//! spawn that creates process-tier guests and the micro_vm tier's VMMs).
 
 use super::process::SpawnStep;
 use nix::errno::Errno;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Pid, getpid};
-use std::os::unix::process::CommandExt;
 
 /// Upper bound of the descriptor loop used when `close_range` is missing.
 const FALLBACK_FD_CAP: u64 = 1 << 20;
@@ -133,22 +131,6 @@ impl CleanStart {
         nix::sys::prctl::set_no_new_privs().map_err(|e| (SpawnStep::NoNewPrivs, e))?;
         mark_cloexec_from_3(self.fd_bound);
         Ok(())
-    }
-}
-
-/// Adds the clean-start step (see the module docs) to `cmd`, as a
-/// `pre_exec` hook (which makes std fork the whole process); the child
-/// gets `rlimits`.
-pub(crate) fn arm(cmd: &mut std::process::Command, rlimits: StartRlimits) {
-    let clean = CleanStart::prepare(rlimits);
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed. `CleanStart::apply` makes raw
-    // syscalls on data prepared before the fork and allocates nothing; an
-    // io::Error built from a raw errno does not allocate either. It touches
-    // no lock and no state shared with other threads of the runner.
-    unsafe {
-        cmd.pre_exec(move || clean.apply().map_err(|(_, errno)| errno.into()));
     }
 }
 

@@ -1,78 +1,78 @@
-//! Owning one running VM: the waiter task that publishes its exit and
+//! Owning one running VM: the task that publishes its exit and
 //! [`FirecrackerControl`], its stop and clean-up handle.
 //!
-//! The waiter task owns the `Child`; a forced stop asks it to kill, so a
-//! signal can never hit a reused pid. Dropping the control closes the kill
-//! channel, which the waiter takes as a kill request: a VM never outlives
-//! its owner. The child is also `kill_on_drop`, so if the tokio runtime
-//! that owns the waiter goes away, the VM goes with it.
+//! The VM's process is supervised like a process-tier guest's (see
+//! `backend::process::clean_child`): a waiter reaps it through its pidfd,
+//! and every signal goes to its process group only while it is unreaped,
+//! so a signal can never hit a reused pid. Dropping the control kills the
+//! VM if it still runs: a VM never outlives its owner. If the Tokio
+//! runtime that owns the waiter goes away, the VM goes with it.
 //!
-//! The waiter also owns the launch's vsock bridge (runtime VM only) and its
-//! ownership record: when the VM exits, the bridge is torn down and the
-//! record removed *before* the exit is published, so whoever reacts to the
-//! exit (health, a relaunch) already sees them gone.
+//! A task per VM also owns the launch's vsock bridge (runtime VM only) and
+//! its ownership record: it writes the record first (so the launch does
+//! not wait for it), and when the VM has exited, the bridge is torn down
+//! and the record removed *before* the exit is published, so whoever
+//! reacts to the exit (health, a relaunch) already sees them gone.
 
 use super::launch::{LaunchPaths, LaunchResources};
 use super::vsock_bridge::VsockBridge;
 use super::{api, disks, reaper};
-use crate::backend::exit::{ExitNotifier, exit_channel, exit_now};
+use crate::backend::exit::{ExitNotifier, exit_channel};
+use crate::backend::process::clean_child::ProcessGroup;
 use crate::backend::{ExitWatch, GuestControl, StopError};
 use async_trait::async_trait;
-use runner_types::{ExitStatus, GuestExit, GuestRole};
-use std::os::unix::process::ExitStatusExt;
+use runner_types::{GuestExit, GuestRole};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Child;
-use tokio::sync::mpsc;
 
 /// Longest the shutdown API request may take (less if the grace is shorter).
 const API_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait for the exit after SIGKILL before reporting failure.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// What the waiter ends when the VM exits, before publishing the exit.
+/// What the task ends when the VM exits, before publishing the exit.
 struct ExitOwned {
     bridge: Option<VsockBridge>,
     record: Option<PathBuf>,
 }
 
-/// Owns the child until it exits, killing it when asked; publishes the exit.
-async fn wait_for_exit(
-    mut child: Child,
+/// Writes the ownership record, waits for the VM to be reaped, ends what
+/// it owns, then publishes the exit.
+async fn publish_exit(
+    mut reaped: ExitWatch,
+    group: Arc<ProcessGroup>,
     role: GuestRole,
     pid: u32,
     notifier: ExitNotifier,
-    mut kill_rx: mpsc::Receiver<()>,
     owned: ExitOwned,
 ) {
-    let waited = tokio::select! {
-        status = child.wait() => status,
-        // A kill request, or every control handle dropped: nobody can stop
-        // this VM any more, and it must not outlive its owner.
-        _ = kill_rx.recv() => {
-            if let Err(e) = child.start_kill() {
-                tracing::warn!(%role, pid, error = %e, "cannot kill firecracker");
-            }
-            child.wait().await
-        }
-    };
-    let status = match waited {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => ExitStatus::Code(code),
-            (None, Some(sig)) => ExitStatus::Signal(sig),
-            (None, None) => ExitStatus::Signal(9),
-        },
-        Err(e) => {
-            tracing::warn!(%role, pid, error = %e, "cannot wait for firecracker; reporting it killed");
-            ExitStatus::Signal(9)
-        }
-    };
-    tracing::debug!(%role, pid, %status, "firecracker exited");
+    if let Some(record) = owned.record.clone() {
+        write_record(record, group, role, pid).await;
+    }
+    let exit = reaped.wait().await;
+    tracing::debug!(%role, pid, status = %exit.status, "firecracker exited");
     drop(owned.bridge);
     if let Some(record) = &owned.record {
         reaper::remove_record(record);
     }
-    notifier.notify(exit_now(status, false));
+    notifier.notify(exit);
+}
+
+/// Writes the VM's ownership record, on the blocking pool (file-system
+/// work). Its start time is read while the VM is unreaped, so the record
+/// can never name a process that reused its pid.
+async fn write_record(record: PathBuf, group: Arc<ProcessGroup>, role: GuestRole, pid: u32) {
+    let path = record.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let start = group.while_unreaped(|| reaper::start_time(pid)).flatten();
+        reaper::write_record_of(&path, pid, start.ok_or_else(reaper::gone)?)
+    })
+    .await;
+    if let Err(e) = written.map_err(std::io::Error::other).and_then(|w| w) {
+        // The jail's cgroup still names the VM for a later reap.
+        tracing::warn!(%role, pid, path = %record.display(), error = %e, "cannot write VM ownership record");
+    }
 }
 
 /// Stop and clean-up of one VM.
@@ -83,37 +83,57 @@ pub struct FirecrackerControl {
     paths: LaunchPaths,
     resources: LaunchResources,
     exit: ExitWatch,
-    kill: mpsc::Sender<()>,
+    group: Arc<ProcessGroup>,
 }
 
 impl FirecrackerControl {
-    /// Hands the spawned `child` to a new waiter task and returns the VM's
-    /// control and its exit watch.
+    /// Takes over the VM's process `group`, whose leader's exit `reaped`
+    /// sees, and starts the task that publishes the VM's exit.
     pub(super) fn start(
-        child: Child,
+        group: Arc<ProcessGroup>,
+        reaped: ExitWatch,
         role: GuestRole,
         pid: u32,
         paths: LaunchPaths,
         mut resources: LaunchResources,
-    ) -> (Self, ExitWatch) {
+    ) -> Self {
         let (notifier, exit) = exit_channel();
-        // Capacity 1: one pending kill request is all a waiter ever needs.
-        let (kill_tx, kill_rx) = mpsc::channel(1);
         let owned = ExitOwned {
             bridge: resources.bridge.take(),
             record: resources.record.take(),
         };
-        tokio::spawn(wait_for_exit(child, role, pid, notifier, kill_rx, owned));
+        tokio::spawn(publish_exit(
+            reaped,
+            group.clone(),
+            role,
+            pid,
+            notifier,
+            owned,
+        ));
         tracing::debug!(%role, pid, config = %paths.config.display(), "firecracker started");
-        let control = Self {
+        Self {
             role,
             pid,
             paths,
             resources,
-            exit: exit.clone(),
-            kill: kill_tx,
-        };
-        (control, exit)
+            exit,
+            group,
+        }
+    }
+
+    /// The VM's exit, published once what it owned has been ended.
+    pub(super) fn exit(&self) -> ExitWatch {
+        self.exit.clone()
+    }
+}
+
+/// Dropping the control of a VM that still runs kills it (its process
+/// group; nothing once it has been reaped).
+impl Drop for FirecrackerControl {
+    fn drop(&mut self) {
+        if self.exit.get().is_none() {
+            self.group.kill_quietly();
+        }
     }
 }
 
@@ -143,12 +163,9 @@ impl GuestControl for FirecrackerControl {
             return Ok(exit);
         }
         tracing::info!(role = %self.role, pid = self.pid, ?grace, "guest did not stop within grace; killing firecracker");
-        if let Err(e) = self.kill.try_send(()) {
-            // Full: a kill is already pending. Closed: the waiter has
-            // finished, so the exit is (about to be) published. Either way
-            // the wait below sees it.
-            tracing::debug!(role = %self.role, pid = self.pid, error = %e, "kill not queued");
-        }
+        // Nothing once the VM has been reaped: its exit is (about to be)
+        // published, and the wait below sees it.
+        self.group.kill_quietly();
         tokio::time::timeout(KILL_WAIT, watch.wait())
             .await
             .map_err(|_| StopError::StillRunning { waited: KILL_WAIT })

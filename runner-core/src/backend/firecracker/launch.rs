@@ -2,27 +2,28 @@
 //! line (plain data) and the spawn. The running VM is then owned by
 //! [`super::FirecrackerControl`].
 //!
-//! Process handling: firecracker runs in its own process group (so a Ctrl-C
-//! at the runner's terminal reaches the runner, which then stops VMs in
-//! order), with a cleared environment, stdin from /dev/null and stdout
-//! (serial console) and stderr piped.
+//! Process handling: firecracker is started like a process-tier guest (see
+//! `backend::process::clean_child`): without copying the runner, in its
+//! own process group (so a Ctrl-C at the runner's terminal reaches the
+//! runner, which then stops VMs in order), with a cleared environment,
+//! stdin at end of file and stdout (serial console) and stderr piped.
 
 use super::control::FirecrackerControl;
 use super::error::FirecrackerLaunchError;
 use super::jail::JailLayout;
-use super::reaper;
 use super::vsock_bridge::VsockBridge;
 use crate::backend::clean_start::StartRlimits;
+use crate::backend::process::SpawnThreadSlot;
+use crate::backend::process::clean_child;
 use crate::backend::{GuestIdentity, GuestOutput, LaunchedGuest, StopError};
 use crate::identity::GuestUser;
 use runner_types::GuestRole;
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use tokio::net::unix::pipe;
-use tokio::process::Command;
 
 /// Pipe buffer asked for the serial console. Firecracker drops serial bytes
 /// when the pipe is full; 1 MiB (the default unprivileged maximum) is about
@@ -186,39 +187,31 @@ pub fn spawn(
     paths: LaunchPaths,
     resources: LaunchResources,
     rlimits: StartRlimits,
+    spawner: &SpawnThreadSlot,
 ) -> Result<LaunchedGuest, FirecrackerLaunchError> {
     let spawn_err = |source| FirecrackerLaunchError::Spawn {
         role,
         binary: program.to_path_buf(),
         source,
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // A clean start, as for process-tier guests: the death signal (a VM
-    // must not outlive a runner that died), umask 077, only fds 0-2, the
-    // runner's start rlimits, no_new_privs (the jailer drops to the guest
-    // uid without exec'ing anything set-uid, so it is not in the way).
-    crate::backend::clean_start::arm(cmd.as_std_mut(), rlimits);
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    let pid = child
-        .id()
-        .ok_or_else(|| spawn_err(std::io::Error::other("exited before its pid was read")))?;
-    let (stdout, stderr) = console_pipes(&mut child, role, pid).map_err(spawn_err)?;
-
-    if let Some(record) = &resources.record
-        && let Err(e) = reaper::write_record(record, pid)
-    {
-        // The jail's cgroup still names the VM for a later reap.
-        tracing::warn!(%role, pid, path = %record.display(), error = %e, "cannot write VM ownership record");
-    }
-
-    let (control, exit) = FirecrackerControl::start(child, role, pid, paths, resources);
+    // Created the way process-tier guests are: without copying the runner,
+    // in its own process group, with an empty environment and a clean
+    // start (the death signal, so that a VM does not outlive a runner that
+    // died; umask 077; only fds 0-2; the runner's start rlimits;
+    // no_new_privs, which does not stand in the jailer's way: it drops to
+    // the guest uid without exec'ing anything set-uid).
+    let child = clean_child::start(role, program, &args, rlimits, spawner).map_err(spawn_err)?;
+    let pid = child.pid;
+    let pipes = console_pipes(child.stdout, child.stderr, role, pid);
+    let (stdout, stderr) = match pipes {
+        Ok(pipes) => pipes,
+        Err(e) => {
+            child.group.kill_quietly();
+            return Err(spawn_err(e));
+        }
+    };
+    let control = FirecrackerControl::start(child.group, child.exit, role, pid, paths, resources);
+    let exit = control.exit();
     Ok(LaunchedGuest {
         identity: GuestIdentity::MicroVm { pid },
         outputs: GuestOutput::pipes(stdout, stderr),
@@ -228,18 +221,15 @@ pub fn spawn(
 }
 
 /// The child's stdout (the serial console, its pipe enlarged) and stderr as
-/// plain pipes, so the console is spliced into its log. An error drops the
-/// child, which kills it.
+/// Tokio pipes, so the console is spliced into its log.
 fn console_pipes(
-    child: &mut tokio::process::Child,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
     role: GuestRole,
     pid: u32,
 ) -> std::io::Result<(pipe::Receiver, pipe::Receiver)> {
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        unreachable!("stdout and stderr were configured as pipes");
-    };
-    let stdout = pipe::Receiver::from_owned_fd(stdout.into_owned_fd()?)?;
-    let stderr = pipe::Receiver::from_owned_fd(stderr.into_owned_fd()?)?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr)?;
     if let Err(e) = nix::fcntl::fcntl(
         &stdout,
         nix::fcntl::FcntlArg::F_SETPIPE_SZ(SERIAL_PIPE_BYTES),

@@ -84,6 +84,7 @@ pub use template::{CMDLINE_LIMIT, GeneratedConfig, Template, VsockDevice};
 use super::{LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
 use crate::UserId;
 use crate::backend::clean_start::StartRlimits;
+use crate::backend::process::SpawnThreadSlot;
 use crate::config::RunnerConfig;
 use crate::workspace::Workspace;
 use async_trait::async_trait;
@@ -178,6 +179,9 @@ pub struct FirecrackerBackend {
     links: Arc<Mutex<HashMap<PathBuf, watch::Sender<bool>>>>,
     /// The rlimits VMMs start with (the runner's own at its start).
     start_rlimits: StartRlimits,
+    /// Creates the VMMs' processes once the runner holds many descriptors
+    /// (see [`SpawnThreadSlot`]).
+    spawner: SpawnThreadSlot,
 }
 
 impl FirecrackerBackend {
@@ -190,6 +194,7 @@ impl FirecrackerBackend {
             config,
             links: Arc::default(),
             start_rlimits: StartRlimits::capture(),
+            spawner: SpawnThreadSlot::default(),
         }
     }
 
@@ -291,6 +296,7 @@ impl FirecrackerBackend {
             target,
             bridge_to,
             start_rlimits: self.start_rlimits.clone(),
+            spawner: self.spawner.clone(),
         };
         plan.prepare(spec, generated)
     }

@@ -11,6 +11,7 @@ use super::launch::{self, LaunchPaths, LaunchResources};
 use super::vsock_bridge::{BridgeConfig, BridgeLimits, VsockBridge};
 use super::{FirecrackerBackendConfig, GeneratedConfig, SIDECAR_VSOCK_PORT, reaper};
 use crate::backend::clean_start::StartRlimits;
+use crate::backend::process::SpawnThreadSlot;
 use crate::backend::{LaunchSpec, LaunchedGuest};
 use crate::identity::GuestUser;
 use crate::workspace::check_socket_path;
@@ -85,6 +86,8 @@ pub struct Plan {
     pub link: Option<watch::Sender<bool>>,
     /// The rlimits the VMM (or the jailer) starts with.
     pub start_rlimits: StartRlimits,
+    /// Where the VMM's process is created (the backend's spawn thread).
+    pub spawner: SpawnThreadSlot,
 }
 
 /// A launch whose files are all in place, ready to start.
@@ -193,8 +196,11 @@ impl Prepared {
         let resources = std::mem::take(&mut self.resources);
         // On error, `resources` (and the bridge in it) are dropped by spawn.
         let rlimits = self.plan.start_rlimits.clone();
-        launch::spawn(&program, args, self.role, paths, resources, rlimits)
-            .map_err(|e| self.undo(e))
+        let spawner = &self.plan.spawner;
+        launch::spawn(
+            &program, args, self.role, paths, resources, rlimits, spawner,
+        )
+        .map_err(|e| self.undo(e))
     }
 
     fn bridge(&self) -> Result<Option<VsockBridge>, FirecrackerLaunchError> {

@@ -4,8 +4,9 @@
 //! its runner is cleared by the kernel when the jailer changes uid, so a
 //! jailed VM survives a SIGKILLed runner. Two records let the next session
 //! start find it:
-//! - an ownership record `run/<label>-firecracker.owner` written right
-//!   after the spawn: `<pid> <start time>`, the start time (field 22 of
+//! - an ownership record `run/<label>-firecracker.owner` written just
+//!   after the spawn (by the VM's waiter, while the launch returns):
+//!   `<pid> <start time>`, the start time (field 22 of
 //!   `/proc/<pid>/stat`, unchanged by the jailer's exec) guarding against a
 //!   reused pid;
 //! - the jail's cgroups `firecracker/<jail id>`, whose `cgroup.procs` lists
@@ -34,9 +35,20 @@ pub fn record_path(run: &Path, role: GuestRole) -> PathBuf {
 /// Writes the record for `pid` (its start time read now) to `path`, mode
 /// 0600, replacing any earlier one.
 pub fn write_record(path: &Path, pid: u32) -> std::io::Result<()> {
+    let start = start_time(pid).ok_or_else(gone)?;
+    write_record_of(path, pid, start)
+}
+
+/// The error of a record for a process that is already gone.
+pub fn gone() -> std::io::Error {
+    std::io::Error::other("process already gone")
+}
+
+/// Writes the record of `pid`, started at `start` (see [`start_time`]), to
+/// `path`, mode 0600, replacing any earlier one.
+pub fn write_record_of(path: &Path, pid: u32, start: u64) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let start = start_time(pid).ok_or_else(|| std::io::Error::other("process already gone"))?;
     remove_if_present(path)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

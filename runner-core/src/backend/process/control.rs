@@ -42,7 +42,7 @@ pub const STOP_KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// One guest's process group.
 #[derive(Debug)]
-pub(super) struct ProcessGroup {
+pub(crate) struct ProcessGroup {
     role: GuestRole,
     pgid: Pid,
     /// True once the leader has been reaped; signals are sent only while it
@@ -81,9 +81,16 @@ impl ProcessGroup {
         })
     }
 
+    /// `f`, run while the leader is unreaped, so that its pid names it and
+    /// no other process meanwhile; `None` once it has been reaped.
+    pub(crate) fn while_unreaped<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let reaped = self.lock();
+        (!*reaped).then(f)
+    }
+
     /// SIGKILLs the group, logging (not returning) a failure: for paths that
     /// are already failing or being torn down.
-    pub(super) fn kill_quietly(&self) {
+    pub(crate) fn kill_quietly(&self) {
         if let Err(e) = self.signal(Signal::SIGKILL) {
             warn!(role = %self.role, error = %e, "cannot kill guest process group");
         }

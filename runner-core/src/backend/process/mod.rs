@@ -31,6 +31,7 @@
 //! into `EPIPE`, which is logged and otherwise harmless.
 
 mod child;
+pub(crate) mod clean_child;
 mod command;
 mod control;
 mod error;
@@ -41,6 +42,7 @@ mod spawn_thread;
 
 pub use control::STOP_KILL_WAIT;
 pub use error::{NotExecutableReason, ProcessLaunchError, SpawnStep};
+pub use spawn_thread::SpawnThreadSlot;
 
 use super::clean_start::StartRlimits;
 use super::{GuestIdentity, GuestOutput, LaunchError, LaunchSpec, LaunchedGuest, SandboxBackend};
@@ -50,7 +52,6 @@ use async_trait::async_trait;
 use control::{ProcessControl, ProcessGroup};
 use runner_types::{GuestRole, SandboxTier, SidecarEndpoint, SidecarTransport};
 use spawn::{SpawnError, SpawnRequest, Spawned};
-use spawn_thread::SpawnThreadSlot;
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;

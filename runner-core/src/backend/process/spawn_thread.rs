@@ -57,9 +57,10 @@ pub(super) const THREAD_FROM_FD_SLOTS: u64 = 1024;
 /// the program.
 const MAX_SENT: usize = 4;
 
-/// A backend's spawn thread, started the first time it is needed.
+/// A backend's spawn thread (see the `process` module docs), started the
+/// first time it is needed. Clones share it.
 #[derive(Debug, Clone, Default)]
-pub(super) struct SpawnThreadSlot(Arc<OnceLock<Option<Arc<SpawnThread>>>>);
+pub struct SpawnThreadSlot(Arc<OnceLock<Option<Arc<SpawnThread>>>>);
 
 impl SpawnThreadSlot {
     /// The thread; `None` if it could not be set up (then never retried:
