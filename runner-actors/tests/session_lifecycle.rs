@@ -578,6 +578,48 @@ async fn a_cancelled_start_resolves_after_everything_it_started_is_stopped() {
 }
 
 #[tokio::test]
+async fn a_start_cancelled_during_overlapping_launches_stops_the_guest_that_launched() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    let fake = fake.with_overlapping_launches(true);
+    // The sidecar's launch is slow, the runtime's beside it is not; the
+    // start is cancelled once the runtime runs.
+    fake.script(
+        GuestRole::Sidecar,
+        [LaunchScript::SucceedAfter(Duration::from_millis(1500))],
+    );
+    let runner = runner(s.config.clone(), &fake);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let start = runner.start_session_cancellable("alice", no_socket(), cancel.clone());
+    tokio::pin!(start);
+    let runtime = tokio::select! {
+        r = &mut start => panic!("start finished before the cancel: {r:?}"),
+        g = launches.next(WAIT) => g.unwrap(),
+    };
+    assert_eq!(runtime.spec.role, GuestRole::Runtime);
+    cancel.cancel();
+    let err = tokio::time::timeout(WAIT, start)
+        .await
+        .expect("a cancelled start resolves")
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Cancelled), "{err:?}");
+    // The runtime was stopped before the cancel resolved; the sidecar's
+    // launch, in flight, was abandoned: begun, and no guest came of it.
+    assert_torn_down(&runtime);
+    assert!(
+        fake.launches().iter().any(|l| l.role == GuestRole::Sidecar),
+        "the sidecar's launch never began"
+    );
+    assert!(
+        launches.next(Duration::from_millis(1600)).await.is_none(),
+        "the abandoned launch still produced a guest"
+    );
+    // The lock is free again.
+    let again = start_session(&runner, "alice").await;
+    again.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
 async fn force_shutdown_cuts_the_grace_of_a_stop_in_progress() {
     let s = setup();
     let (fake, mut launches) = fake();
