@@ -324,7 +324,7 @@ impl Feeding {
 
 impl Drop for Feeding {
     fn drop(&mut self) {
-        self.sink.queue().feeder_ended();
+        self.sink.feeder_ended();
     }
 }
 

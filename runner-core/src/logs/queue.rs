@@ -240,27 +240,39 @@ impl WriteQueue {
     }
 
     /// A pump has stopped feeding the queue: once none does, the writer
-    /// ends as soon as it has handled what is queued.
-    pub(crate) fn feeder_ended(&self) {
+    /// ends as soon as it has handled what is queued. `true`: items wait
+    /// and no writer runs (one could not be started): the caller must
+    /// start one, or they would wait for a push that may never come.
+    #[must_use]
+    pub(crate) fn feeder_ended(&self) -> bool {
         let mut state = self.lock();
         state.feeders -= 1;
-        let wake = state.feeders == 0 && state.writer;
-        drop(state);
-        if wake {
-            self.has_work.notify_all();
-        }
+        let unfed = state.feeders == 0;
+        self.wake_or_restart(state, unfed)
     }
 
     /// No more items will come: the writer finishes the queued ones and
-    /// ends.
-    pub(crate) fn close(&self) {
+    /// ends. `true` as for [`Self::feeder_ended`].
+    #[must_use]
+    pub(crate) fn close(&self) -> bool {
         let mut state = self.lock();
         state.closed = true;
-        let wake = state.writer;
-        drop(state);
-        if wake {
-            self.has_work.notify_all();
+        self.wake_or_restart(state, true)
+    }
+
+    /// Wakes a running writer (if `wake`), or says that one must be
+    /// started for items left queued without one.
+    fn wake_or_restart(&self, mut state: MutexGuard<'_, State>, wake: bool) -> bool {
+        if state.writer {
+            drop(state);
+            if wake {
+                self.has_work.notify_all();
+            }
+            return false;
         }
+        let restart = !state.items.is_empty();
+        state.writer = restart;
+        restart
     }
 
     /// Whether a writer runs (or has been asked to start).
@@ -316,5 +328,39 @@ impl WriteQueue {
         drop(state);
         self.done.store(seq, Ordering::Release);
         self.progress.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk() -> Chunk {
+        Chunk::Bytes(b"line\n".to_vec())
+    }
+
+    #[test]
+    fn items_left_by_a_writer_that_could_not_start_get_one_when_the_feeding_ends() {
+        let queue = WriteQueue::new(1 << 20);
+        let tally = Arc::new(Tally::default());
+        queue.feeder_started();
+        let pushed = queue.try_push(chunk(), &tally).unwrap();
+        assert!(pushed.start_writer);
+        // No thread could be created for it.
+        queue.writer_failed();
+        // The pump ends with its chunk still queued: its caller must start
+        // a writer now, and only once.
+        assert!(queue.feeder_ended());
+        assert!(queue.writer_running());
+        assert!(!queue.close(), "a writer is already being started");
+    }
+
+    #[test]
+    fn an_empty_queue_needs_no_writer_when_the_feeding_ends() {
+        let queue = WriteQueue::new(1 << 20);
+        queue.feeder_started();
+        assert!(!queue.feeder_ended());
+        assert!(!queue.close());
+        assert!(!queue.writer_running());
     }
 }

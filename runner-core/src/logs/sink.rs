@@ -80,7 +80,9 @@ struct SinkInner {
 
 impl Drop for SinkInner {
     fn drop(&mut self) {
-        self.shared.queue.close();
+        if self.shared.queue.close() {
+            self.shared.start_writer();
+        }
     }
 }
 
@@ -276,6 +278,13 @@ impl LogSink {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A pump no longer feeds the sink (see [`WriteQueue::feeder_ended`]).
+    pub(crate) fn feeder_ended(&self) {
+        if self.queue().feeder_ended() {
+            self.inner.shared.start_writer();
+        }
+    }
+
     fn started(&self, pushed: Pushed) -> u64 {
         if pushed.start_writer {
             self.inner.shared.start_writer();
@@ -358,6 +367,18 @@ impl LogSink {
     }
 }
 
+/// Held by a running writer: if it unwinds, the queue no longer counts it
+/// as running.
+struct WriterRunning<'a>(&'a WriteQueue);
+
+impl Drop for WriterRunning<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.writer_failed();
+        }
+    }
+}
+
 impl Shared {
     /// Whether anyone follows the live feed now.
     fn is_followed(&self) -> bool {
@@ -383,6 +404,8 @@ impl Shared {
     /// closes the log's files and ends (its thread goes back to the
     /// [`WriterThreads`]).
     fn write_queued(&self) {
+        // Should the writer panic (a bug), the next push starts another.
+        let _running = WriterRunning(&self.queue);
         while let Some((seq, item)) = self.queue.next_item() {
             match item {
                 Item::Data { chunk, tally } => {
@@ -534,13 +557,14 @@ mod tests {
         // more with the log open.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(sink.queue().writer_running());
-        assert!(has_open(sink.path()));
+        let log = sink.path().canonicalize().unwrap();
+        assert!(has_open(&log));
 
         drop(guest);
         let report = pump.finish(WAIT).await;
         assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
         until("the writer ended", || !sink.queue().writer_running()).await;
-        until("the log closed", || !has_open(sink.path())).await;
+        until("the log closed", || !has_open(&log)).await;
         until("its thread idle", || writers.idle() == 1).await;
         assert_eq!(writers.threads(), 1, "its thread waits for the next writer");
 

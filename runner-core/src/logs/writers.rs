@@ -151,7 +151,11 @@ impl Pool {
     fn serve(&self, first: Job) {
         let mut job = first;
         loop {
-            job();
+            // A panicking job (a bug) ends itself, not the thread: the
+            // pool's counts stay right and the thread serves on.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::error!("A log writer panicked");
+            }
             match self.next_job() {
                 Some(next) => job = next,
                 None => return,
@@ -259,12 +263,31 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_job_leaves_its_thread_serving() {
+        let threads = WriterThreads::new();
+        let first = thread_id_of(&threads);
+        wait_for_idle(&threads, 1);
+        let (taken_tx, taken_rx) = mpsc::channel();
+        threads
+            .run(Box::new(move || {
+                taken_tx.send(()).unwrap();
+                panic!("a writer's bug");
+            }))
+            .unwrap();
+        taken_rx.recv_timeout(WAIT).unwrap();
+        wait_for_idle(&threads, 1);
+        assert_eq!(thread_id_of(&threads), first);
+        assert_eq!(threads.threads(), 1);
+    }
+
+    #[test]
     fn idle_threads_end_after_the_keep_time() {
         let threads = WriterThreads::keeping(Duration::from_millis(20));
         thread_id_of(&threads);
         wait_for_threads(&threads, 0);
         // A later job gets a new thread.
         thread_id_of(&threads);
+        assert_eq!(threads.threads(), 1);
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! runtime that owns the waiter goes away, the VM goes with it.
 //!
 //! A task per VM also owns the launch's vsock bridge (runtime VM only) and
-//! its ownership record: it writes the record first (so the launch does
-//! not wait for it), and when the VM has exited, the bridge is torn down
-//! and the record removed *before* the exit is published, so whoever
+//! its ownership record: it writes the record while the VM runs (so the
+//! launch does not wait for it), and when the VM has exited (and the
+//! record is written, or [`RECORD_WAIT`] has passed), the bridge is torn
+//! down and the record removed *before* the exit is published, so whoever
 //! reacts to the exit (health, a relaunch) already sees them gone.
 
 use super::launch::{LaunchPaths, LaunchResources};
@@ -30,6 +31,9 @@ use std::time::Duration;
 const API_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait for the exit after SIGKILL before reporting failure.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Longest a VM's exit waits for its ownership record to be written (a
+/// hung disk): the record is removed only after that.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 
 /// What the task ends when the VM exits, before publishing the exit.
 struct ExitOwned {
@@ -37,8 +41,8 @@ struct ExitOwned {
     record: Option<PathBuf>,
 }
 
-/// Writes the ownership record, waits for the VM to be reaped, ends what
-/// it owns, then publishes the exit.
+/// Writes the ownership record while waiting for the VM to be reaped, ends
+/// what it owns, then publishes the exit.
 async fn publish_exit(
     mut reaped: ExitWatch,
     group: Arc<ProcessGroup>,
@@ -47,10 +51,19 @@ async fn publish_exit(
     notifier: ExitNotifier,
     owned: ExitOwned,
 ) {
-    if let Some(record) = owned.record.clone() {
-        write_record(record, group, role, pid).await;
-    }
-    let exit = reaped.wait().await;
+    // The record is written while the VM runs; the exit waits for it (so
+    // that its removal comes after it) at most RECORD_WAIT.
+    let record = owned.record.clone();
+    let write = async move {
+        if let Some(record) = record
+            && tokio::time::timeout(RECORD_WAIT, write_record(record, group, role, pid))
+                .await
+                .is_err()
+        {
+            tracing::warn!(%role, pid, "VM ownership record not written in time");
+        }
+    };
+    let (exit, ()) = tokio::join!(reaped.wait(), write);
     tracing::debug!(%role, pid, status = %exit.status, "firecracker exited");
     drop(owned.bridge);
     if let Some(record) = &owned.record {
@@ -65,13 +78,20 @@ async fn publish_exit(
 async fn write_record(record: PathBuf, group: Arc<ProcessGroup>, role: GuestRole, pid: u32) {
     let path = record.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let start = group.while_unreaped(|| reaper::start_time(pid)).flatten();
-        reaper::write_record_of(&path, pid, start.ok_or_else(reaper::gone)?)
+        match group.while_unreaped(|| reaper::start_time(pid)).flatten() {
+            Some(start) => reaper::write_record_of(&path, pid, start).map(|()| true),
+            // Already exited and reaped: nothing left to record.
+            None => Ok(false),
+        }
     })
     .await;
-    if let Err(e) = written.map_err(std::io::Error::other).and_then(|w| w) {
-        // The jail's cgroup still names the VM for a later reap.
-        tracing::warn!(%role, pid, path = %record.display(), error = %e, "cannot write VM ownership record");
+    match written.map_err(std::io::Error::other).and_then(|w| w) {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!(%role, pid, "VM gone before its ownership record"),
+        Err(e) => {
+            // The jail's cgroup still names the VM for a later reap.
+            tracing::warn!(%role, pid, path = %record.display(), error = %e, "cannot write VM ownership record");
+        }
     }
 }
 

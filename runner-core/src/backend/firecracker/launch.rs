@@ -6,7 +6,7 @@
 //! `backend::process::clean_child`): without copying the runner, in its
 //! own process group (so a Ctrl-C at the runner's terminal reaches the
 //! runner, which then stops VMs in order), with a cleared environment,
-//! stdin at end of file and stdout (serial console) and stderr piped.
+//! stdin from `/dev/null` and stdout (serial console) and stderr piped.
 
 use super::control::FirecrackerControl;
 use super::error::FirecrackerLaunchError;

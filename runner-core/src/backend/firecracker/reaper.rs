@@ -35,13 +35,8 @@ pub fn record_path(run: &Path, role: GuestRole) -> PathBuf {
 /// Writes the record for `pid` (its start time read now) to `path`, mode
 /// 0600, replacing any earlier one.
 pub fn write_record(path: &Path, pid: u32) -> std::io::Result<()> {
-    let start = start_time(pid).ok_or_else(gone)?;
+    let start = start_time(pid).ok_or_else(|| std::io::Error::other("process already gone"))?;
     write_record_of(path, pid, start)
-}
-
-/// The error of a record for a process that is already gone.
-pub fn gone() -> std::io::Error {
-    std::io::Error::other("process already gone")
 }
 
 /// Writes the record of `pid`, started at `start` (see [`start_time`]), to

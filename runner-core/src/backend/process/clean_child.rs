@@ -3,7 +3,11 @@
 //! starts guests: created without copying the runner (`spawn.rs`), in a
 //! process group of its own, with an empty environment and the clean start
 //! (`clean_start.rs`), its exit watched through its pidfd and its group
-//! killed when it exits or when its owner lets go (`control.rs`).
+//! killed when it exits or when its owner lets go (`control.rs`). It
+//! keeps what `std::process` would have given it: the runner's working
+//! directory (relative paths in a VM template resolve as before) and
+//! `/dev/null` as stdin (a Firecracker older than 0.22 spins on a closed
+//! stdin pipe).
 //!
 //! `std::process` has to `fork` the whole runner for the clean start's
 //! `pre_exec` step, and that costs more the bigger the runner is.
@@ -20,7 +24,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A started program (see the module docs).
@@ -38,8 +42,9 @@ pub(crate) struct CleanChild {
     pub(crate) stderr: OwnedFd,
 }
 
-/// Starts `program args` for `role` with `rlimits`, in `/`, its stdin at
-/// end of file (as from `/dev/null`). An error names the failed step.
+/// Starts `program args` for `role` with `rlimits`, in the runner's
+/// working directory (`/` if it has none), stdin from `/dev/null`. An
+/// error names the failed step.
 pub(crate) fn start(
     role: GuestRole,
     program: &Path,
@@ -48,16 +53,17 @@ pub(crate) fn start(
     spawner: &SpawnThreadSlot,
 ) -> io::Result<CleanChild> {
     let handle = ProgramHandle::open(program, false)?;
+    let work_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let request = SpawnRequest {
         program: &handle,
         args,
         env: &BTreeMap::new(),
-        work_dir: Path::new("/"),
+        work_dir: &work_dir,
         run_as: None,
         rlimits,
+        null_stdin: true,
     };
     let spawned = spawn::spawn(request, spawner).map_err(io_error)?;
-    // Its stdin reads end of file from now on.
     drop(spawned.stdin);
     let group = Arc::new(ProcessGroup::new(role, spawned.pid, spawned.spawned_by));
     let exit = control::watch(group.clone(), spawned.pidfd)?;

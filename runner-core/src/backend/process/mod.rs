@@ -249,6 +249,7 @@ impl ProcessBackend {
             work_dir: &spec.workspace.user_root,
             run_as: spec.run_as,
             rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
+            null_stdin: false,
         };
         spawn::spawn(request, &self.spawn_thread).map_err(|e| launch_error(role, program, e))
     }

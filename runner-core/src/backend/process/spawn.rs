@@ -51,6 +51,8 @@ pub(super) struct SpawnRequest<'a> {
     pub(super) run_as: Option<GuestUser>,
     /// The child's rlimits.
     pub(super) rlimits: StartRlimits,
+    /// Its stdin reads `/dev/null` instead of a pipe from the runner.
+    pub(super) null_stdin: bool,
 }
 
 /// A started guest: its program is running.
@@ -191,7 +193,7 @@ pub(super) fn spawn_with(
     thread: Option<&Arc<SpawnThread>>,
 ) -> Result<Spawned, SpawnError> {
     let prepared = Prepared::new(&req, reset_signals)?;
-    let (parent_ends, child_ends) = stdio_pipes().map_err(SpawnError::Create)?;
+    let (parent_ends, child_ends) = stdio_pipes(req.null_stdin).map_err(SpawnError::Create)?;
     let exec_fd = req.program.exec_fd();
     // The child's pipe ends close when this returns.
     let (pid, pidfd) = match thread {
@@ -262,15 +264,22 @@ fn identity(guest: GuestUser) -> Identity {
 }
 
 /// Three close-on-exec pipes: the runner's ends (stdin's write end, the
-/// read ends of stdout and stderr) and the child's. Every descriptor is
+/// read ends of stdout and stderr) and the child's; with `null_stdin`,
+/// `/dev/null` instead of the stdin pipe (both ends). Every descriptor is
 /// above 2, so the child's `dup2` onto 0, 1 and 2 never clobbers one of
 /// them and always clears close-on-exec on the copy.
-fn stdio_pipes() -> io::Result<([OwnedFd; 3], [OwnedFd; 3])> {
+fn stdio_pipes(null_stdin: bool) -> io::Result<([OwnedFd; 3], [OwnedFd; 3])> {
     let pipe = || -> io::Result<(OwnedFd, OwnedFd)> {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         Ok((above_stdio(read)?, above_stdio(write)?))
     };
-    let (in_read, in_write) = pipe()?;
+    let (in_read, in_write) = if null_stdin {
+        // The runner's end is a second descriptor of the same file.
+        let null = above_stdio(std::fs::File::open("/dev/null")?.into())?;
+        (null.try_clone()?, null)
+    } else {
+        pipe()?
+    };
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     Ok((

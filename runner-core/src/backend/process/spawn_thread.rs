@@ -360,6 +360,7 @@ mod tests {
             work_dir: Path::new("/"),
             run_as: None,
             rlimits: StartRlimits::capture(),
+            null_stdin: false,
         };
         spawn_with(req, None, thread).expect("spawn")
     }
@@ -457,6 +458,7 @@ mod choice_tests {
             work_dir: Path::new("/"),
             run_as: None,
             rlimits: StartRlimits::capture(),
+            null_stdin: false,
         };
         let slot = SpawnThreadSlot::default();
         let child = spawn(req, &slot).expect("spawn");
