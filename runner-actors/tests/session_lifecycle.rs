@@ -7,7 +7,7 @@ use common::*;
 use runner_actors::{Runner, SessionError, SessionEvent, SessionHandle, SessionOptions};
 use runner_core::backend::LaunchError;
 use runner_core::failure::FailureReason;
-use runner_core::fake::{FakeBackend, FakeGuest, LaunchScript, StopBehavior};
+use runner_core::fake::{FakeBackend, FakeGuest, FakeLaunches, LaunchScript, StopBehavior};
 use runner_core::health::SessionPhase;
 use runner_core::readiness::{NOT_READY, Probe, ReadinessCheck};
 use runner_types::{ExitStatus, GuestRole, GuestState, LogStream, SidecarTransport};
@@ -536,45 +536,57 @@ async fn the_first_event_receiver_sees_the_start() {
     session.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_cancelled_start_resolves_after_everything_it_started_is_stopped() {
-    let s = setup();
-    let (fake, mut launches) = fake();
-    // The runtime's launch is slow; the start is cancelled while it runs.
+/// Starts alice's session on `fake` with `slow`'s launch taking 1.5 s and
+/// cancels the start once the other guest has launched; returns that
+/// guest. Checks that the start resolved `Cancelled`, that the slow launch
+/// was begun and abandoned (no guest came of it), and that the lock is free
+/// again.
+async fn cancel_while_launching(
+    s: &Setup,
+    fake: &FakeBackend,
+    launches: &mut FakeLaunches,
+    slow: GuestRole,
+) -> FakeGuest {
     fake.script(
-        GuestRole::Runtime,
+        slow,
         [LaunchScript::SucceedAfter(Duration::from_millis(1500))],
     );
-    let runner = runner(s.config.clone(), &fake);
+    let runner = runner(s.config.clone(), fake);
     let cancel = tokio_util::sync::CancellationToken::new();
     let start = runner.start_session_cancellable("alice", no_socket(), cancel.clone());
     tokio::pin!(start);
-    let sidecar = tokio::select! {
+    let launched = tokio::select! {
         r = &mut start => panic!("start finished before the cancel: {r:?}"),
         g = launches.next(WAIT) => g.unwrap(),
     };
-    assert_eq!(sidecar.spec.role, GuestRole::Sidecar);
+    assert_ne!(launched.spec.role, slow);
     cancel.cancel();
     let err = tokio::time::timeout(WAIT, start)
         .await
         .expect("a cancelled start resolves")
         .unwrap_err();
     assert!(matches!(err, SessionError::Cancelled), "{err:?}");
-    // Everything the start launched was stopped before the cancel resolved;
-    // the runtime's launch, in flight, was abandoned: it was begun, and no
-    // runtime guest came of it.
-    assert_eq!(sidecar.stop_calls(), 1);
     assert!(
-        fake.launches().iter().any(|s| s.role == GuestRole::Runtime),
-        "the runtime's launch never began"
+        fake.launches().iter().any(|l| l.role == slow),
+        "the {slow}'s launch never began"
     );
     assert!(
         launches.next(Duration::from_millis(1600)).await.is_none(),
         "the abandoned launch still produced a guest"
     );
-    // The lock is free again.
     let again = start_session(&runner, "alice").await;
     again.shutdown(Duration::from_secs(10)).await.unwrap();
+    launched
+}
+
+#[tokio::test]
+async fn a_cancelled_start_resolves_after_everything_it_started_is_stopped() {
+    let s = setup();
+    let (fake, mut launches) = fake();
+    // The runtime's launch is slow; the start is cancelled while it runs.
+    // Everything the start launched was stopped before the cancel resolved.
+    let sidecar = cancel_while_launching(&s, &fake, &mut launches, GuestRole::Runtime).await;
+    assert_eq!(sidecar.stop_calls(), 1);
 }
 
 #[tokio::test]
@@ -583,40 +595,9 @@ async fn a_start_cancelled_during_overlapping_launches_stops_the_guest_that_laun
     let (fake, mut launches) = fake();
     let fake = fake.with_overlapping_launches(true);
     // The sidecar's launch is slow, the runtime's beside it is not; the
-    // start is cancelled once the runtime runs.
-    fake.script(
-        GuestRole::Sidecar,
-        [LaunchScript::SucceedAfter(Duration::from_millis(1500))],
-    );
-    let runner = runner(s.config.clone(), &fake);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let start = runner.start_session_cancellable("alice", no_socket(), cancel.clone());
-    tokio::pin!(start);
-    let runtime = tokio::select! {
-        r = &mut start => panic!("start finished before the cancel: {r:?}"),
-        g = launches.next(WAIT) => g.unwrap(),
-    };
-    assert_eq!(runtime.spec.role, GuestRole::Runtime);
-    cancel.cancel();
-    let err = tokio::time::timeout(WAIT, start)
-        .await
-        .expect("a cancelled start resolves")
-        .unwrap_err();
-    assert!(matches!(err, SessionError::Cancelled), "{err:?}");
-    // The runtime was stopped before the cancel resolved; the sidecar's
-    // launch, in flight, was abandoned: begun, and no guest came of it.
+    // start is cancelled once the runtime runs, which is stopped.
+    let runtime = cancel_while_launching(&s, &fake, &mut launches, GuestRole::Sidecar).await;
     assert_torn_down(&runtime);
-    assert!(
-        fake.launches().iter().any(|l| l.role == GuestRole::Sidecar),
-        "the sidecar's launch never began"
-    );
-    assert!(
-        launches.next(Duration::from_millis(1600)).await.is_none(),
-        "the abandoned launch still produced a guest"
-    );
-    // The lock is free again.
-    let again = start_session(&runner, "alice").await;
-    again.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
 #[tokio::test]

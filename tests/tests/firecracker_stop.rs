@@ -3,12 +3,24 @@
 //! firecracker process remains, and cleanup removes the per-launch files;
 //! the VMM itself starts clean and dies with its dropped control.
 
-use runner_core::backend::firecracker::LaunchPaths;
-use runner_core::backend::{GuestIdentity, SandboxBackend};
+use runner_core::backend::firecracker::{FirecrackerBackend, LaunchPaths};
+use runner_core::backend::{GuestIdentity, LaunchedGuest, SandboxBackend};
 use runner_tests::firecracker::*;
 use runner_tests::procfs::status_field;
 use runner_types::{ExitStatus, GuestRole, LogStream};
 use std::time::Duration;
+
+/// Launches `fx`'s sidecar VM; the guest and its firecracker pid.
+async fn launch_sidecar(fx: &Fixture, backend: &FirecrackerBackend) -> (LaunchedGuest, u32) {
+    let guest = backend
+        .launch(fx.spec(GuestRole::Sidecar, backend))
+        .await
+        .unwrap();
+    let GuestIdentity::MicroVm { pid } = guest.identity else {
+        panic!("identity {:?}", guest.identity);
+    };
+    (guest, pid)
+}
 
 #[tokio::test]
 async fn a_hanging_vm_is_killed_after_grace_and_leaves_nothing_behind() {
@@ -20,13 +32,7 @@ async fn a_hanging_vm_is_killed_after_grace_and_leaves_nothing_behind() {
     let paths = LaunchPaths::new(&fx.workspace.run, GuestRole::Sidecar);
     let api_socket = paths.api_socket.to_str().unwrap().to_owned();
 
-    let mut guest = backend
-        .launch(fx.spec(GuestRole::Sidecar, &backend))
-        .await
-        .unwrap();
-    let GuestIdentity::MicroVm { pid } = guest.identity else {
-        panic!("identity {:?}", guest.identity);
-    };
+    let (mut guest, pid) = launch_sidecar(&fx, &backend).await;
     let drain = await_hang(&mut guest).await;
     assert!(runner_tests::process_alive(pid));
     assert_eq!(runner_tests::pids_with_arg(&api_socket), vec![pid]);
@@ -99,19 +105,8 @@ async fn the_vmm_starts_clean_in_its_own_group_and_dies_with_its_control() {
     }
     let fx = Fixture::new("hang", "hang");
     let backend = fx.backend();
-    let mut guest = backend
-        .launch(fx.spec(GuestRole::Sidecar, &backend))
-        .await
-        .unwrap();
-    let GuestIdentity::MicroVm { pid } = guest.identity else {
-        panic!("identity {:?}", guest.identity);
-    };
-    let (_, console) = read_until(
-        take_output(&mut guest, LogStream::Stdout),
-        "TESTKERNEL hang\n",
-    )
-    .await;
-    let _drain = tokio::spawn(read_to_end(console));
+    let (mut guest, pid) = launch_sidecar(&fx, &backend).await;
+    let _drain = await_hang(&mut guest).await;
 
     let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
     assert_eq!(pgid.as_raw() as u32, pid, "its own process group");

@@ -152,8 +152,10 @@ impl LogPump {
     ) -> PumpHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let progress = Arc::new(AtomicU64::new(0));
+        // The pump counts among the sink's feeders (see `super::queue`)
+        // until it is dropped: its task ended or was aborted.
+        sink.queue().feeder_started();
         let pump = Pump {
-            _feeding: Feeding::start(sink),
             sink: sink.clone(),
             tuning: PumpTuning {
                 buffer: tuning.buffer.max(1),
@@ -300,29 +302,13 @@ impl Pump {
 
 /// What the pump task owns besides its stream.
 pub(super) struct Pump {
-    /// Counts the pump among its sink's feeders while the task lives
-    /// (aborted or not).
-    _feeding: Feeding,
     pub(super) sink: LogSink,
     pub(super) tuning: PumpTuning,
     pub(super) progress: Arc<AtomicU64>,
     pub(super) tally: Arc<Tally>,
 }
 
-/// A pump's place among its sink's feeders (see [`super::queue`]): taken
-/// when the pump is spawned, given up when its task ends or is aborted.
-struct Feeding {
-    sink: LogSink,
-}
-
-impl Feeding {
-    fn start(sink: &LogSink) -> Self {
-        sink.queue().feeder_started();
-        Self { sink: sink.clone() }
-    }
-}
-
-impl Drop for Feeding {
+impl Drop for Pump {
     fn drop(&mut self) {
         self.sink.feeder_ended();
     }

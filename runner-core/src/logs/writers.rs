@@ -209,26 +209,18 @@ mod tests {
         rx.recv_timeout(WAIT).unwrap()
     }
 
-    /// Waits until `threads` has `n` threads alive.
-    fn wait_for_threads(threads: &WriterThreads, n: usize) {
+    /// Polls `ok` until it holds, failing after [`WAIT`].
+    fn wait_until(what: &str, ok: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + WAIT;
-        while threads.threads() != n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} threads, expected {n}",
-                threads.threads()
-            );
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "never {what}");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     /// Waits until `threads` has `n` idle threads.
     fn wait_for_idle(threads: &WriterThreads, n: usize) {
-        let deadline = std::time::Instant::now() + WAIT;
-        while threads.idle() != n {
-            assert!(std::time::Instant::now() < deadline, "never {n} idle");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(&format!("{n} idle"), || threads.idle() == n);
     }
 
     #[test]
@@ -284,7 +276,7 @@ mod tests {
     fn idle_threads_end_after_the_keep_time() {
         let threads = WriterThreads::keeping(Duration::from_millis(20));
         thread_id_of(&threads);
-        wait_for_threads(&threads, 0);
+        wait_until("no thread left", || threads.threads() == 0);
         // A later job gets a new thread.
         thread_id_of(&threads);
         assert_eq!(threads.threads(), 1);
@@ -297,11 +289,7 @@ mod tests {
         wait_for_idle(&threads, 1);
         let pool = threads.owner.pool.clone();
         drop(threads);
-        let deadline = std::time::Instant::now() + WAIT;
-        while pool.lock().threads != 0 {
-            assert!(std::time::Instant::now() < deadline, "idle thread kept");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until("the idle thread gone", || pool.lock().threads == 0);
     }
 
     #[test]

@@ -79,7 +79,7 @@ async fn write_record(record: PathBuf, group: Arc<ProcessGroup>, role: GuestRole
     let path = record.clone();
     let written = tokio::task::spawn_blocking(move || {
         match group.while_unreaped(|| reaper::start_time(pid)).flatten() {
-            Some(start) => reaper::write_record_of(&path, pid, start).map(|()| true),
+            Some(start) => reaper::write_record(&path, pid, start).map(|()| true),
             // Already exited and reaped: nothing left to record.
             None => Ok(false),
         }
@@ -108,7 +108,8 @@ pub struct FirecrackerControl {
 
 impl FirecrackerControl {
     /// Takes over the VM's process `group`, whose leader's exit `reaped`
-    /// sees, and starts the task that publishes the VM's exit.
+    /// sees, and starts the task that publishes the VM's exit; returns the
+    /// control and the watch on that published exit.
     pub(super) fn start(
         group: Arc<ProcessGroup>,
         reaped: ExitWatch,
@@ -116,7 +117,7 @@ impl FirecrackerControl {
         pid: u32,
         paths: LaunchPaths,
         mut resources: LaunchResources,
-    ) -> Self {
+    ) -> (Self, ExitWatch) {
         let (notifier, exit) = exit_channel();
         let owned = ExitOwned {
             bridge: resources.bridge.take(),
@@ -131,19 +132,15 @@ impl FirecrackerControl {
             owned,
         ));
         tracing::debug!(%role, pid, config = %paths.config.display(), "firecracker started");
-        Self {
+        let control = Self {
             role,
             pid,
             paths,
             resources,
-            exit,
+            exit: exit.clone(),
             group,
-        }
-    }
-
-    /// The VM's exit, published once what it owned has been ended.
-    pub(super) fn exit(&self) -> ExitWatch {
-        self.exit.clone()
+        };
+        (control, exit)
     }
 }
 

@@ -202,16 +202,11 @@ pub fn spawn(
     // the guest uid without exec'ing anything set-uid).
     let child = clean_child::start(role, program, &args, rlimits, spawner).map_err(spawn_err)?;
     let pid = child.pid;
-    let pipes = console_pipes(child.stdout, child.stderr, role, pid);
-    let (stdout, stderr) = match pipes {
-        Ok(pipes) => pipes,
-        Err(e) => {
-            child.group.kill_quietly();
-            return Err(spawn_err(e));
-        }
-    };
-    let control = FirecrackerControl::start(child.group, child.exit, role, pid, paths, resources);
-    let exit = control.exit();
+    let (stdout, stderr) = console_pipes(child.stdout, child.stderr, role, pid)
+        .inspect_err(|_| child.group.kill_quietly())
+        .map_err(spawn_err)?;
+    let (control, exit) =
+        FirecrackerControl::start(child.group, child.exit, role, pid, paths, resources);
     Ok(LaunchedGuest {
         identity: GuestIdentity::MicroVm { pid },
         outputs: GuestOutput::pipes(stdout, stderr),

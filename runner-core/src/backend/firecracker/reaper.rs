@@ -32,16 +32,9 @@ pub fn record_path(run: &Path, role: GuestRole) -> PathBuf {
     run.join(format!("{}-firecracker.owner", role.label()))
 }
 
-/// Writes the record for `pid` (its start time read now) to `path`, mode
-/// 0600, replacing any earlier one.
-pub fn write_record(path: &Path, pid: u32) -> std::io::Result<()> {
-    let start = start_time(pid).ok_or_else(|| std::io::Error::other("process already gone"))?;
-    write_record_of(path, pid, start)
-}
-
 /// Writes the record of `pid`, started at `start` (see [`start_time`]), to
 /// `path`, mode 0600, replacing any earlier one.
-pub fn write_record_of(path: &Path, pid: u32, start: u64) -> std::io::Result<()> {
+pub fn write_record(path: &Path, pid: u32, start: u64) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     remove_if_present(path)?;
@@ -169,7 +162,7 @@ mod tests {
         let rec = record_path(dir.path(), GuestRole::Runtime);
         assert!(rec.ends_with("oxydra-vm-firecracker.owner"));
         let me = std::process::id();
-        write_record(&rec, me).unwrap();
+        write_record(&rec, me, start_time(me).unwrap()).unwrap();
         let (pid, start) = read_record(&rec).unwrap();
         assert_eq!(pid, me);
         assert_eq!(start_time(me), Some(start));
@@ -190,7 +183,7 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        write_record(&rec, child.id()).unwrap();
+        write_record(&rec, child.id(), start_time(child.id()).unwrap()).unwrap();
         // Reap from another thread: `reap` waits for the pid to disappear,
         // which for our own child means being reaped by us.
         let waiter = std::thread::spawn(move || child.wait().unwrap());

@@ -84,14 +84,7 @@ fn io_error(error: SpawnError) -> io::Error {
             format!("{what} holds a NUL byte: {value:?}"),
         ),
         SpawnError::Create(source) => source,
-        SpawnError::Child {
-            step,
-            source,
-            unreaped,
-        } => {
-            if let Some(error) = unreaped {
-                tracing::warn!(%error, "cannot reap a process that failed to start");
-            }
+        SpawnError::Child { step, source, .. } => {
             io::Error::new(source.kind(), format!("{step} failed: {source}"))
         }
     }

@@ -265,21 +265,12 @@ fn launch_error(role: GuestRole, program: &Path, error: SpawnError) -> ProcessLa
             program,
             source,
         },
-        SpawnError::Child {
+        SpawnError::Child { step, source, .. } => ProcessLaunchError::Start {
+            role,
+            program,
             step,
             source,
-            unreaped,
-        } => {
-            if let Some(error) = unreaped {
-                warn!(%role, %error, "cannot reap a guest process that failed to start");
-            }
-            ProcessLaunchError::Start {
-                role,
-                program,
-                step,
-                source,
-            }
-        }
+        },
     }
 }
 

@@ -75,7 +75,7 @@ pub(super) enum SpawnError {
     /// Creating the pipes or the process failed.
     Create(io::Error),
     /// The child's `step` failed. It has been reaped, unless `unreaped`
-    /// says why that failed.
+    /// says why that failed (already logged by [`spawn_with`]).
     Child {
         step: SpawnStep,
         source: io::Error,
@@ -196,10 +196,19 @@ pub(super) fn spawn_with(
     let (parent_ends, child_ends) = stdio_pipes(req.null_stdin).map_err(SpawnError::Create)?;
     let exec_fd = req.program.exec_fd();
     // The child's pipe ends close when this returns.
-    let (pid, pidfd) = match thread {
-        Some(thread) => thread.create(prepared, &child_ends, exec_fd)?,
-        None => prepared.create(child_ends.each_ref().map(|fd| fd.as_fd()), exec_fd)?,
+    let created = match thread {
+        Some(thread) => thread.create(prepared, &child_ends, exec_fd),
+        None => prepared.create(child_ends.each_ref().map(|fd| fd.as_fd()), exec_fd),
     };
+    if let Err(SpawnError::Child {
+        unreaped: Some(error),
+        ..
+    }) = &created
+    {
+        // Logged here, not where it happened: the spawn thread logs nothing.
+        tracing::warn!(program = %req.program.path().display(), %error, "cannot reap a process that failed to start");
+    }
+    let (pid, pidfd) = created?;
     let [stdin, stdout, stderr] = parent_ends;
     Ok(Spawned {
         pid,
