@@ -10,32 +10,37 @@
 //! it; the probe [`SessionLock::is_held`] opens it read-only and takes a
 //! shared lock, so `stop` and `status` never change it.
 //!
-//! The holder removes the file when it lets go (a stopped session leaves no
-//! lock behind), while it still holds the lock, and only if the name still
-//! names its own file. A starter that locked a file just unlinked by the
-//! previous holder notices (the name no longer names the file it locked)
-//! and tries again, so two sessions never hold two different files.
+//! The file outlives the session: letting go only closes it, which releases
+//! the lock, and the next session locks the same file. Whether a session
+//! runs is the lock, never the file's presence; the pid in it is its last
+//! holder's. (Removing it on every stop cost a journalled unlink and the
+//! inode's eviction, a tenth of a stop's CPU.) Should something else
+//! remove or replace the file while a starter opens it, the starter
+//! notices that the name no longer names the file it locked and tries
+//! again, so two sessions never hold two different files.
 
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
-use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::{FlockOperation, flock};
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// File name of the lock inside `run/`.
 pub const LOCK_NAME: &str = "session.lock";
 
-/// Held for as long as the session lives; dropping it removes the file and
-/// releases the lock.
+/// Held for as long as the session lives; dropping it closes the file,
+/// which releases the lock.
 #[derive(Debug)]
 pub struct SessionLock {
-    lock: Option<Flock<File>>,
-    path: PathBuf,
+    /// The locked file (never duplicated, so closing it unlocks). Held
+    /// for its lock; only tests look at it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    file: File,
 }
 
-/// How often [`SessionLock::acquire`] retries after locking a file that a
-/// releasing holder unlinked at the same moment.
+/// How often [`SessionLock::acquire`] retries after locking a file that was
+/// removed or replaced at the same moment.
 const ACQUIRE_ATTEMPTS: usize = 5;
 
 /// Why the lock could not be taken.
@@ -88,31 +93,17 @@ impl SessionLock {
             path: path.to_path_buf(),
             source,
         };
-        let file = open_regular(path, OpenHow::ReadWrite { mode: 0o600 })
+        let mut file = open_regular(path, OpenHow::ReadWrite { mode: 0o600 })
             .map_err(|source| LockError::Open { source })?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                if !names_file(path, &lock) {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                if !names_file(path, &file) {
                     return Ok(None);
                 }
-                // The pid, then cut whatever a crashed holder left after
-                // it. Never a truncation to zero: on ext4 that marks the
-                // file for a forced write-back when it is closed (the
-                // "replace via truncate" heuristic), which made every
-                // session's stop wait for the disk.
-                let pid = std::process::id().to_string();
-                let left = lock.metadata().map_err(io)?.len();
-                lock.rewind().map_err(io)?;
-                lock.write_all(pid.as_bytes()).map_err(io)?;
-                if left > pid.len() as u64 {
-                    lock.set_len(pid.len() as u64).map_err(io)?;
-                }
-                Ok(Some(Self {
-                    lock: Some(lock),
-                    path: path.to_path_buf(),
-                }))
+                write_pid(&file).map_err(io)?;
+                Ok(Some(Self { file }))
             }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut holder = String::new();
                 if let Err(e) = file.read_to_string(&mut holder) {
                     tracing::debug!(error = %e, "cannot read the lock holder's pid");
@@ -122,7 +113,7 @@ impl SessionLock {
                     holder: holder.trim().to_owned(),
                 })
             }
-            Err((_, errno)) => Err(io(errno.into())),
+            Err(errno) => Err(io(errno.into())),
         }
     }
 
@@ -140,15 +131,36 @@ impl SessionLock {
             }
         };
         // A live session holds it exclusively, so a shared lock fails.
-        match Flock::lock(file, FlockArg::LockSharedNonblock) {
-            Ok(_probe) => false,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
-            Err((_, errno)) => {
+        // Closing the probe's file releases its shared lock.
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => false,
+            Err(rustix::io::Errno::WOULDBLOCK) => true,
+            Err(errno) => {
                 tracing::warn!(path = %path.display(), %errno, "session lock probe failed");
                 false
             }
         }
     }
+}
+
+/// Writes our pid into the lock file, unless it holds it already (the
+/// last session in this process), and cuts whatever a longer one left
+/// after it. Never a truncation to zero: on ext4 that marks the file for a
+/// forced write-back when it is closed (the "replace via truncate"
+/// heuristic), which made every session's stop wait for the disk.
+fn write_pid(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pid = std::process::id().to_string();
+    let mut held = [0u8; 32];
+    let n = file.read_at(&mut held, 0)?;
+    if held[..n] == *pid.as_bytes() {
+        return Ok(());
+    }
+    file.write_all_at(pid.as_bytes(), 0)?;
+    if n > pid.len() {
+        file.set_len(pid.len() as u64)?;
+    }
+    Ok(())
 }
 
 /// Whether `path` (not followed) is the file open as `file`.
@@ -160,25 +172,10 @@ fn names_file(path: &Path, file: &File) -> bool {
     }
 }
 
-impl Drop for SessionLock {
-    fn drop(&mut self) {
-        let Some(lock) = self.lock.take() else {
-            return;
-        };
-        // Still holding the lock: nobody else can have taken this file, and
-        // a starter that opened it before the unlink retries (see above).
-        if names_file(&self.path, &lock)
-            && let Err(e) = std::fs::remove_file(&self.path)
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the session lock");
-        }
-        drop(lock);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn excludes_a_second_holder_in_the_same_process_until_dropped() {
@@ -191,11 +188,12 @@ mod tests {
         assert!(SessionLock::is_held(dir.path()));
         drop(first);
         assert!(!SessionLock::is_held(dir.path()));
-        assert!(
-            !dir.path().join(LOCK_NAME).exists(),
-            "lock file left behind"
-        );
-        SessionLock::acquire(dir.path()).unwrap();
+        // The file stays for the next session, which locks it again.
+        let path = dir.path().join(LOCK_NAME);
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let second = SessionLock::acquire(dir.path()).unwrap();
+        assert!(SessionLock::is_held(dir.path()));
+        assert_eq!(second.file.metadata().unwrap().ino(), ino);
     }
 
     #[test]
@@ -207,7 +205,7 @@ mod tests {
         assert!(!names_file(&path, &stale));
         // A fresh file at the name is taken instead.
         let lock = SessionLock::acquire(dir.path()).unwrap();
-        assert!(names_file(&path, lock.lock.as_ref().unwrap()));
+        assert!(names_file(&path, &lock.file));
     }
 
     #[test]
@@ -228,6 +226,16 @@ mod tests {
             std::process::id().to_string()
         );
         drop(lock);
-        assert!(!path.exists(), "lock file left behind");
+        assert!(!SessionLock::is_held(dir.path()));
+        // Our own pid is already there: the file is not written again.
+        let before = std::fs::metadata(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let lock = SessionLock::acquire(dir.path()).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.mtime(), after.mtime_nsec()),
+            (before.mtime(), before.mtime_nsec())
+        );
+        drop(lock);
     }
 }

@@ -12,6 +12,7 @@
 //! replays one.
 
 use runner_core::backend::docker::create::LABEL_USER;
+use runner_core::lock::{LOCK_NAME, SessionLock};
 use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::docker::{connect, containers_labelled, docker_host, guest_image, unique_id};
 use runner_tests::{
@@ -298,7 +299,6 @@ impl Loop {
         let user_dir = self.user_dir();
         for gone in [
             "run/runner-control.sock",
-            "run/session.lock",
             "ipc/runner-control.sock",
             "ipc/shell-daemon.sock",
         ] {
@@ -307,11 +307,13 @@ impl Loop {
                 "{gone} left after the final stop"
             );
         }
+        // The lock file stays for the next session, unheld.
+        assert!(!SessionLock::is_held(&user_dir.join("run")));
         let run: Vec<String> = std::fs::read_dir(user_dir.join("run"))
             .unwrap()
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| !is_empty_dir(&user_dir.join("run").join(name)))
+            .filter(|name| name != LOCK_NAME && !is_empty_dir(&user_dir.join("run").join(name)))
             .collect();
         assert!(run.is_empty(), "per-launch files left in run/: {run:?}");
     }

@@ -2,6 +2,7 @@
 //! defaults (process tier, demo guests, ./workspaces) and the client
 //! subcommands against it.
 
+use runner_core::lock::SessionLock;
 use runner_tests::daemon::{self, KillOnDrop, daemon_command};
 use runner_tests::{process_alive, runner_binary};
 use std::io::{BufRead, BufReader};
@@ -350,8 +351,8 @@ fn a_second_signal_forces_a_long_graceful_stop() {
     assert!(std::fs::symlink_metadata(ws.join("ipc/runner-control.sock")).is_err());
     assert!(!ws.join("ipc/shell-daemon.sock").exists());
     assert!(
-        !ws.join("run/session.lock").exists(),
-        "session lock left behind"
+        !SessionLock::is_held(&ws.join("run")),
+        "session lock still held"
     );
 }
 

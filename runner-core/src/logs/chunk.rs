@@ -65,18 +65,39 @@ impl PipeChunk {
     pub(crate) fn new(capacity: usize) -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let want = i32::try_from(capacity).unwrap_or(i32::MAX);
-        // Unprivileged users over their pipe-memory quota keep the default
-        // size; the chunk is then handed over sooner, nothing else changes.
-        if let Err(error) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(want)) {
-            tracing::trace!(%error, "Cannot enlarge a log chunk pipe");
-        }
-        let size = fcntl(&write, FcntlArg::F_GETPIPE_SZ)?;
-        Ok(Self {
+        // The kernel answers with the size it set. Unprivileged users over
+        // their pipe-memory quota keep the default size; the chunk is then
+        // handed over sooner, nothing else changes.
+        let size = match fcntl(&write, FcntlArg::F_SETPIPE_SZ(want)) {
+            Ok(size) => size,
+            Err(error) => {
+                tracing::trace!(%error, "Cannot enlarge a log chunk pipe");
+                fcntl(&write, FcntlArg::F_GETPIPE_SZ)?
+            }
+        };
+        Ok(Self::holding(read, write, size, capacity))
+    }
+
+    /// A new empty pipe of the kernel's default size (16 pages) for bytes
+    /// handed over at once: a few lines need no resizing (two system
+    /// calls, and the kernel's allocation of a larger ring).
+    pub(crate) fn small() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // A user over the quota gets fewer pages; a pipe out of slots
+        // reports itself full (see `fill_from`), so guessing high is safe.
+        let size = 16 * rustix::param::page_size();
+        Ok(Self::holding(read, write, size, size))
+    }
+
+    /// An empty chunk over a new pipe of `size` bytes, used up to
+    /// `capacity`.
+    fn holding(read: OwnedFd, write: OwnedFd, size: impl TryInto<usize>, capacity: usize) -> Self {
+        Self {
             read,
             write: Some(write),
             len: 0,
-            capacity: usize::try_from(size).unwrap_or(0).min(capacity.max(1)),
-        })
+            capacity: size.try_into().unwrap_or(0).min(capacity.max(1)),
+        }
     }
 
     /// Bytes it holds.
@@ -217,5 +238,22 @@ mod tests {
         assert_eq!(next.len(), 904);
         let mut last = PipeChunk::new(4096).unwrap();
         assert_eq!(last.fill_from(r.as_fd()).unwrap(), Fill::Eof);
+    }
+
+    #[test]
+    fn a_small_chunk_holds_the_default_pipe_and_then_reports_full() {
+        let (r, mut w) = guest_pipe();
+        fcntl(&w, FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
+        let default = 16 * rustix::param::page_size();
+        w.write_all(&vec![3u8; default + 100]).unwrap();
+        let mut chunk = PipeChunk::small().unwrap();
+        assert_eq!(chunk.room(), default);
+        assert_eq!(chunk.fill_from(r.as_fd()).unwrap(), Fill::Moved(default));
+        assert_eq!(chunk.fill_from(r.as_fd()).unwrap(), Fill::Full);
+        // The rest waits in the guest's pipe for the next chunk.
+        let mut next = PipeChunk::small().unwrap();
+        assert_eq!(next.fill_from(r.as_fd()).unwrap(), Fill::Moved(100));
+        let sealed = chunk.seal();
+        assert_eq!(sealed.read_rest(sealed.len()).unwrap(), vec![3u8; default]);
     }
 }

@@ -164,6 +164,7 @@ impl LogPump {
             },
             progress: progress.clone(),
             tally: Arc::new(Tally::default()),
+            feeding: true,
         };
         let task = tokio::spawn(pump.run(stream.into(), stop_rx));
         PumpHandle {
@@ -306,11 +307,23 @@ pub(super) struct Pump {
     pub(super) tuning: PumpTuning,
     pub(super) progress: Arc<AtomicU64>,
     pub(super) tally: Arc<Tally>,
+    /// Still counted among the sink's feeders.
+    feeding: bool,
+}
+
+impl Pump {
+    /// Gives up the pump's place among the sink's feeders (once): with no
+    /// feeder left, the writer ends as soon as the queue is empty.
+    fn stop_feeding(&mut self) {
+        if std::mem::take(&mut self.feeding) {
+            self.sink.feeder_ended();
+        }
+    }
 }
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        self.sink.feeder_ended();
+        self.stop_feeding();
     }
 }
 
@@ -326,7 +339,7 @@ pub(super) struct Handover {
 impl Pump {
     /// The pump task: move the stream into chunks until it ends, then wait
     /// for the writer to handle them all.
-    async fn run(self, stream: GuestStream, mut stop: oneshot::Receiver<()>) -> PumpReport {
+    async fn run(mut self, stream: GuestStream, mut stop: oneshot::Receiver<()>) -> PumpReport {
         let mut report = PumpReport::new();
         let mut handover = Handover::default();
         report.end = match stream {
@@ -339,6 +352,9 @@ impl Pump {
                     .await
             }
         };
+        // Nothing more comes from this pump: a writer that has written
+        // its last chunk ends without waiting to be told.
+        self.stop_feeding();
         // The owner bounds this wait (`PumpHandle::finish`).
         self.sink.queue().handled(handover.last_seq).await;
         // In drain mode the writer reads for the pump.

@@ -83,6 +83,9 @@ struct State {
     linger: Duration,
     /// A writer is running (or has been asked to start).
     writer: bool,
+    /// The writer waits on `has_work` (a wake-up is a system call even
+    /// when nobody waits, so only a waiting writer is woken).
+    waiting: bool,
     spare: Vec<Vec<u8>>,
 }
 
@@ -192,10 +195,9 @@ impl WriteQueue {
         let seq = state.pushed;
         state.items.push_back((seq, item));
         let start_writer = !std::mem::replace(&mut state.writer, true);
+        let wake = std::mem::take(&mut state.waiting);
         drop(state);
-        // Only a running writer can be waiting (and a wake-up is a system
-        // call even when nobody waits).
-        if !start_writer {
+        if wake {
             self.has_work.notify_one();
         }
         Pushed { seq, start_writer }
@@ -264,6 +266,7 @@ impl WriteQueue {
     /// started for items left queued without one.
     fn wake_or_restart(&self, mut state: MutexGuard<'_, State>, wake: bool) -> bool {
         if state.writer {
+            let wake = wake && std::mem::take(&mut state.waiting);
             drop(state);
             if wake {
                 self.has_work.notify_all();
@@ -304,11 +307,13 @@ impl WriteQueue {
                 state.spare = Vec::new();
                 return None;
             }
+            state.waiting = true;
             state = self
                 .has_work
                 .wait_timeout(state, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.waiting = false;
         }
     }
 

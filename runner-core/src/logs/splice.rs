@@ -188,8 +188,9 @@ impl Pump {
             // Other tasks get their turn while a fast guest keeps writing.
             tokio::task::consume_budget().await;
             if batch.chunk.is_none() {
-                match PipeChunk::new(self.tuning.pipe_chunk) {
-                    Ok(fresh) => batch.chunk = Some(fresh),
+                match self.fresh_chunk(batch, &guard) {
+                    Ok(Some(fresh)) => batch.chunk = Some(fresh),
+                    Ok(None) => return Step::Ended(PumpEnd::Eof),
                     Err(error) => {
                         return self.read_into_memory(guard, error, report, handover).await;
                     }
@@ -243,6 +244,28 @@ impl Pump {
         match moved_at {
             Some(at) if now.saturating_duration_since(at) < linger => linger,
             _ => Duration::ZERO,
+        }
+    }
+
+    /// A new chunk for `batch`, or `None` at the guest's end (a guest that
+    /// has closed its end leaves an empty pipe: no pipe of our own is
+    /// needed to see that). A chunk to be handed over at once (the first
+    /// ones after a quiet spell, see [`Self::pipe_linger`]) is a small
+    /// one: it needs no room for a busy stream's batch.
+    fn fresh_chunk(
+        &self,
+        batch: &Batch,
+        guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>,
+    ) -> io::Result<Option<PipeChunk>> {
+        if at_eof(guard) {
+            return Ok(None);
+        }
+        let at_once =
+            batch.eager > 0 || self.first_linger(batch.moved_at, Instant::now()).is_zero();
+        if at_once {
+            PipeChunk::small().map(Some)
+        } else {
+            PipeChunk::new(self.tuning.pipe_chunk).map(Some)
         }
     }
 
@@ -319,6 +342,13 @@ impl Pump {
 /// the next splice reports the end).
 fn drained(guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>) -> bool {
     !guard.ready().is_read_closed()
+        && rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
+}
+
+/// Whether the guest's pipe behind `guard` is at its end: hung up (no
+/// writer left) and empty.
+fn at_eof(guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>) -> bool {
+    guard.ready().is_read_closed()
         && rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
 }
 
