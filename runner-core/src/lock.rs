@@ -13,7 +13,8 @@
 //! The file outlives the session: letting go only closes it, which releases
 //! the lock, and the next session locks the same file. Whether a session
 //! runs is the lock, never the file's presence; the pid in it is its last
-//! holder's. (Removing it on every stop cost a journalled unlink and the
+//! holder's. A probe's shared lock on an unheld file lasts microseconds,
+//! and a starter waits such a lock out (see [`SessionLock::acquire`]). (Removing it on every stop cost a journalled unlink and the
 //! inode's eviction, a tenth of a stop's CPU.) Should something else
 //! remove or replace the file while a starter opens it, the starter
 //! notices that the name no longer names the file it locked and tries
@@ -24,6 +25,7 @@ use rustix::fs::{FlockOperation, flock};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// File name of the lock inside `run/`.
@@ -38,6 +40,12 @@ pub struct SessionLock {
     #[cfg_attr(not(test), allow(dead_code))]
     file: File,
 }
+
+/// How long [`SessionLock::acquire`] keeps trying a lock it finds held: a
+/// status probe holds a shared lock for microseconds, and a starter that
+/// has just locked the file writes its pid within them too, so what it
+/// reports as the holder is the live one.
+const HELD_WAIT: Duration = Duration::from_millis(5);
 
 /// How often [`SessionLock::acquire`] retries after locking a file that was
 /// removed or replaced at the same moment.
@@ -73,48 +81,53 @@ pub enum LockError {
 }
 
 impl SessionLock {
-    /// Takes the lock in `run_dir` without waiting, writing our pid into it.
+    /// Takes the lock in `run_dir`, writing our pid into it. A lock held
+    /// for a moment (a status probe's shared lock, a holder letting go) is
+    /// waited out for up to 5 ms; one still held then (a live session's)
+    /// is reported with its holder's pid.
     pub fn acquire(run_dir: &Path) -> Result<Self, LockError> {
+        Self::acquire_within(run_dir, HELD_WAIT)
+    }
+
+    fn acquire_within(run_dir: &Path, wait: Duration) -> Result<Self, LockError> {
         let path = run_dir.join(LOCK_NAME);
         for _ in 1..ACQUIRE_ATTEMPTS {
-            if let Some(lock) = Self::try_acquire(&path)? {
+            if let Some(lock) = Self::try_acquire(&path, wait)? {
                 return Ok(lock);
             }
         }
-        Self::try_acquire(&path)?.ok_or_else(|| LockError::Io {
+        Self::try_acquire(&path, wait)?.ok_or_else(|| LockError::Io {
             path: path.clone(),
             source: std::io::Error::other("the lock file kept being replaced"),
         })
     }
 
-    /// One attempt; `None` when the file locked was unlinked meanwhile.
-    fn try_acquire(path: &Path) -> Result<Option<Self>, LockError> {
+    /// One attempt, waiting up to `wait` for a lock held only briefly;
+    /// `None` when the file locked was unlinked meanwhile.
+    fn try_acquire(path: &Path, wait: Duration) -> Result<Option<Self>, LockError> {
         let io = |source| LockError::Io {
             path: path.to_path_buf(),
             source,
         };
         let mut file = open_regular(path, OpenHow::ReadWrite { mode: 0o600 })
             .map_err(|source| LockError::Open { source })?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {
-                if !names_file(path, &file) {
-                    return Ok(None);
-                }
-                write_pid(&file).map_err(io)?;
-                Ok(Some(Self { file }))
+        if !lock_exclusive(&file, wait).map_err(io)? {
+            // Read only now: a holder that has just taken the lock has
+            // written its pid by the end of the wait.
+            let mut holder = String::new();
+            if let Err(e) = file.read_to_string(&mut holder) {
+                tracing::debug!(error = %e, "cannot read the lock holder's pid");
             }
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut holder = String::new();
-                if let Err(e) = file.read_to_string(&mut holder) {
-                    tracing::debug!(error = %e, "cannot read the lock holder's pid");
-                }
-                Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder: holder.trim().to_owned(),
-                })
-            }
-            Err(errno) => Err(io(errno.into())),
+            return Err(LockError::Held {
+                path: path.to_path_buf(),
+                holder: holder.trim().to_owned(),
+            });
         }
+        if !names_file(path, &file) {
+            return Ok(None);
+        }
+        write_pid(&file).map_err(io)?;
+        Ok(Some(Self { file }))
     }
 
     /// Whether some live session holds the lock in `run_dir`. A read-only
@@ -139,6 +152,22 @@ impl SessionLock {
                 tracing::warn!(path = %path.display(), %errno, "session lock probe failed");
                 false
             }
+        }
+    }
+}
+
+/// Takes the exclusive lock without blocking, trying again every
+/// millisecond for up to `wait` while it is held; `false` if it still is.
+fn lock_exclusive(file: &File, wait: Duration) -> std::io::Result<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(errno) => return Err(errno.into()),
         }
     }
 }
@@ -206,6 +235,29 @@ mod tests {
         // A fresh file at the name is taken instead.
         let lock = SessionLock::acquire(dir.path()).unwrap();
         assert!(names_file(&path, &lock.file));
+    }
+
+    #[test]
+    fn a_probes_brief_shared_lock_does_not_fail_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SessionLock::acquire(dir.path()).unwrap());
+        // A probe holds a shared lock on the (now unheld) file...
+        let probe = open_regular(&dir.path().join(LOCK_NAME), OpenHow::Read).unwrap();
+        flock(&probe, FlockOperation::NonBlockingLockShared).unwrap();
+        let starter = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || SessionLock::acquire_within(&dir, Duration::from_secs(5)))
+        };
+        // ...and lets go while the starter is trying.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(probe);
+        let lock = starter.join().unwrap().unwrap();
+        assert!(SessionLock::is_held(dir.path()));
+        drop(lock);
+        // A live holder's lock is still refused once the wait is over.
+        let _held = SessionLock::acquire(dir.path()).unwrap();
+        let err = SessionLock::acquire_within(dir.path(), Duration::from_millis(20)).unwrap_err();
+        assert!(matches!(err, LockError::Held { .. }), "{err}");
     }
 
     #[test]

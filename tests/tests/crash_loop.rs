@@ -288,12 +288,15 @@ impl Loop {
             current = Some(next);
         }
         let mut last = current.expect("a serving daemon");
+        let last_pid = last.child.0.id();
         Self::signal(&last, nix::sys::signal::Signal::SIGTERM);
         assert!(Self::wait_exit(&mut last).success(), "final stop failed");
-        self.nothing_left().await;
+        self.nothing_left(last_pid).await;
     }
 
-    async fn nothing_left(&self) {
+    /// Nothing of the daemon `last_pid`'s session is left but its unheld
+    /// lock file, which names it.
+    async fn nothing_left(&self, last_pid: u32) {
         let guests = self.guests(None).await;
         assert!(guests.is_empty(), "left after the final stop: {guests:?}");
         let user_dir = self.user_dir();
@@ -307,8 +310,13 @@ impl Loop {
                 "{gone} left after the final stop"
             );
         }
-        // The lock file stays for the next session, unheld.
+        // The lock file stays for the next session, unheld, naming its
+        // last holder.
         assert!(!SessionLock::is_held(&user_dir.join("run")));
+        assert_eq!(
+            std::fs::read_to_string(user_dir.join("run").join(LOCK_NAME)).unwrap(),
+            last_pid.to_string()
+        );
         let run: Vec<String> = std::fs::read_dir(user_dir.join("run"))
             .unwrap()
             .filter_map(Result::ok)

@@ -354,6 +354,11 @@ fn a_second_signal_forces_a_long_graceful_stop() {
         !SessionLock::is_held(&ws.join("run")),
         "session lock still held"
     );
+    // The lock file stays for the next session, naming its last holder.
+    assert_eq!(
+        std::fs::read_to_string(ws.join("run/session.lock")).unwrap(),
+        d.child.0.id().to_string()
+    );
 }
 
 #[test]

@@ -251,7 +251,8 @@ impl Pump {
     /// has closed its end leaves an empty pipe: no pipe of our own is
     /// needed to see that). A chunk to be handed over at once (the first
     /// ones after a quiet spell, see [`Self::pipe_linger`]) is a small
-    /// one: it needs no room for a busy stream's batch.
+    /// one: it needs no room for a busy stream's batch. Not while the log
+    /// is followed: then every chunk goes at once, busy stream or not.
     fn fresh_chunk(
         &self,
         batch: &Batch,
@@ -260,8 +261,8 @@ impl Pump {
         if at_eof(guard) {
             return Ok(None);
         }
-        let at_once =
-            batch.eager > 0 || self.first_linger(batch.moved_at, Instant::now()).is_zero();
+        let at_once = !self.sink.is_followed()
+            && (batch.eager > 0 || self.first_linger(batch.moved_at, Instant::now()).is_zero());
         if at_once {
             PipeChunk::small().map(Some)
         } else {
