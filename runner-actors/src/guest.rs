@@ -157,30 +157,31 @@ impl Running {
 
 impl Actor for GuestActor {
     type Msg = GuestMsg;
-    type State = GuestActorState;
+    // Boxed: see `SessionSupervisor`'s state.
+    type State = Box<GuestActorState>;
     type Arguments = GuestArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<GuestMsg>,
         args: GuestArgs,
-    ) -> Result<GuestActorState, ActorProcessingErr> {
+    ) -> Result<Box<GuestActorState>, ActorProcessingErr> {
         let status = GuestStatus::starting(args.spec.role);
-        Ok(GuestActorState {
+        Ok(Box::new(GuestActorState {
             tracker: RestartTracker::new(args.spec.role, args.restart),
             args,
             generation: 0,
             current: None,
             status,
             not_ready_reported: false,
-        })
+        }))
     }
 
     async fn handle(
         &self,
         myself: ActorRef<GuestMsg>,
         msg: GuestMsg,
-        state: &mut GuestActorState,
+        state: &mut Box<GuestActorState>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             GuestMsg::Launch(reply) => {
@@ -211,12 +212,13 @@ impl Actor for GuestActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<GuestMsg>,
-        state: &mut GuestActorState,
+        state: &mut Box<GuestActorState>,
     ) -> Result<(), ActorProcessingErr> {
         if state.current.is_some() {
             let grace = state.args.grace;
             tracing::warn!(role = %state.args.spec.role, "guest actor stopped without Stop; stopping guest");
-            on_stop(state, grace).await;
+            // Boxed: see `SessionSupervisor::post_stop`.
+            Box::pin(on_stop(state, grace)).await;
         }
         Ok(())
     }

@@ -156,15 +156,18 @@ impl Drop for SessionState {
 
 impl Actor for SessionSupervisor {
     type Msg = SessionMsg;
-    type State = SessionState;
+    // Boxed: ractor boxes the state again when the actor ends (for the
+    // supervision event), and a state this size is a large allocation
+    // (glibc consolidates its free lists before each one).
+    type State = Box<SessionState>;
     type Arguments = SessionArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<SessionMsg>,
         args: SessionArgs,
-    ) -> Result<SessionState, ActorProcessingErr> {
-        Ok(SessionState {
+    ) -> Result<Box<SessionState>, ActorProcessingErr> {
+        Ok(Box::new(SessionState {
             args,
             phase: SessionPhase::Starting,
             guests: Vec::new(),
@@ -176,14 +179,14 @@ impl Actor for SessionSupervisor {
             degraded_by: Vec::new(),
             degraded: Vec::new(),
             metrics_registration: None,
-        })
+        }))
     }
 
     async fn handle(
         &self,
         myself: ActorRef<SessionMsg>,
         msg: SessionMsg,
-        state: &mut SessionState,
+        state: &mut Box<SessionState>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Start(reply) => {
@@ -228,7 +231,7 @@ impl Actor for SessionSupervisor {
         &self,
         _myself: ActorRef<SessionMsg>,
         evt: SupervisionEvent,
-        state: &mut SessionState,
+        state: &mut Box<SessionState>,
     ) -> Result<(), ActorProcessingErr> {
         // Override ractor's default, which would stop this supervisor when any
         // child exits. Guest exits are events handled by the guest actors; a
@@ -251,11 +254,14 @@ impl Actor for SessionSupervisor {
     async fn post_stop(
         &self,
         myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
+        state: &mut Box<SessionState>,
     ) -> Result<(), ActorProcessingErr> {
         if state.phase != SessionPhase::Stopped {
-            // Stopped from outside without Shutdown: still run the ordered path.
-            on_shutdown(&myself, state, state.args.shutdown_bound()).await;
+            // Stopped from outside without Shutdown: still run the ordered
+            // path. Boxed so that the future ractor boxes for every actor's
+            // end stays small.
+            let bound = state.args.shutdown_bound();
+            Box::pin(on_shutdown(&myself, state, bound)).await;
         }
         Ok(())
     }
