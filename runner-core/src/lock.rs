@@ -11,14 +11,15 @@
 //! shared lock, so `stop` and `status` never change it.
 //!
 //! The file outlives the session: letting go only closes it, which releases
-//! the lock, and the next session locks the same file. Whether a session
-//! runs is the lock, never the file's presence; the pid in it is its last
-//! holder's. A probe's shared lock on an unheld file lasts microseconds,
-//! and a starter waits such a lock out (see [`SessionLock::acquire`]). (Removing it on every stop cost a journalled unlink and the
-//! inode's eviction, a tenth of a stop's CPU.) Should something else
-//! remove or replace the file while a starter opens it, the starter
-//! notices that the name no longer names the file it locked and tries
-//! again, so two sessions never hold two different files.
+//! the lock, and the next session locks the same file. (Removing it on
+//! every stop cost an unlink and the inode's eviction, a tenth of a stop's
+//! CPU.) Whether a session runs is the lock, never the file's presence;
+//! the pid in it is its last holder's. A probe's shared lock on an unheld
+//! file lasts microseconds, and a starter waits such a lock out (see
+//! [`SessionLock::acquire`]). Should something else remove or replace the
+//! file while a starter opens it, the starter notices that the name no
+//! longer names the file it locked and tries again, so two sessions never
+//! hold two different files.
 
 use crate::workspace::file::{HostFileError, OpenHow, open_regular};
 use rustix::fs::{FlockOperation, flock};

@@ -75,7 +75,12 @@ impl PipeChunk {
                 fcntl(&write, FcntlArg::F_GETPIPE_SZ)?
             }
         };
-        Ok(Self::holding(read, write, size, capacity))
+        Ok(Self::holding(
+            read,
+            write,
+            usize::try_from(size).unwrap_or(0),
+            capacity,
+        ))
     }
 
     /// A new empty pipe of the kernel's default size (16 pages) for bytes
@@ -91,12 +96,12 @@ impl PipeChunk {
 
     /// An empty chunk over a new pipe of `size` bytes, used up to
     /// `capacity`.
-    fn holding(read: OwnedFd, write: OwnedFd, size: impl TryInto<usize>, capacity: usize) -> Self {
+    fn holding(read: OwnedFd, write: OwnedFd, size: usize, capacity: usize) -> Self {
         Self {
             read,
             write: Some(write),
             len: 0,
-            capacity: size.try_into().unwrap_or(0).min(capacity.max(1)),
+            capacity: size.min(capacity.max(1)),
         }
     }
 

@@ -342,15 +342,18 @@ impl Pump {
 /// still there, so its readiness may be cleared (at EOF it must not be:
 /// the next splice reports the end).
 fn drained(guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>) -> bool {
-    !guard.ready().is_read_closed()
-        && rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
+    !guard.ready().is_read_closed() && holds_nothing(guard)
 }
 
 /// Whether the guest's pipe behind `guard` is at its end: hung up (no
 /// writer left) and empty.
 fn at_eof(guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>) -> bool {
-    guard.ready().is_read_closed()
-        && rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
+    guard.ready().is_read_closed() && holds_nothing(guard)
+}
+
+/// Whether the guest's pipe behind `guard` holds no bytes right now.
+fn holds_nothing(guard: &AsyncFdReadyGuard<'_, Arc<OwnedFd>>) -> bool {
+    rustix::io::ioctl_fionread(guard.get_inner()).is_ok_and(|n| n == 0)
 }
 
 /// Registers the guest's pipe with the reactor, for readability.

@@ -47,8 +47,8 @@ pub(super) struct ChildContext<'a> {
     pub(super) stdio: [BorrowedFd<'a>; 3],
     /// The guest's identity; `None`: the runner's own.
     pub(super) identity: Option<Identity>,
-    /// The working directory.
-    pub(super) work_dir: &'a CStr,
+    /// The working directory; `None`: the runner's, inherited.
+    pub(super) work_dir: Option<&'a CStr>,
     /// The clean-start steps.
     pub(super) clean: &'a CleanStart,
     /// What to exec.
@@ -171,7 +171,9 @@ impl ChildContext<'_> {
         if let Some(identity) = self.identity {
             identity.assume()?;
         }
-        rustix::process::chdir(self.work_dir).map_err(at(SpawnStep::WorkDir))?;
+        if let Some(dir) = self.work_dir {
+            rustix::process::chdir(dir).map_err(at(SpawnStep::WorkDir))?;
+        }
         rustix::process::setpgid(None, None).map_err(at(SpawnStep::ProcessGroup))?;
         self.clean.apply().map_err(|(step, e)| (step, e as i32))?;
         SigSet::empty()

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// A started program (see the module docs).
@@ -43,8 +43,8 @@ pub(crate) struct CleanChild {
 }
 
 /// Starts `program args` for `role` with `rlimits`, in the runner's
-/// working directory (`/` if it has none), stdin from `/dev/null`. An
-/// error names the failed step.
+/// working directory (inherited), stdin from `/dev/null`. An error names
+/// the failed step.
 pub(crate) fn start(
     role: GuestRole,
     program: &Path,
@@ -53,12 +53,11 @@ pub(crate) fn start(
     spawner: &SpawnThreadSlot,
 ) -> io::Result<CleanChild> {
     let handle = ProgramHandle::open(program, false)?;
-    let work_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let request = SpawnRequest {
         program: &handle,
         args,
         env: &BTreeMap::new(),
-        work_dir: &work_dir,
+        work_dir: None,
         run_as: None,
         rlimits,
         null_stdin: true,

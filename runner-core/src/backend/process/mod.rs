@@ -246,7 +246,7 @@ impl ProcessBackend {
             program: &handle,
             args: &args,
             env: &env,
-            work_dir: &spec.workspace.user_root,
+            work_dir: Some(&spec.workspace.user_root),
             run_as: spec.run_as,
             rlimits: command::guest_rlimits(&self.start_rlimits, &spec.resources, spec.run_as),
             null_stdin: false,

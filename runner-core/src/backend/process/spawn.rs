@@ -45,8 +45,8 @@ pub(super) struct SpawnRequest<'a> {
     pub(super) args: &'a [OsString],
     /// The whole environment.
     pub(super) env: &'a BTreeMap<String, String>,
-    /// Working directory.
-    pub(super) work_dir: &'a Path,
+    /// Working directory; `None`: the runner's own, inherited.
+    pub(super) work_dir: Option<&'a Path>,
     /// Guest identity; `None`: the runner's own.
     pub(super) run_as: Option<GuestUser>,
     /// The child's rlimits.
@@ -90,7 +90,7 @@ pub(super) enum SpawnError {
 pub(super) struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
-    work_dir: CString,
+    work_dir: Option<CString>,
     exec_path: CString,
     clean: CleanStart,
     identity: Option<Identity>,
@@ -134,7 +134,10 @@ impl Prepared {
         Ok(Self {
             argv: c_strings(std::iter::once(argv0).chain(args), "argument")?,
             envp: c_strings(env, "environment variable")?,
-            work_dir: c_string(path_bytes(req.work_dir), "working directory")?,
+            work_dir: req
+                .work_dir
+                .map(|dir| c_string(path_bytes(dir), "working directory"))
+                .transpose()?,
             exec_path: c_string(path_bytes(req.program.path()), "program path")?,
             clean: CleanStart::prepare(req.rlimits.clone()),
             identity: req.run_as.map(identity),
@@ -156,7 +159,7 @@ impl Prepared {
             reset_signals: self.reset_signals,
             stdio,
             identity: self.identity,
-            work_dir: &self.work_dir,
+            work_dir: self.work_dir.as_deref(),
             clean: &self.clean,
             exec: exec_fd.map_or(ExecTarget::Path(&self.exec_path), ExecTarget::Fd),
             argv: &argv,
