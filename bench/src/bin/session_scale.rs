@@ -41,9 +41,9 @@ use futures::StreamExt;
 use futures::future::join_all;
 use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
-    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, median, ms, open_fds,
-    own_cpu, percentile, proc_status, session_like_envelope_frame, short_tempdir, stdout_log,
-    vm_rss_kib, wait_for_logs,
+    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, live_children_cpu, median,
+    ms, open_fds, own_cpu, percentile, proc_status, reaped_children_cpu,
+    session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib, wait_for_logs,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -169,6 +169,8 @@ struct Bare {
     stopped: Duration,
     /// CPU time this process used while the guests stopped.
     stopped_cpu: Duration,
+    /// CPU time the guests used to stop (see [`StopMeter`]).
+    stopped_guests_cpu: Duration,
 }
 
 #[tokio::main]
@@ -206,8 +208,7 @@ async fn main() {
         sessions,
         StopOrder::Ordered,
     )
-    .await
-    .stopped;
+    .await;
 
     eprintln!(
         "{:>6.1}s [2/6] health baseline: one session",
@@ -428,12 +429,12 @@ async fn main() {
     ratio_row(
         &format!("{started} sessions (sequentially started)"),
         seq_stop.took,
-        ordered,
+        ordered.stopped,
     );
     ratio_row(
         &format!("{} sessions (started 16 at a time)", par.sessions.len()),
         par_stop.took,
-        ordered,
+        ordered.stopped,
     );
     println!();
     println!(
@@ -453,6 +454,70 @@ async fn main() {
             per(bare.stopped_cpu, sessions)
         );
     }
+    println!();
+    let shutdowns = [
+        (
+            format!("baseline: SIGTERM {} bare guests + wait", 2 * sessions),
+            bare.stopped,
+            bare.stopped_cpu,
+            bare.stopped_guests_cpu,
+        ),
+        (
+            "baseline: bare guests in the runner's order".to_string(),
+            ordered.stopped,
+            ordered.stopped_cpu,
+            ordered.stopped_guests_cpu,
+        ),
+        (
+            format!("ours: {started} sessions (sequentially started)"),
+            seq_stop.took,
+            seq_stop.cpu,
+            seq_stop.guests_cpu,
+        ),
+        (
+            format!(
+                "ours: {} sessions (started 16 at a time)",
+                par.sessions.len()
+            ),
+            par_stop.took,
+            par_stop.cpu,
+            par_stop.guests_cpu,
+        ),
+    ];
+    cpu_budget(&shutdowns, sessions);
+}
+
+/// Where the CPU of each shutdown went (the guests' own stopping, this
+/// process), how busy that kept the machine's CPUs, and what a shutdown
+/// within 1.2x of the bare one leaves for the runner on this machine.
+fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "| shutdown, all at once: CPU | wall | the guests' own CPU to stop (exit, kernel teardown) | this process's CPU | both, as a share of {cpus} CPUs x wall |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, wall, own, guests) in shutdowns {
+        let share = (*own + *guests).as_secs_f64() / (wall.as_secs_f64() * cpus as f64);
+        println!(
+            "| {name} | {} | {} | {} | {:.0}% |",
+            ms(*wall),
+            ms(*guests),
+            ms(*own),
+            100.0 * share
+        );
+    }
+    let Some((_, wall, _, guests)) = shutdowns.first() else {
+        return;
+    };
+    let budget = (wall.as_secs_f64() * 1.2 * cpus as f64 - guests.as_secs_f64()).max(0.0);
+    println!();
+    println!(
+        "CPU left at 1.2x of the bare shutdown ({cpus} CPUs x {} x 1.2, minus the bare guests' own {}): {:.1} ms, {:.1} µs per session, for everything the runner does",
+        ms(*wall),
+        ms(*guests),
+        budget * 1e3,
+        budget * 1e6 / sessions.max(1) as f64
+    );
 }
 
 /// The logs layer's share of a session's memory, measured on its own: 4
@@ -580,16 +645,55 @@ struct Stopped {
     /// CPU time this process (every thread of the runner, log writers
     /// included) used meanwhile.
     cpu: Duration,
+    /// CPU time the guests used to stop (see [`StopMeter`]).
+    guests_cpu: Duration,
     failed: usize,
+}
+
+/// Measures a stop of this process's children: the wall time, this
+/// process's CPU and the children's own CPU to stop (their growth in
+/// `RUSAGE_CHILDREN` once reaped, minus what they had used before).
+struct StopMeter {
+    start: Instant,
+    own: Duration,
+    reaped: Duration,
+    before: Duration,
+}
+
+impl StopMeter {
+    /// Reads the children's CPU so far (before the clock starts: reading
+    /// `/proc` for thousands of them takes a while), then starts.
+    fn start() -> Self {
+        let (before, _) = live_children_cpu();
+        let reaped = reaped_children_cpu();
+        Self {
+            own: own_cpu(),
+            reaped,
+            before,
+            start: Instant::now(),
+        }
+    }
+
+    /// Wall time, this process's CPU, the children's CPU to stop.
+    fn finish(&self) -> (Duration, Duration, Duration) {
+        let took = self.start.elapsed();
+        let own = own_cpu().saturating_sub(self.own);
+        let guests = reaped_children_cpu()
+            .saturating_sub(self.reaped)
+            .saturating_sub(self.before);
+        (took, own, guests)
+    }
 }
 
 /// Shuts every session down at once.
 async fn stop_fleet(sessions: &[SessionHandle]) -> Stopped {
-    let (t, cpu) = (Instant::now(), own_cpu());
+    let meter = StopMeter::start();
     let results = join_all(sessions.iter().map(|s| s.shutdown(BOUND))).await;
+    let (took, cpu, guests_cpu) = meter.finish();
     Stopped {
-        took: t.elapsed(),
-        cpu: own_cpu().saturating_sub(cpu),
+        took,
+        cpu,
+        guests_cpu,
         failed: results.iter().filter(|r| r.is_err()).count(),
     }
 }
@@ -657,7 +761,7 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder)
     join_all(guests.iter_mut().map(|g| g.wait_envelope(BOUND))).await;
     let ready = t.elapsed();
 
-    let (t, cpu) = (Instant::now(), own_cpu());
+    let meter = StopMeter::start();
     match order {
         StopOrder::AllAtOnce => {
             for g in &guests {
@@ -678,11 +782,13 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder)
             .await;
         }
     }
+    let (stopped, stopped_cpu, stopped_guests_cpu) = meter.finish();
     Bare {
         provisioned,
         spawned,
         ready,
-        stopped: t.elapsed(),
-        stopped_cpu: own_cpu().saturating_sub(cpu),
+        stopped,
+        stopped_cpu,
+        stopped_guests_cpu,
     }
 }
