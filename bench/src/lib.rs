@@ -198,57 +198,31 @@ pub fn own_cpu() -> Duration {
     micros(usage.user_time()) + micros(usage.system_time())
 }
 
-/// User plus system CPU time of this process's children that it has
-/// reaped so far (`getrusage(RUSAGE_CHILDREN)`: every thread of each, its
-/// whole life, counted when it is reaped).
-pub fn reaped_children_cpu() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
-}
-
-/// CPU time the live children of this process have used so far, summed
-/// over their live threads (`/proc/<pid>/task/<tid>/schedstat`, in
-/// nanoseconds), and how many children there are. Taken right before the
-/// children are stopped, and subtracted from [`reaped_children_cpu`]'s
-/// growth once they are reaped, it leaves the CPU their stopping took: the
-/// signal, their exit handlers and the kernel's teardown of each.
-pub fn live_children_cpu() -> (Duration, usize) {
-    let mut total = Duration::ZERO;
-    let mut count = 0;
-    for pid in child_pids() {
-        count += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let ran = std::fs::read_to_string(task.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-            total += Duration::from_nanos(ran.unwrap_or(0));
-        }
-    }
-    (total, count)
-}
-
-/// The pids of this process's children (any of its threads may be the
-/// parent), from `/proc/self/task/<tid>/children`.
-fn child_pids() -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for task in tasks.flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        pids.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    pids
+/// CPU time all of the machine's CPUs have spent busy so far (user,
+/// nice, system, irq and softirq time from the first line of
+/// `/proc/stat`, in clock ticks of 10 ms; idle, I/O wait and the time the
+/// hypervisor gave to others left out). Read from one file: nothing per
+/// process is looked up, so reading it changes nothing about how
+/// processes exit (looking up `/proc/<pid>` for every guest would leave
+/// cached entries that the kernel then has to drop as each one is reaped).
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().next().unwrap_or_default();
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    // user, nice, system, (idle, iowait), irq, softirq
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    Duration::from_nanos(busy.saturating_mul(1_000_000_000 / per_second))
 }
 
 /// The envelope a session would hand `role` of `user` (process tier, the

@@ -27,7 +27,9 @@
 //!    thread, log writers included; not the guests), beside the CPU the
 //!    bare baseline's process used to stop and reap its guests. Wall time
 //!    on a loaded machine mostly measures the load; the CPU per session is
-//!    the runner's own cost.
+//!    the runner's own cost. Also the rest of the machine's busy CPU time
+//!    meanwhile (`/proc/stat`): the guests' own stopping, which on two
+//!    CPUs leaves the runner only what the bare shutdown left idle.
 //! 6. Again N sessions, started 16 at a time, and shut down at once.
 //!
 //! A session that fails to start is counted and reported, and the rest of
@@ -41,9 +43,9 @@ use futures::StreamExt;
 use futures::future::join_all;
 use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
-    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, live_children_cpu, median,
-    ms, open_fds, own_cpu, percentile, proc_status, reaped_children_cpu,
-    session_like_envelope_frame, short_tempdir, stdout_log, vm_rss_kib, wait_for_logs,
+    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, machine_busy, median, ms,
+    open_fds, own_cpu, percentile, proc_status, session_like_envelope_frame, short_tempdir,
+    stdout_log, vm_rss_kib, wait_for_logs,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -169,7 +171,8 @@ struct Bare {
     stopped: Duration,
     /// CPU time this process used while the guests stopped.
     stopped_cpu: Duration,
-    /// CPU time the guests used to stop (see [`StopMeter`]).
+    /// The rest of the machine's CPU meanwhile: the guests stopping (see
+    /// [`StopMeter`]).
     stopped_guests_cpu: Duration,
 }
 
@@ -487,13 +490,13 @@ async fn main() {
     cpu_budget(&shutdowns, sessions);
 }
 
-/// Where the CPU of each shutdown went (the guests' own stopping, this
-/// process), how busy that kept the machine's CPUs, and what a shutdown
+/// Where the CPU of each shutdown went (this process, the rest of the
+/// machine: the guests stopping), how busy that kept the machine's CPUs, and what a shutdown
 /// within 1.2x of the bare one leaves for the runner on this machine.
 fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: usize) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| shutdown, all at once: CPU | wall | the guests' own CPU to stop (exit, kernel teardown) | this process's CPU | both, as a share of {cpus} CPUs x wall |"
+        "| shutdown, all at once: CPU | wall | the rest of the machine's CPU: the guests stopping (their exits, the kernel's teardown) | this process's CPU | both, as a share of {cpus} CPUs x wall |"
     );
     println!("| --- | --- | --- | --- | --- |");
     for (name, wall, own, guests) in shutdowns {
@@ -512,7 +515,7 @@ fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: us
     let budget = (wall.as_secs_f64() * 1.2 * cpus as f64 - guests.as_secs_f64()).max(0.0);
     println!();
     println!(
-        "CPU left at 1.2x of the bare shutdown ({cpus} CPUs x {} x 1.2, minus the bare guests' own {}): {:.1} ms, {:.1} µs per session, for everything the runner does",
+        "CPU left at 1.2x of the bare shutdown ({cpus} CPUs x {} x 1.2, minus the rest of the machine's {} then): {:.1} ms, {:.1} µs per session, for everything the runner does",
         ms(*wall),
         ms(*guests),
         budget * 1e3,
@@ -645,43 +648,37 @@ struct Stopped {
     /// CPU time this process (every thread of the runner, log writers
     /// included) used meanwhile.
     cpu: Duration,
-    /// CPU time the guests used to stop (see [`StopMeter`]).
+    /// The rest of the machine's CPU meanwhile: the guests stopping (see
+    /// [`StopMeter`]).
     guests_cpu: Duration,
     failed: usize,
 }
 
 /// Measures a stop of this process's children: the wall time, this
-/// process's CPU and the children's own CPU to stop (their growth in
-/// `RUSAGE_CHILDREN` once reaped, minus what they had used before).
+/// process's CPU, and the rest of the machine's busy CPU time meanwhile:
+/// the guests stopping (their exits and the kernel's teardown of each; on
+/// a quiet machine nothing else runs).
 struct StopMeter {
     start: Instant,
     own: Duration,
-    reaped: Duration,
-    before: Duration,
+    busy: Duration,
 }
 
 impl StopMeter {
-    /// Reads the children's CPU so far (before the clock starts: reading
-    /// `/proc` for thousands of them takes a while), then starts.
     fn start() -> Self {
-        let (before, _) = live_children_cpu();
-        let reaped = reaped_children_cpu();
         Self {
             own: own_cpu(),
-            reaped,
-            before,
+            busy: machine_busy(),
             start: Instant::now(),
         }
     }
 
-    /// Wall time, this process's CPU, the children's CPU to stop.
+    /// Wall time, this process's CPU, the rest of the machine's.
     fn finish(&self) -> (Duration, Duration, Duration) {
         let took = self.start.elapsed();
         let own = own_cpu().saturating_sub(self.own);
-        let guests = reaped_children_cpu()
-            .saturating_sub(self.reaped)
-            .saturating_sub(self.before);
-        (took, own, guests)
+        let rest = machine_busy().saturating_sub(self.busy).saturating_sub(own);
+        (took, own, rest)
     }
 }
 
