@@ -225,6 +225,20 @@ pub fn machine_busy() -> Duration {
     Duration::from_nanos(busy.saturating_mul(1_000_000_000 / per_second))
 }
 
+/// How many CPUs the first line of `/proc/stat` adds up (its `cpuN`
+/// lines): what [`machine_busy`] covers, which may be more than this
+/// process may use (an affinity mask or a container's CPU limit).
+pub fn machine_cpus() -> usize {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count()
+        .max(1)
+}
+
 /// The envelope a session would hand `role` of `user` (process tier, the
 /// sidecar endpoint in the runtime's), for the bare baseline.
 pub fn session_like_envelope_frame(

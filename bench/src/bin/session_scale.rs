@@ -43,9 +43,9 @@ use futures::StreamExt;
 use futures::future::join_all;
 use runner_actors::{Runner, SessionHandle};
 use runner_bench::{
-    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, machine_busy, median, ms,
-    open_fds, own_cpu, percentile, proc_status, session_like_envelope_frame, short_tempdir,
-    stdout_log, vm_rss_kib, wait_for_logs,
+    BareGuest, RawControlConn, demo_guest_runner, health_request_frame, machine_busy, machine_cpus,
+    median, ms, open_fds, own_cpu, percentile, proc_status, session_like_envelope_frame,
+    short_tempdir, stdout_log, vm_rss_kib, wait_for_logs,
 };
 use runner_core::workspace::MountOverrides;
 use runner_core::{UserId, Workspace};
@@ -494,7 +494,14 @@ async fn main() {
 /// machine: the guests stopping), how busy that kept the machine's CPUs, and what a shutdown
 /// within 1.2x of the bare one leaves for the runner on this machine.
 fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: usize) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The busy time covers every CPU of the machine; so does the share.
+    let cpus = machine_cpus();
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if usable != cpus {
+        println!(
+            "(this process may use {usable} of the machine's {cpus} CPUs: the CPU columns below count all {cpus}, other tenants' load included)"
+        );
+    }
     println!(
         "| shutdown, all at once: CPU | wall | the rest of the machine's CPU: the guests stopping (their exits, the kernel's teardown) | this process's CPU | both, as a share of {cpus} CPUs x wall |"
     );

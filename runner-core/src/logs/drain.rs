@@ -53,17 +53,19 @@ const STALL_CHECK: Duration = Duration::from_millis(25);
 /// the stop flag and the idle time again.
 const POLL_SLICE: Duration = Duration::from_millis(10);
 
-/// A round that moved less than 1/`THIN_SHARE` of what the guest's pipe
-/// holds is thin: the writer naps [`BATCH_NAP`] before the next one.
+/// A round that moved less than 1/`THIN_SHARE` of what it could (what the
+/// guest's pipe holds, or the writer's own pipe if that is smaller) is
+/// thin: the writer naps [`BATCH_NAP`] before the next one.
 const THIN_SHARE: usize = 4;
 
 /// How long the writer lets a busy guest's pipe fill after a thin round.
 /// A guest that writes in small pieces (8 KiB at a time is common) would
 /// otherwise cost a round per write: a `poll`, two splices and the write
 /// path's bookkeeping, each one also waking the guest. After the nap one
-/// round moves what many writes left. It adds at most this to a line's
-/// way into the file, and a guest's pipe enlarged to the drain pipe's
-/// size (1 MiB by default) does not fill meanwhile below about 5 GB/s.
+/// round moves what many writes left. It adds about this (plus the
+/// timer's slack) to a line's way into the file, and none while the log
+/// is followed; a guest's pipe enlarged to the drain pipe's size (1 MiB by
+/// default) does not fill meanwhile below about 5 GB/s.
 const BATCH_NAP: Duration = Duration::from_micros(200);
 
 /// Who holds the guest's pipe.
@@ -182,12 +184,14 @@ pub(crate) enum DrainEnd {
 }
 
 /// Writer side: runs a drain job until it gives the pipe back or the pump
-/// takes it. `started` runs once the writer holds the pipe; `write` is the
-/// sink's write path.
+/// takes it. `started` runs once the writer holds the pipe; `followed`
+/// says whether anyone follows the log now; `write` is the sink's write
+/// path.
 pub(crate) fn drain(
     job: DrainJob,
     queue: &WriteQueue,
     started: impl FnOnce(),
+    followed: &dyn Fn() -> bool,
     write: impl FnMut(&Chunk) -> WriteOutcome,
 ) -> DrainEnd {
     if !job.ctl.shift(QUEUED, HELD) {
@@ -197,6 +201,7 @@ pub(crate) fn drain(
     let mut drainer = Drainer {
         job: &job,
         queue,
+        followed,
         write,
     };
     match drainer.run() {
@@ -213,6 +218,8 @@ pub(crate) fn drain(
 struct Drainer<'a, W> {
     job: &'a DrainJob,
     queue: &'a WriteQueue,
+    /// Whether anyone follows the log now (then no nap: see [`Pause`]).
+    followed: &'a dyn Fn() -> bool,
     write: W,
 }
 
@@ -250,10 +257,14 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
             let Chunk::Pipe(pipe) = &mut own else {
                 return Some(Handback::Yielded);
             };
+            // What this round can move at most: the own pipe may be
+            // smaller than the guest's (a pipe quota).
+            let most = guest_size.min(pipe.room());
             match pipe.fill_from(self.job.pipe.as_fd()) {
                 Ok(Fill::Moved(n)) => {
                     self.job.ctl.progress.fetch_add(n as u64, Ordering::Relaxed);
-                    (moved_at, pause) = (Instant::now(), Pause::after(n, guest_size));
+                    let next = Pause::after(n, most, (self.followed)());
+                    (moved_at, pause) = (Instant::now(), next);
                     if !self.write_out(&mut own) {
                         return None;
                     }
@@ -309,12 +320,13 @@ enum Pause {
 }
 
 impl Pause {
-    /// After a round that moved `moved` bytes out of a guest's pipe that
-    /// holds `size` when full.
-    fn after(moved: usize, size: usize) -> Self {
-        if moved < size / THIN_SHARE {
+    /// After a round that moved `moved` of at most `most` bytes. A
+    /// followed log gets no nap, as it gets no linger: its followers see
+    /// each write as soon as it is in the file.
+    fn after(moved: usize, most: usize, followed: bool) -> Self {
+        if moved < most / THIN_SHARE && !followed {
             Self::Nap
-        } else if moved < size {
+        } else if moved < most {
             Self::Poll
         } else {
             Self::None
@@ -404,10 +416,16 @@ mod tests {
     #[test]
     fn thin_rounds_nap_partial_ones_poll_full_ones_go_on() {
         let size = 1 << 20;
-        assert_eq!(Pause::after(8 << 10, size), Pause::Nap);
-        assert_eq!(Pause::after(size / THIN_SHARE - 1, size), Pause::Nap);
-        assert_eq!(Pause::after(size / THIN_SHARE, size), Pause::Poll);
-        assert_eq!(Pause::after(size - 1, size), Pause::Poll);
-        assert_eq!(Pause::after(size, size), Pause::None);
+        assert_eq!(Pause::after(8 << 10, size, false), Pause::Nap);
+        assert_eq!(Pause::after(size / THIN_SHARE - 1, size, false), Pause::Nap);
+        assert_eq!(Pause::after(size / THIN_SHARE, size, false), Pause::Poll);
+        assert_eq!(Pause::after(size - 1, size, false), Pause::Poll);
+        assert_eq!(Pause::after(size, size, false), Pause::None);
+    }
+
+    #[test]
+    fn a_followed_log_never_naps() {
+        assert_eq!(Pause::after(8 << 10, 1 << 20, true), Pause::Poll);
+        assert_eq!(Pause::after(1 << 20, 1 << 20, true), Pause::None);
     }
 }

@@ -428,6 +428,7 @@ impl Shared {
                         || {
                             self.drains.fetch_add(1, Ordering::Relaxed);
                         },
+                        &|| self.is_followed(),
                         |chunk| self.write(chunk),
                     );
                     if ran == DrainEnd::Returned {
