@@ -58,29 +58,32 @@ pub(crate) enum Fill {
     Full,
 }
 
+/// Asks the kernel to make the pipe behind `fd` hold `bytes`, and says
+/// what it holds now: the size set, or, when the kernel refuses (an
+/// unprivileged user over the pipe-memory quota), the size it kept.
+/// `what` names the pipe in the trace of a refusal.
+pub(crate) fn enlarge_pipe(fd: BorrowedFd<'_>, bytes: usize, what: &str) -> io::Result<usize> {
+    let want = i32::try_from(bytes).unwrap_or(i32::MAX);
+    let size = match fcntl(fd, FcntlArg::F_SETPIPE_SZ(want)) {
+        Ok(size) => size,
+        Err(error) => {
+            tracing::trace!(%error, "Cannot enlarge {what}");
+            fcntl(fd, FcntlArg::F_GETPIPE_SZ)?
+        }
+    };
+    Ok(usize::try_from(size).unwrap_or(0))
+}
+
 impl PipeChunk {
     /// A new empty pipe sized (if the kernel allows) to hold `capacity`
     /// bytes. No file-system call: pipes live in the kernel's pipe
     /// file system, never on a disk.
     pub(crate) fn new(capacity: usize) -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let want = i32::try_from(capacity).unwrap_or(i32::MAX);
-        // The kernel answers with the size it set. Unprivileged users over
-        // their pipe-memory quota keep the default size; the chunk is then
+        // Over the quota the chunk keeps the default size; it is then
         // handed over sooner, nothing else changes.
-        let size = match fcntl(&write, FcntlArg::F_SETPIPE_SZ(want)) {
-            Ok(size) => size,
-            Err(error) => {
-                tracing::trace!(%error, "Cannot enlarge a log chunk pipe");
-                fcntl(&write, FcntlArg::F_GETPIPE_SZ)?
-            }
-        };
-        Ok(Self::holding(
-            read,
-            write,
-            usize::try_from(size).unwrap_or(0),
-            capacity,
-        ))
+        let size = enlarge_pipe(write.as_fd(), capacity, "a log chunk pipe")?;
+        Ok(Self::holding(read, write, size, capacity))
     }
 
     /// A new empty pipe of the kernel's default size (16 pages) for bytes

@@ -25,11 +25,10 @@
 //! order holds because the writer finishes its write before the queue
 //! items behind the job.
 
-use super::chunk::{Chunk, Fill, PipeChunk};
+use super::chunk::{Chunk, Fill, PipeChunk, enlarge_pipe};
 use super::pump::{Handover, Pump, PumpEnd};
 use super::queue::{Tally, WriteQueue};
 use super::rotate::WriteOutcome;
-use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -237,17 +236,15 @@ impl<W: FnMut(&Chunk) -> WriteOutcome> Drainer<'_, W> {
         // guest keeps writing while a file write runs and each round moves
         // more. Idle pipes keep the default size: only streams that were
         // busy pay for the larger one. Refused over an unprivileged user's
-        // pipe quota; then the default stays.
-        let want = i32::try_from(self.job.pipe_bytes).unwrap_or(i32::MAX);
-        if let Err(error) = fcntl(&*self.job.pipe, FcntlArg::F_SETPIPE_SZ(want)) {
-            tracing::trace!(%error, "Cannot enlarge a busy guest's pipe");
-        }
-        // What the guest's pipe holds when full: a shorter move emptied it,
-        // so the next round waits (see `Pause`) instead of hearing EAGAIN.
-        let guest_size = fcntl(&*self.job.pipe, FcntlArg::F_GETPIPE_SZ)
-            .ok()
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(usize::MAX);
+        // pipe quota; then the default stays. What it holds when full: a
+        // shorter move emptied it, so the next round waits (see `Pause`)
+        // instead of hearing EAGAIN.
+        let guest_size = enlarge_pipe(
+            self.job.pipe.as_fd(),
+            self.job.pipe_bytes,
+            "a busy guest's pipe",
+        )
+        .unwrap_or(usize::MAX);
         let (mut moved_at, mut pause) = (Instant::now(), Pause::None);
         loop {
             if self.job.ctl.stop.load(Ordering::SeqCst) || self.queue.has_items() {
