@@ -206,7 +206,7 @@ pub fn own_cpu() -> Duration {
 /// processes exit (looking up `/proc/<pid>` for every guest would leave
 /// cached entries that the kernel then has to drop as each one is reaped).
 pub fn machine_busy() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let stat = proc_stat();
     let cpu = stat.lines().next().unwrap_or_default();
     let ticks: Vec<u64> = cpu
         .split_whitespace()
@@ -229,14 +229,19 @@ pub fn machine_busy() -> Duration {
 /// lines): what [`machine_busy`] covers, which may be more than this
 /// process may use (an affinity mask or a container's CPU limit).
 pub fn machine_cpus() -> usize {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    stat.lines()
+    proc_stat()
+        .lines()
         .filter(|l| {
             l.strip_prefix("cpu")
                 .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
         })
         .count()
         .max(1)
+}
+
+/// The kernel's CPU counters.
+fn proc_stat() -> String {
+    std::fs::read_to_string("/proc/stat").expect("/proc/stat")
 }
 
 /// The envelope a session would hand `role` of `user` (process tier, the

@@ -168,12 +168,8 @@ struct Bare {
     provisioned: Duration,
     spawned: Duration,
     ready: Duration,
-    stopped: Duration,
-    /// CPU time this process used while the guests stopped.
-    stopped_cpu: Duration,
-    /// The rest of the machine's CPU meanwhile: the guests stopping (see
-    /// [`StopMeter`]).
-    stopped_guests_cpu: Duration,
+    /// Stopping the guests.
+    stop: StopCost,
 }
 
 #[tokio::main]
@@ -415,13 +411,13 @@ async fn main() {
     println!("| --- | --- | --- | --- |");
     ratio_row(
         &format!("{started} sessions (sequentially started)"),
-        seq_stop.took,
-        bare.stopped,
+        seq_stop.cost.took,
+        bare.stop.took,
     );
     ratio_row(
         &format!("{} sessions (started 16 at a time)", par.sessions.len()),
-        par_stop.took,
-        bare.stopped,
+        par_stop.cost.took,
+        bare.stop.took,
     );
     println!();
     println!(
@@ -431,13 +427,13 @@ async fn main() {
     println!("| --- | --- | --- | --- |");
     ratio_row(
         &format!("{started} sessions (sequentially started)"),
-        seq_stop.took,
-        ordered.stopped,
+        seq_stop.cost.took,
+        ordered.stop.took,
     );
     ratio_row(
         &format!("{} sessions (started 16 at a time)", par.sessions.len()),
-        par_stop.took,
-        ordered.stopped,
+        par_stop.cost.took,
+        ordered.stop.took,
     );
     println!();
     println!(
@@ -452,48 +448,41 @@ async fn main() {
     ] {
         println!(
             "| {n} sessions ({name}) | {} | {} | {} |",
-            ms(stop.cpu),
-            per(stop.cpu, n),
-            per(bare.stopped_cpu, sessions)
+            ms(stop.cost.own),
+            per(stop.cost.own, n),
+            per(bare.stop.own, sessions)
         );
     }
     println!();
     let shutdowns = [
         (
             format!("baseline: SIGTERM {} bare guests + wait", 2 * sessions),
-            bare.stopped,
-            bare.stopped_cpu,
-            bare.stopped_guests_cpu,
+            bare.stop,
         ),
         (
             "baseline: bare guests in the runner's order".to_string(),
-            ordered.stopped,
-            ordered.stopped_cpu,
-            ordered.stopped_guests_cpu,
+            ordered.stop,
         ),
         (
             format!("ours: {started} sessions (sequentially started)"),
-            seq_stop.took,
-            seq_stop.cpu,
-            seq_stop.guests_cpu,
+            seq_stop.cost,
         ),
         (
             format!(
                 "ours: {} sessions (started 16 at a time)",
                 par.sessions.len()
             ),
-            par_stop.took,
-            par_stop.cpu,
-            par_stop.guests_cpu,
+            par_stop.cost,
         ),
     ];
     cpu_budget(&shutdowns, sessions);
 }
 
 /// Where the CPU of each shutdown went (this process, the rest of the
-/// machine: the guests stopping), how busy that kept the machine's CPUs, and what a shutdown
-/// within 1.2x of the bare one leaves for the runner on this machine.
-fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: usize) {
+/// machine: the guests stopping), how busy that kept the machine's CPUs,
+/// and what a shutdown within 1.2x of the bare one leaves for the runner
+/// on this machine.
+fn cpu_budget(shutdowns: &[(String, StopCost)], sessions: usize) {
     // The busy time covers every CPU of the machine; so does the share.
     let cpus = machine_cpus();
     let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -506,17 +495,25 @@ fn cpu_budget(shutdowns: &[(String, Duration, Duration, Duration)], sessions: us
         "| shutdown, all at once: CPU | wall | the rest of the machine's CPU: the guests stopping (their exits, the kernel's teardown) | this process's CPU | both, as a share of {cpus} CPUs x wall |"
     );
     println!("| --- | --- | --- | --- | --- |");
-    for (name, wall, own, guests) in shutdowns {
-        let share = (*own + *guests).as_secs_f64() / (wall.as_secs_f64() * cpus as f64);
+    for (name, cost) in shutdowns {
+        let share = (cost.own + cost.rest).as_secs_f64() / (cost.took.as_secs_f64() * cpus as f64);
         println!(
             "| {name} | {} | {} | {} | {:.0}% |",
-            ms(*wall),
-            ms(*guests),
-            ms(*own),
+            ms(cost.took),
+            ms(cost.rest),
+            ms(cost.own),
             100.0 * share
         );
     }
-    let Some((_, wall, _, guests)) = shutdowns.first() else {
+    let Some((
+        _,
+        StopCost {
+            took: wall,
+            rest: guests,
+            ..
+        },
+    )) = shutdowns.first()
+    else {
         return;
     };
     let budget = (wall.as_secs_f64() * 1.2 * cpus as f64 - guests.as_secs_f64()).max(0.0);
@@ -650,15 +647,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What shutting a fleet down took.
 struct Stopped {
-    /// Until every shutdown returned.
+    cost: StopCost,
+    failed: usize,
+}
+
+/// What a stop of this process's children cost (see [`StopMeter`]).
+#[derive(Clone, Copy)]
+struct StopCost {
+    /// Until every stop returned.
     took: Duration,
     /// CPU time this process (every thread of the runner, log writers
     /// included) used meanwhile.
-    cpu: Duration,
-    /// The rest of the machine's CPU meanwhile: the guests stopping (see
-    /// [`StopMeter`]).
-    guests_cpu: Duration,
-    failed: usize,
+    own: Duration,
+    /// The rest of the machine's busy CPU time meanwhile: the guests
+    /// stopping.
+    rest: Duration,
 }
 
 /// Measures a stop of this process's children: the wall time, this
@@ -680,12 +683,11 @@ impl StopMeter {
         }
     }
 
-    /// Wall time, this process's CPU, the rest of the machine's.
-    fn finish(&self) -> (Duration, Duration, Duration) {
+    fn finish(&self) -> StopCost {
         let took = self.start.elapsed();
         let own = own_cpu().saturating_sub(self.own);
         let rest = machine_busy().saturating_sub(self.busy).saturating_sub(own);
-        (took, own, rest)
+        StopCost { took, own, rest }
     }
 }
 
@@ -693,11 +695,8 @@ impl StopMeter {
 async fn stop_fleet(sessions: &[SessionHandle]) -> Stopped {
     let meter = StopMeter::start();
     let results = join_all(sessions.iter().map(|s| s.shutdown(BOUND))).await;
-    let (took, cpu, guests_cpu) = meter.finish();
     Stopped {
-        took,
-        cpu,
-        guests_cpu,
+        cost: meter.finish(),
         failed: results.iter().filter(|r| r.is_err()).count(),
     }
 }
@@ -786,13 +785,10 @@ async fn bare_fleet(program: &Path, root: &Path, count: usize, order: StopOrder)
             .await;
         }
     }
-    let (stopped, stopped_cpu, stopped_guests_cpu) = meter.finish();
     Bare {
         provisioned,
         spawned,
         ready,
-        stopped,
-        stopped_cpu,
-        stopped_guests_cpu,
+        stop: meter.finish(),
     }
 }
